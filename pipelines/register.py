@@ -1,0 +1,124 @@
+"""Stage register@<key>: log the run and the ONNX model to MLflow, then gate the alias.
+
+Every input is checked before MLflow is touched, so a failing stage leaves the registry as
+it was. `champion` moves only for a version that meets every floor and is not worse than
+the current champion on the same test split; any other version becomes `challenger`.
+"""
+
+import json
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import onnx
+import onnxruntime as ort
+import pandas as pd
+import yaml
+from mlflow.models import infer_signature
+
+from pipelines import model_card, paths, registry
+from pipelines.catalog import ModelSpec
+from pipelines.cli import StageError, run_stage
+from pipelines.log import get_logger
+from pipelines.schema import onnx_feeds
+
+log = get_logger(__name__)
+EXAMPLE_ROWS = 3
+# What the registered artifact needs to run: ONNX Runtime, nothing of the training stack.
+SERVING_REQUIREMENTS = [f"onnxruntime=={ort.__version__}", f"onnx=={onnx.__version__}"]
+
+
+def lineage(key: str, root: Path) -> dict[str, str]:
+    """Git commit and the DVC hashes of this model's data and artifacts, as run tags."""
+    tags = {}
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    tags["git_commit"] = git.stdout.strip() if git.returncode == 0 else "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                           capture_output=True, text=True)
+    tags["git_dirty"] = str(bool(dirty.stdout.strip())).lower()
+    lock = root / "dvc.lock"
+    stages = yaml.safe_load(lock.read_text()).get("stages", {}) if lock.exists() else {}
+    for stage in ("prepare", "train", "export"):
+        for out in stages.get(f"{stage}@{key}", {}).get("outs", []):
+            tags[f"dvc.{out['path']}"] = out.get("md5", "")
+    return tags
+
+
+def flat_params(spec: ModelSpec) -> dict[str, Any]:
+    values = {f"param.{k}": v for k, v in spec.params.items()}
+    split = spec.split if isinstance(spec.split, str) else spec.split.model_dump()
+    values |= {"split": split, "gate_metric": spec.gate_metric, "task": spec.task}
+    return values | {f"floor.{k}": str(b) for k, b in spec.floors.items()}
+
+
+def load_inputs(spec: ModelSpec, root: Path) -> tuple[onnx.ModelProto, dict[str, float], pd.DataFrame,
+                                                     pd.DataFrame]:
+    needed = [paths.onnx_model(spec.key, root), paths.metrics_file(spec.key, root),
+              paths.split_dir(spec.key, root) / "train.parquet", paths.split_dir(spec.key, root) / "test.parquet"]
+    missing = [str(p.relative_to(root)) for p in needed if not p.exists()]
+    if missing:
+        raise StageError(f"missing {', '.join(missing)}: run `dvc repro register@{spec.key}`")
+    metrics = json.loads(needed[1].read_text())
+    absent = [k for k in spec.floors if k not in metrics]
+    if absent:
+        raise StageError(f"{needed[1].name} lacks the floor metrics {absent}")
+    return onnx.load_model(needed[0]), metrics, pd.read_parquet(needed[2]), pd.read_parquet(needed[3])
+
+
+def register(spec: ModelSpec, root: Path) -> dict[str, Any]:
+    graph, metrics, train, test = load_inputs(spec, root)
+    example = onnx_feeds(test.head(EXAMPLE_ROWS), spec)
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, example), strict=True))
+    client = registry.client()
+    experiment_id = registry.experiment(spec.key)
+    incumbent_version = registry.champion_version(client, spec.key)
+    incumbent, basis = (registry.champion_metric(client, spec, incumbent_version, test)
+                        if incumbent_version else (None, ""))
+    alias, reason = registry.decide(spec, metrics, incumbent)
+    if incumbent_version:
+        reason += f" (champion v{incumbent_version}, {basis})"
+    card = model_card.render(spec, metrics, train, test, f"Gate: **{alias}**: {reason}.")
+    tags = lineage(spec.key, root)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{spec.key}-{tags['git_commit'][:8]}") as run:
+        mlflow.log_params(flat_params(spec))
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        mlflow.set_tags(tags | {"gate.alias": alias, "gate.reason": reason})
+        for context, frame, split in (("training", train, "train"), ("testing", test, "test")):
+            source = paths.split_dir(spec.key, root) / f"{split}.parquet"
+            with warnings.catch_warnings():  # a local path "can be interpreted in multiple ways"
+                warnings.filterwarnings("ignore", message=".*interpreted in multiple ways.*")
+                dataset = mlflow.data.from_pandas(frame, source=str(source), targets=spec.target.column,
+                                                  name=f"{spec.key}-{split}")
+            mlflow.log_input(dataset, context=context)
+        mlflow.log_text(card, "model_card.md")
+        info = mlflow.onnx.log_model(graph, name="model", registered_model_name=spec.key,
+                                     signature=infer_signature(example, outputs), input_example=example,
+                                     save_as_external_data=False, pip_requirements=SERVING_REQUIREMENTS,
+                                     onnx_execution_providers=["CPUExecutionProvider"])
+    version = str(info.registered_model_version)
+    client.update_registered_model(spec.key, description=spec.description)
+    client.update_model_version(spec.key, version, description=card)
+    for key, value in {"gate.alias": alias, "gate.reason": reason, "git_commit": tags["git_commit"]}.items():
+        client.set_model_version_tag(spec.key, version, key, value)
+    client.set_registered_model_alias(spec.key, alias, version)
+    log.info("%s: version %s -> @%s (%s)", spec.key, version, alias, reason)
+    return {"model": spec.key, "version": version, "alias": alias, "reason": reason, "run_id": run.info.run_id,
+            "metrics": metrics}
+
+
+def main_work(spec: ModelSpec, root: Path) -> None:
+    record = register(spec, root)
+    target = paths.registry_record(spec.key, root)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_stage("register", main_work, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""MLflow: tracking set-up, the quality gate, and what the registry holds."""
+
+import mlflow
+import onnxruntime as ort
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from pipelines.catalog import ModelSpec
+from pipelines.export import onnx_predict
+from pipelines.log import get_logger
+from pipelines.metrics import score
+from pipelines.schema import encode_target
+from pipelines.settings import get_settings
+
+log = get_logger(__name__)
+CHAMPION, CHALLENGER = "champion", "challenger"
+
+
+def client() -> MlflowClient:
+    settings = get_settings()
+    mlflow.set_tracking_uri(settings.mlflow_tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow_tracking_uri)
+    return MlflowClient()
+
+
+def experiment(key: str) -> str:
+    """The model's experiment (same name as the model), created with our artifact root."""
+    found = mlflow.get_experiment_by_name(key)
+    if found is not None:
+        return str(found.experiment_id)
+    return str(mlflow.create_experiment(key, artifact_location=f"{get_settings().artifact_root}/{key}"))
+
+
+def champion_version(mlflow_client: MlflowClient, key: str) -> str | None:
+    try:
+        return str(mlflow_client.get_model_version_by_alias(key, CHAMPION).version)
+    except MlflowException:
+        return None
+
+
+def champion_metric(mlflow_client: MlflowClient, spec: ModelSpec, version: str,
+                    test: pd.DataFrame) -> tuple[float, str]:
+    """The champion re-scored on this test split; its logged metric if its graph cannot be."""
+    try:
+        graph = mlflow.onnx.load_model(f"models:/{spec.key}/{version}")
+        session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+        metrics = score(spec, encode_target(test, spec), onnx_predict(session, test, spec))
+        return metrics[spec.gate_metric], "re-scored on the same test split"
+    except (KeyError, ValueError, RuntimeError, MlflowException, ort.capi.onnxruntime_pybind11_state.Fail) as exc:
+        run = mlflow_client.get_run(mlflow_client.get_model_version(spec.key, version).run_id)
+        log.warning("champion v%s cannot score this test split (%s); using its logged metric", version, exc)
+        return float(run.data.metrics[spec.gate_metric]), "its logged metric (inputs changed)"
+
+
+def decide(spec: ModelSpec, metrics: dict[str, float], incumbent: float | None) -> tuple[str, str]:
+    """(alias, reason): champion only if every floor holds and the gate metric is not worse."""
+    missed = [f"{k} {metrics[k]:.4f} not {b}" for k, b in spec.floors.items() if not b.holds(metrics[k])]
+    if missed:
+        return CHALLENGER, "floor missed: " + "; ".join(missed)
+    new = metrics[spec.gate_metric]
+    if incumbent is not None:
+        better = new >= incumbent if spec.higher_is_better else new <= incumbent
+        if not better:
+            return CHALLENGER, f"{spec.gate_metric} {new:.4f} worse than champion's {incumbent:.4f}"
+        return CHAMPION, f"floors met; {spec.gate_metric} {new:.4f} not worse than champion's {incumbent:.4f}"
+    return CHAMPION, f"floors met; {spec.gate_metric} {new:.4f}; no champion before"
+
+
+def summary(keys: list[str]) -> list[dict[str, object]]:
+    """Per registered model: versions, aliases and the champion's metrics."""
+    mlflow_client, rows = client(), []
+    for key in keys:
+        try:
+            model = mlflow_client.get_registered_model(key)
+        except MlflowException:
+            rows.append({"model": key, "versions": 0, "aliases": {}, "metrics": {}})
+            continue
+        versions = mlflow_client.search_model_versions(f"name='{key}'")
+        champion = model.aliases.get(CHAMPION)
+        metrics = mlflow_client.get_run(next(v.run_id for v in versions if v.version == champion)).data.metrics \
+            if champion else {}
+        rows.append({"model": key, "versions": len(versions), "aliases": dict(model.aliases),
+                     "metrics": dict(metrics)})
+    return rows

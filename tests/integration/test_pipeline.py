@@ -1,0 +1,118 @@
+"""The whole pipeline on reduced params in a temporary copy, checked through the registry."""
+
+import json
+
+import pytest
+import yaml
+from mlflow.exceptions import MlflowException
+
+from tests.conftest import KEYS
+from tests.integration.conftest import Project
+
+pytestmark = pytest.mark.slow
+
+PLOTS = {"regression": {"residuals.png", "importance.png"},
+         "binary": {"roc.png", "confusion.png", "importance.png"},
+         "multiclass": {"confusion.png", "learning_curve.png"}}
+
+
+def versions(project: Project, key: str) -> list[str]:
+    try:
+        return sorted(v.version for v in project.client().search_model_versions(f"name='{key}'"))
+    except MlflowException:
+        return []
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_every_model_is_registered_as_champion(project: Project, key: str) -> None:
+    client, params = project.client(), project.params()["models"][key]
+    version = client.get_model_version_by_alias(key, "champion")
+    assert version.version == "1"
+    run = client.get_run(version.run_id)
+    for metric, bound in params["floors"].items():
+        value = run.data.metrics[metric]
+        assert bound.get("min", -1e9) <= value <= bound.get("max", 1e9), (metric, value)
+    head = project.run("git", "rev-parse", "HEAD").stdout.strip()
+    assert run.data.tags["git_commit"] == head
+    assert any(t.startswith("dvc.artifacts/") for t in run.data.tags)
+    assert {d.dataset.name for d in run.inputs.dataset_inputs} == {f"{key}-train", f"{key}-test"}
+    assert "Model card" in version.description and "champion" in version.description
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_registered_model_has_signature_example_and_card(project: Project, key: str) -> None:
+    import mlflow
+
+    client = project.client()
+    version = client.get_model_version_by_alias(key, "champion")
+    mlflow.set_tracking_uri(project.tracking_uri)
+    info = mlflow.models.get_model_info(f"models:/{key}@champion")
+    fields = list(project.params()["models"][key]["fields"])
+    assert [spec.name for spec in info.signature.inputs.inputs] == fields
+    outputs = {spec.name for spec in info.signature.outputs.inputs}
+    assert outputs == ({"prediction"} if key == "house_prices" else {"label", "probabilities"})
+    assert info.saved_input_example_info is not None
+    card = mlflow.artifacts.load_text(f"runs:/{version.run_id}/model_card.md")
+    assert "## Intended use" in card and "## Quality on the test split" in card
+
+
+def test_second_repro_has_nothing_to_do(project: Project) -> None:
+    result = project.run("dvc", "repro")
+    assert "Data and pipelines are up to date" in result.stdout + result.stderr
+    assert "Running stage" not in result.stdout
+
+
+def test_metrics_and_plots_cover_every_model(project: Project) -> None:
+    shown = json.loads(project.run("dvc", "metrics", "show", "--json").stdout)
+    files = next(iter(shown.values()))["data"]
+    assert {f"reports/metrics/{k}.json" for k in KEYS} <= set(files)
+    tasks = {k: m["task"] for k, m in project.params()["models"].items()}
+    for key in KEYS:
+        drawn = {p.name for p in (project.root / "reports" / "plots" / key).iterdir()}
+        assert PLOTS[tasks[key]] <= drawn, key
+    project.run("dvc", "plots", "show", "-o", "dvc_plots")
+    html = (project.root / "dvc_plots" / "index.html").read_text()
+    assert all(f"reports/plots/{k}" in html for k in KEYS)
+
+
+def test_clean_rerun_gives_identical_metrics(project: Project) -> None:
+    targets = ["evaluate@house_prices", "evaluate@fashion_cnn", "export@fashion_cnn"]
+    before = {k: (project.root / f"reports/metrics/{k}.json").read_text() for k in ("house_prices", "fashion_cnn")}
+    onnx_before = (project.root / "artifacts/fashion_cnn/model.onnx").read_bytes()
+    project.run("dvc", "repro", "--force", *targets)
+    after = {k: (project.root / f"reports/metrics/{k}.json").read_text() for k in before}
+    assert after == before
+    assert (project.root / "artifacts/fashion_cnn/model.onnx").read_bytes() == onnx_before
+
+
+def test_worse_model_becomes_challenger(project: Project) -> None:
+    champion = project.client().get_model_version_by_alias("titanic", "champion").version
+    project.edit_model("titanic", {"params": {"max_iter": 3, "learning_rate": 0.01}})
+    project.run("dvc", "repro", "register@titanic")
+    client = project.client()
+    challenger = client.get_model_version_by_alias("titanic", "challenger")
+    assert challenger.version != champion
+    assert client.get_model_version_by_alias("titanic", "champion").version == champion
+    assert "worse than champion" in challenger.tags["gate.reason"] or "floor missed" in challenger.tags["gate.reason"]
+    record = json.loads((project.root / "reports/registry/titanic.json").read_text())
+    assert record["alias"] == "challenger"
+
+
+@pytest.mark.parametrize(("key", "overlay", "expected"), [
+    ("churn", {"fields": {"tenure": {"max": 12}}}, "column 'tenure'"),
+    ("review_sentiment", {"drop": []}, "column 'product'"),
+    ("fashion_cnn", {"source": {"path": "/nonexistent"}}, "apt-get install dataset-fashion-mnist"),
+])
+def test_bad_input_fails_clearly_and_leaves_the_registry(project: Project, key: str, overlay: dict[str, object],
+                                                          expected: str) -> None:
+    saved = yaml.safe_dump(project.params(), sort_keys=False)
+    before = versions(project, key)
+    project.edit_model(key, overlay)
+    try:
+        result = project.run("dvc", "repro", f"register@{key}", check=False)
+    finally:
+        (project.root / "params.yaml").write_text(saved)
+    assert result.returncode != 0
+    assert expected in result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert versions(project, key) == before

@@ -1,0 +1,27 @@
+"""Models trained once per session on the real train split (quick settings for the CNN)."""
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipelines.catalog import ModelSpec
+from pipelines.models import MODELS
+from tests.conftest import prepared, quick_spec
+
+
+@cache
+def trained(key: str) -> tuple[ModelSpec, Any]:
+    spec = quick_spec(key)
+    project = MODELS[key]
+    _, train, _ = prepared(key)
+    model = project.FLAVOR.fit(project.build(spec), train, spec, Path("/tmp") / f"model-tier-{key}")
+    return spec, model
+
+
+def score(key: str, rows: list[dict[str, Any]]) -> Any:
+    """Positive-class probability (binary) or value (regression) per row of raw fields."""
+    spec, model = trained(key)
+    predicted = MODELS[key].FLAVOR.predict(model, pd.DataFrame(rows), spec)
+    return predicted[:, 1] if spec.task == "binary" else predicted

@@ -1,0 +1,65 @@
+"""The catalog: every entry parses, has its module, and bad entries fail clearly."""
+
+import pytest
+from pydantic import ValidationError
+
+from pipelines.catalog import ModelSpec, UnknownModelError, get_spec, load_params
+from pipelines.models import MODELS, get_project, is_project
+from tests.conftest import CATALOG, KEYS
+
+
+def test_every_entry_has_a_module_and_every_module_an_entry() -> None:
+    assert set(MODELS) == set(CATALOG)
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_module_follows_the_project_protocol(key: str) -> None:
+    assert is_project(MODELS[key])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_entry_is_consistent(key: str) -> None:
+    spec = CATALOG[key]
+    assert spec.gate_metric in spec.floors
+    assert spec.target.column not in spec.fields
+    if spec.task != "regression":
+        assert len(spec.class_names) >= 2
+
+
+def test_unknown_key_names_the_catalog() -> None:
+    with pytest.raises(UnknownModelError) as info:
+        get_spec("no_such_model")
+    assert "no_such_model" in str(info.value) and "titanic" in str(info.value)
+    with pytest.raises(UnknownModelError):
+        get_project("no_such_model")
+
+
+def _entry(key: str, **changes: object) -> dict[str, object]:
+    return load_params()["models"][key] | changes
+
+
+def test_gate_metric_needs_a_floor() -> None:
+    with pytest.raises(ValidationError, match="gate_metric"):
+        ModelSpec(key="titanic", **_entry("titanic", gate_metric="f1"))
+
+
+def test_binary_task_needs_positive_class() -> None:
+    entry = _entry("titanic")
+    entry["target"] = {"column": "survived"}
+    with pytest.raises(ValidationError, match="positive"):
+        ModelSpec(key="titanic", **entry)
+
+
+def test_unknown_setting_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="learning_rat"):
+        ModelSpec(key="titanic", **_entry("titanic", learning_rat=0.1))
+
+
+def test_predefined_split_must_match_source() -> None:
+    with pytest.raises(ValidationError, match="split"):
+        ModelSpec(key="review_sentiment", **_entry("review_sentiment", split={"test_size": 0.2}))
+
+
+def test_gate_direction_follows_the_floor() -> None:
+    assert CATALOG["titanic"].higher_is_better
+    assert not CATALOG["house_prices"].higher_is_better

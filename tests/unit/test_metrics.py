@@ -1,0 +1,56 @@
+"""Metrics, floors and the champion gate."""
+
+import numpy as np
+import pytest
+
+from pipelines.metrics import floors_met, score
+from pipelines.registry import CHALLENGER, CHAMPION, decide
+from tests.conftest import CATALOG
+
+
+def test_binary_metrics() -> None:
+    y = np.array([0, 0, 1, 1])
+    proba = np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.2, 0.8]])
+    metrics = score(CATALOG["titanic"], y, proba)
+    assert metrics["roc_auc"] == 1.0 and metrics["accuracy"] == 0.75 and metrics["recall"] == 1.0
+
+
+def test_multiclass_metrics() -> None:
+    y = np.array([0, 1, 2])
+    proba = np.eye(10)[[0, 1, 3]]
+    metrics = score(CATALOG["fashion_cnn"], y, proba * 0.9 + 0.01)
+    assert metrics["accuracy"] == pytest.approx(2 / 3, abs=1e-6)
+    assert "macro_f1" in metrics and "roc_auc" not in metrics
+
+
+def test_regression_metrics_on_log_scale() -> None:
+    y = np.array([100_000.0, 200_000.0])
+    metrics = score(CATALOG["house_prices"], y, y * np.exp(0.1))
+    assert metrics["rmse_log"] == pytest.approx(0.1, abs=1e-6)
+    assert metrics["mape"] == pytest.approx(np.exp(0.1) - 1, abs=1e-6)
+
+
+def test_floors() -> None:
+    spec = CATALOG["house_prices"]
+    assert floors_met(spec, {"rmse_log": 0.12, "r2_log": 0.9}) == {"rmse_log": True, "r2_log": True}
+    assert floors_met(spec, {"rmse_log": 0.15, "r2_log": 0.9})["rmse_log"] is False
+
+
+@pytest.mark.parametrize(("metrics", "incumbent", "alias", "why"), [
+    ({"roc_auc": 0.90, "accuracy": 0.82}, None, CHAMPION, "no champion before"),
+    ({"roc_auc": 0.90, "accuracy": 0.82}, 0.89, CHAMPION, "not worse"),
+    ({"roc_auc": 0.90, "accuracy": 0.82}, 0.90, CHAMPION, "not worse"),
+    ({"roc_auc": 0.88, "accuracy": 0.82}, 0.89, CHALLENGER, "worse than champion"),
+    ({"roc_auc": 0.95, "accuracy": 0.70}, None, CHALLENGER, "floor missed: accuracy"),
+    ({"roc_auc": 0.95, "accuracy": 0.70}, 0.80, CHALLENGER, "floor missed"),
+])
+def test_gate_higher_is_better(metrics: dict[str, float], incumbent: float | None, alias: str,
+                               why: str) -> None:
+    decided, reason = decide(CATALOG["titanic"], metrics, incumbent)
+    assert decided == alias and why in reason
+
+
+def test_gate_lower_is_better() -> None:
+    spec = CATALOG["house_prices"]
+    assert decide(spec, {"rmse_log": 0.11, "r2_log": 0.93}, 0.12)[0] == CHAMPION
+    assert decide(spec, {"rmse_log": 0.13, "r2_log": 0.90}, 0.12)[0] == CHALLENGER

@@ -1,0 +1,65 @@
+"""Our converters reproduce the native steps in ONNX Runtime; parity failures are caught."""
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from skl2onnx import to_onnx
+from skl2onnx.common.data_types import FloatTensorType
+from sklearn.compose import TransformedTargetRegressor
+from sklearn.ensemble import HistGradientBoostingRegressor
+
+from pipelines.cli import StageError
+from pipelines.export import check_parity
+from pipelines.flavors import onnx_ops
+from tests.conftest import CATALOG
+
+
+def run(model: object, x: np.ndarray) -> np.ndarray:
+    onnx_ops.register()
+    graph = to_onnx(model, initial_types=[("x", FloatTensorType([None, x.shape[1]]))],
+                    target_opset={"": 18, "ai.onnx.ml": 3})
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run(None, {"x": x})[0])
+
+
+def test_linear_combination_matches_in_onnx() -> None:
+    x = np.array([[0, 0], [1, 2], [3, 5]], dtype=np.float32)
+    step = onnx_ops.LinearCombination(weights=(1.0, 1.0), bias=1.0).fit(x)
+    assert step.transform(x).ravel().tolist() == [1.0, 4.0, 9.0]
+    assert np.array_equal(run(step, x), step.transform(x))
+
+
+def test_log_target_regressor_matches_in_onnx() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 4)).astype(np.float32)
+    y = np.exp(10 + x[:, 0] + 0.1 * rng.normal(size=300))
+    model = TransformedTargetRegressor(HistGradientBoostingRegressor(max_iter=50, random_state=0),
+                                       func=np.log, inverse_func=np.exp).fit(x, y)
+    native, exported = model.predict(x), run(model, x).ravel()
+    assert np.max(np.abs(exported - native) / native) < 1e-5
+
+
+def test_other_target_transforms_refuse_to_convert() -> None:
+    x = np.ones((20, 1), np.float32)
+    model = TransformedTargetRegressor(HistGradientBoostingRegressor(max_iter=2), func=np.sqrt,
+                                       inverse_func=np.square).fit(x, np.arange(20.0))
+    with pytest.raises(NotImplementedError, match="np.log"):
+        run(model, x)
+
+
+def test_parity_check_accepts_tiny_and_rejects_real_differences() -> None:
+    spec = CATALOG["titanic"]
+    native = np.array([[0.2, 0.8], [0.6, 0.4]])
+    assert check_parity(native, native + 5e-5, spec) == pytest.approx(5e-5)
+    with pytest.raises(StageError, match="1 of 2 test rows"):
+        check_parity(native, native + np.array([[0, 0], [0.01, -0.01]]), spec)
+    with pytest.raises(StageError):
+        check_parity(native, native * np.nan, spec)
+
+
+def test_regression_parity_is_relative() -> None:
+    spec = CATALOG["house_prices"]
+    native = np.array([200_000.0, 50_000.0])
+    assert check_parity(native, native + np.array([10.0, 4.0]), spec) < 1e-4  # $4 on $50k: 8e-5
+    with pytest.raises(StageError, match="relative"):
+        check_parity(native, native + 100.0, spec)  # $100 on $50k: 2e-3
