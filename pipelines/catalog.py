@@ -117,8 +117,6 @@ class UnknownModelError(KeyError):
         return f"unknown model {key!r}; the catalog (params.yaml models:) has: {', '.join(known)}"
 
 
-
-
 def load_params(path: Path = PARAMS) -> dict[str, Any]:
     with path.open() as f:
         params: dict[str, Any] = yaml.safe_load(f)

@@ -17,7 +17,9 @@ class StageError(RuntimeError):
     """A failure the user can act on: the message says what and where, no traceback needed."""
 
 
-def run_stage(name: str, work: Callable[[ModelSpec, Path], object], argv: list[str] | None = None) -> None:
+def run_stage(
+    name: str, work: Callable[[ModelSpec, Path], object], argv: list[str] | None = None
+) -> None:
     """Parse the model key, run one stage for it, turn known failures into a clear exit 2."""
     parser = argparse.ArgumentParser(prog=f"python -m pipelines.{name}")
     parser.add_argument("model", help="catalog key (params.yaml models:)")

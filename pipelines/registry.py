@@ -29,7 +29,9 @@ def experiment(key: str) -> str:
     found = mlflow.get_experiment_by_name(key)
     if found is not None:
         return str(found.experiment_id)
-    return str(mlflow.create_experiment(key, artifact_location=f"{get_settings().artifact_root}/{key}"))
+    return str(
+        mlflow.create_experiment(key, artifact_location=f"{get_settings().artifact_root}/{key}")
+    )
 
 
 def champion_version(mlflow_client: MlflowClient, key: str) -> str | None:
@@ -39,23 +41,36 @@ def champion_version(mlflow_client: MlflowClient, key: str) -> str | None:
         return None
 
 
-def champion_metric(mlflow_client: MlflowClient, spec: ModelSpec, version: str,
-                    test: pd.DataFrame) -> tuple[float, str]:
+def champion_metric(
+    mlflow_client: MlflowClient, spec: ModelSpec, version: str, test: pd.DataFrame
+) -> tuple[float, str]:
     """The champion re-scored on this test split; its logged metric if its graph cannot be."""
     try:
         graph = mlflow.onnx.load_model(f"models:/{spec.key}/{version}")
-        session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            graph.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
         metrics = score(spec, encode_target(test, spec), onnx_predict(session, test, spec))
         return metrics[spec.gate_metric], "re-scored on the same test split"
-    except (KeyError, ValueError, RuntimeError, MlflowException, ort.capi.onnxruntime_pybind11_state.Fail) as exc:
-        run = mlflow_client.get_run(mlflow_client.get_model_version(spec.key, version).run_id)
-        log.warning("champion v%s cannot score this test split (%s); using its logged metric", version, exc)
+    except (
+        KeyError,
+        ValueError,
+        RuntimeError,
+        MlflowException,
+        ort.capi.onnxruntime_pybind11_state.Fail,
+    ) as exc:
+        run = mlflow_client.get_run(str(mlflow_client.get_model_version(spec.key, version).run_id))
+        log.warning(
+            "champion v%s cannot score this test split (%s); using its logged metric", version, exc
+        )
         return float(run.data.metrics[spec.gate_metric]), "its logged metric (inputs changed)"
 
 
 def decide(spec: ModelSpec, metrics: dict[str, float], incumbent: float | None) -> tuple[str, str]:
     """(alias, reason): champion only if every floor holds and the gate metric is not worse."""
-    missed = [f"{k} {metrics[k]:.4f} not {b}" for k, b in spec.floors.items() if not b.holds(metrics[k])]
+    missed = [
+        f"{k} {metrics[k]:.4f} not {b}" for k, b in spec.floors.items() if not b.holds(metrics[k])
+    ]
     if missed:
         return CHALLENGER, "floor missed: " + "; ".join(missed)
     new = metrics[spec.gate_metric]
@@ -63,7 +78,10 @@ def decide(spec: ModelSpec, metrics: dict[str, float], incumbent: float | None) 
         better = new >= incumbent if spec.higher_is_better else new <= incumbent
         if not better:
             return CHALLENGER, f"{spec.gate_metric} {new:.4f} worse than champion's {incumbent:.4f}"
-        return CHAMPION, f"floors met; {spec.gate_metric} {new:.4f} not worse than champion's {incumbent:.4f}"
+        return (
+            CHAMPION,
+            f"floors met; {spec.gate_metric} {new:.4f} not worse than champion's {incumbent:.4f}",
+        )
     return CHAMPION, f"floors met; {spec.gate_metric} {new:.4f}; no champion before"
 
 
@@ -78,8 +96,14 @@ def summary(keys: list[str]) -> list[dict[str, object]]:
             continue
         versions = mlflow_client.search_model_versions(f"name='{key}'")
         champion = model.aliases.get(CHAMPION)
-        metrics = mlflow_client.get_run(next(v.run_id for v in versions if v.version == champion)).data.metrics \
-            if champion else {}
-        rows.append({"model": key, "versions": len(versions), "aliases": dict(model.aliases),
-                     "metrics": dict(metrics)})
+        run_ids = {str(v.version): str(v.run_id) for v in versions}
+        metrics = mlflow_client.get_run(run_ids[str(champion)]).data.metrics if champion else {}
+        rows.append(
+            {
+                "model": key,
+                "versions": len(versions),
+                "aliases": dict(model.aliases),
+                "metrics": dict(metrics),
+            }
+        )
     return rows

@@ -23,8 +23,13 @@ class SchemaViolation(ValueError):
 def _field_checks(field: InputField) -> list[pa.Check]:
     checks: list[pa.Check] = []
     if field.type in NUMERIC:
-        checks.append(pa.Check(lambda s: pd.api.types.is_numeric_dtype(s), element_wise=False,
-                               error="is not numeric"))
+        checks.append(
+            pa.Check(
+                lambda s: pd.api.types.is_numeric_dtype(s),
+                element_wise=False,
+                error="is not numeric",
+            )
+        )
         if field.type == "int":
             checks.append(pa.Check(lambda s: (s.dropna() % 1 == 0).all(), error="is not integral"))
         if field.min is not None:
@@ -37,8 +42,11 @@ def _field_checks(field: InputField) -> list[pa.Check]:
             checks.append(pa.Check.isin(field.values))
     elif field.type == "image":
         size = int(np.prod(field.shape or [0]))
-        checks.append(pa.Check(lambda s: s.map(len).eq(size).all(),
-                               error=f"is not {field.shape} uint8 pixels"))
+        checks.append(
+            pa.Check(
+                lambda s: s.map(len).eq(size).all(), error=f"is not {field.shape} uint8 pixels"
+            )
+        )
     return checks
 
 
@@ -48,17 +56,25 @@ def _target_column(spec: ModelSpec) -> pa.Column:
         checks = [pa.Check.gt(0)] if target.transform == "log" else []
         return pa.Column(checks=checks, nullable=False)
     if spec.task == "binary":
-        return pa.Column(checks=[pa.Check(lambda s: s.nunique() == 2, error="is not two-valued"),
-                                 pa.Check(lambda s: (s == target.positive).any(),
-                                          error=f"never takes the positive value {target.positive!r}")],
-                         nullable=False)
+        return pa.Column(
+            checks=[
+                pa.Check(lambda s: s.nunique() == 2, error="is not two-valued"),
+                pa.Check(
+                    lambda s: (s == target.positive).any(),
+                    error=f"never takes the positive value {target.positive!r}",
+                ),
+            ],
+            nullable=False,
+        )
     return pa.Column(int, checks=[pa.Check.isin(range(len(spec.class_names)))], nullable=False)
 
 
 def raw_schema(spec: ModelSpec) -> pa.DataFrameSchema:
     """Columns, types, ranges, categories and nulls of data/raw/<key>.parquet."""
-    columns = {name: pa.Column(checks=_field_checks(f), nullable=f.nullable)
-               for name, f in spec.fields.items()}
+    columns = {
+        name: pa.Column(checks=_field_checks(f), nullable=f.nullable)
+        for name, f in spec.fields.items()
+    }
     columns[spec.target.column] = _target_column(spec)
     columns["split"] = pa.Column(str, checks=[pa.Check.isin(["train", "test"])], required=False)
     return pa.DataFrameSchema(columns, strict=True, name=spec.key)
@@ -70,9 +86,13 @@ def validate_raw(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
         return raw_schema(spec).validate(frame, lazy=True)
     except SchemaErrors as exc:
         cases = exc.failure_cases
-        lines = [f"- column {row.column!r}: {row.check} (e.g. {row.failure_case!r})"
-                 for row in cases.drop_duplicates(["column", "check"]).itertuples()]
-        raise SchemaViolation(f"raw data for {spec.key!r} violates its schema:\n" + "\n".join(lines)) from exc
+        lines = [
+            f"- column {row.column!r}: {row.check} (e.g. {row.failure_case!r})"
+            for row in cases.drop_duplicates(["column", "check"]).itertuples()
+        ]
+        raise SchemaViolation(
+            f"raw data for {spec.key!r} violates its schema:\n" + "\n".join(lines)
+        ) from exc
 
 
 def model_frame(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:

@@ -19,10 +19,12 @@ def table() -> tuple[str, bool]:
         lines.append(f"{spec.key:<18} versions: {row['versions']:<3} {aliases or 'no aliases'}")
         for name, bound in spec.floors.items():
             value = metrics.get(name)
-            verdict = "no champion" if value is None else ("ok" if bound.holds(value) else "BELOW FLOOR")
+            verdict = (
+                "no champion" if value is None else ("ok" if bound.holds(value) else "BELOW FLOOR")
+            )
             complete &= verdict == "ok"
             shown = "-" if value is None else f"{value:.4f}"
-            lines.append(f"{'':<18}   {name:<10} {shown:>8}   floor {str(bound):<10} {verdict}")
+            lines.append(f"{'':<18}   {name:<10} {shown:>8}   floor {bound!s:<10} {verdict}")
     return "\n".join(lines), complete
 
 

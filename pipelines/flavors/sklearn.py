@@ -30,15 +30,23 @@ def fit(estimator: Any, train: pd.DataFrame, spec: ModelSpec, out: Path) -> Any:
     X, y = model_frame(train, spec), encode_target(train, spec)
     started = time.perf_counter()
     estimator.fit(X, y)
-    log.info("fitted %s on %d rows in %.1fs (%s)", spec.key, len(X),
-             time.perf_counter() - started, _describe(estimator))
+    log.info(
+        "fitted %s on %d rows in %.1fs (%s)",
+        spec.key,
+        len(X),
+        time.perf_counter() - started,
+        _describe(estimator),
+    )
     return estimator
 
 
 def _describe(estimator: Any) -> str:
     """Trees grown per boosted stage, so a run shows how much model it built."""
-    found = [f"{type(e).__name__}: {e.n_iter_} trees" for e in _walk(estimator) if hasattr(e, "n_iter_")
-             and hasattr(e, "_predictors")]
+    found = [
+        f"{type(e).__name__}: {e.n_iter_} trees"
+        for e in _walk(estimator)
+        if hasattr(e, "n_iter_") and hasattr(e, "_predictors")
+    ]
     return ", ".join(found) or type(estimator).__name__
 
 
@@ -82,8 +90,10 @@ def _tokenexp(vectorizer: CountVectorizer) -> str:
 
 
 def to_onnx(model: Any, spec: ModelSpec) -> onnx.ModelProto:
-    inputs = [(name, FloatTensorType([None, 1]) if f.type in NUMERIC else StringTensorType([None, 1]))
-              for name, f in spec.fields.items()]
+    inputs = [
+        (name, FloatTensorType([None, 1]) if f.type in NUMERIC else StringTensorType([None, 1]))
+        for name, f in spec.fields.items()
+    ]
     options: dict[int, dict[str, Any]] = {}
     for step in _walk(model):
         if isinstance(step, CountVectorizer):  # TfidfVectorizer too
@@ -94,8 +104,13 @@ def to_onnx(model: Any, spec: ModelSpec) -> onnx.ModelProto:
     else:
         options[id(model)] = {"zipmap": False}
     onnx_ops.register()
-    graph: onnx.ModelProto = skl_to_onnx(model, initial_types=inputs, target_opset=TARGET_OPSET,
-                                         options=options, final_types=final_types)
+    graph: onnx.ModelProto = skl_to_onnx(
+        model,
+        initial_types=inputs,
+        target_opset=TARGET_OPSET,
+        options=options,
+        final_types=final_types,
+    )
     return graph
 
 
@@ -104,18 +119,30 @@ def explain(model: Any, test: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame | N
     text_fields = [n for n, f in spec.fields.items() if f.type == "text"]
     if text_fields == list(spec.fields):
         return _linear_text_weights(model)
-    scoring = "neg_root_mean_squared_error" if spec.task == "regression" else (
-        "roc_auc" if spec.task == "binary" else "accuracy")
-    result = permutation_importance(model, model_frame(test, spec), encode_target(test, spec),
-                                    scoring=scoring, n_repeats=5, random_state=0, n_jobs=1)
-    return (pd.DataFrame({"feature": list(spec.fields), "importance": result.importances_mean})
-            .sort_values("importance", ascending=False, ignore_index=True))
+    scoring = (
+        "neg_root_mean_squared_error"
+        if spec.task == "regression"
+        else ("roc_auc" if spec.task == "binary" else "accuracy")
+    )
+    result = permutation_importance(
+        model,
+        model_frame(test, spec),
+        encode_target(test, spec),
+        scoring=scoring,
+        n_repeats=5,
+        random_state=0,
+        n_jobs=1,
+    )
+    return pd.DataFrame(
+        {"feature": list(spec.fields), "importance": result.importances_mean}
+    ).sort_values("importance", ascending=False, ignore_index=True)
 
 
 def _linear_text_weights(model: Pipeline, top: int = 15) -> pd.DataFrame:
     vectorizer = next(e for e in _walk(model) if isinstance(e, CountVectorizer))
     linear = model.steps[-1][1]
-    weights = pd.DataFrame({"feature": vectorizer.get_feature_names_out(),
-                            "importance": linear.coef_.ravel()})
+    weights = pd.DataFrame(
+        {"feature": vectorizer.get_feature_names_out(), "importance": linear.coef_.ravel()}
+    )
     order = weights["importance"].abs().sort_values(ascending=False).index[: 2 * top]
     return weights.loc[order].reset_index(drop=True)

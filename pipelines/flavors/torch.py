@@ -1,7 +1,7 @@
 """PyTorch image classifiers: uint8 pixels in, normalisation and softmax inside the graph."""
 
-import io
 import json
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,9 @@ HISTORY_FILE = "history.json"  # per-epoch metrics: the learning curve
 
 class PixelsIn(nn.Module):
     """The whole inference pipeline: raw uint8 [N, H, W] -> (label, probabilities)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, net: nn.Module, mean: float, std: float) -> None:
         super().__init__()
@@ -72,7 +75,7 @@ def fit(estimator: nn.Module, train: pd.DataFrame, spec: ModelSpec, out: Path) -
     threads = get_settings().train_threads
     if threads:
         torch.set_num_threads(threads)
-    pixels, labels = _pixels(train, spec), torch.from_numpy(encode_target(train, spec))
+    pixels, labels = _pixels(train, spec), torch.tensor(encode_target(train, spec))
     order = torch.randperm(len(pixels), generator=torch.Generator().manual_seed(p["seed"]))
     val_idx, fit_idx = order[: p["validation_size"]], order[p["validation_size"] :]
     mean = float(pixels[fit_idx].float().div(255).mean())
@@ -86,13 +89,22 @@ def fit(estimator: nn.Module, train: pd.DataFrame, spec: ModelSpec, out: Path) -
     return model
 
 
-def _train_loop(model: PixelsIn, x: torch.Tensor, y: torch.Tensor, x_val: torch.Tensor,
-                y_val: torch.Tensor, p: dict[str, Any], key: str) -> list[dict[str, float]]:
+def _train_loop(
+    model: PixelsIn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    p: dict[str, Any],
+    key: str,
+) -> list[dict[str, float]]:
     batches = len(x) // p["batch_size"]
     optimizer = torch.optim.AdamW(model.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=p["lr"],
-                                                   total_steps=p["epochs"] * batches)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=p["lr"], total_steps=p["epochs"] * batches
+    )
     history, started = [], time.perf_counter()
+    quarter = max(1, batches // 4)
     for epoch in range(1, p["epochs"] + 1):
         model.train()
         generator = torch.Generator().manual_seed(p["seed"] + epoch)
@@ -103,20 +115,41 @@ def _train_loop(model: PixelsIn, x: torch.Tensor, y: torch.Tensor, x_val: torch.
             logits = model.net(xb)
             loss = F.cross_entropy(logits, yb, label_smoothing=p["label_smoothing"])
             optimizer.zero_grad()
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             schedule.step()
-            seen, loss_sum = seen + len(idx), loss_sum + float(loss) * len(idx)
+            seen, loss_sum = seen + len(idx), loss_sum + loss.item() * len(idx)
             correct += int((logits.argmax(1) == yb).sum())
-            if (i + 1) % max(1, batches // 4) == 0 and i + 1 < batches:
-                log.info("%s epoch %d/%d: %d%% of batches, loss %.4f", key, epoch, p["epochs"],
-                         100 * (i + 1) // batches, loss_sum / seen)
+            if (i + 1) % quarter == 0 and (i + 1) // quarter < 4:
+                log.info(
+                    "%s epoch %d/%d: %d%% of batches, loss %.4f",
+                    key,
+                    epoch,
+                    p["epochs"],
+                    100 * (i + 1) // batches,
+                    loss_sum / seen,
+                )
         val_loss, val_acc = _evaluate(model, x_val, y_val)
-        history.append({"epoch": epoch, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-                        "val_loss": val_loss, "val_accuracy": val_acc})
-        log.info("%s epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.0fs", key,
-                 epoch, p["epochs"], loss_sum / seen, correct / seen, val_loss, val_acc,
-                 time.perf_counter() - started)
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": loss_sum / seen,
+                "train_accuracy": correct / seen,
+                "val_loss": val_loss,
+                "val_accuracy": val_acc,
+            }
+        )
+        log.info(
+            "%s epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.0fs",
+            key,
+            epoch,
+            p["epochs"],
+            loss_sum / seen,
+            correct / seen,
+            val_loss,
+            val_acc,
+            time.perf_counter() - started,
+        )
     return history
 
 
@@ -146,12 +179,19 @@ def to_onnx(model: PixelsIn, spec: ModelSpec) -> onnx.ModelProto:
     name = _image_field(spec)
     height, width = spec.fields[name].shape or []
     sample = torch.zeros((2, height, width), dtype=torch.uint8)
-    buffer = io.BytesIO()
-    torch.onnx.export(model.eval(), (sample,), buffer, input_names=[name],
-                      output_names=["label", "probabilities"], opset_version=18,
-                      dynamic_axes={name: {0: "batch"}, "label": {0: "batch"},
-                                    "probabilities": {0: "batch"}}, dynamo=False)
-    return onnx.load_from_string(buffer.getvalue())
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        torch.onnx.export(
+            model.eval(),
+            (sample,),
+            path,
+            input_names=[name],
+            output_names=["label", "probabilities"],
+            opset_version=18,
+            dynamic_axes={name: {0: "batch"}, "label": {0: "batch"}, "probabilities": {0: "batch"}},
+            dynamo=False,
+        )
+        return onnx.load_model(path)
 
 
 def explain(model: PixelsIn, test: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame | None:

@@ -14,10 +14,15 @@ __all__ = ["FLAVOR", "build"]
 def build(spec: ModelSpec) -> Pipeline:
     params = dict(spec.params)
     # Sigmoid, not isotonic: ONNX Runtime reproduces it to 1e-7 (isotonic steps drift ~1e-2).
-    calibration = {"method": params.pop("calibration", "sigmoid"), "cv": params.pop("calibration_folds", 5)}
+    calibration = {
+        "method": params.pop("calibration", "sigmoid"),
+        "cv": params.pop("calibration_folds", 5),
+    }
     trees = HistGradientBoostingClassifier(**params)
-    return Pipeline([
-        ("features", preprocessor(spec)),
-        ("float32", to_float32()),
-        ("model", CalibratedClassifierCV(trees, **calibration)),
-    ])
+    return Pipeline(
+        [
+            ("features", preprocessor(spec)),
+            ("float32", to_float32()),
+            ("model", CalibratedClassifierCV(trees, **calibration)),
+        ]
+    )

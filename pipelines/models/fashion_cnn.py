@@ -18,9 +18,15 @@ def build(spec: ModelSpec) -> nn.Module:
     hidden, dropout = spec.params["hidden"], spec.params["dropout"]
     classes = len(spec.class_names)
     return nn.Sequential(
-        *_block(1, c1), *_block(c1, c1), nn.MaxPool2d(2),
-        *_block(c1, c2), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Dropout(dropout),
-        nn.Linear(c2 * 7 * 7, hidden), nn.ReLU(), nn.Dropout(dropout),
+        *_block(1, c1),
+        *_block(c1, c1),
+        nn.MaxPool2d(2),
+        *_block(c1, c2),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Dropout(dropout),
+        nn.Linear(c2 * 7 * 7, hidden),
+        nn.ReLU(),
+        nn.Dropout(dropout),
         nn.Linear(hidden, classes),
     )

@@ -14,8 +14,10 @@ __all__ = ["FLAVOR", "build"]
 
 def build(spec: ModelSpec) -> Pipeline:
     gbm = HistGradientBoostingRegressor(**spec.params)
-    return Pipeline([
-        ("features", preprocessor(spec)),
-        ("float32", to_float32()),
-        ("model", TransformedTargetRegressor(regressor=gbm, func=np.log, inverse_func=np.exp)),
-    ])
+    return Pipeline(
+        [
+            ("features", preprocessor(spec)),
+            ("float32", to_float32()),
+            ("model", TransformedTargetRegressor(regressor=gbm, func=np.log, inverse_func=np.exp)),
+        ]
+    )

@@ -15,8 +15,14 @@ def build(spec: ModelSpec) -> Pipeline:
     p = spec.params
     # ASCII word tokens: Python's (?a)\w is exactly RE2's \w, so ONNX tokenizes identically.
     # No sublinear_tf: skl2onnx does not convert it.
-    tfidf = TfidfVectorizer(token_pattern=r"(?a)\b\w\w+\b", ngram_range=tuple(p["ngram_range"]),
-                            min_df=p["min_df"], max_features=p["max_features"])
-    linear = LogisticRegression(C=p["C"], max_iter=p["max_iter"], class_weight=p.get("class_weight"))
+    tfidf = TfidfVectorizer(
+        token_pattern=r"(?a)\b\w\w+\b",
+        ngram_range=tuple(p["ngram_range"]),
+        min_df=p["min_df"],
+        max_features=p["max_features"],
+    )
+    linear = LogisticRegression(
+        C=p["C"], max_iter=p["max_iter"], class_weight=p.get("class_weight")
+    )
     (text,) = spec.fields
     return Pipeline([("features", ColumnTransformer([("tfidf", tfidf, text)])), ("model", linear)])

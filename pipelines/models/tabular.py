@@ -1,6 +1,7 @@
 """Shared building blocks for tabular catalog modules."""
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from skl2onnx.sklapi import CastTransformer
@@ -17,15 +18,24 @@ def columns(spec: ModelSpec, kinds: Iterable[str], exclude: Iterable[str] = ()) 
     return [n for n, f in spec.fields.items() if f.type in set(kinds) and n not in skip]
 
 
-def preprocessor(spec: ModelSpec, exclude: Iterable[str] = (), min_frequency: int = 10,
-                 extra: list[tuple[str, object, object]] | None = None) -> ColumnTransformer:
+def preprocessor(
+    spec: ModelSpec,
+    exclude: Iterable[str] = (),
+    min_frequency: int = 10,
+    extra: Sequence[tuple[str, Any, Any]] = (),
+) -> ColumnTransformer:
     """Median-imputed numbers and one-hot categories (rare ones pooled, unknown ones ignored)."""
-    steps: list[tuple[str, object, object]] = [
+    steps: list[tuple[str, Any, Any]] = [
         ("num", SimpleImputer(strategy="median"), columns(spec, NUMERIC, exclude)),
-        ("cat", OneHotEncoder(handle_unknown="ignore", min_frequency=min_frequency,
-                              sparse_output=False), columns(spec, ["category"], exclude)),
+        (
+            "cat",
+            OneHotEncoder(
+                handle_unknown="ignore", min_frequency=min_frequency, sparse_output=False
+            ),
+            columns(spec, ["category"], exclude),
+        ),
     ]
-    return ColumnTransformer([*steps, *(extra or [])], sparse_threshold=0.0)
+    return ColumnTransformer([*steps, *extra], sparse_threshold=0.0)
 
 
 def to_float32() -> CastTransformer:

@@ -12,20 +12,49 @@ from pipelines.models.tabular import preprocessor, to_float32
 __all__ = ["FLAVOR", "build"]
 
 # Honorifics in "Surname, Title. Given names": they carry sex, age and class at once.
-TITLES = ["mr", "mrs", "miss", "master", "ms", "mlle", "mme", "dr", "rev", "col", "major",
-          "capt", "countess", "lady", "sir", "don", "dona", "jonkheer"]
+TITLES = [
+    "mr",
+    "mrs",
+    "miss",
+    "master",
+    "ms",
+    "mlle",
+    "mme",
+    "dr",
+    "rev",
+    "col",
+    "major",
+    "capt",
+    "countess",
+    "lady",
+    "sir",
+    "don",
+    "dona",
+    "jonkheer",
+]
 DECKS = list("ABCDEFGT")  # first letter of each cabin number
 
 
 def build(spec: ModelSpec) -> Pipeline:
     engineered = [
-        ("title", CountVectorizer(vocabulary=TITLES, binary=True, token_pattern=r"(?a)\b\w+\b"), "name"),
-        ("deck", CountVectorizer(vocabulary=DECKS, binary=True, lowercase=False,
-                                 token_pattern=r"(?a)[A-Z]"), "cabin"),
+        (
+            "title",
+            CountVectorizer(vocabulary=TITLES, binary=True, token_pattern=r"(?a)\b\w+\b"),
+            "name",
+        ),
+        (
+            "deck",
+            CountVectorizer(
+                vocabulary=DECKS, binary=True, lowercase=False, token_pattern=r"(?a)[A-Z]"
+            ),
+            "cabin",
+        ),
         ("family_size", LinearCombination(weights=(1.0, 1.0), bias=1.0), ["sibsp", "parch"]),
     ]
-    return Pipeline([
-        ("features", preprocessor(spec, exclude=["name", "cabin"], extra=engineered)),
-        ("float32", to_float32()),
-        ("model", HistGradientBoostingClassifier(**spec.params)),
-    ])
+    return Pipeline(
+        [
+            ("features", preprocessor(spec, exclude=["name", "cabin"], extra=engineered)),
+            ("float32", to_float32()),
+            ("model", HistGradientBoostingClassifier(**spec.params)),
+        ]
+    )

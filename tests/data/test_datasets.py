@@ -7,8 +7,13 @@ from tests.conftest import CATALOG, KEYS, prepared
 pytestmark = pytest.mark.data
 
 
-EXPECTED_ROWS = {"house_prices": 2930, "titanic": 1309, "churn": 7043, "review_sentiment": 5000,
-                 "fashion_cnn": 70000}
+EXPECTED_ROWS = {
+    "house_prices": 2930,
+    "titanic": 1309,
+    "churn": 7043,
+    "review_sentiment": 5000,
+    "fashion_cnn": 70000,
+}
 
 
 @pytest.mark.parametrize("key", KEYS)
@@ -18,7 +23,7 @@ def test_row_count(key: str) -> None:
 
 @pytest.mark.parametrize("key", KEYS)
 def test_columns_are_the_fields_and_the_target(key: str) -> None:
-    spec, (raw, train, test) = CATALOG[key], prepared(key)
+    spec, (_, train, test) = CATALOG[key], prepared(key)
     expected = {*spec.fields, spec.target.column}
     assert set(train.columns) == expected and set(test.columns) == expected
 

@@ -21,7 +21,11 @@ BIN = Path(sys.executable).parent
 def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in overlay.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            merge(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
     return out
 
 
@@ -30,9 +34,12 @@ class Project:
 
     def __init__(self, root: Path, tracking_uri: str) -> None:
         self.root, self.tracking_uri = root, tracking_uri
-        self.env = os.environ | {"MLFLOW_TRACKING_URI": tracking_uri,
-                                 "MLFLOW_ARTIFACT_ROOT": (root / "mlruns" / "artifacts").as_uri(),
-                                 "PATH": f"{BIN}:{os.environ['PATH']}", "PYTHONPATH": str(root)}
+        self.env = os.environ | {
+            "MLFLOW_TRACKING_URI": tracking_uri,
+            "MLFLOW_ARTIFACT_ROOT": (root / "mlruns" / "artifacts").as_uri(),
+            "PATH": f"{BIN}:{os.environ['PATH']}",
+            "PYTHONPATH": str(root),
+        }
 
     def params(self) -> dict[str, Any]:
         return yaml.safe_load((self.root / "params.yaml").read_text())
@@ -46,10 +53,13 @@ class Project:
         self.write_params(params)
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(list(args), cwd=self.root, env=self.env, capture_output=True, text=True,
-                                timeout=1800)
+        result = subprocess.run(
+            list(args), cwd=self.root, env=self.env, capture_output=True, text=True, timeout=1800
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+            raise AssertionError(
+                f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+            )
         return result
 
     def client(self) -> MlflowClient:
@@ -58,8 +68,13 @@ class Project:
 
 def copy_project(target: Path) -> None:
     """Tracked and untracked-but-not-ignored files: what a fresh clone (plus edits) would hold."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, text=True, check=True).stdout.split("\n")
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
     for name in filter(None, listed):
         source = ROOT / name
         if source.is_file() and not name.startswith(("data/", "models/", "artifacts/", "reports/")):
@@ -77,6 +92,15 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Project]:
     copy.write_params(merge(copy.params(), {"models": reduced}))
     copy.run("git", "init", "-q")
     copy.run("git", "add", "-A")
-    copy.run("git", "-c", "user.name=ci", "-c", "user.email=ci@localhost", "commit", "-qm", "reduced copy")
+    copy.run(
+        "git",
+        "-c",
+        "user.name=ci",
+        "-c",
+        "user.email=ci@localhost",
+        "commit",
+        "-qm",
+        "reduced copy",
+    )
     copy.run("dvc", "repro")
     yield copy

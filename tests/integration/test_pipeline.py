@@ -11,9 +11,11 @@ from tests.integration.conftest import Project
 
 pytestmark = pytest.mark.slow
 
-PLOTS = {"regression": {"residuals.png", "importance.png"},
-         "binary": {"roc.png", "confusion.png", "importance.png"},
-         "multiclass": {"confusion.png", "learning_curve.png"}}
+PLOTS = {
+    "regression": {"residuals.png", "importance.png"},
+    "binary": {"roc.png", "confusion.png", "importance.png"},
+    "multiclass": {"confusion.png", "learning_curve.png"},
+}
 
 
 def versions(project: Project, key: str) -> list[str]:
@@ -77,7 +79,10 @@ def test_metrics_and_plots_cover_every_model(project: Project) -> None:
 
 def test_clean_rerun_gives_identical_metrics(project: Project) -> None:
     targets = ["evaluate@house_prices", "evaluate@fashion_cnn", "export@fashion_cnn"]
-    before = {k: (project.root / f"reports/metrics/{k}.json").read_text() for k in ("house_prices", "fashion_cnn")}
+    before = {
+        k: (project.root / f"reports/metrics/{k}.json").read_text()
+        for k in ("house_prices", "fashion_cnn")
+    }
     onnx_before = (project.root / "artifacts/fashion_cnn/model.onnx").read_bytes()
     project.run("dvc", "repro", "--force", *targets)
     after = {k: (project.root / f"reports/metrics/{k}.json").read_text() for k in before}
@@ -93,18 +98,29 @@ def test_worse_model_becomes_challenger(project: Project) -> None:
     challenger = client.get_model_version_by_alias("titanic", "challenger")
     assert challenger.version != champion
     assert client.get_model_version_by_alias("titanic", "champion").version == champion
-    assert "worse than champion" in challenger.tags["gate.reason"] or "floor missed" in challenger.tags["gate.reason"]
+    assert (
+        "worse than champion" in challenger.tags["gate.reason"]
+        or "floor missed" in challenger.tags["gate.reason"]
+    )
     record = json.loads((project.root / "reports/registry/titanic.json").read_text())
     assert record["alias"] == "challenger"
 
 
-@pytest.mark.parametrize(("key", "overlay", "expected"), [
-    ("churn", {"fields": {"tenure": {"max": 12}}}, "column 'tenure'"),
-    ("review_sentiment", {"drop": []}, "column 'product'"),
-    ("fashion_cnn", {"source": {"path": "/nonexistent"}}, "apt-get install dataset-fashion-mnist"),
-])
-def test_bad_input_fails_clearly_and_leaves_the_registry(project: Project, key: str, overlay: dict[str, object],
-                                                          expected: str) -> None:
+@pytest.mark.parametrize(
+    ("key", "overlay", "expected"),
+    [
+        ("churn", {"fields": {"tenure": {"max": 12}}}, "column 'tenure'"),
+        ("review_sentiment", {"drop": []}, "column 'product'"),
+        (
+            "fashion_cnn",
+            {"source": {"path": "/nonexistent"}},
+            "apt-get install dataset-fashion-mnist",
+        ),
+    ],
+)
+def test_bad_input_fails_clearly_and_leaves_the_registry(
+    project: Project, key: str, overlay: dict[str, object], expected: str
+) -> None:
     saved = yaml.safe_dump(project.params(), sort_keys=False)
     before = versions(project, key)
     project.edit_model(key, overlay)

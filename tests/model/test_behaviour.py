@@ -13,26 +13,43 @@ from tests.model.conftest import score, trained
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
-PASSENGER = {"pclass": 2, "name": "Doe, Mr. John", "sex": "male", "age": 30.0, "sibsp": 0,
-             "parch": 0, "fare": 20.0, "cabin": None, "embarked": "S"}
+PASSENGER = {
+    "pclass": 2,
+    "name": "Doe, Mr. John",
+    "sex": "male",
+    "age": 30.0,
+    "sibsp": 0,
+    "parch": 0,
+    "fare": 20.0,
+    "cabin": None,
+    "embarked": "S",
+}
 
 
 def test_titanic_first_class_woman_over_third_class_man() -> None:
-    woman = PASSENGER | {"pclass": 1, "name": "Doe, Mrs. Jane", "sex": "female", "fare": 80.0, "cabin": "C85"}
+    woman = PASSENGER | {
+        "pclass": 1,
+        "name": "Doe, Mrs. Jane",
+        "sex": "female",
+        "fare": 80.0,
+        "cabin": "C85",
+    }
     man = PASSENGER | {"pclass": 3, "fare": 7.9}
     p_woman, p_man = score("titanic", [woman, man])
     assert p_woman > 0.7 > 0.2 > p_man
 
 
 def test_titanic_title_is_read_from_the_name() -> None:
-    boy, man = score("titanic", [PASSENGER | {"name": "Doe, Master. Tom", "age": 4.0},
-                                 PASSENGER | {"age": 4.0}])
+    boy, man = score(
+        "titanic", [PASSENGER | {"name": "Doe, Master. Tom", "age": 4.0}, PASSENGER | {"age": 4.0}]
+    )
     assert boy > man  # same age on paper; "Master" is what marks a boy
 
 
 def test_titanic_large_family_lowers_survival() -> None:
-    alone, family = score("titanic", [PASSENGER | {"pclass": 3},
-                                      PASSENGER | {"pclass": 3, "sibsp": 5, "parch": 2}])
+    alone, family = score(
+        "titanic", [PASSENGER | {"pclass": 3}, PASSENGER | {"pclass": 3, "sibsp": 5, "parch": 2}]
+    )
     assert family < alone
 
 
@@ -43,14 +60,18 @@ def house() -> dict[str, Any]:
 
 def test_house_price_rises_with_living_area() -> None:
     base = house()
-    prices = score("house_prices", [base | {"Gr_Liv_Area": a, "First_Flr_SF": a} for a in (800, 1500, 2500)])
+    prices = score(
+        "house_prices", [base | {"Gr_Liv_Area": a, "First_Flr_SF": a} for a in (800, 1500, 2500)]
+    )
     assert prices[0] < prices[1] < prices[2]
 
 
 def test_house_price_rises_with_quality_of_neighbourhood() -> None:
     base = house()
-    cheap, dear = score("house_prices", [base | {"Neighborhood": "Meadow_Village"},
-                                         base | {"Neighborhood": "Northridge_Heights"}])
+    cheap, dear = score(
+        "house_prices",
+        [base | {"Neighborhood": "Meadow_Village"}, base | {"Neighborhood": "Northridge_Heights"}],
+    )
     assert cheap < dear
 
 
@@ -60,19 +81,27 @@ def test_house_price_handles_unseen_category_and_missing_number() -> None:
     assert 20_000 < price < 800_000
 
 
-@pytest.mark.parametrize(("good", "bad"), [
-    ("Delicious, will buy again!", "Stale and awful."),
-    ("My dog loves these treats, great value", "The package arrived broken and the taste was terrible"),
-    ("Best coffee I have ever had", "Worst coffee, bitter and disappointing"),
-])
+@pytest.mark.parametrize(
+    ("good", "bad"),
+    [
+        ("Delicious, will buy again!", "Stale and awful."),
+        (
+            "My dog loves these treats, great value",
+            "The package arrived broken and the taste was terrible",
+        ),
+        ("Best coffee I have ever had", "Worst coffee, bitter and disappointing"),
+    ],
+)
 def test_sentiment_direction(good: str, bad: str) -> None:
     p_good, p_bad = score("review_sentiment", [{"review": good}, {"review": bad}])
     assert p_good > p_bad
 
 
 def test_sentiment_is_case_and_whitespace_invariant() -> None:
-    a, b = score("review_sentiment", [{"review": "delicious, will buy again"},
-                                      {"review": "  DELICIOUS,   will buy AGAIN "}])
+    a, b = score(
+        "review_sentiment",
+        [{"review": "delicious, will buy again"}, {"review": "  DELICIOUS,   will buy AGAIN "}],
+    )
     assert a == pytest.approx(b)
 
 
@@ -82,10 +111,20 @@ def customer(**changes: Any) -> dict[str, Any]:
 
 
 def test_churn_month_to_month_newcomer_over_two_year_veteran() -> None:
-    newcomer = customer(contract="Month-to-month", tenure=2, internet_service="Fiber optic",
-                        payment_method="Electronic check", total_charges=180.0)
-    veteran = customer(contract="Two year", tenure=60, internet_service="DSL",
-                       payment_method="Bank transfer (automatic)", total_charges=3600.0)
+    newcomer = customer(
+        contract="Month-to-month",
+        tenure=2,
+        internet_service="Fiber optic",
+        payment_method="Electronic check",
+        total_charges=180.0,
+    )
+    veteran = customer(
+        contract="Two year",
+        tenure=60,
+        internet_service="DSL",
+        payment_method="Bank transfer (automatic)",
+        total_charges=3600.0,
+    )
     p_new, p_old = score("churn", [newcomer, veteran])
     assert p_new > 0.4 > 0.1 > p_old
 
@@ -103,8 +142,11 @@ def test_fashion_classifier_beats_chance_and_is_flip_invariant() -> None:
     flavor = MODELS["fashion_cnn"].FLAVOR
     proba = flavor.predict(model, sample, spec)
     assert (proba.argmax(1) == sample["label"].to_numpy()).mean() > 0.6  # quick settings: 1 epoch
-    flipped = sample.assign(image=[np.frombuffer(b, np.uint8).reshape(28, 28)[:, ::-1].tobytes()
-                                   for b in sample["image"]])
+    flipped = sample.assign(
+        image=[
+            np.frombuffer(b, np.uint8).reshape(28, 28)[:, ::-1].tobytes() for b in sample["image"]
+        ]
+    )
     agreement = (flavor.predict(model, flipped, spec).argmax(1) == proba.argmax(1)).mean()
     assert agreement > 0.85  # trained with flips: a mirrored garment is the same garment
 
@@ -115,9 +157,13 @@ def test_onnx_graph_reproduces_the_native_model(key: str) -> None:
     flavor = MODELS[key].FLAVOR
     _, _, test = prepared(key)
     sample = test.head(300)
-    session = ort.InferenceSession(flavor.to_onnx(model, spec).SerializeToString(),
-                                   providers=["CPUExecutionProvider"])
-    assert check_parity(flavor.predict(model, sample, spec), onnx_predict(session, sample, spec), spec) < 1e-4
+    session = ort.InferenceSession(
+        flavor.to_onnx(model, spec).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    assert (
+        check_parity(flavor.predict(model, sample, spec), onnx_predict(session, sample, spec), spec)
+        < 1e-4
+    )
 
 
 @pytest.mark.parametrize("key", [k for k in KEYS if k != "house_prices"])

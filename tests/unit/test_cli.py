@@ -10,8 +10,9 @@ from pipelines.paths import ROOT
 
 
 def stage(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.parametrize("name", ["prepare", "train", "evaluate", "export", "register"])
@@ -25,9 +26,14 @@ def test_unknown_model_key(name: str, tmp_path: Path) -> None:
 def test_register_without_artifacts_fails_before_mlflow(tmp_path: Path) -> None:
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     env_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = subprocess.run([sys.executable, "-m", "pipelines.register", "titanic", "--root", str(tmp_path)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env={"MLFLOW_TRACKING_URI": env_uri, "PATH": "/usr/bin:/bin"})
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.register", "titanic", "--root", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"MLFLOW_TRACKING_URI": env_uri, "PATH": "/usr/bin:/bin"},
+    )
     assert result.returncode == 2, result.stderr
     assert "missing artifacts/titanic/model.onnx" in result.stderr
     assert not (tmp_path / "mlflow.db").exists()  # the registry was never opened

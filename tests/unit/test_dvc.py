@@ -20,8 +20,14 @@ def test_every_stage_is_a_foreach_over_the_catalog() -> None:
 
 def test_dvc_resolves_a_stage_per_model() -> None:
     dvc = Path(sys.executable).parent / "dvc"
-    listed = subprocess.run([str(dvc), "stage", "list", "--name-only"], cwd=ROOT, capture_output=True,
-                            text=True, check=True, timeout=120).stdout.split()
+    listed = subprocess.run(
+        [str(dvc), "stage", "list", "--name-only"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout.split()
     assert sorted(listed) == sorted(f"{s}@{k}" for s in STAGES for k in KEYS)
 
 

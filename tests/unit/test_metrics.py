@@ -36,16 +36,20 @@ def test_floors() -> None:
     assert floors_met(spec, {"rmse_log": 0.15, "r2_log": 0.9})["rmse_log"] is False
 
 
-@pytest.mark.parametrize(("metrics", "incumbent", "alias", "why"), [
-    ({"roc_auc": 0.90, "accuracy": 0.82}, None, CHAMPION, "no champion before"),
-    ({"roc_auc": 0.90, "accuracy": 0.82}, 0.89, CHAMPION, "not worse"),
-    ({"roc_auc": 0.90, "accuracy": 0.82}, 0.90, CHAMPION, "not worse"),
-    ({"roc_auc": 0.88, "accuracy": 0.82}, 0.89, CHALLENGER, "worse than champion"),
-    ({"roc_auc": 0.95, "accuracy": 0.70}, None, CHALLENGER, "floor missed: accuracy"),
-    ({"roc_auc": 0.95, "accuracy": 0.70}, 0.80, CHALLENGER, "floor missed"),
-])
-def test_gate_higher_is_better(metrics: dict[str, float], incumbent: float | None, alias: str,
-                               why: str) -> None:
+@pytest.mark.parametrize(
+    ("metrics", "incumbent", "alias", "why"),
+    [
+        ({"roc_auc": 0.90, "accuracy": 0.82}, None, CHAMPION, "no champion before"),
+        ({"roc_auc": 0.90, "accuracy": 0.82}, 0.89, CHAMPION, "not worse"),
+        ({"roc_auc": 0.90, "accuracy": 0.82}, 0.90, CHAMPION, "not worse"),
+        ({"roc_auc": 0.88, "accuracy": 0.82}, 0.89, CHALLENGER, "worse than champion"),
+        ({"roc_auc": 0.95, "accuracy": 0.70}, None, CHALLENGER, "floor missed: accuracy"),
+        ({"roc_auc": 0.95, "accuracy": 0.70}, 0.80, CHALLENGER, "floor missed"),
+    ],
+)
+def test_gate_higher_is_better(
+    metrics: dict[str, float], incumbent: float | None, alias: str, why: str
+) -> None:
     decided, reason = decide(CATALOG["titanic"], metrics, incumbent)
     assert decided == alias and why in reason
 

