@@ -11,6 +11,7 @@ def score(spec: ModelSpec, y: np.ndarray, predicted: np.ndarray) -> dict[str, fl
     if spec.task == "regression":
         return _regression(spec, y, predicted)
     labels = predicted.argmax(axis=1)
+    predicted = predicted / predicted.sum(axis=1, keepdims=True)  # float32 softmax: 1 +- 1e-7
     result = {
         "accuracy": m.accuracy_score(y, labels),
         "log_loss": m.log_loss(y, predicted, labels=range(predicted.shape[1])),

@@ -80,15 +80,28 @@ def raw_schema(spec: ModelSpec) -> pa.DataFrameSchema:
     return pa.DataFrameSchema(columns, strict=True, name=spec.key)
 
 
+def _describe_failure(column: object, check: str, case: object, spec: ModelSpec) -> str:
+    if check == "column_in_schema":  # pandera puts the offending column in failure_case
+        return (
+            f"- unexpected column {case!r}: not a field, the target or in `drop` "
+            f"of models.{spec.key} in params.yaml"
+        )
+    if check == "column_in_dataframe":
+        return f"- column {case!r} is missing from the data"
+    return f"- column {column!r}: {check} (e.g. {case!r})"
+
+
 def validate_raw(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
     """Raise SchemaViolation naming every failing column and check."""
     try:
         return raw_schema(spec).validate(frame, lazy=True)
     except SchemaErrors as exc:
         cases = exc.failure_cases
+        structural = cases["check"].isin(["column_in_schema", "column_in_dataframe"])
+        cases = cases[structural | ~cases.duplicated(["column", "check"])]  # one example each
         lines = [
-            f"- column {row.column!r}: {row.check} (e.g. {row.failure_case!r})"
-            for row in cases.drop_duplicates(["column", "check"]).itertuples()
+            _describe_failure(row.column, str(row.check), row.failure_case, spec)
+            for row in cases.itertuples()
         ]
         raise SchemaViolation(
             f"raw data for {spec.key!r} violates its schema:\n" + "\n".join(lines)

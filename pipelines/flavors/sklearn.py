@@ -89,6 +89,23 @@ def _tokenexp(vectorizer: CountVectorizer) -> str:
     return re.sub(r"^\(\?[a-zA-Z]+\)", "", vectorizer.token_pattern)
 
 
+def check_ngram_vocabulary(vectorizer: CountVectorizer) -> None:
+    """ONNX Runtime only finds an n-gram whose words are all unigrams of the vocabulary.
+
+    A vocabulary cut by document frequency alone has that property (a word occurs in at least
+    the documents of any n-gram containing it); a cut by `max_features` may not, and the graph
+    would then silently miss those n-grams.
+    """
+    vocabulary = set(vectorizer.vocabulary_)
+    uncovered = [g for g in vocabulary if " " in g and not set(g.split(" ")) <= vocabulary]
+    if uncovered:
+        raise ValueError(
+            f"{len(uncovered)} n-grams of {type(vectorizer).__name__} have words outside its "
+            f"vocabulary (e.g. {sorted(uncovered)[:3]}), which ONNX cannot match: "
+            "limit the vocabulary with min_df instead of max_features"
+        )
+
+
 def to_onnx(model: Any, spec: ModelSpec) -> onnx.ModelProto:
     inputs = [
         (name, FloatTensorType([None, 1]) if f.type in NUMERIC else StringTensorType([None, 1]))
@@ -97,6 +114,7 @@ def to_onnx(model: Any, spec: ModelSpec) -> onnx.ModelProto:
     options: dict[int, dict[str, Any]] = {}
     for step in _walk(model):
         if isinstance(step, CountVectorizer):  # TfidfVectorizer too
+            check_ngram_vocabulary(step)
             options[id(step)] = {"tokenexp": _tokenexp(step), "locale": "C.UTF-8"}
     final_types = None
     if spec.task == "regression":

@@ -72,6 +72,9 @@ def _evaluate(model: PixelsIn, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
 def fit(estimator: nn.Module, train: pd.DataFrame, spec: ModelSpec, out: Path) -> PixelsIn:
     p = spec.params
     torch.manual_seed(p["seed"])
+    for layer in estimator.modules():  # initial weights drawn now, after seeding, not at build()
+        if hasattr(layer, "reset_parameters"):
+            layer.reset_parameters()
     threads = get_settings().train_threads
     if threads:
         torch.set_num_threads(threads)

@@ -14,12 +14,11 @@ __all__ = ["FLAVOR", "build"]
 def build(spec: ModelSpec) -> Pipeline:
     p = spec.params
     # ASCII word tokens: Python's (?a)\w is exactly RE2's \w, so ONNX tokenizes identically.
-    # No sublinear_tf: skl2onnx does not convert it.
+    # No sublinear_tf (skl2onnx does not convert it), no max_features (see check_ngram_vocabulary).
     tfidf = TfidfVectorizer(
         token_pattern=r"(?a)\b\w\w+\b",
         ngram_range=tuple(p["ngram_range"]),
         min_df=p["min_df"],
-        max_features=p["max_features"],
     )
     linear = LogisticRegression(
         C=p["C"], max_iter=p["max_iter"], class_weight=p.get("class_weight")

@@ -20,7 +20,9 @@ PLOTS = {
 
 def versions(project: Project, key: str) -> list[str]:
     try:
-        return sorted(v.version for v in project.client().search_model_versions(f"name='{key}'"))
+        return sorted(
+            str(v.version) for v in project.client().search_model_versions(f"name='{key}'")
+        )
     except MlflowException:
         return []
 
@@ -29,7 +31,7 @@ def versions(project: Project, key: str) -> list[str]:
 def test_every_model_is_registered_as_champion(project: Project, key: str) -> None:
     client, params = project.client(), project.params()["models"][key]
     version = client.get_model_version_by_alias(key, "champion")
-    assert version.version == "1"
+    assert str(version.version) == "1"
     run = client.get_run(version.run_id)
     for metric, bound in params["floors"].items():
         value = run.data.metrics[metric]
@@ -91,13 +93,13 @@ def test_clean_rerun_gives_identical_metrics(project: Project) -> None:
 
 
 def test_worse_model_becomes_challenger(project: Project) -> None:
-    champion = project.client().get_model_version_by_alias("titanic", "champion").version
+    champion = str(project.client().get_model_version_by_alias("titanic", "champion").version)
     project.edit_model("titanic", {"params": {"max_iter": 3, "learning_rate": 0.01}})
     project.run("dvc", "repro", "register@titanic")
     client = project.client()
     challenger = client.get_model_version_by_alias("titanic", "challenger")
-    assert challenger.version != champion
-    assert client.get_model_version_by_alias("titanic", "champion").version == champion
+    assert str(challenger.version) != champion
+    assert str(client.get_model_version_by_alias("titanic", "champion").version) == champion
     assert (
         "worse than champion" in challenger.tags["gate.reason"]
         or "floor missed" in challenger.tags["gate.reason"]

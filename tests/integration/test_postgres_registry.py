@@ -4,7 +4,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import psycopg2
+import psycopg
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -20,16 +20,15 @@ SERVER = "postgresql://postgres@127.0.0.1:5432"
 def postgres_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A database of its own, dropped afterwards."""
     name = f"mlflow_test_{uuid.uuid4().hex[:8]}"
-    admin = psycopg2.connect(f"{SERVER}/postgres")
-    admin.autocommit = True
-    admin.cursor().execute(f"CREATE DATABASE {name}")
+    admin = psycopg.connect(f"{SERVER}/postgres", autocommit=True)
+    admin.execute(f"CREATE DATABASE {name}")
     uri = f"{SERVER}/{name}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_ARTIFACT_ROOT", (tmp_path / "artifacts").as_uri())
     get_settings.cache_clear()
     yield uri
     get_settings.cache_clear()
-    admin.cursor().execute(f"DROP DATABASE {name} WITH (FORCE)")
+    admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
     admin.close()
 
 
@@ -44,10 +43,12 @@ def build(root: Path, **params: object) -> None:
 def test_register_and_gate_on_postgres(postgres_uri: str, tmp_path: Path) -> None:
     build(tmp_path)
     client = MlflowClient(tracking_uri=postgres_uri, registry_uri=postgres_uri)
-    assert client.get_model_version_by_alias("titanic", "champion").version == "1"
+    assert str(client.get_model_version_by_alias("titanic", "champion").version) == "1"
     build(tmp_path, max_iter=3, learning_rate=0.01)  # a deliberately worse model
-    assert client.get_model_version_by_alias("titanic", "challenger").version == "2"
-    assert client.get_model_version_by_alias("titanic", "champion").version == "1"
-    with psycopg2.connect(postgres_uri) as conn, conn.cursor() as cursor:
-        cursor.execute("SELECT count(*) FROM model_versions WHERE name = 'titanic'")
-        assert cursor.fetchone() == (2,)
+    assert str(client.get_model_version_by_alias("titanic", "challenger").version) == "2"
+    assert str(client.get_model_version_by_alias("titanic", "champion").version) == "1"
+    with psycopg.connect(postgres_uri) as conn:
+        count = conn.execute(
+            "SELECT count(*) FROM model_versions WHERE name = 'titanic'"
+        ).fetchone()
+    assert count == (2,)

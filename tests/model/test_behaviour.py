@@ -1,5 +1,6 @@
 """Behavioural tests (directional, invariance, minimum functionality) on trained models."""
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -172,3 +173,15 @@ def test_probabilities_sum_to_one(key: str) -> None:
     _, _, test = prepared(key)
     proba = MODELS[key].FLAVOR.predict(model, test.head(100), spec)
     assert np.allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_training_is_reproducible(key: str, tmp_path: Path) -> None:
+    spec, _ = trained(key)
+    if key == "fashion_cnn":  # a slice is enough to show the seeds hold
+        spec = spec.model_copy(update={"params": spec.params | {"validation_size": 500}})
+    project = MODELS[key]
+    train, test = prepared(key)[1].head(3000), prepared(key)[2].head(200)
+    runs = [project.FLAVOR.fit(project.build(spec), train, spec, tmp_path / str(i)) for i in (1, 2)]
+    first, second = (project.FLAVOR.predict(m, test, spec) for m in runs)
+    assert np.array_equal(first, second)

@@ -68,3 +68,16 @@ def test_regression_parity_is_relative() -> None:
     assert check_parity(native, native + np.array([10.0, 4.0]), spec) < 1e-4  # $4 on $50k: 8e-5
     with pytest.raises(StageError, match="relative"):
         check_parity(native, native + 100.0, spec)  # $100 on $50k: 2e-3
+
+
+def test_ngram_vocabulary_must_cover_its_words() -> None:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from pipelines.flavors.sklearn import check_ngram_vocabulary
+
+    docs = ["the highest quality", "the highest price", "the best", "the best", "the end"]
+    check_ngram_vocabulary(TfidfVectorizer(ngram_range=(1, 2), min_df=2).fit(docs))
+    # what a max_features cut can leave: a bigram whose second word is not in the vocabulary
+    cut = TfidfVectorizer(ngram_range=(1, 2), vocabulary=["the", "the highest"]).fit(docs)
+    with pytest.raises(ValueError, match="min_df instead of max_features"):
+        check_ngram_vocabulary(cut)
