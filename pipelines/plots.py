@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
 
@@ -48,6 +49,10 @@ def residuals(y: np.ndarray, predicted: np.ndarray, title: str, path: Path) -> N
     right.set(
         xlabel="predicted", ylabel="log(actual) - log(predicted)", title="residuals", xscale="log"
     )
+    for axis in (left.xaxis, left.yaxis, right.xaxis):  # 100k, 200k: no crowded minor labels
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(EngFormatter())
+        axis.set_minor_formatter(NullFormatter())
     fig.suptitle(f"{title} (test split)")
     _save(fig, path)
 
@@ -58,7 +63,7 @@ def importance(table: pd.DataFrame, title: str, path: Path, top: int = 20) -> No
     ax.barh(
         shown["feature"], shown["importance"], color=np.where(shown["importance"] >= 0, "C0", "C3")
     )
-    ax.set_title(f"{title}: feature importance")
+    ax.set(title=f"{title}: feature importance", xlabel=table.attrs.get("measure", "importance"))
     _save(fig, path)
 
 

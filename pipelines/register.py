@@ -82,41 +82,34 @@ def load_inputs(
     )
 
 
-def register(spec: ModelSpec, root: Path) -> dict[str, Any]:
-    graph, metrics, train, test = load_inputs(spec, root)
-    example = onnx_feeds(test.head(EXAMPLE_ROWS), spec)
+def log_run(
+    spec: ModelSpec,
+    root: Path,
+    graph: onnx.ModelProto,
+    metrics: dict[str, float],
+    tags: dict[str, str],
+    card: str,
+) -> tuple[str, str]:
+    """One MLflow run: params, metrics, datasets, tags, card, ONNX model. (run id, version)."""
+    split = paths.split_dir(spec.key, root)
+    example = onnx_feeds(pd.read_parquet(split / "test.parquet").head(EXAMPLE_ROWS), spec)
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
-    outputs = dict(
-        zip([o.name for o in session.get_outputs()], session.run(None, example), strict=True)
-    )
-    client = registry.client()
-    experiment_id = registry.experiment(spec.key)
-    incumbent_version = registry.champion_version(client, spec.key)
-    incumbent, basis = (
-        registry.champion_metric(client, spec, incumbent_version, test)
-        if incumbent_version
-        else (None, "")
-    )
-    alias, reason = registry.decide(spec, metrics, incumbent)
-    if incumbent_version:
-        reason += f" (champion v{incumbent_version}, {basis})"
-    card = model_card.render(spec, metrics, train, test, f"Gate: **{alias}**: {reason}.")
-    tags = lineage(spec.key, root)
-    with mlflow.start_run(
-        experiment_id=experiment_id, run_name=f"{spec.key}-{tags['git_commit'][:8]}"
-    ) as run:
+    names = [o.name for o in session.get_outputs()]
+    outputs = dict(zip(names, session.run(None, example), strict=True))
+    run_name = f"{spec.key}-{tags['git_commit'][:8]}"
+    with mlflow.start_run(experiment_id=registry.experiment(spec.key), run_name=run_name) as run:
         mlflow.log_params(flat_params(spec))
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-        mlflow.set_tags(tags | {"gate.alias": alias, "gate.reason": reason})
-        for context, frame, split in (("training", train, "train"), ("testing", test, "test")):
-            source = paths.split_dir(spec.key, root) / f"{split}.parquet"
+        mlflow.set_tags(tags)
+        for context, name in (("training", "train"), ("testing", "test")):
+            source = split / f"{name}.parquet"
             with warnings.catch_warnings():  # a local path "can be interpreted in multiple ways"
                 warnings.filterwarnings("ignore", message=".*interpreted in multiple ways.*")
                 dataset = from_pandas(
-                    frame,
+                    pd.read_parquet(source),
                     source=str(source),
                     targets=spec.target.column,
-                    name=f"{spec.key}-{split}",
+                    name=f"{spec.key}-{name}",
                 )
             mlflow.log_input(dataset, context=context)
         mlflow.log_text(card, "model_card.md")
@@ -130,15 +123,21 @@ def register(spec: ModelSpec, root: Path) -> dict[str, Any]:
             pip_requirements=SERVING_REQUIREMENTS,
             onnx_execution_providers=["CPUExecutionProvider"],
         )
-    version = str(info.registered_model_version)
+    return run.info.run_id, str(info.registered_model_version)
+
+
+def register(spec: ModelSpec, root: Path) -> dict[str, Any]:
+    """Check inputs, gate against the champion, log the run, then label the new version."""
+    graph, metrics, train, test = load_inputs(spec, root)
+    client = registry.client()
+    alias, reason = registry.gate(client, spec, metrics, test)
+    card = model_card.render(spec, metrics, train, test, f"Gate: **{alias}**: {reason}.")
+    tags = lineage(spec.key, root) | {"gate.alias": alias, "gate.reason": reason}
+    run_id, version = log_run(spec, root, graph, metrics, tags, card)
     client.update_registered_model(spec.key, description=spec.description)
     client.update_model_version(spec.key, version, description=card)
-    for key, value in {
-        "gate.alias": alias,
-        "gate.reason": reason,
-        "git_commit": tags["git_commit"],
-    }.items():
-        client.set_model_version_tag(spec.key, version, key, value)
+    for tag in ("gate.alias", "gate.reason", "git_commit"):
+        client.set_model_version_tag(spec.key, version, tag, tags[tag])
     client.set_registered_model_alias(spec.key, alias, version)
     log.info("%s: version %s -> @%s (%s)", spec.key, version, alias, reason)
     return {
@@ -146,7 +145,7 @@ def register(spec: ModelSpec, root: Path) -> dict[str, Any]:
         "version": version,
         "alias": alias,
         "reason": reason,
-        "run_id": run.info.run_id,
+        "run_id": run_id,
         "metrics": metrics,
     }
 

@@ -85,6 +85,18 @@ def decide(spec: ModelSpec, metrics: dict[str, float], incumbent: float | None) 
     return CHAMPION, f"floors met; {spec.gate_metric} {new:.4f}; no champion before"
 
 
+def gate(
+    client: MlflowClient, spec: ModelSpec, metrics: dict[str, float], test: pd.DataFrame
+) -> tuple[str, str]:
+    """(alias, reason) for a new version, against the current champion if there is one."""
+    incumbent_version = champion_version(client, spec.key)
+    if incumbent_version is None:
+        return decide(spec, metrics, None)
+    incumbent, basis = champion_metric(client, spec, incumbent_version, test)
+    alias, reason = decide(spec, metrics, incumbent)
+    return alias, f"{reason} (champion v{incumbent_version}, {basis})"
+
+
 def summary(keys: list[str]) -> list[dict[str, object]]:
     """Per registered model: versions, aliases and the champion's metrics."""
     mlflow_client, rows = client(), []

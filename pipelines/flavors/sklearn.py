@@ -151,9 +151,10 @@ def explain(model: Any, test: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame | N
         random_state=0,
         n_jobs=1,
     )
-    return pd.DataFrame(
-        {"feature": list(spec.fields), "importance": result.importances_mean}
-    ).sort_values("importance", ascending=False, ignore_index=True)
+    table = pd.DataFrame({"feature": list(spec.fields), "importance": result.importances_mean})
+    table = table.sort_values("importance", ascending=False, ignore_index=True)
+    table.attrs["measure"] = f"drop in {scoring.removeprefix('neg_')} when the field is shuffled"
+    return table
 
 
 def _linear_text_weights(model: Pipeline, top: int = 15) -> pd.DataFrame:
@@ -163,4 +164,6 @@ def _linear_text_weights(model: Pipeline, top: int = 15) -> pd.DataFrame:
         {"feature": vectorizer.get_feature_names_out(), "importance": linear.coef_.ravel()}
     )
     order = weights["importance"].abs().sort_values(ascending=False).index[: 2 * top]
-    return weights.loc[order].reset_index(drop=True)
+    table = weights.loc[order].reset_index(drop=True)
+    table.attrs["measure"] = "logistic-regression weight of the TF-IDF term (+ towards positive)"
+    return table

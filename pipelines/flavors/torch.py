@@ -73,8 +73,9 @@ def fit(estimator: nn.Module, train: pd.DataFrame, spec: ModelSpec, out: Path) -
     p = spec.params
     torch.manual_seed(p["seed"])
     for layer in estimator.modules():  # initial weights drawn now, after seeding, not at build()
-        if hasattr(layer, "reset_parameters"):
-            layer.reset_parameters()
+        reset = getattr(layer, "reset_parameters", None)
+        if callable(reset):
+            reset()
     threads = get_settings().train_threads
     if threads:
         torch.set_num_threads(threads)

@@ -1,5 +1,6 @@
 """Models trained once per session on the real train split (quick settings for the CNN)."""
 
+import tempfile
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,9 @@ def trained(key: str) -> tuple[ModelSpec, Any]:
     spec = quick_spec(key)
     project = MODELS[key]
     _, train, _ = prepared(key)
-    model = project.FLAVOR.fit(project.build(spec), train, spec, Path("/tmp") / f"model-tier-{key}")
+    model = project.FLAVOR.fit(
+        project.build(spec), train, spec, Path(tempfile.mkdtemp(prefix=f"model-tier-{key}-"))
+    )
     return spec, model
 
 
