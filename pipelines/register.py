@@ -103,15 +103,16 @@ def log_run(
         mlflow.set_tags(tags)
         for context, name in (("training", "train"), ("testing", "test")):
             source = split / f"{name}.parquet"
-            with warnings.catch_warnings():  # a local path "can be interpreted in multiple ways"
+            with warnings.catch_warnings():  # a dataset record, not the model's signature:
                 warnings.filterwarnings("ignore", message=".*interpreted in multiple ways.*")
+                warnings.filterwarnings("ignore", message=".*schema contains integer column.*")
                 dataset = from_pandas(
                     pd.read_parquet(source),
                     source=str(source),
                     targets=spec.target.column,
                     name=f"{spec.key}-{name}",
                 )
-            mlflow.log_input(dataset, context=context)
+                mlflow.log_input(dataset, context=context)
         mlflow.log_text(card, "model_card.md")
         info = mlflow.onnx.log_model(
             graph,
