@@ -4,7 +4,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PARAMS = ROOT / "params.yaml"
-DVC_LOCK = ROOT / "dvc.lock"
 
 
 def raw_data(key: str, root: Path = ROOT) -> Path:

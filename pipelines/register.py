@@ -87,12 +87,13 @@ def log_run(
     root: Path,
     graph: onnx.ModelProto,
     metrics: dict[str, float],
+    frames: dict[str, pd.DataFrame],
     tags: dict[str, str],
     card: str,
 ) -> tuple[str, str]:
     """One MLflow run: params, metrics, datasets, tags, card, ONNX model. (run id, version)."""
     split = paths.split_dir(spec.key, root)
-    example = onnx_feeds(pd.read_parquet(split / "test.parquet").head(EXAMPLE_ROWS), spec)
+    example = onnx_feeds(frames["test"].head(EXAMPLE_ROWS), spec)
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     outputs = dict(zip(names, session.run(None, example), strict=True))
@@ -107,7 +108,7 @@ def log_run(
                 warnings.filterwarnings("ignore", message=".*interpreted in multiple ways.*")
                 warnings.filterwarnings("ignore", message=".*schema contains integer column.*")
                 dataset = from_pandas(
-                    pd.read_parquet(source),
+                    frames[name],
                     source=str(source),
                     targets=spec.target.column,
                     name=f"{spec.key}-{name}",
@@ -134,7 +135,8 @@ def register(spec: ModelSpec, root: Path) -> dict[str, Any]:
     alias, reason = registry.gate(client, spec, metrics, test)
     card = model_card.render(spec, metrics, train, test, f"Gate: **{alias}**: {reason}.")
     tags = lineage(spec.key, root) | {"gate.alias": alias, "gate.reason": reason}
-    run_id, version = log_run(spec, root, graph, metrics, tags, card)
+    frames = {"train": train, "test": test}
+    run_id, version = log_run(spec, root, graph, metrics, frames, tags, card)
     client.update_registered_model(spec.key, description=spec.description)
     client.update_model_version(spec.key, version, description=card)
     for tag in ("gate.alias", "gate.reason", "git_commit"):

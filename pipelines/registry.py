@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 from pipelines.catalog import ModelSpec
 from pipelines.export import onnx_predict
 from pipelines.log import get_logger
-from pipelines.metrics import score
+from pipelines.metrics import floors_met, not_worse, score
 from pipelines.schema import encode_target
 from pipelines.settings import get_settings
 
@@ -69,14 +69,15 @@ def champion_metric(
 def decide(spec: ModelSpec, metrics: dict[str, float], incumbent: float | None) -> tuple[str, str]:
     """(alias, reason): champion only if every floor holds and the gate metric is not worse."""
     missed = [
-        f"{k} {metrics[k]:.4f} not {b}" for k, b in spec.floors.items() if not b.holds(metrics[k])
+        f"{k} {metrics[k]:.4f} not {spec.floors[k]}"
+        for k, ok in floors_met(spec, metrics).items()
+        if not ok
     ]
     if missed:
         return CHALLENGER, "floor missed: " + "; ".join(missed)
     new = metrics[spec.gate_metric]
     if incumbent is not None:
-        better = new >= incumbent if spec.higher_is_better else new <= incumbent
-        if not better:
+        if not not_worse(spec, new, incumbent):
             return CHALLENGER, f"{spec.gate_metric} {new:.4f} worse than champion's {incumbent:.4f}"
         return (
             CHAMPION,
