@@ -28,11 +28,8 @@ def onnx_predict(session: ort.InferenceSession, frame: pd.DataFrame, spec: Model
     """Probabilities [N, C] or values [N] from the exported graph."""
     output = "prediction" if spec.task == "regression" else "probabilities"
     (result,) = session.run([output], onnx_feeds(frame, spec))
-    return (
-        np.asarray(result, dtype=np.float64).reshape(len(frame), -1).squeeze(-1)
-        if spec.task == "regression"
-        else np.asarray(result, dtype=np.float64)
-    )
+    values = np.asarray(result, dtype=np.float64)
+    return values.reshape(len(frame)) if spec.task == "regression" else values
 
 
 def check_parity(native: np.ndarray, exported: np.ndarray, spec: ModelSpec) -> float:

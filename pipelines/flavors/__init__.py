@@ -5,7 +5,7 @@ flavor and builds the estimator; the generic stages do the rest.
 """
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import onnx
@@ -14,6 +14,7 @@ import pandas as pd
 from pipelines.catalog import ModelSpec
 
 
+@runtime_checkable
 class Flavor(Protocol):
     def fit(self, estimator: Any, train: pd.DataFrame, spec: ModelSpec, out: Path) -> Any:
         """Fit on the train split; `out` may receive training history (learning curve)."""

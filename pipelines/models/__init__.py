@@ -33,7 +33,6 @@ def get_project(key: str) -> Project:
 
 def is_project(module: ModuleType) -> bool:
     """Runtime check of the Project protocol (used by the tests on every entry)."""
-    return callable(getattr(module, "build", None)) and all(
-        callable(getattr(module.FLAVOR, fn, None))
-        for fn in ("fit", "predict", "save", "load", "to_onnx", "explain")
+    return callable(getattr(module, "build", None)) and isinstance(
+        getattr(module, "FLAVOR", None), Flavor
     )
