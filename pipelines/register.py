@@ -5,6 +5,7 @@ it was. `champion` moves only for a version that meets every floor and is not wo
 the current champion on the same test split; any other version becomes `challenger`.
 """
 
+import hashlib
 import json
 import subprocess
 import warnings
@@ -139,7 +140,9 @@ def register(spec: ModelSpec, root: Path) -> dict[str, Any]:
     run_id, version = log_run(spec, root, graph, metrics, frames, tags, card)
     client.update_registered_model(spec.key, description=spec.description)
     client.update_model_version(spec.key, version, description=card)
-    for tag in ("gate.alias", "gate.reason", "git_commit"):
+    # Servers check the bytes they download (or kept from an earlier start) against this.
+    tags["onnx_sha256"] = hashlib.sha256(graph.SerializeToString()).hexdigest()
+    for tag in ("gate.alias", "gate.reason", "git_commit", "onnx_sha256"):
         client.set_model_version_tag(spec.key, version, tag, tags[tag])
     client.set_registered_model_alias(spec.key, alias, version)
     log.info("%s: version %s -> @%s (%s)", spec.key, version, alias, reason)

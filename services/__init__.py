@@ -1,0 +1,1 @@
+"""Serving: one generic service, built from the catalog, for every registered model."""

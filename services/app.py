@@ -1,0 +1,152 @@
+"""The ASGI app of one model service: the common REST contract, OIP v2, health and metrics.
+
+`create_app("titanic")` serves the catalog entry `titanic`; every model gets the same app.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from starlette.background import BackgroundTask
+from starlette.concurrency import run_in_threadpool
+
+from pipelines.catalog import get_spec
+from services import oip
+from services.guard import Guard
+from services.responses import error_response, json_response
+from services.service import InputError, ModelService
+from services.settings import ServeSettings
+from services.store import ArtifactRefused
+from services.tensors import TensorError
+
+log = logging.getLogger("services.app")
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Invalid input: `detail` names each field and what was expected"},
+    413: {"description": "Body or record count over the limit"},
+    429: {"description": "Too many requests in flight; retry after `Retry-After` seconds"},
+    503: {"description": "No model loaded yet (see /readyz)"},
+    504: {"description": "Inference took longer than the service's timeout"},
+}
+
+
+async def keep_loaded(service: ModelService) -> None:
+    """Load at start, then follow alias moves; retry quickly while nothing is loaded."""
+    interval = service.settings.reload_interval_s
+    while True:
+        await run_in_threadpool(service.models.reload)
+        if interval == 0 and service.models.ready:
+            return
+        await asyncio.sleep(min(interval or 5.0, 5.0) if not service.models.ready else interval)
+
+
+def create_app(model: str, settings: ServeSettings | None = None) -> FastAPI:
+    settings = settings or ServeSettings(model=model)
+    service = ModelService(get_spec(model), settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(keep_loaded(service))
+        yield
+        task.cancel()
+
+    app = FastAPI(
+        title=f"{model} model service",
+        description=service.spec.description,
+        version="1",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    add_routes(app, service)
+    oip.add_routes(app, service)
+    add_error_handlers(app)
+    app.add_middleware(Guard, service=service)
+    return app
+
+
+def add_routes(app: FastAPI, service: ModelService) -> None:
+    schema = service.request_model.model_json_schema(ref_template="#/components/schemas/{model}")
+    definitions = schema.pop("$defs", {})
+    body_doc = {
+        "requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}
+    }
+
+    @app.post("/predict", openapi_extra=body_doc, responses=ERROR_RESPONSES)
+    async def predict(request: Request) -> Response:
+        """Predictions for 1..N named-field records, with the model version that made them."""
+        body = request.state.body
+        answer, route = await service.predict(body, request.state.request_id)
+        request.state.served = (route.serving.version, route.serving.alias)
+        task = None
+        if route.shadow is not None:
+            task = BackgroundTask(
+                service.score_shadow,
+                route.shadow,
+                body,
+                request.state.request_id,
+                answer["predictions"],
+            )
+        return json_response(answer, background=task)
+
+    @app.get("/livez")
+    async def livez() -> Response:
+        """200 while the process answers."""
+        return json_response({"status": "live"})
+
+    @app.get("/readyz", responses={503: {"description": "No model loaded (the reason says why)"}})
+    async def readyz() -> Response:
+        """200 once a champion is loaded and checked, 503 before (with the reason)."""
+        if service.models.ready:
+            return json_response(
+                {
+                    "status": "ready",
+                    "model": service.spec.key,
+                    "versions": service.models.versions(),
+                }
+            )
+        return error_response(503, f"not ready: {service.models.problem}")
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus metrics of every worker of this service."""
+        body, content_type = service.metrics.render()
+        return Response(body, media_type=content_type)
+
+    @app.post("/admin/reload")
+    async def reload() -> Response:
+        """Follow the registry's aliases now instead of at the next poll (this worker)."""
+        versions = await run_in_threadpool(service.models.reload)
+        return json_response(
+            {"versions": versions, "problem": service.models.problem or None},
+            200 if service.models.ready else 503,
+        )
+
+    original = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        document = original()
+        document.setdefault("components", {}).setdefault("schemas", {}).update(definitions)
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(InputError)
+    async def input_error(_: Request, exc: InputError) -> Response:
+        return error_response(exc.status, exc.message, exc.detail)
+
+    @app.exception_handler(TensorError)
+    async def tensor_error(_: Request, exc: TensorError) -> Response:
+        return error_response(400, str(exc), [exc.detail()])
+
+    @app.exception_handler(ArtifactRefused)
+    async def not_ready(_: Request, exc: ArtifactRefused) -> Response:
+        return error_response(503, f"no model loaded: {exc}", headers={"Retry-After": "5"})
+
+    @app.exception_handler(TimeoutError)
+    async def timeout(_: Request, exc: TimeoutError) -> Response:
+        return error_response(504, "inference took longer than the service's timeout")

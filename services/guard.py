@@ -1,0 +1,156 @@
+"""ASGI middleware in front of the routes: request ids, limits, accounting.
+
+Pure ASGI (no BaseHTTPMiddleware) because it sits on every request's hot path. For the
+inference routes it refuses what is over the limits before any parsing (413 for the body,
+429 past the in-flight limit), then times and counts the answer by model, version, alias
+and status code, and logs one line with the request id.
+"""
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from services.responses import error_response
+from services.service import ModelService
+
+log = logging.getLogger("services.requests")
+
+
+def route_of(path: str) -> str | None:
+    """The metrics label of an inference route, None for everything else."""
+    if path == "/predict":
+        return "/predict"
+    if path.startswith("/v2/models/") and path.endswith("/infer"):
+        return "/v2/infer"
+    return None
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id" and value:
+            return value.decode("latin-1")[:128]
+    return uuid.uuid4().hex
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
+    """The whole body, or None as soon as it is over `limit` bytes."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > limit:
+            return None
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+def _replay(body: bytes) -> Receive:
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+async def _refuse(send: Send, status: int, message: str, headers: list[Any]) -> None:
+    response = error_response(status, message)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*response.raw_headers, *headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": response.body})
+
+
+class Guard:
+    def __init__(self, app: ASGIApp, service: ModelService) -> None:
+        self.app, self.service = app, service
+        self.inflight = 0
+        self.gauge = service.metrics.inflight.labels(service.spec.key)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _request_id(scope)
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        status = 500
+        id_header = (b"x-request-id", request_id.encode("latin-1"))
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), id_header]
+            await send(message)
+
+        route = route_of(scope["path"])
+        if route is None:
+            await self.app(scope, receive, send_with_id)
+            return
+        started = time.perf_counter()
+        try:
+            await self._guarded(scope, receive, send_with_id, state)
+        finally:
+            self._account(route, status, time.perf_counter() - started, state)
+
+    async def _guarded(
+        self, scope: Scope, receive: Receive, send: Send, state: dict[str, Any]
+    ) -> None:
+        settings = self.service.settings
+        if self.inflight >= settings.max_concurrency:
+            await _refuse(
+                send,
+                429,
+                f"over {settings.max_concurrency} requests in flight",
+                [(b"retry-after", b"1")],
+            )
+            return
+        self.inflight += 1
+        self.gauge.inc()
+        try:
+            body = await _read_body(scope, receive, settings.max_body_bytes)
+            if body is None:
+                await _refuse(send, 413, f"body over {settings.max_body_bytes} bytes", [])
+                return
+            state["body"] = body
+            await self.app(scope, _replay(body), send)
+        finally:
+            self.inflight -= 1
+            self.gauge.dec()
+
+    def _account(self, route: str, status: int, seconds: float, state: dict[str, Any]) -> None:
+        model = self.service.spec.key
+        version, alias = state.get("served", ("", ""))
+        code = str(status)
+        metrics = self.service.metrics
+        metrics.requests.labels(model, version, alias, route, code).inc()
+        metrics.latency.labels(model, version, alias, route, code).observe(seconds)
+        log.info(
+            "request_id=%s route=%s code=%s model=%s version=%s alias=%s ms=%.2f",
+            state["request_id"],
+            route,
+            code,
+            model,
+            version,
+            alias,
+            seconds * 1000,
+        )

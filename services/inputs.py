@@ -1,0 +1,115 @@
+"""Request models generated from a catalog entry: named, typed, constrained fields.
+
+The same `fields:` that check the raw data at prepare check every served record, so the
+service accepts exactly what the model was trained on, and says which field is wrong.
+"""
+
+import base64
+import binascii
+import io
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from pipelines.catalog import InputField, ModelSpec
+
+MAX_TEXT = 20_000  # characters of one text field; longer is an input error, not a slow request
+
+
+def _image_type(field: InputField) -> Any:
+    """Nested lists of uint8, or a base64 PNG of the same size; both become raw bytes."""
+    height, width = field.shape or (0, 0)
+    pixel = Annotated[int, Field(ge=0, le=255)]
+    row = Annotated[list[pixel], Field(min_length=width, max_length=width)]
+    nested = Annotated[list[row], Field(min_length=height, max_length=height)]
+    png = Annotated[
+        str,
+        Field(min_length=8, description=f"base64-encoded {height}x{width} grey-scale PNG"),
+        AfterValidator(lambda text: _decode_png(text, height, width)),
+    ]
+
+    def to_bytes(value: list[list[int]] | bytes) -> bytes:
+        return value if isinstance(value, bytes) else bytes(p for r in value for p in r)
+
+    return Annotated[nested | png, AfterValidator(to_bytes)]
+
+
+def _decode_png(text: str, height: int, width: int) -> bytes:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        raw = base64.b64decode(text, validate=True)
+        image = Image.open(io.BytesIO(raw))
+        image.load()
+    except binascii.Error as exc:
+        raise ValueError(f"not valid base64 ({exc})") from exc
+    except (UnidentifiedImageError, ValueError, OSError) as exc:
+        raise ValueError("base64 decodes to bytes that are not an image (PNG expected)") from exc
+    if image.size != (width, height):
+        raise ValueError(f"image is {image.size[0]}x{image.size[1]}, expected {width}x{height}")
+    return image.convert("L").tobytes()
+
+
+def _field_type(field: InputField) -> Any:
+    if field.type == "image":
+        return _image_type(field)
+    if field.type in ("float", "int"):
+        kind = float if field.type == "float" else int
+        base: Any = Annotated[kind, Field(ge=field.min, le=field.max, allow_inf_nan=False)]
+    elif field.type == "category" and field.values:
+        base = Literal[tuple(field.values)]
+    else:
+        base = Annotated[str, Field(max_length=MAX_TEXT)]
+    return base | None if field.nullable else base
+
+
+def record_model(spec: ModelSpec) -> type[BaseModel]:
+    """A pydantic model for one input record of `spec`; unknown fields are rejected."""
+    definitions: dict[str, Any] = {}
+    for name, field in spec.fields.items():
+        info = Field(None if field.nullable else ..., description=field.description or None)
+        definitions[name] = (_field_type(field), info)
+    title = "".join(part.title() for part in spec.key.split("_")) + "Record"
+    config = ConfigDict(extra="forbid", title=title)
+    return create_model(title, __config__=config, **definitions)  # type: ignore[call-overload,no-any-return]
+
+
+def request_model(spec: ModelSpec, record: type[BaseModel], max_records: int) -> type[BaseModel]:
+    """The /predict body: `{"records": [...]}`, 1..max_records records."""
+    records = Annotated[list[record], Field(min_length=1, max_length=max_records)]  # type: ignore[valid-type]
+    title = record.__name__.removesuffix("Record") + "Request"
+    config = ConfigDict(extra="forbid", title=title)
+    return create_model(title, __config__=config, records=(records, ...))  # type: ignore[call-overload,no-any-return]
+
+
+def describe_errors(
+    exc: ValidationError, prefix: tuple[str | int, ...] = ()
+) -> list[dict[str, Any]]:
+    """pydantic errors as `{"field", "error", "expected"...}`: the field path a client can fix."""
+    out = []
+    for error in exc.errors(include_url=False, include_context=True):
+        location = [*prefix, *error["loc"]]
+        # A union reports each branch: name the field, not pydantic's branch labels
+        location = [p for p in location if not (isinstance(p, str) and _is_branch_label(p))]
+        entry: dict[str, Any] = {
+            "field": ".".join(str(p) for p in location),
+            "error": error["msg"],
+        }
+        if error.get("ctx") and error["type"] != "value_error":
+            entry["expected"] = {k: _plain(v) for k, v in error["ctx"].items() if k != "error"}
+        if error["type"] != "missing":
+            entry["got"] = _plain(error.get("input"))
+        out.append(entry)
+    return out
+
+
+def _is_branch_label(part: str) -> bool:
+    return part.startswith(("list[", "function-", "constrained-", "literal[")) or part == "str"
+
+
+def _plain(value: Any) -> Any:
+    """Something JSON can carry, short enough for an error message."""
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value if not isinstance(value, str) or len(value) <= 80 else value[:77] + "..."
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

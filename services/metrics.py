@@ -1,0 +1,140 @@
+"""Prometheus metrics of a model service, correct with several worker processes.
+
+With `PROMETHEUS_MULTIPROC_DIR` set (the CLI sets it before starting workers) every worker
+writes its samples to that folder and `/metrics` adds them up; without it, one process keeps
+them in memory. Series are labelled by model, version and alias so a dashboard can tell the
+champion from the challenger.
+"""
+
+import os
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+LATENCY_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
+PROBABILITY_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+# Regression values span orders of magnitude (prices): 1-2-5 steps from 0.001 to 10 million
+VALUE_BUCKETS = tuple(m * 10.0**e for e in range(-3, 8) for m in (1, 2, 5))
+
+
+def multiprocess() -> bool:
+    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+class ServiceMetrics:
+    """Every instrument of one service; `render()` is the body of GET /metrics."""
+
+    def __init__(self, task: str) -> None:
+        # In multiprocess mode samples go to files and a fresh registry collects them
+        self.registry = None if multiprocess() else CollectorRegistry()
+        reg: Any = {"registry": self.registry}
+        self.requests = Counter(
+            "serving_requests",
+            "Requests answered, by status code",
+            ["model", "version", "alias", "route", "code"],
+            **reg,
+        )
+        self.latency = Histogram(
+            "serving_request_duration_seconds",
+            "Time from request to response",
+            ["model", "version", "alias", "route", "code"],
+            buckets=LATENCY_BUCKETS,
+            **reg,
+        )
+        self.batch = Histogram(
+            "serving_batch_size",
+            "Records per request",
+            ["model", "route"],
+            buckets=BATCH_BUCKETS,
+            **reg,
+        )
+        self.scores = Histogram(
+            "serving_prediction_score",
+            "P(positive) for binary, P(top class) for multiclass, the value for regression",
+            ["model", "version", "alias"],
+            buckets=VALUE_BUCKETS if task == "regression" else PROBABILITY_BUCKETS,
+            **reg,
+        )
+        self.labels = Counter(
+            "serving_predicted_labels",
+            "Predicted labels",
+            ["model", "version", "alias", "label"],
+            **reg,
+        )
+        self.record_errors = Counter(
+            "serving_invalid_records",
+            "Records refused by validation, by field",
+            ["model", "field"],
+            **reg,
+        )
+        self.shadow = Counter(
+            "serving_shadow_predictions",
+            "Challenger predictions scored in shadow mode",
+            ["model", "version", "agreement"],
+            **reg,
+        )
+        self.info = Gauge(
+            "serving_model_info",
+            "1 for each loaded model version (0 once replaced)",
+            ["model", "version", "alias", "sha256"],
+            multiprocess_mode="livemax",
+            **reg,
+        )
+        self.training_metric = Gauge(
+            "serving_model_training_metric",
+            "The gate metric of the loaded version, held out",
+            ["model", "version", "alias", "metric"],
+            multiprocess_mode="livemax",
+            **reg,
+        )
+        self.inflight = Gauge(
+            "serving_inflight_requests",
+            "Requests being processed",
+            ["model"],
+            multiprocess_mode="livesum",
+            **reg,
+        )
+
+    def observe_predictions(
+        self, model: str, version: str, alias: str, scores: list[float], labels: list[str]
+    ) -> None:
+        histogram = self.scores.labels(model, version, alias)
+        for score in scores:
+            histogram.observe(score)
+        for label in labels:
+            self.labels.labels(model, version, alias, label).inc()
+
+    def render(self) -> tuple[bytes, str]:
+        if self.registry is not None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        from prometheus_client import multiprocess as mp
+
+        registry = CollectorRegistry()
+        mp.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST

@@ -1,0 +1,217 @@
+"""Open Inference Protocol v2 routes, so `tritonclient` talks to every service as to Triton.
+
+The tensors are the registered ONNX graph's own inputs and outputs (one input per catalog
+field), as Triton would serve the same file; each input is checked against its field.
+"""
+
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+
+from services.responses import error_response, json_response
+from services.runtime import LoadedModel
+from services.service import ModelService, field_error
+from services.tensors import (
+    ONNX_TYPES,
+    TensorError,
+    decompress,
+    encode_outputs,
+    read_input,
+    split_body,
+    to_feed,
+)
+
+SERVER = {"name": "mlops-reference", "version": "1", "extensions": ["binary_tensor_data"]}
+
+
+def _shape(dims: list[Any]) -> list[int]:
+    return [d if isinstance(d, int) else -1 for d in dims]
+
+
+def metadata(model: LoadedModel, versions: list[str]) -> dict[str, Any]:
+    session = model.session
+    return {
+        "name": model.name,
+        "versions": versions,
+        "platform": "onnxruntime_onnx",
+        "inputs": [
+            {"name": i.name, "datatype": ONNX_TYPES.get(i.type, i.type), "shape": _shape(i.shape)}
+            for i in session.get_inputs()
+        ],
+        "outputs": [
+            {"name": o.name, "datatype": ONNX_TYPES.get(o.type, o.type), "shape": _shape(o.shape)}
+            for o in session.get_outputs()
+        ],
+    }
+
+
+def add_routes(app: FastAPI, service: ModelService) -> None:
+    key = service.spec.key
+
+    def unknown(name: str) -> Response | None:
+        if name == key:
+            return None
+        return error_response(404, f"unknown model {name!r}; this service serves {key!r}")
+
+    def pick(name: str, version: str | None, request_id: str) -> LoadedModel | Response:
+        if (missing := unknown(name)) is not None:
+            return missing
+        if not service.models.ready:
+            return error_response(503, f"model {key!r} is not ready: {service.models.problem}")
+        if version is None:
+            return service.models.route(request_id).serving
+        model = service.models.by_version(version)
+        if model is None:
+            loaded = [v for v in service.models.versions().values() if v]
+            return error_response(404, f"{key} has no loaded version {version!r}; loaded: {loaded}")
+        return model
+
+    @app.get("/v2")
+    async def server_metadata() -> Response:
+        """OIP v2 server metadata."""
+        return json_response(SERVER)
+
+    @app.get("/v2/health/live")
+    async def server_live() -> Response:
+        """OIP v2 liveness."""
+        return json_response({"live": True})
+
+    @app.get("/v2/health/ready")
+    async def server_ready() -> Response:
+        """OIP v2 readiness: 503 until the model is loaded."""
+        ready = service.models.ready
+        return json_response({"ready": ready}, 200 if ready else 503)
+
+    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}/versions/{version}")
+    async def model_metadata(name: str, request: Request, version: str | None = None) -> Response:
+        """OIP v2 model metadata: the graph's input and output tensors."""
+        model = pick(name, version, request.state.request_id)
+        if isinstance(model, Response):
+            return model
+        loaded = [v for v in service.models.versions().values() if v]
+        return json_response(metadata(model, loaded))
+
+    @app.get("/v2/models/{name}/ready")
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    async def model_ready(name: str, request: Request, version: str | None = None) -> Response:
+        """OIP v2 model readiness."""
+        model = pick(name, version, request.state.request_id)
+        if isinstance(model, Response):
+            return model
+        return json_response({"name": name, "ready": True})
+
+    @app.post("/v2/models/{name}/infer")
+    @app.post("/v2/models/{name}/versions/{version}/infer")
+    async def infer(name: str, request: Request, version: str | None = None) -> Response:
+        """OIP v2 inference, JSON or with the binary tensor extension."""
+        model = pick(name, version, request.state.request_id)
+        if isinstance(model, Response):
+            return model
+        header, feeds, size = parse(service, request)
+        wanted, binary = requested_outputs(model, header)
+        result = await service.run(model.run, size, feeds, wanted)
+        service.observe(model, result, size, "/v2/infer")
+        request.state.served = (model.version, model.alias)
+        outputs, blobs = encode_outputs(result, binary)
+        answer = {
+            "model_name": key,
+            "model_version": model.version,
+            "outputs": outputs,
+            "parameters": {"alias": model.alias},
+        }
+        if "id" in header:
+            answer["id"] = header["id"]
+        return encode(answer, blobs)
+
+
+def parse(
+    service: ModelService, request: Request
+) -> tuple[dict[str, Any], dict[str, np.ndarray], int]:
+    """(request header, checked feeds for every graph input, batch size)."""
+    limit = service.settings.max_body_bytes
+    try:
+        body = decompress(request.state.body, request.headers.get("content-encoding"), limit)
+    except OverflowError as exc:
+        raise field_error(413, "body", str(exc)) from exc
+    header, tail = split_body(body, request.headers.get("inference-header-content-length"))
+    inputs = header.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise TensorError(
+            "inputs", "must be a non-empty list of tensors", sorted(service.spec.fields)
+        )
+    arrays: dict[str, tuple[np.ndarray, str]] = {}
+    offset = 0
+    for entry in inputs:
+        if not isinstance(entry, dict):
+            raise TensorError("inputs", "each input must be an object with name, shape, datatype")
+        array, offset = read_input(entry, tail, offset)
+        name = str(entry.get("name"))
+        if name not in service.spec.fields:
+            raise TensorError(name, "not an input of this model", sorted(service.spec.fields))
+        arrays[name] = (array, str(entry["datatype"]))
+    sizes = {a.shape[0] if a.ndim else 1 for a, _ in arrays.values()}
+    if len(sizes) != 1:
+        raise TensorError("inputs", f"batch sizes differ between inputs: {sorted(sizes)}")
+    (size,) = sizes
+    if size > service.settings.max_records:
+        raise field_error(
+            413,
+            "inputs",
+            f"batch of {size} is over the limit",
+            {"max_records": service.settings.max_records},
+        )
+    if size == 0:
+        raise TensorError("inputs", "batch size 0: send at least one element")
+    return header, _feeds(service, arrays, size), size
+
+
+def _feeds(
+    service: ModelService, arrays: dict[str, tuple[np.ndarray, str]], size: int
+) -> dict[str, np.ndarray]:
+    feeds = {}
+    for name, field in service.spec.fields.items():
+        if name in arrays:
+            feeds[name] = to_feed(name, field, *arrays[name])
+        elif field.nullable and field.type in ("float", "int"):
+            feeds[name] = np.full((size, 1), np.nan, np.float32)
+        elif field.nullable:
+            feeds[name] = np.full((size, 1), "", object)
+        else:
+            raise TensorError(name, "required input is missing", sorted(service.spec.fields))
+    return feeds
+
+
+def requested_outputs(model: LoadedModel, header: dict[str, Any]) -> tuple[list[str], set[str]]:
+    """(output names to compute, those to return as binary)."""
+    available = [o.name for o in model.session.get_outputs()]
+    requested = header.get("outputs")
+    all_binary = bool((header.get("parameters") or {}).get("binary_data_output", False))
+    if not requested:
+        return available, set(available) if all_binary else set()
+    if not isinstance(requested, list):
+        raise TensorError("outputs", "must be a list of {name, parameters}", available)
+    names, binary = [], set()
+    for entry in requested:
+        name = str(entry.get("name")) if isinstance(entry, dict) else str(entry)
+        if name not in available:
+            raise TensorError(f"outputs.{name}", "not an output of this model", available)
+        names.append(name)
+        parameters = entry.get("parameters") or {} if isinstance(entry, dict) else {}
+        if parameters.get("binary_data", all_binary):
+            binary.add(name)
+    return names, binary
+
+
+def encode(answer: dict[str, Any], blobs: list[bytes]) -> Response:
+    if not blobs:
+        return json_response(answer)
+    header = orjson.dumps(answer)
+    return Response(
+        header + b"".join(blobs),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )

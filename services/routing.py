@@ -1,0 +1,126 @@
+"""Champion and challenger of one model, loaded by alias and routed in-process.
+
+`split` sends a share of requests to the challenger (A/B, or a canary when the share is
+small); `shadow` scores the challenger too but always answers with the champion. A request
+id always lands on the same side, so a client retrying sees one model.
+"""
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass
+
+from pipelines.catalog import ModelSpec
+from services import runtime
+from services.metrics import ServiceMetrics
+from services.runtime import LoadedModel
+from services.settings import ServeSettings
+from services.store import ArtifactRefused, ModelStore, RegistryUnavailable
+
+log = logging.getLogger("services.routing")
+
+
+@dataclass(frozen=True)
+class Route:
+    serving: LoadedModel
+    shadow: LoadedModel | None = None
+
+
+def bucket(request_id: str) -> float:
+    """A uniform number in [0, 1) fixed by the request id."""
+    return int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest()) / 2**64
+
+
+class Models:
+    """What this service serves now; `reload()` swaps in what the aliases point to."""
+
+    def __init__(
+        self, spec: ModelSpec, settings: ServeSettings, store: ModelStore, metrics: ServiceMetrics
+    ) -> None:
+        self.spec, self.settings, self.store, self.metrics = spec, settings, store, metrics
+        self.champion: LoadedModel | None = None
+        self.challenger: LoadedModel | None = None
+        self.problem = "not loaded yet"  # why the service is not ready, for /readyz
+        self._lock = threading.Lock()
+
+    @property
+    def ready(self) -> bool:
+        return self.champion is not None
+
+    def _load(self, alias: str) -> LoadedModel | None:
+        current = self.champion if alias == "champion" else self.challenger
+        artifact = self.store.fetch(self.spec.key, alias)
+        if artifact is None:
+            return None
+        if current is not None and current.artifact.sha256 == artifact.sha256:
+            return current  # unchanged: keep the warm session
+        return runtime.load(self.spec, artifact)
+
+    def reload(self) -> dict[str, str | None]:
+        """Load @champion (and @challenger when routing uses it); keep the old ones on failure."""
+        with self._lock:
+            try:
+                champion = self._load("champion")
+                if champion is None:
+                    raise ArtifactRefused(f"the registry has no {self.spec.key}@champion")
+                wants_challenger = self.settings.challenger_mode != "off"
+                challenger = self._load("challenger") if wants_challenger else None
+            except (RegistryUnavailable, ArtifactRefused) as exc:
+                self.problem = str(exc)
+                state = f"still serving v{self.champion.version}" if self.champion else "NOT READY"
+                log.error("%s: model not loaded: %s (%s)", self.spec.key, exc, state)
+                return self.versions()
+            self._swap(champion, challenger)
+            self.problem = ""
+            return self.versions()
+
+    def _swap(self, champion: LoadedModel, challenger: LoadedModel | None) -> None:
+        for old, new in ((self.champion, champion), (self.challenger, challenger)):
+            if old is not None and (new is None or new.version != old.version):
+                self.metrics.info.labels(old.name, old.version, old.alias, old.artifact.sha256).set(
+                    0
+                )
+            if new is not None and (old is None or new.version != old.version):
+                log.info(
+                    "%s: serving version %s as @%s (from the %s, sha256 %s...)",
+                    new.name,
+                    new.version,
+                    new.alias,
+                    new.artifact.source,
+                    new.artifact.sha256[:12],
+                )
+        self.champion, self.challenger = champion, challenger
+        for model in (champion, challenger):
+            if model is not None:
+                self.metrics.info.labels(
+                    model.name, model.version, model.alias, model.artifact.sha256
+                ).set(1)
+                metric, value = model.gate_metric
+                self.metrics.training_metric.labels(
+                    model.name, model.version, model.alias, metric
+                ).set(value)
+
+    def versions(self) -> dict[str, str | None]:
+        return {
+            "champion": self.champion.version if self.champion else None,
+            "challenger": self.challenger.version if self.challenger else None,
+        }
+
+    def route(self, request_id: str) -> Route:
+        champion, challenger = self.champion, self.challenger
+        if champion is None:
+            raise ArtifactRefused(self.problem)
+        mode = self.settings.challenger_mode
+        if challenger is None or mode == "off":
+            return Route(champion)
+        if mode == "shadow":
+            return Route(champion, shadow=challenger)
+        if bucket(request_id) < self.settings.challenger_share:
+            return Route(challenger)
+        return Route(champion)
+
+    def by_version(self, version: str) -> LoadedModel | None:
+        return next(
+            (m for m in (self.champion, self.challenger) if m is not None and m.version == version),
+            None,
+        )

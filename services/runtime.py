@@ -1,0 +1,129 @@
+"""ONNX Runtime on a registered artifact: validated records in, per-record predictions out."""
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+from pydantic import BaseModel
+
+from pipelines.catalog import ModelSpec
+from services.store import Artifact, ArtifactRefused
+
+NUMERIC = ("float", "int")
+
+
+def _session(path: str) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    # One request is tiny: threads cost more than they save, and workers give the parallelism
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+@dataclass
+class LoadedModel:
+    """One version of one model, ready to predict."""
+
+    spec: ModelSpec
+    artifact: Artifact
+    session: ort.InferenceSession
+
+    @property
+    def name(self) -> str:
+        return self.spec.key
+
+    @property
+    def version(self) -> str:
+        return self.artifact.version
+
+    @property
+    def alias(self) -> str:
+        return self.artifact.alias
+
+    @property
+    def gate_metric(self) -> tuple[str, float]:
+        name = self.spec.gate_metric
+        return name, float(self.artifact.metrics.get(name, math.nan))
+
+    def feeds(self, records: list[BaseModel]) -> dict[str, np.ndarray]:
+        """One tensor per field, exactly as the pipeline's onnx_feeds builds them."""
+        out: dict[str, np.ndarray] = {}
+        for name, field in self.spec.fields.items():
+            values = [getattr(r, name) for r in records]
+            if field.type in NUMERIC:
+                column = [math.nan if v is None else v for v in values]
+                out[name] = np.array(column, dtype=np.float32).reshape(-1, 1)
+            elif field.type == "image":
+                shape = field.shape or []
+                out[name] = np.frombuffer(b"".join(values), np.uint8).reshape(-1, *shape)
+            else:
+                out[name] = np.array(["" if v is None else v for v in values], object).reshape(
+                    -1, 1
+                )
+        return out
+
+    def run(
+        self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None
+    ) -> dict[str, np.ndarray]:
+        names = outputs or [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(names, feeds), strict=True))
+
+    def format(self, result: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        """Per record: label + probability (binary), label + probabilities, or value."""
+        if self.spec.task == "regression":
+            return [{"value": v} for v in result["prediction"].reshape(-1).tolist()]
+        classes = self.spec.class_names
+        labels = result["label"].reshape(-1).tolist()
+        probabilities = result["probabilities"].tolist()
+        if self.spec.task == "binary":
+            return [
+                {"label": classes[int(lab)], "probability": p[1]}
+                for lab, p in zip(labels, probabilities, strict=True)
+            ]
+        return [
+            {"label": classes[int(lab)], "probabilities": dict(zip(classes, p, strict=True))}
+            for lab, p in zip(labels, probabilities, strict=True)
+        ]
+
+    def summary(self, result: dict[str, np.ndarray]) -> tuple[list[float], list[str]]:
+        """What the distribution metrics keep: (P(positive) / P(top class) / value, labels)."""
+        if "prediction" in result:
+            return result["prediction"].reshape(-1).tolist(), []
+        if "probabilities" not in result or "label" not in result:
+            return [], []
+        probabilities = result["probabilities"]
+        scores = probabilities[:, 1] if self.spec.task == "binary" else probabilities.max(axis=1)
+        classes = self.spec.class_names
+        return scores.tolist(), [classes[int(i)] for i in result["label"].reshape(-1)]
+
+
+def load(spec: ModelSpec, artifact: Artifact) -> LoadedModel:
+    """A session on the artifact, refused unless it is this catalog entry's model."""
+    try:
+        session = _session(str(artifact.path))
+    except Exception as exc:  # ONNX Runtime raises its own types for unreadable graphs
+        raise ArtifactRefused(
+            f"refusing {artifact.path}: ONNX Runtime cannot load it ({exc})"
+        ) from exc
+    meta = session.get_modelmeta().custom_metadata_map
+    if meta.get("model") != spec.key:
+        raise ArtifactRefused(
+            f"refusing {spec.key} v{artifact.version}: the artifact says it is model "
+            f"{meta.get('model')!r}, not {spec.key!r}"
+        )
+    trained = {n: f.get("type") for n, f in json.loads(meta.get("fields", "{}")).items()}
+    expected = {n: f.type for n, f in spec.fields.items()}
+    if trained != expected:
+        raise ArtifactRefused(
+            f"refusing {spec.key} v{artifact.version}: it was trained on fields {trained}, "
+            f"but the catalog entry now has {expected}; retrain or roll the catalog back"
+        )
+    inputs = {i.name for i in session.get_inputs()}
+    if inputs != set(spec.fields):
+        raise ArtifactRefused(f"refusing {spec.key} v{artifact.version}: graph inputs {inputs}")
+    return LoadedModel(spec, artifact, session)

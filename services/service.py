@@ -1,0 +1,167 @@
+"""The framework-free core of a model service: parse, route, infer, account.
+
+The ASGI app (services.app) and the BentoML service (services.bento) both drive this one
+object, so the contract cannot differ between them.
+"""
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from pipelines.catalog import ModelSpec
+from pipelines.settings import get_settings
+from services.inputs import describe_errors, record_model, request_model
+from services.metrics import ServiceMetrics
+from services.routing import Models, Route
+from services.runtime import LoadedModel
+from services.settings import ServeSettings
+from services.store import ModelStore
+
+log = logging.getLogger("services.requests")
+shadow_log = logging.getLogger("services.shadow")
+T = TypeVar("T")
+
+
+class InputError(ValueError):
+    """A client mistake: HTTP status, and the fields it concerns."""
+
+    def __init__(self, status: int, message: str, detail: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.status, self.message, self.detail = status, message, detail
+
+
+def field_error(status: int, field: str, error: str, expected: Any = None) -> InputError:
+    entry = {"field": field, "error": error} | ({"expected": expected} if expected else {})
+    return InputError(status, f"{field}: {error}", [entry])
+
+
+class ModelService:
+    """One catalog entry served: its request models, its loaded versions, its metrics."""
+
+    def __init__(self, spec: ModelSpec, settings: ServeSettings) -> None:
+        self.spec, self.settings = spec, settings
+        self.record_model = record_model(spec)
+        self.request_model = request_model(spec, self.record_model, settings.max_records)
+        self.metrics = ServiceMetrics(spec.task)
+        store = ModelStore(
+            get_settings().mlflow_tracking_uri, settings.cache_dir, settings.registry_timeout_s
+        )
+        self.models = Models(spec, settings, store, self.metrics)
+
+    def parse(self, body: bytes) -> tuple[list[tuple[int, BaseModel]], dict[int, Any]]:
+        """(index, record) of the valid records and field errors of the others."""
+        try:
+            return list(enumerate(self.request_model.model_validate_json(body).records)), {}
+        except ValidationError:
+            pass  # find out which records are at fault, and serve the others
+        records = self._envelope(body)
+        accepted, invalid = [], {}
+        for index, record in enumerate(records):
+            try:
+                accepted.append((index, self.record_model.model_validate(record)))
+            except ValidationError as exc:
+                invalid[index] = describe_errors(exc, ("records", index))
+                for error in invalid[index]:
+                    name = error["field"].split(".")[2] if error["field"].count(".") > 1 else "?"
+                    self.metrics.record_errors.labels(self.spec.key, name).inc()
+        if not accepted:
+            detail = [e for errors in invalid.values() for e in errors]
+            raise InputError(400, f"no valid record among {len(records)}", detail)
+        return accepted, invalid
+
+    def _envelope(self, body: bytes) -> list[Any]:
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise field_error(400, "body", f"not valid JSON ({exc})") from exc
+        shape = {"records": [{name: "..." for name in self.spec.fields}]}
+        if not isinstance(payload, dict):
+            raise field_error(400, "body", "must be a JSON object", shape)
+        for extra in sorted(set(payload) - {"records"}):
+            raise field_error(400, extra, "unexpected top-level field", shape)
+        records = payload.get("records")
+        if not isinstance(records, list) or not records:
+            raise field_error(400, "records", "must be a non-empty list of records", shape)
+        if len(records) > self.settings.max_records:
+            raise field_error(
+                413,
+                "records",
+                f"{len(records)} records is over the limit",
+                {"max_records": self.settings.max_records},
+            )
+        return records
+
+    async def run(self, work: Callable[..., T], size: int, *args: Any) -> T:
+        """Small batches on the event loop; large ones in a thread, bounded by the timeout."""
+        if size <= self.settings.inline_max_records:
+            return work(*args)
+        return await asyncio.wait_for(run_in_threadpool(work, *args), self.settings.timeout_s)
+
+    async def predict(self, body: bytes, request_id: str) -> tuple[dict[str, Any], Route]:
+        accepted, invalid = self.parse(body)
+        route = self.models.route(request_id)
+        model = route.serving
+        records = [record for _, record in accepted]
+        result = await self.run(lambda: model.run(model.feeds(records)), len(records))
+        self.observe(model, result, len(records) + len(invalid), "/predict")
+        answers: list[Any] = [None] * (len(accepted) + len(invalid))
+        for (index, _), prediction in zip(accepted, model.format(result), strict=True):
+            answers[index] = prediction
+        for index, errors in invalid.items():
+            answers[index] = {"error": errors}
+        response = {
+            "model": model.name,
+            "version": model.version,
+            "alias": model.alias,
+            "request_id": request_id,
+            "predictions": answers,
+        }
+        if invalid:
+            response["invalid_records"] = len(invalid)
+        return response, route
+
+    def observe(self, model: LoadedModel, result: dict[str, Any], size: int, path: str) -> None:
+        scores, labels = model.summary(result)
+        self.metrics.batch.labels(model.name, path).observe(size)
+        self.metrics.observe_predictions(model.name, model.version, model.alias, scores, labels)
+
+    def score_shadow(
+        self, shadow: LoadedModel, body: bytes, request_id: str, served: list[Any]
+    ) -> None:
+        """Score the challenger on the same records and log both answers (after the response)."""
+        accepted, _ = self.parse(body)
+        records = [record for _, record in accepted]
+        try:
+            predictions = shadow.format(shadow.run(shadow.feeds(records)))
+        except Exception:  # the challenger must never affect the answered request
+            shadow_log.exception(
+                "shadow %s v%s failed on %s", shadow.name, shadow.version, request_id
+            )
+            return
+        champion = [p for p in served if "error" not in p]
+        for ours, theirs in zip(champion, predictions, strict=True):
+            agreement = (
+                "same"
+                if ours.get("label", ours.get("value")) == theirs.get("label", theirs.get("value"))
+                else "different"
+            )
+            self.metrics.shadow.labels(shadow.name, shadow.version, agreement).inc()
+        shadow_log.info(
+            "%s",
+            orjson.dumps(
+                {
+                    "request_id": request_id,
+                    "model": shadow.name,
+                    "champion": {
+                        "version": self.models.versions()["champion"],
+                        "predictions": champion,
+                    },
+                    "challenger": {"version": shadow.version, "predictions": predictions},
+                }
+            ).decode(),
+        )

@@ -1,0 +1,35 @@
+"""Runtime settings of a model service: environment variables only (documented in .env.example)."""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipelines.paths import ROOT
+
+
+class ServeSettings(BaseSettings):
+    """One service = one catalog key. Every knob has a production-sane default."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SERVE_", env_file=ROOT / ".env", extra="ignore", env_ignore_empty=True
+    )
+
+    model: str = ""  # catalog key (params.yaml models:); the CLI sets it
+    host: str = "127.0.0.1"
+    port: int = 8100
+    workers: int = Field(1, ge=1)
+    # Where downloaded models are kept with their checksums, so a restart needs no registry
+    cache_dir: Path = ROOT / ".serving-cache"
+    max_records: int = Field(1000, ge=1)  # records per /predict request; more is a 413
+    max_body_bytes: int = Field(16 * 2**20, ge=1024)  # larger bodies are a 413
+    max_concurrency: int = Field(64, ge=1)  # in-flight requests per worker; more is a 429
+    timeout_s: float = Field(10.0, gt=0)  # inference slower than this is a 504
+    # Batches up to this size run on the event loop (no thread hop); larger ones in a thread
+    inline_max_records: int = Field(16, ge=0)
+    challenger_mode: Literal["off", "split", "shadow"] = "off"
+    challenger_share: float = Field(0.1, ge=0, le=1)  # split: share of requests to @challenger
+    reload_interval_s: float = Field(60.0, ge=0)  # poll the registry for alias moves; 0 = never
+    registry_timeout_s: float = Field(5.0, gt=0)  # an unreachable registry fails this fast
+    graceful_timeout_s: float = Field(30.0, gt=0)  # SIGTERM: wait this long for in-flight work
