@@ -31,7 +31,7 @@ def route_of(path: str) -> str | None:
 def _request_id(scope: Scope) -> str:
     for name, value in scope["headers"]:
         if name == b"x-request-id" and value:
-            return value.decode("latin-1")[:128]
+            return str(value.decode("latin-1"))[:128]
     return uuid.uuid4().hex
 
 

@@ -71,7 +71,7 @@ def record_model(spec: ModelSpec) -> type[BaseModel]:
         definitions[name] = (_field_type(field), info)
     title = "".join(part.title() for part in spec.key.split("_")) + "Record"
     config = ConfigDict(extra="forbid", title=title)
-    return create_model(title, __config__=config, **definitions)  # type: ignore[call-overload,no-any-return]
+    return create_model(title, __config__=config, **definitions)
 
 
 def request_model(spec: ModelSpec, record: type[BaseModel], max_records: int) -> type[BaseModel]:
@@ -79,7 +79,7 @@ def request_model(spec: ModelSpec, record: type[BaseModel], max_records: int) ->
     records = Annotated[list[record], Field(min_length=1, max_length=max_records)]  # type: ignore[valid-type]
     title = record.__name__.removesuffix("Record") + "Request"
     config = ConfigDict(extra="forbid", title=title)
-    return create_model(title, __config__=config, records=(records, ...))  # type: ignore[call-overload,no-any-return]
+    return create_model(title, __config__=config, records=(records, ...))
 
 
 def describe_errors(

@@ -136,5 +136,5 @@ class ServiceMetrics:
         from prometheus_client import multiprocess as mp
 
         registry = CollectorRegistry()
-        mp.MultiProcessCollector(registry)
+        mp.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST

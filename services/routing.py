@@ -52,7 +52,10 @@ class Models:
         artifact = self.store.fetch(self.spec.key, alias)
         if artifact is None:
             return None
-        if current is not None and current.artifact.sha256 == artifact.sha256:
+        if current is not None and (current.version, current.artifact.sha256) == (
+            artifact.version,
+            artifact.sha256,
+        ):
             return current  # unchanged: keep the warm session
         return runtime.load(self.spec, artifact)
 

@@ -25,6 +25,7 @@ from services.store import ModelStore
 log = logging.getLogger("services.requests")
 shadow_log = logging.getLogger("services.shadow")
 T = TypeVar("T")
+PARSE_INLINE_BYTES = 64 * 1024
 
 
 class InputError(ValueError):
@@ -56,7 +57,8 @@ class ModelService:
     def parse(self, body: bytes) -> tuple[list[tuple[int, BaseModel]], dict[int, Any]]:
         """(index, record) of the valid records and field errors of the others."""
         try:
-            return list(enumerate(self.request_model.model_validate_json(body).records)), {}
+            request = self.request_model.model_validate_json(body)
+            return list(enumerate(request.records)), {}  # type: ignore[attr-defined]
         except ValidationError:
             pass  # find out which records are at fault, and serve the others
         records = self._envelope(body)
@@ -103,7 +105,10 @@ class ModelService:
         return await asyncio.wait_for(run_in_threadpool(work, *args), self.settings.timeout_s)
 
     async def predict(self, body: bytes, request_id: str) -> tuple[dict[str, Any], Route]:
-        accepted, invalid = self.parse(body)
+        if len(body) > PARSE_INLINE_BYTES:  # a big batch must not stall the event loop
+            accepted, invalid = await run_in_threadpool(self.parse, body)
+        else:
+            accepted, invalid = self.parse(body)
         route = self.models.route(request_id)
         model = route.serving
         records = [record for _, record in accepted]
@@ -114,7 +119,7 @@ class ModelService:
             answers[index] = prediction
         for index, errors in invalid.items():
             answers[index] = {"error": errors}
-        response = {
+        response: dict[str, Any] = {
             "model": model.name,
             "version": model.version,
             "alias": model.alias,

@@ -19,17 +19,23 @@ class ServeSettings(BaseSettings):
     model: str = ""  # catalog key (params.yaml models:); the CLI sets it
     host: str = "127.0.0.1"
     port: int = 8100
-    workers: int = Field(1, ge=1)
+    workers: int = Field(default=1, ge=1)
     # Where downloaded models are kept with their checksums, so a restart needs no registry
     cache_dir: Path = ROOT / ".serving-cache"
-    max_records: int = Field(1000, ge=1)  # records per /predict request; more is a 413
-    max_body_bytes: int = Field(16 * 2**20, ge=1024)  # larger bodies are a 413
-    max_concurrency: int = Field(64, ge=1)  # in-flight requests per worker; more is a 429
-    timeout_s: float = Field(10.0, gt=0)  # inference slower than this is a 504
+    max_records: int = Field(default=1000, ge=1)  # records per /predict request; more is a 413
+    max_body_bytes: int = Field(default=16 * 2**20, ge=1024)  # larger bodies are a 413
+    max_concurrency: int = Field(default=64, ge=1)  # in-flight requests per worker; more is a 429
+    timeout_s: float = Field(default=10.0, gt=0)  # inference slower than this is a 504
     # Batches up to this size run on the event loop (no thread hop); larger ones in a thread
-    inline_max_records: int = Field(16, ge=0)
+    inline_max_records: int = Field(default=16, ge=0)
     challenger_mode: Literal["off", "split", "shadow"] = "off"
-    challenger_share: float = Field(0.1, ge=0, le=1)  # split: share of requests to @challenger
-    reload_interval_s: float = Field(60.0, ge=0)  # poll the registry for alias moves; 0 = never
-    registry_timeout_s: float = Field(5.0, gt=0)  # an unreachable registry fails this fast
-    graceful_timeout_s: float = Field(30.0, gt=0)  # SIGTERM: wait this long for in-flight work
+    challenger_share: float = Field(
+        default=0.1, ge=0, le=1
+    )  # split: share of requests to @challenger
+    reload_interval_s: float = Field(
+        default=60.0, ge=0
+    )  # poll the registry for alias moves; 0 = never
+    registry_timeout_s: float = Field(default=5.0, gt=0)  # an unreachable registry fails this fast
+    graceful_timeout_s: float = Field(
+        default=30.0, gt=0
+    )  # SIGTERM: wait this long for in-flight work

@@ -11,6 +11,7 @@ from pipelines.catalog import ModelSpec, load_catalog
 from pipelines.prepare import prepare
 from pipelines.settings import get_settings
 from pipelines.sources import load_source
+from tests.workspace import Project, build, snapshot
 
 CATALOG = load_catalog()
 KEYS = sorted(CATALOG)
@@ -41,3 +42,22 @@ def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
     get_settings.cache_clear()
     yield uri
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory: pytest.TempPathFactory) -> Project:
+    """The whole project trained on reduced params in a temporary copy (minutes, once).
+
+    A snapshot of what the first `dvc repro` made is taken at once, because the
+    integration tests go on to retrain the workspace.
+    """
+    copy = build(tmp_path_factory.mktemp("project"))
+    copy.trained = snapshot(copy, tmp_path_factory.mktemp("trained"))
+    return copy
+
+
+@pytest.fixture(scope="session")
+def trained(project: Project) -> Path:
+    """Params, ONNX artifacts, metrics and splits of the workspace's first `dvc repro`."""
+    assert project.trained is not None
+    return project.trained

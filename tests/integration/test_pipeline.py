@@ -7,7 +7,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 
 from tests.conftest import KEYS
-from tests.integration.conftest import Project
+from tests.workspace import Project
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,73 @@
+"""One example prediction per model from the running local stack (`make serve` prints it)."""
+
+import json
+from typing import Any
+
+import httpx
+import pandas as pd
+
+from pipelines import paths
+from pipelines.catalog import load_catalog
+from services.examples import as_records
+from services.stack import BASE_PORT, TRITON_PORTS
+
+
+def summary(prediction: dict[str, Any]) -> str:
+    if "value" in prediction:
+        return f"value {prediction['value']:,.2f}"
+    if "probability" in prediction:
+        return f"{prediction['label']} (P(positive) = {prediction['probability']:.3f})"
+    top = max(prediction["probabilities"].values())
+    return f"{prediction['label']} (P = {top:.3f})"
+
+
+def show(key: str, record: dict[str, Any], url: str) -> bool:
+    shown = {k: ("<28x28 pixels>" if isinstance(v, list) else v) for k, v in record.items()}
+    text = json.dumps(shown)
+    print(f"\n{key}  POST {url}/predict  {text[:110]}{'...' if len(text) > 110 else ''}")
+    try:
+        response = httpx.post(f"{url}/predict", json={"records": [record]}, timeout=30)
+    except httpx.TransportError as exc:
+        print(f"  not answering: {exc}")
+        return False
+    if response.status_code != 200:
+        print(f"  {response.status_code}: {response.text[:300]}")
+        return False
+    body = response.json()
+    print(f"  -> {summary(body['predictions'][0])}   [v{body['version']} @{body['alias']}]")
+    return True
+
+
+def triton(key: str, record: dict[str, Any]) -> bool:
+    """The same image through PyTriton, with tritonclient over HTTP and gRPC."""
+    import numpy as np
+    import tritonclient.grpc as grpc
+    import tritonclient.http as http
+
+    pixels = np.array([record["image"]], dtype=np.uint8)
+    labels = []
+    for module, port in ((http, TRITON_PORTS["http"]), (grpc, TRITON_PORTS["grpc"])):
+        tensor = module.InferInput("image", list(pixels.shape), "UINT8")
+        tensor.set_data_from_numpy(pixels)
+        client = module.InferenceServerClient(f"127.0.0.1:{port}")
+        labels.append(int(client.infer(key, [tensor]).as_numpy("label")[0]))
+    print(
+        f"  Triton (PyTriton) HTTP :{TRITON_PORTS['http']} / gRPC :{TRITON_PORTS['grpc']}"
+        f" -> class {labels[0]} / {labels[1]}"
+    )
+    return labels[0] == labels[1]
+
+
+def main() -> int:
+    ok = True
+    for index, (key, spec) in enumerate(load_catalog().items()):
+        frame = pd.read_parquet(paths.split_dir(key) / "test.parquet").head(1)
+        (record,) = as_records(frame, spec)
+        ok &= show(key, record, f"http://127.0.0.1:{BASE_PORT + index}")
+        if spec.triton is not None:
+            try:
+                ok &= triton(key, record)
+            except Exception as exc:  # the demo reports, it does not crash
+                print(f"  Triton not answering: {exc}")
+                ok = False
+    return 0 if ok else 1

@@ -1,0 +1,42 @@
+"""Request bodies from data: JSON records exactly as a client sends them."""
+
+import base64
+import io
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines.catalog import ModelSpec
+
+
+def to_png(pixels: np.ndarray) -> str:
+    """A base64 PNG of uint8 grey levels, the other way images may arrive."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def as_records(frame: pd.DataFrame, spec: ModelSpec, png: bool = False) -> list[dict[str, Any]]:
+    """null for missing values, ints for int fields, images as nested lists (or base64 PNG)."""
+    out = []
+    for row in frame.to_dict("records"):
+        record: dict[str, Any] = {}
+        for name, field in spec.fields.items():
+            value = row[name]
+            if field.type == "image":
+                pixels = np.frombuffer(value, np.uint8).reshape(field.shape or [])
+                record[name] = to_png(pixels) if png else pixels.tolist()
+            elif value is None or (isinstance(value, float) and math.isnan(value)):
+                record[name] = None
+            elif field.type == "int":
+                record[name] = int(value)
+            elif field.type == "float":
+                record[name] = float(value)
+            else:
+                record[name] = str(value)
+        out.append(record)
+    return out

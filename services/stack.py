@@ -1,0 +1,174 @@
+"""The local stack: every catalog model served as a process, plus PyTriton for Triton models.
+
+    python -m services.stack up       # start everything, wait until ready, list the ports
+    python -m services.stack demo     # one example prediction per model
+    python -m services.stack status
+    python -m services.stack down     # SIGTERM: in-flight requests finish
+
+The processes run exactly the commands compose and Kubernetes run; their logs go to
+run/logs/ and their pids to run/stack.json.
+"""
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+
+from pipelines import paths
+from pipelines.catalog import load_catalog
+from pipelines.paths import ROOT
+
+RUN_DIR = ROOT / "run"
+STATE = RUN_DIR / "stack.json"
+BASE_PORT = int(os.environ.get("STACK_BASE_PORT", "8101"))
+TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+TRITON_PYTHON = ROOT / "services" / "triton" / ".venv" / "bin" / "python"
+READY_TIMEOUT_S = 300
+
+
+def plan() -> list[dict[str, Any]]:
+    """Every process of the stack: name, command, URL and the route that says it is ready."""
+    processes = []
+    for index, (key, spec) in enumerate(load_catalog().items()):
+        port = BASE_PORT + index
+        processes.append(
+            {
+                "name": key,
+                "command": [sys.executable, "-m", "services.serve", key, "--port", str(port)],
+                "url": f"http://127.0.0.1:{port}",
+                "ready": "/readyz",
+            }
+        )
+        repository = paths.onnx_model(key).parent / "triton"
+        if spec.triton is not None and (repository / key / "config.pbtxt").exists():
+            ports = [str(TRITON_PORTS[k]) for k in ("http", "grpc", "metrics")]
+            processes.append(
+                {
+                    "name": f"triton-{key}",
+                    "command": [
+                        str(TRITON_PYTHON),
+                        "services/triton/serve.py",
+                        "--repository",
+                        str(repository.relative_to(ROOT)),
+                        "--http-port",
+                        ports[0],
+                        "--grpc-port",
+                        ports[1],
+                        "--metrics-port",
+                        ports[2],
+                    ],
+                    "url": f"http://127.0.0.1:{ports[0]} (gRPC 127.0.0.1:{ports[1]})",
+                    "ready": f"/v2/models/{key}/ready",
+                }
+            )
+    return processes
+
+
+def _base(url: str) -> str:
+    return url.split(" ")[0]
+
+
+def is_ready(process: dict[str, Any]) -> bool:
+    try:
+        return httpx.get(_base(process["url"]) + process["ready"], timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def up() -> int:
+    if STATE.exists():
+        print(f"the stack is already up ({STATE}); run `python -m services.stack down` first")
+        return 1
+    (RUN_DIR / "logs").mkdir(parents=True, exist_ok=True)
+    started = []
+    for process in plan():
+        log = (RUN_DIR / "logs" / f"{process['name']}.log").open("ab")
+        child = subprocess.Popen(
+            process["command"],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        started.append(process | {"pid": child.pid})
+    STATE.write_text(json.dumps(started, indent=2) + "\n")
+    return wait(started)
+
+
+def wait(started: list[dict[str, Any]]) -> int:
+    """Wait for every process to be ready, with a line per process as it gets there."""
+    pending, deadline = list(started), time.monotonic() + READY_TIMEOUT_S
+    print(f"starting {len(started)} processes (logs in {RUN_DIR / 'logs'})", flush=True)
+    while pending and time.monotonic() < deadline:
+        for process in list(pending):
+            if is_ready(process):
+                print(f"  ready  {process['name']:<20} {process['url']}", flush=True)
+                pending.remove(process)
+            elif not alive(process["pid"]):
+                print(f"  FAILED {process['name']}: see run/logs/{process['name']}.log")
+                return 1
+        time.sleep(0.5)
+    for process in pending:
+        print(f"  NOT READY after {READY_TIMEOUT_S}s: {process['name']} (run/logs/)")
+    return 1 if pending else 0
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def down() -> int:
+    if not STATE.exists():
+        print("the stack is not up")
+        return 0
+    started = json.loads(STATE.read_text())
+    for process in started:
+        if alive(process["pid"]):
+            os.killpg(process["pid"], signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while any(alive(p["pid"]) for p in started) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for process in started:
+        if alive(process["pid"]):
+            os.killpg(process["pid"], signal.SIGKILL)
+        print(f"  stopped {process['name']}")
+    STATE.unlink()
+    return 0
+
+
+def status() -> int:
+    if not STATE.exists():
+        print("the stack is not up")
+        return 1
+    started = json.loads(STATE.read_text())
+    for process in started:
+        state = "ready" if is_ready(process) else "up" if alive(process["pid"]) else "dead"
+        print(f"  {state:<6} {process['name']:<20} {process['url']}")
+    return 0 if all(is_ready(p) for p in started) else 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    from services import demo
+
+    commands = {"up": up, "down": down, "status": status, "demo": demo.main}
+    parser = argparse.ArgumentParser(
+        prog="python -m services.stack",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", choices=sorted(commands))
+    sys.exit(commands[parser.parse_args(argv).command]())
+
+
+if __name__ == "__main__":
+    main()

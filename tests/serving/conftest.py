@@ -1,0 +1,184 @@
+"""Real services over real HTTP: a registry of the reduced-params models, uvicorn processes."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pytest
+
+from pipelines import paths
+from pipelines.catalog import get_spec
+from pipelines.paths import ROOT
+from pipelines.schema import onnx_feeds
+from pipelines.settings import get_settings
+from services.examples import as_records
+from tests.conftest import CATALOG, KEYS
+
+__all__ = ["as_records"]
+
+STARTUP_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def environment(**values: str) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    get_settings.cache_clear()
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        get_settings.cache_clear()
+
+
+class Registry:
+    """A throwaway MLflow registry (SQLite) holding every catalog model."""
+
+    def __init__(self, folder: Path, trained: Path) -> None:
+        self.folder, self.trained = folder, trained
+        self.uri = f"sqlite:///{folder / 'mlflow.db'}"
+        self.artifacts = (folder / "artifacts").as_uri()
+
+    def register(self, key: str) -> None:
+        from pipelines.register import register
+
+        with environment(MLFLOW_TRACKING_URI=self.uri, MLFLOW_ARTIFACT_ROOT=self.artifacts):
+            register(get_spec(key, self.trained / "params.yaml"), self.trained)
+
+    def client(self) -> Any:
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+
+    def copy_version(self, key: str, alias: str) -> str:
+        """A new version with the champion's artifact, under `alias` (an alias move)."""
+        client = self.client()
+        champion = client.get_model_version_by_alias(key, "champion")
+        new = client.create_model_version(
+            key, champion.source, run_id=champion.run_id, tags=champion.tags
+        )
+        client.set_registered_model_alias(key, alias, new.version)
+        return str(new.version)
+
+
+@pytest.fixture(scope="session")
+def registry(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Registry:
+    """Every model of the reduced-params workspace, registered as v1 @champion."""
+    store = Registry(tmp_path_factory.mktemp("registry"), trained)
+    for key in KEYS:
+        store.register(key)
+    return store
+
+
+class Service:
+    """`python -m services.serve <key>` as a subprocess, with its log kept in a file."""
+
+    def __init__(self, key: str, registry_uri: str, folder: Path, **settings: str) -> None:
+        self.key, self.folder = key, folder
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = folder / f"{key}-{self.port}.log"
+        self.env = (
+            os.environ
+            | {
+                "MLFLOW_TRACKING_URI": registry_uri,
+                "SERVE_CACHE_DIR": str(folder / "cache"),
+                "SERVE_RELOAD_INTERVAL_S": "0",
+                "PYTHONPATH": str(ROOT),
+            }
+            | {f"SERVE_{k.upper()}": v for k, v in settings.items()}
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, command: list[str] | None = None, workers: int = 1) -> "Service":
+        command = command or [
+            sys.executable,
+            "-m",
+            "services.serve",
+            self.key,
+            "--port",
+            str(self.port),
+            "--workers",
+            str(workers),
+        ]
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait(self, path: str = "/readyz", status: int = 200, timeout: float = STARTUP_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise AssertionError(f"{self.key} exited {self.process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.url + path, timeout=2).status_code == status:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.25)
+        raise AssertionError(
+            f"{self.key}: {path} not {status} in {timeout}s:\n{self.log()[-4000:]}"
+        )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            os.kill(self.process.pid, sig)
+        return self.process.wait(timeout)
+
+    def post(self, path: str, body: Any, **kwargs: Any) -> httpx.Response:
+        return httpx.post(self.url + path, json=body, timeout=60, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def services(
+    registry: Registry, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Service]]:
+    """One service per catalog model, started together, default settings."""
+    folder = tmp_path_factory.mktemp("services")
+    running = {key: Service(key, registry.uri, folder).start() for key in KEYS}
+    try:
+        for service in running.values():
+            service.wait()
+        yield running
+    finally:
+        for service in running.values():
+            service.stop()
+
+
+def held_out(trained: Path, key: str, rows: int = 8) -> pd.DataFrame:
+    return pd.read_parquet(paths.split_dir(key, trained) / "test.parquet").head(rows)
+
+
+def expected_outputs(trained: Path, key: str, frame: pd.DataFrame) -> dict[str, np.ndarray]:
+    """What ONNX Runtime in this process makes of the same rows with the same artifact."""
+    session = ort.InferenceSession(str(paths.onnx_model(key, trained)))
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(None, onnx_feeds(frame, CATALOG[key])), strict=True))

@@ -1,0 +1,306 @@
+"""Loading, outages, alias moves, champion / challenger, limits and shutdown, one service each."""
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from services.examples import as_records
+from tests.conftest import CATALOG
+from tests.serving.conftest import Registry, Service, free_port, held_out
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def own_registry(registry: Registry, tmp_path: Path) -> Registry:
+    """A copy of the session registry that a test may change (the artifacts are shared)."""
+    copy = Registry(tmp_path / "registry", registry.trained)
+    copy.folder.mkdir()
+    shutil.copy2(registry.folder / "mlflow.db", copy.folder / "mlflow.db")
+    return copy
+
+
+@pytest.fixture
+def started() -> Iterator[list[Service]]:
+    """Services a test starts; all stopped at the end."""
+    running: list[Service] = []
+    yield running
+    for service in running:
+        if service.process is not None and service.process.poll() is None:
+            service.stop(signal.SIGKILL)
+
+
+def serve(
+    started: list[Service],
+    key: str,
+    registry_uri: str,
+    folder: Path,
+    wait: bool = True,
+    **settings: str,
+) -> Service:
+    service = Service(key, registry_uri, folder, **settings).start()
+    started.append(service)
+    if wait:
+        service.wait()
+    return service
+
+
+def records(registry: Registry, key: str, n: int) -> list[dict[str, Any]]:
+    return as_records(held_out(registry.trained, key, n), CATALOG[key])
+
+
+class TrackingServer:
+    """`mlflow server` on the registry's database: a registry that can be stopped."""
+
+    def __init__(self, registry: Registry, folder: Path) -> None:
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}"}  # it runs uvicorn by name
+        self.log = (folder / "mlflow-server.log").open("wb")
+        self.process = subprocess.Popen(
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                registry.uri,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.uri}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.5)
+        raise AssertionError("mlflow server did not start")
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(30)
+        self.log.close()
+
+
+def test_not_ready_while_nothing_can_be_loaded(started: list[Service], tmp_path: Path) -> None:
+    unreachable = f"http://127.0.0.1:{free_port()}"
+    service = serve(started, "titanic", unreachable, tmp_path, wait=False)
+    service.wait("/livez")
+    service.wait("/readyz", status=503, timeout=60)
+    assert "registry unreachable" in httpx.get(service.url + "/readyz").json()["error"]
+    assert httpx.get(service.url + "/v2/health/ready").status_code == 503
+    assert service.post("/predict", {"records": [{}]}).status_code == 503
+
+
+def test_restart_serves_the_local_copy_while_the_registry_is_down(
+    started: list[Service], own_registry: Registry, tmp_path: Path
+) -> None:
+    mlflow_server = TrackingServer(own_registry, tmp_path)
+    try:
+        first = serve(started, "churn", mlflow_server.uri, tmp_path)
+        body = {"records": records(own_registry, "churn", 3)}
+        before = first.post("/predict", body).json()
+        first.stop()
+    finally:
+        mlflow_server.stop()
+    second = serve(started, "churn", mlflow_server.uri, tmp_path)
+    after = second.post("/predict", body).json()
+    assert after == before | {"request_id": after["request_id"]}
+    assert re.search(r"registry unreachable .* local copy of churn@champion", second.log())
+    second.stop()
+
+    cached = tmp_path / "cache" / "churn" / "v1" / "model.onnx"
+    cached.write_bytes(cached.read_bytes()[:-10] + b"corrupted!")
+    third = serve(started, "churn", mlflow_server.uri, tmp_path, wait=False)
+    third.wait("/readyz", status=503, timeout=60)
+    assert "(corrupted)" in third.log()
+    assert httpx.get(third.url + "/livez").status_code == 200
+
+
+def test_a_download_that_does_not_match_the_registry_is_refused(
+    started: list[Service], own_registry: Registry, tmp_path: Path
+) -> None:
+    client = own_registry.client()
+    client.set_model_version_tag("titanic", "1", "onnx_sha256", "0" * 64)
+    service = serve(started, "titanic", own_registry.uri, tmp_path, wait=False)
+    service.wait("/readyz", status=503, timeout=60)
+    assert "the registry's onnx_sha256 tag says 000000000000" in service.log()
+
+
+def test_alias_move_is_picked_up_on_reload(
+    started: list[Service], own_registry: Registry, tmp_path: Path
+) -> None:
+    service = serve(started, "house_prices", own_registry.uri, tmp_path)
+    body = {"records": records(own_registry, "house_prices", 1)}
+    assert service.post("/predict", body).json()["version"] == "1"
+    moved = own_registry.copy_version("house_prices", "champion")
+    reloaded = httpx.post(service.url + "/admin/reload", timeout=60).json()
+    assert reloaded["versions"]["champion"] == moved
+    assert service.post("/predict", body).json()["version"] == moved
+
+
+def test_split_sends_the_configured_share_to_the_challenger(
+    started: list[Service], own_registry: Registry, tmp_path: Path
+) -> None:
+    challenger = own_registry.copy_version("titanic", "challenger")
+    service = serve(
+        started,
+        "titanic",
+        own_registry.uri,
+        tmp_path,
+        challenger_mode="split",
+        challenger_share="0.3",
+    )
+    body = {"records": records(own_registry, "titanic", 1)}
+    served = Counter()
+    with httpx.Client(base_url=service.url) as client:
+        for i in range(400):
+            answer = client.post("/predict", json=body, headers={"X-Request-ID": f"ab-{i}"}).json()
+            served[(answer["alias"], answer["version"])] += 1
+        sticky = {
+            client.post("/predict", json=body, headers={"X-Request-ID": "same"}).json()["alias"]
+            for _ in range(10)
+        }
+    assert set(served) == {("champion", "1"), ("challenger", challenger)}
+    assert abs(served[("challenger", challenger)] / 400 - 0.3) < 0.075  # 3 standard deviations
+    assert len(sticky) == 1
+
+
+def test_shadow_scores_the_challenger_and_answers_with_the_champion(
+    started: list[Service], own_registry: Registry, tmp_path: Path
+) -> None:
+    challenger = own_registry.copy_version("review_sentiment", "challenger")
+    service = serve(
+        started, "review_sentiment", own_registry.uri, tmp_path, challenger_mode="shadow"
+    )
+    body = {"records": records(own_registry, "review_sentiment", 4)}
+    answer = service.post("/predict", body, headers={"X-Request-ID": "shadow-1"}).json()
+    assert (answer["alias"], answer["version"]) == ("champion", "1")
+    time.sleep(0.5)  # the shadow is scored after the response is sent
+    line = next(line for line in service.log().splitlines() if "services.shadow" in line)
+    assert '"request_id":"shadow-1"' in line
+    assert (
+        '"champion":{"version":"1"' in line and f'"challenger":{{"version":"{challenger}"' in line
+    )
+    metrics = httpx.get(service.url + "/metrics").text
+    series = f'agreement="same",model="review_sentiment",version="{challenger}"'
+    assert f"serving_shadow_predictions_total{{{series}}} 4.0" in metrics
+
+
+def big_batch(registry: Registry, n: int) -> dict[str, Any]:
+    images = records(registry, "fashion_cnn", 50)
+    return {"records": [images[i % 50] for i in range(n)]}
+
+
+def test_sigterm_finishes_in_flight_requests_and_refuses_new_ones(
+    started: list[Service], registry: Registry, tmp_path: Path
+) -> None:
+    service = serve(started, "fashion_cnn", registry.uri, tmp_path)
+    body = big_batch(registry, 1000)
+    result: dict[str, Any] = {}
+    worker = threading.Thread(target=lambda: result.update(r=service.post("/predict", body)))
+    worker.start()
+    deadline = time.monotonic() + 30
+    while (
+        'serving_inflight_requests{model="fashion_cnn"} 1.0'
+        not in httpx.get(service.url + "/metrics").text
+    ):
+        assert time.monotonic() < deadline, "the big request never got in flight"
+    os.kill(service.process.pid, signal.SIGTERM)  # type: ignore[union-attr]
+    worker.join(60)
+    assert result["r"].status_code == 200 and len(result["r"].json()["predictions"]) == 1000
+    assert service.process.wait(30) == 0  # type: ignore[union-attr]
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(service.url + "/livez")
+
+
+def test_slow_inference_is_504(started: list[Service], registry: Registry, tmp_path: Path) -> None:
+    service = serve(started, "fashion_cnn", registry.uri, tmp_path, timeout_s="0.001")
+    response = service.post("/predict", big_batch(registry, 200))
+    assert response.status_code == 504
+    assert service.post("/predict", big_batch(registry, 1)).status_code == 200  # inline, no timer
+
+
+def test_overload_is_429_and_never_5xx(
+    started: list[Service], registry: Registry, tmp_path: Path
+) -> None:
+    service = serve(started, "fashion_cnn", registry.uri, tmp_path, max_concurrency="1")
+    body = big_batch(registry, 300)
+    codes: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: codes.append(service.post("/predict", body).status_code))
+        for _ in range(6)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert 429 in codes and 200 in codes and max(codes) < 500, codes
+
+
+def test_metrics_add_up_over_workers(
+    started: list[Service], registry: Registry, tmp_path: Path
+) -> None:
+    service = Service("titanic", registry.uri, tmp_path).start(workers=2)
+    started.append(service)
+    service.wait()
+    body = {"records": records(registry, "titanic", 2)}
+    for _ in range(40):
+        with httpx.Client() as fresh:  # a new connection each time, to reach both workers
+            assert fresh.post(service.url + "/predict", json=body).status_code == 200
+    for _ in range(10):
+        text = httpx.get(service.url + "/metrics").text
+        count = re.search(
+            r'serving_requests_total\{alias="champion",code="200",model="titanic",'
+            r'route="/predict",version="1"\} (\S+)',
+            text,
+        )
+        assert count and float(count.group(1)) == 40.0
+        scores = re.search(r"serving_prediction_score_count\{[^}]*\} (\S+)", text)
+        assert scores and float(scores.group(1)) == 80.0
+    pids = set(re.findall(r" (\d+) services.requests", service.log()))
+    assert len(pids) == 2  # both workers answered
+
+
+def test_bentoml_service_answers_the_same_contract(
+    started: list[Service], registry: Registry, tmp_path: Path
+) -> None:
+    service = Service("titanic", registry.uri, tmp_path, model="titanic")
+    service.start(
+        [
+            str(BIN / "bentoml"),
+            "serve",
+            "services.bento:ModelService",
+            "--port",
+            str(service.port),
+            "--host",
+            "127.0.0.1",
+        ]
+    )
+    started.append(service)
+    service.wait()
+    answer = service.post("/predict", {"records": records(registry, "titanic", 2)})
+    assert answer.status_code == 200 and answer.json()["version"] == "1"
+    assert httpx.get(service.url + "/v2/models/titanic/ready").status_code == 200
+    assert service.post("/predict", {"records": [{"pclass": 9}]}).status_code == 400

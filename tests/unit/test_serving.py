@@ -1,0 +1,181 @@
+"""Serving code without servers: request models, OIP tensors, the checksummed cache, routing."""
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from pipelines.catalog import InputField
+from services.examples import to_png
+from services.inputs import describe_errors, record_model, request_model
+from services.routing import bucket
+from services.store import Artifact, ArtifactRefused, ModelStore, sha256_of
+from services.tensors import (
+    TensorError,
+    decompress,
+    encode_outputs,
+    read_input,
+    serialize_bytes,
+    split_body,
+    to_feed,
+)
+from tests.conftest import CATALOG, KEYS
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_record_model_has_every_catalog_field(key: str) -> None:
+    model = record_model(CATALOG[key])
+    assert set(model.model_fields) == set(CATALOG[key].fields)
+    required = {n for n, f in CATALOG[key].fields.items() if not f.nullable}
+    assert set(model.model_json_schema().get("required", [])) == required
+
+
+def test_constraints_come_from_the_catalog() -> None:
+    titanic = record_model(CATALOG["titanic"])
+    with pytest.raises(ValidationError) as caught:
+        titanic.model_validate({"pclass": 4, "name": "A", "sex": "other", "sibsp": 0, "parch": 0})
+    fields = {e["field"]: e for e in describe_errors(caught.value)}
+    assert fields["pclass"]["expected"] == {"le": 3.0}
+    assert fields["sex"]["expected"] == {"expected": "'female' or 'male'"}
+
+
+def test_errors_name_the_record_and_the_field() -> None:
+    spec = CATALOG["churn"]
+    request = request_model(spec, record_model(spec), max_records=2)
+    with pytest.raises(ValidationError) as caught:
+        request.model_validate({"records": [{"tenure": "long"}]})
+    assert any(e["field"] == "records.0.tenure" for e in describe_errors(caught.value))
+
+
+def test_images_as_lists_or_png_become_the_same_bytes() -> None:
+    model = record_model(CATALOG["fashion_cnn"])
+    pixels = np.arange(784, dtype=np.uint8).reshape(28, 28)
+    as_lists = model.model_validate({"image": pixels.tolist()}).image  # type: ignore[attr-defined]
+    as_png = model.model_validate({"image": to_png(pixels)}).image  # type: ignore[attr-defined]
+    assert as_lists == as_png == pixels.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("image", "words"),
+    [
+        ([[0] * 28] * 27, "at least 28"),
+        ([[0] * 28] * 27 + [[0] * 27], "at least 28"),
+        ([[256] * 28] * 28, "less than or equal to 255"),
+        ("bm90IGFuIGltYWdl", "not an image"),
+        ("%%%%%%%%", "not valid base64"),
+    ],
+)
+def test_bad_images_are_explained(image: object, words: str) -> None:
+    model = record_model(CATALOG["fashion_cnn"])
+    with pytest.raises(ValidationError) as caught:
+        model.model_validate({"image": image})
+    assert any(words in e["error"] for e in describe_errors(caught.value))
+
+
+def test_png_of_the_wrong_size_is_refused() -> None:
+    model = record_model(CATALOG["fashion_cnn"])
+    with pytest.raises(ValidationError, match="expected 28x28"):
+        model.model_validate({"image": to_png(np.zeros((10, 12), np.uint8))})
+
+
+def test_json_and_binary_inputs_read_alike() -> None:
+    values = np.array([[1.5], [np.nan]], np.float32)
+    binary = values.tobytes()
+    spec = {"name": "x", "datatype": "FP32", "shape": [2, 1]}
+    from_binary, offset = read_input(spec | {"parameters": {"binary_data_size": 8}}, binary, 0)
+    from_json, _ = read_input(spec | {"data": [1.5, None]}, b"", 0)
+    assert offset == 8
+    np.testing.assert_array_equal(from_binary, values)
+    np.testing.assert_array_equal(from_json, values)
+
+
+def test_bytes_tensors_round_trip() -> None:
+    array = np.array([b"a", "é".encode(), b""], dtype=object)
+    spec = {"name": "t", "datatype": "BYTES", "shape": [3], "parameters": {}}
+    raw = serialize_bytes(array)
+    read, _ = read_input(spec | {"parameters": {"binary_data_size": len(raw)}}, raw, 0)
+    assert read.tolist() == [b"a", "é".encode(), b""]
+    assert struct.unpack_from("<I", raw)[0] == 1
+
+
+@pytest.mark.parametrize(
+    ("spec", "words"),
+    [
+        ({"name": "x", "datatype": "FP99", "shape": [1], "data": [1]}, "unknown datatype"),
+        ({"name": "x", "datatype": "FP32", "shape": [2], "data": [1]}, "needs 2 elements"),
+        ({"name": "x", "datatype": "FP32", "shape": "2", "data": [1]}, "shape must be"),
+        ({"name": "x", "datatype": "FP32", "shape": [1], "data": ["a"]}, "must be numbers"),
+        ({"name": "x", "datatype": "FP32", "shape": [1]}, "neither data"),
+    ],
+)
+def test_malformed_tensors_are_named(spec: dict[str, object], words: str) -> None:
+    with pytest.raises(TensorError, match=words) as caught:
+        read_input(spec, b"", 0)
+    assert caught.value.field == "x"
+
+
+def test_feeds_are_checked_against_their_field() -> None:
+    age = InputField(type="float", nullable=False, min=0, max=100)
+    with pytest.raises(TensorError, match="above 100"):
+        to_feed("age", age, np.array([[101.0]]), "FP32")
+    with pytest.raises(TensorError, match="missing values"):
+        to_feed("age", age, np.array([np.nan]), "FP32")
+    sex = InputField(type="category", values=["female", "male"])
+    with pytest.raises(TensorError, match="not allowed"):
+        to_feed("sex", sex, np.array([b"other"], dtype=object), "BYTES")
+    assert to_feed("age", age, np.array([3.0]), "FP64").shape == (1, 1)
+
+
+def test_header_split_and_compression() -> None:
+    import gzip
+
+    header = json.dumps({"inputs": []}).encode()
+    parsed, tail = split_body(header + b"\x01\x02", str(len(header)))
+    assert parsed == {"inputs": []} and tail == b"\x01\x02"
+    assert decompress(gzip.compress(b"abc"), "gzip", 10) == b"abc"
+    with pytest.raises(OverflowError):
+        decompress(gzip.compress(b"a" * 100), "gzip", 10)
+    with pytest.raises(TensorError, match="not a length"):
+        split_body(b"{}", "99")
+
+
+def test_outputs_are_encoded_as_asked() -> None:
+    outputs = {"label": np.array([1, 0], np.int64), "p": np.array([[0.5, 0.5]], np.float32)}
+    described, blobs = encode_outputs(outputs, binary={"p"})
+    assert described[0] == {"name": "label", "datatype": "INT64", "shape": [2], "data": [1, 0]}
+    assert described[1]["parameters"] == {"binary_data_size": 8} and blobs == [b"\0\0\0?" * 2]
+
+
+def test_request_ids_split_evenly_and_stick() -> None:
+    shares = [bucket(f"id-{i}") for i in range(10_000)]
+    assert abs(np.mean(np.array(shares) < 0.25) - 0.25) < 0.02
+    assert bucket("same") == bucket("same")
+
+
+def cached_artifact(tmp_path: Path) -> tuple[ModelStore, Path]:
+    store = ModelStore("sqlite:///unused.db", tmp_path)
+    path = tmp_path / "titanic" / "v3" / "model.onnx"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"onnx bytes")
+    artifact = Artifact(
+        "titanic", "champion", "3", sha256_of(path), path, {"roc_auc": 0.9}, "registry"
+    )
+    (tmp_path / "titanic" / "champion.json").write_text(json.dumps(artifact.manifest()))
+    return store, path
+
+
+def test_local_copy_is_served_when_intact(tmp_path: Path) -> None:
+    store, _ = cached_artifact(tmp_path)
+    artifact = store.cached("titanic", "champion")
+    assert artifact is not None and (artifact.version, artifact.source) == ("3", "cache")
+    assert store.cached("titanic", "challenger") is None
+
+
+def test_corrupted_local_copy_is_refused(tmp_path: Path) -> None:
+    store, path = cached_artifact(tmp_path)
+    path.write_bytes(b"onnx bytez")
+    with pytest.raises(ArtifactRefused, match="corrupted"):
+        store.cached("titanic", "champion")
