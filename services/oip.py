@@ -4,11 +4,11 @@ The tensors are the registered ONNX graph's own inputs and outputs (one input pe
 field), as Triton would serve the same file; each input is checked against its field.
 """
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Path, Request
 from fastapi.responses import Response
 
 from services.responses import error_response, json_response
@@ -24,6 +24,38 @@ from services.tensors import (
     to_feed,
 )
 
+INFER_REQUEST = {  # OIP v2 inference request (JSON form)
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {"type": "object"},
+        "inputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name", "shape", "datatype"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+                    "datatype": {
+                        "type": "string",
+                        "enum": ["BOOL", "UINT8", "INT32", "INT64", "FP32", "FP64", "BYTES"],
+                    },
+                    "parameters": {"type": "object"},
+                    "data": {"type": "array"},
+                },
+            },
+        },
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"name": {"type": "string"}, "parameters": {"type": "object"}},
+            },
+        },
+    },
+}
 SERVER = {"name": "mlops-reference", "version": "1", "extensions": ["binary_tensor_data"]}
 
 
@@ -50,6 +82,19 @@ def metadata(model: LoadedModel, versions: list[str]) -> dict[str, Any]:
 
 def add_routes(app: FastAPI, service: ModelService) -> None:
     key = service.spec.key
+    # The schema names the one model served, so generated requests reach the handlers
+    name_param = Annotated[
+        str, Path(description="the model's name", json_schema_extra={"enum": [key]})
+    ]
+    infer_doc = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": INFER_REQUEST},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    }
 
     def unknown(name: str) -> Response | None:
         if name == key:
@@ -87,7 +132,9 @@ def add_routes(app: FastAPI, service: ModelService) -> None:
 
     @app.get("/v2/models/{name}")
     @app.get("/v2/models/{name}/versions/{version}")
-    async def model_metadata(name: str, request: Request, version: str | None = None) -> Response:
+    async def model_metadata(
+        name: name_param, request: Request, version: str | None = None
+    ) -> Response:
         """OIP v2 model metadata: the graph's input and output tensors."""
         model = pick(name, version, request.state.request_id)
         if isinstance(model, Response):
@@ -97,16 +144,18 @@ def add_routes(app: FastAPI, service: ModelService) -> None:
 
     @app.get("/v2/models/{name}/ready")
     @app.get("/v2/models/{name}/versions/{version}/ready")
-    async def model_ready(name: str, request: Request, version: str | None = None) -> Response:
+    async def model_ready(
+        name: name_param, request: Request, version: str | None = None
+    ) -> Response:
         """OIP v2 model readiness."""
         model = pick(name, version, request.state.request_id)
         if isinstance(model, Response):
             return model
         return json_response({"name": name, "ready": True})
 
-    @app.post("/v2/models/{name}/infer")
-    @app.post("/v2/models/{name}/versions/{version}/infer")
-    async def infer(name: str, request: Request, version: str | None = None) -> Response:
+    @app.post("/v2/models/{name}/infer", openapi_extra=infer_doc)
+    @app.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=infer_doc)
+    async def infer(name: name_param, request: Request, version: str | None = None) -> Response:
         """OIP v2 inference, JSON or with the binary tensor extension."""
         model = pick(name, version, request.state.request_id)
         if isinstance(model, Response):

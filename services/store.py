@@ -69,6 +69,11 @@ class ModelStore:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(1, timeout_s))))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        import mlflow
+
+        # MLflow 3 resolves logged models through its global URIs, whatever a client was given
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
 
     def _client(self) -> Any:
         from mlflow import MlflowClient
@@ -105,7 +110,9 @@ class ModelStore:
             )
             cached = self.cached(model, alias)
             if cached is None and alias == "champion":
-                raise RegistryUnavailable(f"{exc}; and no local copy of {model}@{alias}") from exc
+                raise RegistryUnavailable(
+                    f"registry unreachable ({exc}) and no local copy of {model}@{alias}"
+                ) from exc
             return cached
         if record is None:
             return None
@@ -140,8 +147,9 @@ class ModelStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
             try:
+                location = self._client().get_model_version_download_uri(model, version)
                 local = mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"models:/{model}/{version}",
+                    artifact_uri=location,
                     dst_path=tmp,
                     tracking_uri=self.tracking_uri,
                 )

@@ -73,6 +73,10 @@ class Registry:
 
     def copy_version(self, key: str, alias: str) -> str:
         """A new version with the champion's artifact, under `alias` (an alias move)."""
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri)  # MLflow 3 finds the logged model through these
+        mlflow.set_registry_uri(self.uri)
         client = self.client()
         champion = client.get_model_version_by_alias(key, "champion")
         new = client.create_model_version(
@@ -146,6 +150,13 @@ class Service:
         raise AssertionError(
             f"{self.key}: {path} not {status} in {timeout}s:\n{self.log()[-4000:]}"
         )
+
+    def wait_for_log(self, text: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.key}: no {text!r} in the log:\n{self.log()[-4000:]}")
+            time.sleep(0.2)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         assert self.process is not None
