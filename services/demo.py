@@ -1,6 +1,7 @@
 """One example prediction per model from the running local stack (`make serve` prints it)."""
 
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -8,6 +9,7 @@ import pandas as pd
 
 from pipelines import paths
 from pipelines.catalog import load_catalog
+from pipelines.paths import ROOT
 from services.examples import as_records
 from services.stack import BASE_PORT, TRITON_PORTS
 
@@ -58,10 +60,11 @@ def triton(key: str, record: dict[str, Any]) -> bool:
     return labels[0] == labels[1]
 
 
-def main() -> int:
+def main(root: Path = ROOT) -> int:
+    """Exit 0 when every model (and Triton) answered."""
     ok = True
     for index, (key, spec) in enumerate(load_catalog().items()):
-        frame = pd.read_parquet(paths.split_dir(key) / "test.parquet").head(1)
+        frame = pd.read_parquet(paths.split_dir(key, root) / "test.parquet").head(1)
         (record,) = as_records(frame, spec)
         ok &= show(key, record, f"http://127.0.0.1:{BASE_PORT + index}")
         if spec.triton is not None:

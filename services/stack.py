@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,15 +25,17 @@ from pipelines import paths
 from pipelines.catalog import load_catalog
 from pipelines.paths import ROOT
 
-RUN_DIR = ROOT / "run"
+# Where the stack keeps pids and logs, and its ports: overridable so tests run a second stack
+RUN_DIR = Path(os.environ.get("STACK_RUN_DIR", ROOT / "run"))
 STATE = RUN_DIR / "stack.json"
 BASE_PORT = int(os.environ.get("STACK_BASE_PORT", "8101"))
-TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
+_TRITON = int(os.environ.get("STACK_TRITON_PORT", "8000"))
+TRITON_PORTS = {"http": _TRITON, "grpc": _TRITON + 1, "metrics": _TRITON + 2}
 TRITON_PYTHON = ROOT / "services" / "triton" / ".venv" / "bin" / "python"
 READY_TIMEOUT_S = 300
 
 
-def plan() -> list[dict[str, Any]]:
+def plan(root: Path = ROOT) -> list[dict[str, Any]]:
     """Every process of the stack: name, command, URL and the route that says it is ready."""
     processes = []
     for index, (key, spec) in enumerate(load_catalog().items()):
@@ -45,7 +48,7 @@ def plan() -> list[dict[str, Any]]:
                 "ready": "/readyz",
             }
         )
-        repository = paths.onnx_model(key).parent / "triton"
+        repository = (paths.onnx_model(key, root).parent / "triton").resolve()
         if spec.triton is not None and (repository / key / "config.pbtxt").exists():
             ports = [str(TRITON_PORTS[k]) for k in ("http", "grpc", "metrics")]
             processes.append(
@@ -81,13 +84,13 @@ def is_ready(process: dict[str, Any]) -> bool:
         return False
 
 
-def up() -> int:
+def up(root: Path = ROOT) -> int:
     if STATE.exists():
         print(f"the stack is already up ({STATE}); run `python -m services.stack down` first")
         return 1
     (RUN_DIR / "logs").mkdir(parents=True, exist_ok=True)
     started = []
-    for process in plan():
+    for process in plan(root):
         log = (RUN_DIR / "logs" / f"{process['name']}.log").open("ab")
         child = subprocess.Popen(
             process["command"],
@@ -111,11 +114,11 @@ def wait(started: list[dict[str, Any]]) -> int:
                 print(f"  ready  {process['name']:<20} {process['url']}", flush=True)
                 pending.remove(process)
             elif not alive(process["pid"]):
-                print(f"  FAILED {process['name']}: see run/logs/{process['name']}.log")
+                print(f"  FAILED {process['name']}: see {RUN_DIR / 'logs' / process['name']}.log")
                 return 1
         time.sleep(0.5)
     for process in pending:
-        print(f"  NOT READY after {READY_TIMEOUT_S}s: {process['name']} (run/logs/)")
+        print(f"  NOT READY after {READY_TIMEOUT_S}s: {process['name']} ({RUN_DIR / 'logs'})")
     return 1 if pending else 0
 
 
@@ -127,7 +130,7 @@ def alive(pid: int) -> bool:
     return True
 
 
-def down() -> int:
+def down(root: Path = ROOT) -> int:
     if not STATE.exists():
         print("the stack is not up")
         return 0
@@ -146,7 +149,7 @@ def down() -> int:
     return 0
 
 
-def status() -> int:
+def status(root: Path = ROOT) -> int:
     if not STATE.exists():
         print("the stack is not up")
         return 1
@@ -167,7 +170,14 @@ def main(argv: list[str] | None = None) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("command", choices=sorted(commands))
-    sys.exit(commands[parser.parse_args(argv).command]())
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=ROOT,
+        help="project root whose artifacts/ and data/ to use (default: this repo)",
+    )
+    args = parser.parse_args(argv)
+    sys.exit(commands[args.command](args.root))
 
 
 if __name__ == "__main__":

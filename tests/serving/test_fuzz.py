@@ -48,6 +48,7 @@ def test_no_generated_request_gets_a_5xx(
         capture_output=True,
         text=True,
         timeout=900,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
     assert "No issues found" in result.stdout or "passed" in result.stdout, result.stdout[-3000:]

@@ -1,0 +1,52 @@
+"""The local stack as `make serve` runs it: up, one prediction per model, status, down."""
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines.paths import ROOT
+from tests.conftest import KEYS
+from tests.serving.conftest import Registry
+
+pytestmark = pytest.mark.slow
+
+
+def stack(command: str, env: dict[str, str], root: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "services.stack", command, "--root", str(root)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+
+
+def test_stack_serves_every_model_and_stops_cleanly(registry: Registry, tmp_path: Path) -> None:
+    base = random.randint(20_000, 40_000)  # a second stack beside one a developer may run
+    env = os.environ | {
+        "MLFLOW_TRACKING_URI": registry.uri,
+        "SERVE_CACHE_DIR": str(tmp_path / "cache"),
+        "STACK_RUN_DIR": str(tmp_path / "run"),
+        "STACK_BASE_PORT": str(base),
+        "STACK_TRITON_PORT": str(base + 100),
+    }
+    try:
+        up = stack("up", env, registry.trained)
+        assert up.returncode == 0, up.stdout + up.stderr
+        for key in KEYS:
+            assert f"ready  {key}" in up.stdout
+        assert "ready  triton-fashion_cnn" in up.stdout
+        demo = stack("demo", env, registry.trained)
+        assert demo.returncode == 0, demo.stdout + demo.stderr
+        assert demo.stdout.count("-> ") == len(KEYS)
+        assert "Triton (PyTriton)" in demo.stdout
+        assert stack("status", env, registry.trained).returncode == 0
+    finally:
+        down = stack("down", env, registry.trained)
+    assert down.returncode == 0 and down.stdout.count("stopped") == len(KEYS) + 1
+    assert not (tmp_path / "run" / "stack.json").exists()
