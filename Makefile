@@ -7,12 +7,12 @@ UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 RUN = $(UV) run --frozen
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: help all setup system-packages venv repro registry metrics plots test test-fast lint clean
+.PHONY: help all setup system-packages venv repro registry serve stop status metrics plots test test-fast bench serve-triton lint clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
 
-all: setup repro registry ## Everything from a fresh clone: install, train and register all models, show the registry
+all: setup repro registry serve ## Everything from a fresh clone: install, train, register, serve every model, one prediction each
 
 setup: system-packages venv ## Install system packages and the locked Python environment
 
@@ -25,12 +25,23 @@ system-packages: ## Debian packages the data comes from (needs root)
 venv: ## The locked environment (.venv) from uv.lock
 	@command -v uv >/dev/null || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install -q "uv==$(UV_VERSION)"
 	$(UV) sync --frozen
+	$(UV) sync --frozen --project services/triton
 
 repro: ## Run the DVC pipeline (prepare, train, evaluate, export, register) for every model
 	$(RUN) dvc repro
 
 registry: ## Show every model's versions, aliases and champion metrics against its floors
 	$(RUN) python -m pipelines.show
+
+serve: ## Start the local stack (a service per model + PyTriton) in the background; one prediction each
+	$(RUN) python -m services.stack up
+	$(RUN) python -m services.stack demo
+
+stop: ## Stop the local stack (SIGTERM: in-flight requests finish)
+	$(RUN) python -m services.stack down
+
+status: ## Which local services are up and ready
+	$(RUN) python -m services.stack status
 
 metrics: ## dvc metrics show for every model
 	$(RUN) dvc metrics show
@@ -44,10 +55,18 @@ test: setup ## All test tiers: code, data, model and the whole-pipeline integrat
 test-fast: ## Code and data tiers only (skips tests marked slow)
 	$(RUN) pytest -m "not slow"
 
+serve-triton: ## Triton's HTTP/gRPC protocol for fashion_cnn on :8000/:8001 (metrics :8002), PyTriton, foreground
+	services/triton/.venv/bin/python services/triton/serve.py --repository artifacts/fashion_cnn/triton \
+		--http-port 8000 --grpc-port 8001 --metrics-port 8002
+
+bench: ## Serving benchmark (wrk): floor vs services vs BentoML vs mlflow models serve -> reports/bench/
+	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
+	$(RUN) python -m services.bench
+
 lint: ## ruff and mypy
-	$(RUN) ruff check pipelines tests
-	$(RUN) ruff format --check pipelines tests
+	$(RUN) ruff check pipelines services tests
+	$(RUN) ruff format --check pipelines services tests
 	$(RUN) mypy
 
 clean: ## Remove pipeline outputs and the local registry (keeps .venv and the DVC cache)
-	rm -rf data/raw data/split models artifacts reports/registry mlruns dvc_plots
+	rm -rf data/raw data/split models artifacts reports/registry mlruns dvc_plots .serving-cache run

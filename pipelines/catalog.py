@@ -70,6 +70,21 @@ class SplitSpec(Strict):
     seed: int = 42
 
 
+class TritonSpec(Strict):
+    """Triton model repository options (DL models): dynamic batching and instances."""
+
+    max_batch_size: int = Field(gt=0)
+    preferred_batch_sizes: list[int] = []  # batches the scheduler tries to form
+    max_queue_delay_us: int = Field(default=0, ge=0)  # a request's wait for a fuller batch
+    instances: int = Field(default=1, ge=1)  # model copies executing in parallel
+
+    @model_validator(mode="after")
+    def _sizes_fit(self) -> "TritonSpec":
+        if any(not 0 < size <= self.max_batch_size for size in self.preferred_batch_sizes):
+            raise ValueError("preferred_batch_sizes must lie in 1..max_batch_size")
+        return self
+
+
 class ModelSpec(Strict):
     key: str
     task: Task
@@ -83,6 +98,9 @@ class ModelSpec(Strict):
     params: dict[str, Any]
     floors: dict[str, Bound]
     gate_metric: str
+    # A Triton model repository beside the ONNX file, or null. Required even when null:
+    # export@<key> lists it in its DVC params, and DVC fails on a missing params key.
+    triton: TritonSpec | None
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelSpec":

@@ -19,6 +19,7 @@ from pipelines.cli import StageError, run_stage
 from pipelines.log import get_logger
 from pipelines.models import get_project
 from pipelines.schema import onnx_feeds
+from pipelines.triton import repository_dir, write_repository
 
 log = get_logger(__name__)
 TOLERANCE = 1e-4
@@ -84,6 +85,9 @@ def main_work(spec: ModelSpec, root: Path) -> None:
         len(test),
         worst,
     )
+    if spec.triton is not None:
+        repository = write_repository(spec, target, repository_dir(spec.key, root))
+        log.info("%s: Triton model repository %s", spec.key, repository.relative_to(root))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,6 @@
 """Real services over real HTTP: a registry of the reduced-params models, uvicorn processes."""
 
+import contextlib
 import os
 import signal
 import socket
@@ -127,8 +128,13 @@ class Service:
             str(workers),
         ]
         with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            self.process = subprocess.Popen(  # its own group: stop() reaches its workers too
+                command,
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         return self
 
@@ -162,7 +168,10 @@ class Service:
         assert self.process is not None
         if self.process.poll() is None:
             os.kill(self.process.pid, sig)
-        return self.process.wait(timeout)
+        code = self.process.wait(timeout)
+        with contextlib.suppress(ProcessLookupError):  # workers the server left behind
+            os.killpg(self.process.pid, signal.SIGKILL)
+        return code
 
     def post(self, path: str, body: Any, **kwargs: Any) -> httpx.Response:
         return httpx.post(self.url + path, json=body, timeout=60, **kwargs)

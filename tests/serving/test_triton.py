@@ -1,0 +1,260 @@
+"""The local Triton server (services/triton/serve.py, PyTriton) on the fashion_cnn repository.
+
+A real server in its own environment, on free ports, spoken to with tritonclient over HTTP and
+gRPC and checked against ONNX Runtime in this process.
+"""
+
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from pipelines.catalog import get_spec
+from pipelines.paths import ROOT, onnx_model
+from pipelines.sources import read_idx
+from pipelines.triton import repository_dir, write_repository
+from tests.conftest import CATALOG
+
+pytestmark = pytest.mark.slow
+
+MODEL = "fashion_cnn"
+PYTHON = ROOT / "services" / "triton" / ".venv" / "bin" / "python"
+SERVE = ROOT / "services" / "triton" / "serve.py"
+STARTUP_S = 180
+STOP_S = 25  # under tritonserver's 30 s exit timeout: a hang on open connections fails
+N_IMAGES = 200
+
+
+def free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module")
+def workspace(trained: Path) -> Path:
+    """The reduced-params workspace the other serving tests serve, as `dvc repro` left it."""
+    return trained
+
+
+@pytest.fixture(scope="module")
+def repository(workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The export stage's Triton repository, or one written here from the exported graph."""
+    exported = repository_dir(MODEL, workspace)
+    if (exported / MODEL / "config.pbtxt").is_file():
+        return exported
+    if not onnx_model(MODEL, workspace).is_file():
+        pytest.fail(f"no {onnx_model(MODEL, workspace)}: `dvc repro export@{MODEL}` makes it")
+    out = tmp_path_factory.mktemp("triton")
+    write_repository(CATALOG[MODEL], onnx_model(MODEL, workspace), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def accuracy_floor(workspace: Path) -> float:
+    """The workspace's own floor, less a margin for scoring only N_IMAGES images."""
+    floor = get_spec(MODEL, workspace / "params.yaml").floors["accuracy"].min
+    assert floor is not None
+    return floor - 0.05
+
+
+class Server:
+    def __init__(self, process: subprocess.Popen[bytes], log: Path, ports: list[int]) -> None:
+        self.process, self.log = process, log
+        self.http_url, self.grpc_url = (f"localhost:{p}" for p in ports[:2])
+        self.http_port = ports[0]
+
+    def log_tail(self) -> str:
+        return self.log.read_text(errors="replace")[-4000:]
+
+    def wait_ready(self) -> float:
+        """Seconds until the model is ready; fails with the server's log otherwise."""
+        start = time.monotonic()
+        with closing(httpclient.InferenceServerClient(self.http_url)) as client:
+            while time.monotonic() - start < STARTUP_S:
+                if self.process.poll() is not None:
+                    pytest.fail(f"server exited ({self.process.returncode}):\n{self.log_tail()}")
+                try:
+                    if client.is_server_ready() and client.is_model_ready(MODEL):
+                        return time.monotonic() - start
+                except (ConnectionError, InferenceServerException, OSError):
+                    pass
+                time.sleep(0.5)
+        pytest.fail(f"server not ready after {STARTUP_S}s:\n{self.log_tail()}")
+
+
+@pytest.fixture(scope="module")
+def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    if not PYTHON.exists():
+        pytest.fail(f"{PYTHON} is missing: run `make venv` (uv sync --project services/triton)")
+    ports = free_ports(3)
+    log = tmp_path_factory.mktemp("server") / "serve.log"
+    args = [str(PYTHON), str(SERVE), "--repository", str(repository)]
+    for flag, port in zip(("--http-port", "--grpc-port", "--metrics-port"), ports, strict=True):
+        args += [flag, str(port)]
+    with log.open("wb") as out:
+        process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    running = Server(process, log, ports)
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(timeout=STOP_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            pytest.fail(f"server still running {STOP_S}s after SIGTERM:\n{running.log_tail()}")
+    assert code == 0, running.log_tail()
+    with pytest.raises(OSError):  # tritonserver went with it
+        socket.create_connection(("127.0.0.1", running.http_port), timeout=2).close()
+
+
+@pytest.fixture(scope="module")
+def test_images() -> tuple[np.ndarray, np.ndarray]:
+    """The first Fashion-MNIST test images (uint8 [N, 28, 28]) and their labels."""
+    folder = Path(CATALOG[MODEL].source.path)
+    images = read_idx(folder / "t10k-images-idx3-ubyte.gz")[:N_IMAGES]
+    labels = read_idx(folder / "t10k-labels-idx1-ubyte.gz")[:N_IMAGES]
+    return np.ascontiguousarray(images), labels.astype(np.int64)
+
+
+@pytest.fixture(scope="module")
+def reference(repository: Path, test_images: tuple[np.ndarray, np.ndarray]) -> list[np.ndarray]:
+    """label and probabilities from ONNX Runtime in this process, on the served graph."""
+    session = ort.InferenceSession(
+        str(repository / MODEL / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    return [
+        np.asarray(a) for a in session.run(["label", "probabilities"], {"image": test_images[0]})
+    ]
+
+
+@pytest.fixture(scope="module")
+def clients(server: Server) -> Iterator[dict[str, Any]]:
+    """(client module, client) by protocol; closed first, as Triton waits for open connections."""
+    made = {
+        "http": (httpclient, httpclient.InferenceServerClient(server.http_url)),
+        "grpc": (grpcclient, grpcclient.InferenceServerClient(server.grpc_url)),
+    }
+    yield made
+    for _, client in made.values():
+        client.close()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_server_and_model_are_ready(clients: dict[str, Any], protocol: str) -> None:
+    _, client = clients[protocol]
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready(MODEL)
+
+
+def test_metadata_describes_the_graph(clients: dict[str, Any]) -> None:
+    http = clients["http"][1].get_model_metadata(MODEL)
+    grpc = clients["grpc"][1].get_model_metadata(MODEL)
+    expected = {
+        "image": ("UINT8", [-1, 28, 28]),
+        "label": ("INT64", [-1, 1]),  # [N] in the graph: Triton serves it as [N, 1]
+        "probabilities": ("FP32", [-1, 10]),
+    }
+    tensors = http["inputs"] + http["outputs"]
+    assert {t["name"]: (t["datatype"], t["shape"]) for t in tensors} == expected
+    tensors = [*grpc.inputs, *grpc.outputs]
+    assert {t.name: (t.datatype, list(t.shape)) for t in tensors} == expected
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_predictions_match_onnx_runtime(
+    clients: dict[str, Any],
+    protocol: str,
+    test_images: tuple[np.ndarray, np.ndarray],
+    reference: list[np.ndarray],
+    accuracy_floor: float,
+) -> None:
+    module, client = clients[protocol]
+    images, truth = test_images
+    labels, probabilities = [], []
+    for start in range(0, len(images), 50):  # within max_batch_size
+        batch = images[start : start + 50]
+        feed = module.InferInput("image", list(batch.shape), "UINT8")
+        feed.set_data_from_numpy(batch)
+        result = client.infer(MODEL, [feed])
+        labels.append(result.as_numpy("label"))
+        probabilities.append(result.as_numpy("probabilities"))
+    label, probability = np.concatenate(labels), np.concatenate(probabilities)
+    assert label.shape == (len(images), 1) and label.dtype == np.int64
+    assert probability.shape == (len(images), 10) and probability.dtype == np.float32
+    label = label.ravel()
+    np.testing.assert_array_equal(label, reference[0])
+    np.testing.assert_allclose(probability, reference[1], atol=1e-5)
+    assert (label == truth).mean() >= accuracy_floor
+
+
+def inference_counts(client: httpclient.InferenceServerClient) -> tuple[int, int]:
+    (stats,) = client.get_inference_statistics(MODEL)["model_stats"]
+    return int(stats["inference_count"]), int(stats["execution_count"])
+
+
+def one_image(url: str, image: np.ndarray) -> int:
+    """A single-image request on a connection of its own; the predicted label."""
+    with closing(httpclient.InferenceServerClient(url)) as client:
+        feed = httpclient.InferInput("image", [1, *image.shape], "UINT8")
+        feed.set_data_from_numpy(image[np.newaxis])
+        return int(client.infer(MODEL, [feed]).as_numpy("label")[0, 0])
+
+
+def test_dynamic_batching_merges_concurrent_requests(
+    server: Server, test_images: tuple[np.ndarray, np.ndarray], reference: list[np.ndarray]
+) -> None:
+    n = 64
+    with closing(httpclient.InferenceServerClient(server.http_url)) as client:
+        inferences, executions = inference_counts(client)
+        with ThreadPoolExecutor(n) as pool:
+            labels = list(pool.map(partial(one_image, server.http_url), test_images[0][:n]))
+        after_inferences, after_executions = inference_counts(client)
+    assert labels == reference[0][:n].tolist()
+    assert after_inferences - inferences == n
+    assert after_executions - executions < n  # some requests ran together in one batch
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype"),
+    [([1, 27, 27], "UINT8"), ([1, 28, 28], "FP32"), ([1, 784], "UINT8")],
+    ids=["wrong-shape", "wrong-dtype", "flat"],
+)
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_bad_request_is_a_client_error(
+    clients: dict[str, Any], protocol: str, shape: list[int], dtype: str
+) -> None:
+    module, client = clients[protocol]
+    feed = module.InferInput("image", shape, dtype)
+    feed.set_data_from_numpy(np.zeros(shape, np.uint8 if dtype == "UINT8" else np.float32))
+    with pytest.raises(InferenceServerException) as info:
+        client.infer(MODEL, [feed])
+    status = str(info.value.status())
+    assert status == "400" if protocol == "http" else status == "StatusCode.INVALID_ARGUMENT"
+    assert client.is_model_ready(MODEL)
+
+
+def test_unknown_model_is_a_client_error(clients: dict[str, Any]) -> None:
+    with pytest.raises(InferenceServerException) as info:
+        clients["http"][1].get_model_metadata("no_such_model")
+    assert str(info.value.status()).startswith("4")
