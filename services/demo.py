@@ -14,16 +14,16 @@ from services.examples import as_records
 from services.stack import BASE_PORT, TRITON_PORTS
 
 
-def summary(prediction: dict[str, Any]) -> str:
+def summary(prediction: dict[str, Any], positive: str) -> str:
     if "value" in prediction:
         return f"value {prediction['value']:,.2f}"
     if "probability" in prediction:
-        return f"{prediction['label']} (P(positive) = {prediction['probability']:.3f})"
+        return f"{prediction['label']} (P({positive}) = {prediction['probability']:.3f})"
     top = max(prediction["probabilities"].values())
     return f"{prediction['label']} (P = {top:.3f})"
 
 
-def show(key: str, record: dict[str, Any], url: str) -> bool:
+def show(key: str, record: dict[str, Any], url: str, positive: str) -> bool:
     shown = {k: ("<28x28 pixels>" if isinstance(v, list) else v) for k, v in record.items()}
     text = json.dumps(shown)
     print(f"\n{key}  POST {url}/predict  {text[:110]}{'...' if len(text) > 110 else ''}")
@@ -36,11 +36,13 @@ def show(key: str, record: dict[str, Any], url: str) -> bool:
         print(f"  {response.status_code}: {response.text[:300]}")
         return False
     body = response.json()
-    print(f"  -> {summary(body['predictions'][0])}   [v{body['version']} @{body['alias']}]")
+    print(
+        f"  -> {summary(body['predictions'][0], positive)}   [v{body['version']} @{body['alias']}]"
+    )
     return True
 
 
-def triton(key: str, record: dict[str, Any]) -> bool:
+def triton(key: str, record: dict[str, Any], classes: list[str]) -> bool:
     """The same image through PyTriton, with tritonclient over HTTP and gRPC."""
     import numpy as np
     import tritonclient.grpc as grpc
@@ -52,10 +54,10 @@ def triton(key: str, record: dict[str, Any]) -> bool:
         tensor = module.InferInput("image", list(pixels.shape), "UINT8")
         tensor.set_data_from_numpy(pixels)
         client = module.InferenceServerClient(f"127.0.0.1:{port}")
-        labels.append(int(client.infer(key, [tensor]).as_numpy("label")[0]))
+        labels.append(int(client.infer(key, [tensor]).as_numpy("label").reshape(-1)[0]))
     print(
         f"  Triton (PyTriton) HTTP :{TRITON_PORTS['http']} / gRPC :{TRITON_PORTS['grpc']}"
-        f" -> class {labels[0]} / {labels[1]}"
+        f" -> {classes[labels[0]]} / {classes[labels[1]]}"
     )
     return labels[0] == labels[1]
 
@@ -66,10 +68,11 @@ def main(root: Path = ROOT) -> int:
     for index, (key, spec) in enumerate(load_catalog().items()):
         frame = pd.read_parquet(paths.split_dir(key, root) / "test.parquet").head(1)
         (record,) = as_records(frame, spec)
-        ok &= show(key, record, f"http://127.0.0.1:{BASE_PORT + index}")
+        positive = spec.class_names[-1] if spec.task == "binary" else ""
+        ok &= show(key, record, f"http://127.0.0.1:{BASE_PORT + index}", positive)
         if spec.triton is not None:
             try:
-                ok &= triton(key, record)
+                ok &= triton(key, record, spec.class_names)
             except Exception as exc:  # the demo reports, it does not crash
                 print(f"  Triton not answering: {exc}")
                 ok = False

@@ -58,7 +58,7 @@ def plan(root: Path = ROOT) -> list[dict[str, Any]]:
                         str(TRITON_PYTHON),
                         "services/triton/serve.py",
                         "--repository",
-                        str(repository.relative_to(ROOT)),
+                        str(repository),
                         "--http-port",
                         ports[0],
                         "--grpc-port",
@@ -86,8 +86,12 @@ def is_ready(process: dict[str, Any]) -> bool:
 
 def up(root: Path = ROOT) -> int:
     if STATE.exists():
-        print(f"the stack is already up ({STATE}); run `python -m services.stack down` first")
-        return 1
+        started = json.loads(STATE.read_text())
+        if all(alive(p["pid"]) for p in started):
+            print("the stack is already up (`python -m services.stack down` stops it)")
+            return wait(started)
+        print("cleaning up after a stack that did not stop cleanly")
+        down(root)
     (RUN_DIR / "logs").mkdir(parents=True, exist_ok=True)
     started = []
     for process in plan(root):

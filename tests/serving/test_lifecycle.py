@@ -103,14 +103,17 @@ class TrackingServer:
         self.log.close()
 
 
-def test_not_ready_while_nothing_can_be_loaded(started: list[Service], tmp_path: Path) -> None:
+def test_not_ready_while_nothing_can_be_loaded(
+    started: list[Service], registry: Registry, tmp_path: Path
+) -> None:
     unreachable = f"http://127.0.0.1:{free_port()}"
     service = serve(started, "titanic", unreachable, tmp_path, wait=False)
     service.wait("/livez")
     service.wait_for_log("model not loaded")
     assert "registry unreachable" in httpx.get(service.url + "/readyz").json()["error"]
     assert httpx.get(service.url + "/v2/health/ready").status_code == 503
-    assert service.post("/predict", {"records": [{}]}).status_code == 503
+    answer = service.post("/predict", {"records": records(registry, "titanic", 1)})
+    assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
 
 
 def test_restart_serves_the_local_copy_while_the_registry_is_down(
