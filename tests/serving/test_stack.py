@@ -43,7 +43,7 @@ def test_stack_serves_every_model_and_stops_cleanly(registry: Registry, tmp_path
         assert "ready  triton-fashion_cnn" in up.stdout
         demo = stack("demo", env, registry.trained)
         assert demo.returncode == 0, demo.stdout + demo.stderr
-        assert demo.stdout.count("-> ") == len(KEYS)
+        assert demo.stdout.count("\n  -> ") == len(KEYS)
         assert "Triton (PyTriton)" in demo.stdout
         assert stack("status", env, registry.trained).returncode == 0
     finally:
