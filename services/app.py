@@ -5,6 +5,7 @@
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
+from starlette.routing import Route
 
 from pipelines.catalog import get_spec
 from services import oip
@@ -24,6 +26,7 @@ from services.store import ArtifactRefused
 from services.tensors import TensorError
 
 log = logging.getLogger("services.app")
+NO_TELEMETRY: Any = {"tracing": False, "metrics": False, "logs": False}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "Invalid input: `detail` names each field and what was expected"},
     413: {"description": "Body or record count over the limit"},
@@ -36,8 +39,15 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 async def keep_loaded(service: ModelService) -> None:
     """Load at start, then follow alias moves; retry quickly while nothing is loaded."""
     interval = service.settings.reload_interval_s
+    frozen = False
     while True:
         await run_in_threadpool(service.models.reload)
+        if service.models.ready and not frozen:
+            # Imports and the loaded model live as long as the process: out of the collector,
+            # a full collection scans only request objects (~1 ms instead of 150-200 ms)
+            gc.collect()
+            gc.freeze()
+            frozen = True
         if interval == 0 and service.models.ready:
             return
         await asyncio.sleep(min(interval or 5.0, 5.0) if not service.models.ready else interval)
@@ -49,15 +59,23 @@ def create_app(model: str, settings: ServeSettings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        task = asyncio.create_task(keep_loaded(service))
+        tasks = [
+            asyncio.create_task(keep_loaded(service)),
+            asyncio.create_task(service.access_log.run()),
+        ]
         yield
-        task.cancel()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # the last access-log flush
 
     app = FastAPI(
         title=f"{model} model service",
         description=service.spec.description,
         version="1",
         lifespan=lifespan,
+        # FastAPI's OpenTelemetry hooks ask the providers on every request; the service's
+        # own Prometheus metrics and request log cover what they would record
+        telemetry=NO_TELEMETRY,
     )
     app.state.service = service
     add_routes(app, service)
@@ -90,6 +108,10 @@ def add_routes(app: FastAPI, service: ModelService) -> None:
                 answer["predictions"],
             )
         return json_response(answer, background=task)
+
+    # FastAPI documents /predict (OpenAPI, /docs); this plain Starlette route in front of it
+    # serves it without FastAPI's per-request dependency solving, which the handler never uses
+    app.router.routes.insert(0, Route("/predict", predict, methods=["POST"]))
 
     @app.get("/livez")
     async def livez() -> Response:

@@ -5,6 +5,7 @@
 It mounts the same ASGI app as `python -m services.serve` (services.app: records contract,
 OIP v2, metrics), so a bento, its container and the lean uvicorn process answer alike.
 BentoML keeps its own /livez, /readyz and /metrics; readiness asks the loaded models.
+services.bentoml_fix removes BentoML's own p99 stalls (SERVE_BENTOML_TIMER_FIX=0: stock).
 """
 
 import bentoml
@@ -15,6 +16,10 @@ with bentoml.importing():
     from services.app import create_app
 
 settings = ServeSettings()
+if settings.bentoml_timer_fix:
+    from services import bentoml_fix
+
+    bentoml_fix.apply()
 app = create_app(settings.model, settings)
 
 

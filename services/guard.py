@@ -6,7 +6,6 @@ inference routes it refuses what is over the limits before any parsing (413 for 
 and status code, and logs one line with the request id.
 """
 
-import logging
 import time
 import uuid
 from typing import Any
@@ -15,8 +14,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.responses import error_response
 from services.service import ModelService
-
-log = logging.getLogger("services.requests")
 
 
 def route_of(path: str) -> str | None:
@@ -84,6 +81,9 @@ class Guard:
         self.app, self.service = app, service
         self.inflight = 0
         self.gauge = service.metrics.inflight.labels(service.spec.key)
+        self.access_log = service.access_log
+        # labels() costs a lock and a dict per call: keep the children per label set
+        self._children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -138,19 +138,21 @@ class Guard:
             self.gauge.dec()
 
     def _account(self, route: str, status: int, seconds: float, state: dict[str, Any]) -> None:
-        model = self.service.spec.key
         version, alias = state.get("served", ("", ""))
         code = str(status)
-        metrics = self.service.metrics
-        metrics.requests.labels(model, version, alias, route, code).inc()
-        metrics.latency.labels(model, version, alias, route, code).observe(seconds)
-        log.info(
-            "request_id=%s route=%s code=%s model=%s version=%s alias=%s ms=%.2f",
-            state["request_id"],
-            route,
-            code,
-            model,
-            version,
-            alias,
-            seconds * 1000,
+        key = (version, alias, route, code)
+        children = self._children.get(key)
+        if children is None:
+            metrics, model = self.service.metrics, self.service.spec.key
+            children = (
+                metrics.requests.labels(model, version, alias, route, code),
+                metrics.latency.labels(model, version, alias, route, code),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
+        self.access_log.write(
+            f"request_id={state['request_id']} route={route} code={code} "
+            f"model={self.service.spec.key} version={version} alias={alias} "
+            f"ms={seconds * 1000:.2f}"
         )

@@ -7,6 +7,7 @@ champion from the challenger.
 """
 
 import os
+from collections import Counter as Tally
 from typing import Any
 
 from prometheus_client import (
@@ -53,6 +54,7 @@ class ServiceMetrics:
     def __init__(self, task: str) -> None:
         # In multiprocess mode samples go to files and a fresh registry collects them
         self.registry = None if multiprocess() else CollectorRegistry()
+        self._children: dict[tuple[Any, ...], Any] = {}
         reg: Any = {"registry": self.registry}
         self.requests = Counter(
             "serving_requests",
@@ -124,11 +126,23 @@ class ServiceMetrics:
     def observe_predictions(
         self, model: str, version: str, alias: str, scores: list[float], labels: list[str]
     ) -> None:
-        histogram = self.scores.labels(model, version, alias)
+        observe = self._child(self.scores, (model, version, alias)).observe
         for score in scores:
-            histogram.observe(score)
-        for label in labels:
-            self.labels.labels(model, version, alias, label).inc()
+            observe(score)
+        # One labels() lookup per distinct label, not per record (a 1000-record batch)
+        for label, count in Tally(labels).items():
+            self._child(self.labels, (model, version, alias, label)).inc(count)
+
+    def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
+        """metric.labels(*labels), remembered (labels() takes a lock and builds a key)."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
+
+    def batch_size(self, model: str, route: str) -> Any:
+        return self._child(self.batch, (model, route))
 
     def render(self) -> tuple[bytes, str]:
         if self.registry is not None:

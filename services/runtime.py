@@ -56,15 +56,13 @@ class LoadedModel:
         for name, field in self.spec.fields.items():
             values = [getattr(r, name) for r in records]
             if field.type in NUMERIC:
-                column = [math.nan if v is None else v for v in values]
-                out[name] = np.array(column, dtype=np.float32).reshape(-1, 1)
+                column = [[math.nan if v is None else v] for v in values]
+                out[name] = np.array(column, dtype=np.float32)
             elif field.type == "image":
                 shape = field.shape or []
                 out[name] = np.frombuffer(b"".join(values), np.uint8).reshape(-1, *shape)
             else:
-                out[name] = np.array(["" if v is None else v for v in values], object).reshape(
-                    -1, 1
-                )
+                out[name] = np.array([["" if v is None else v] for v in values], object)
         return out
 
     def run(

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pipelines.catalog import ModelSpec
 from pipelines.settings import get_settings
+from services.accesslog import AccessLog
 from services.inputs import describe_errors, record_model, request_model
 from services.metrics import ServiceMetrics
 from services.routing import Models, Route
@@ -49,6 +50,7 @@ class ModelService:
         self.record_model = record_model(spec)
         self.request_model = request_model(spec, self.record_model, settings.max_records)
         self.metrics = ServiceMetrics(spec.task)
+        self.access_log = AccessLog()
         store = ModelStore(
             get_settings().mlflow_tracking_uri, settings.cache_dir, settings.registry_timeout_s
         )
@@ -132,7 +134,7 @@ class ModelService:
 
     def observe(self, model: LoadedModel, result: dict[str, Any], size: int, path: str) -> None:
         scores, labels = model.summary(result)
-        self.metrics.batch.labels(model.name, path).observe(size)
+        self.metrics.batch_size(model.name, path).observe(size)
         self.metrics.observe_predictions(model.name, model.version, model.alias, scores, labels)
 
     def score_shadow(

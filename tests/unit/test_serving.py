@@ -3,6 +3,7 @@
 import json
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -179,3 +180,36 @@ def test_corrupted_local_copy_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"onnx bytez")
     with pytest.raises(ArtifactRefused, match="corrupted"):
         store.cached("titanic", "champion")
+
+
+def test_bentoml_timeout_middleware_fix_keeps_504_and_cancels_timers() -> None:
+    import asyncio
+
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+    from starlette.responses import PlainTextResponse
+
+    from services import bentoml_fix
+
+    bentoml_fix.apply()
+
+    async def slow_or_fast(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await asyncio.sleep(0.2 if scope["path"] == "/slow" else 0)
+        await PlainTextResponse("ok")(scope, receive, send)
+
+    async def status(path: str) -> tuple[int, int]:
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b""}
+
+        scope = {"type": "http", "path": path, "method": "GET", "headers": []}
+        await TimeoutMiddleware(slow_or_fast, timeout=0.05)(scope, receive, send)
+        scheduled = asyncio.get_running_loop()._scheduled  # type: ignore[attr-defined]
+        timers = sum(not timer.cancelled() for timer in scheduled)  # cancelled: nothing held
+        return sent[0]["status"], timers
+
+    assert asyncio.run(status("/fast")) == (200, 0)  # no live timer left behind
+    assert asyncio.run(status("/slow"))[0] == 504

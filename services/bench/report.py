@@ -1,0 +1,174 @@
+"""Targets, the markdown table and the JSON record of one benchmark run."""
+
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from services.bench.wrk import Point
+
+PACKAGES = (
+    "fastapi", "starlette", "uvicorn", "uvloop", "httptools", "pydantic", "pydantic-core",
+    "orjson", "onnxruntime", "bentoml", "mlflow",
+)  # fmt: skip
+FLOOR_SHARE, P99_MS, MLFLOW_TIMES, BATCH_ROWS_S = 0.70, 20.0, 3.0, 100_000.0
+
+
+@dataclass
+class Result:
+    """One server measured for one model: a point per connection count, or why it failed."""
+
+    model: str
+    server: str
+    records: int  # records per request
+    points: list[Point] = field(default_factory=list)
+    error: str = ""
+    note: str = ""
+
+    def at(self, connections: int) -> Point | None:
+        return next((p for p in self.points if p.connections == connections), None)
+
+
+@dataclass
+class Check:
+    model: str
+    name: str
+    measured: str
+    passed: bool
+
+
+def _find(results: list[Result], model: str, server: str, records: int) -> Result | None:
+    return next(
+        (r for r in results if (r.model, r.server, r.records) == (model, server, records)), None
+    )
+
+
+def checks(results: list[Result], models: list[str], tabular: list[str]) -> list[Check]:
+    """The targets, each from numbers of this run: throughput at 16 and 64 connections."""
+    out = []
+    for model in models:
+        lean = _find(results, model, "lean", 1)
+        if lean is None or lean.error:
+            out.append(Check(model, "lean service", "no measurement", False))
+            continue
+        for other, times, name in (
+            ("floor", FLOOR_SHARE, f">= {FLOOR_SHARE:.0%} of floor req/s"),
+            ("mlflow", MLFLOW_TIMES, f">= {MLFLOW_TIMES:g}x mlflow req/s"),
+        ):
+            base = _find(results, model, other, 1)
+            if base is None or base.error:
+                if other == "floor":
+                    out.append(Check(model, name, "floor not measured", False))
+                continue
+            ratios = {
+                p.connections: p.rps / q.rps
+                for p in lean.points
+                if (q := base.at(p.connections)) is not None
+            }
+            text = ", ".join(f"{r:.2f} ({c} conn)" for c, r in sorted(ratios.items()))
+            out.append(Check(model, name, text, bool(ratios) and min(ratios.values()) >= times))
+        point = lean.at(16)
+        p99 = point.p99_ms if point else float("nan")
+        out.append(Check(model, f"p99 <= {P99_MS:g} ms at 16 conn", f"{p99:.1f} ms", p99 <= P99_MS))
+        if model in tabular:
+            batch = _find(results, model, "lean", 1000)
+            rows = max((p.rps * 1000 for p in batch.points), default=0.0) if batch else 0.0
+            ok = rows >= BATCH_ROWS_S
+            out.append(
+                Check(
+                    model,
+                    f"1000-row batch >= {BATCH_ROWS_S:,.0f} rows/s",
+                    f"{rows:,.0f} rows/s",
+                    ok,
+                )
+            )
+    return out
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers depend on: CPUs, packages, wrk, load, date."""
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        platform.processor(),
+    )  # fmt: skip
+    wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True, check=False)
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return {
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "wrk": (wrk.stdout or wrk.stderr).splitlines()[0] if (wrk.stdout or wrk.stderr) else "",
+        "packages": versions,
+        "pinning": "servers: taskset -c 0, one worker; wrk: taskset -c 1, -t1",
+    }
+
+
+def _row(result: Result, point: Point | None, floor: Result | None) -> str:
+    name = f"{result.server}" + (f" ({result.note})" if result.note else "")
+    if point is None:
+        return f"| {result.model} | {name} | - | ERROR: {result.error.splitlines()[0][:80]} | | | |"
+    base = floor.at(point.connections) if floor and not floor.error else None
+    share = f"{point.rps / base.rps:.0%}" if base else ""
+    rate = point.rps * result.records
+    return (
+        f"| {result.model} | {name} | {point.connections} | {rate:,.0f} | "
+        f"{point.p50_ms:.2f} | {point.p99_ms:.2f} | {share} |"
+    )
+
+
+def markdown(results: list[Result], found: list[Check], info: dict[str, Any]) -> str:
+    lines = [
+        "# Serving benchmark",
+        "",
+        f"{info['date']}, {info['cpu_model']}, nproc {info['nproc']}; {info['pinning']}; "
+        f"{info['duration_s']:g} s per point after a warm-up; load average before/after: "
+        f"{info['load_before']} / {info['load_after']}.",
+    ]
+    for records, unit in ((1, "req/s"), (1000, "rows/s")):
+        lines += [
+            "",
+            f"## {records} record{'s' if records > 1 else ''} per request",
+            "",
+            f"| model | server | conn | {unit} | p50 ms | p99 ms | of floor |",
+            "|---|---|--:|--:|--:|--:|--:|",
+        ]
+        for result in (r for r in results if r.records == records):
+            floor = _find(results, result.model, "floor", 1) if records == 1 else None
+            points: list[Point | None] = [*result.points] or [None]
+            lines += [_row(result, point, floor) for point in points]
+    lines += ["", "## Targets", "", "| model | target | measured | result |", "|---|---|---|---|"]
+    lines += [
+        f"| {c.model} | {c.name} | {c.measured} | {'PASS' if c.passed else 'FAIL'} |" for c in found
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write(folder: Path, results: list[Result], found: list[Check], info: dict[str, Any]) -> str:
+    """serving.md and serving.json in `folder`; returns the markdown."""
+    folder.mkdir(parents=True, exist_ok=True)
+    text = markdown(results, found, info)
+    (folder / "serving.md").write_text(text)
+    record = {
+        "machine": info,
+        "results": [
+            {**{k: v for k, v in vars(r).items() if k != "points"},
+             "points": [p.as_dict() for p in r.points]}
+            for r in results
+        ],
+        "targets": [vars(c) for c in found],
+    }  # fmt: skip
+    (folder / "serving.json").write_text(json.dumps(record, indent=2) + "\n")
+    return text
