@@ -36,8 +36,8 @@ class ServeSettings(BaseSettings):
         default=60.0, ge=0
     )  # poll the registry for alias moves; 0 = never
     registry_timeout_s: float = Field(default=5.0, gt=0)  # an unreachable registry fails this fast
-    # services.bentoml_fix under `bentoml serve` (false: BentoML as shipped, for comparison)
-    bentoml_timer_fix: bool = True
+    # `bentoml serve`: services.bento's tuning and services.bentoml_fix (false: stock BentoML)
+    bentoml_tuned: bool = True
     graceful_timeout_s: float = Field(
         default=30.0, gt=0
     )  # SIGTERM: wait this long for in-flight work

@@ -309,3 +309,5 @@ def test_bentoml_service_answers_the_same_contract(
     assert answer.status_code == 200 and answer.json()["version"] == "1"
     assert httpx.get(service.url + "/v2/models/titanic/ready").status_code == 200
     assert service.post("/predict", {"records": [{"pclass": 9}]}).status_code == 400
+    metrics = httpx.get(service.url + "/metrics").text  # the app's, with BentoML's own off
+    assert 'serving_requests_total{alias="champion",code="200",model="titanic"' in metrics
