@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pandas as pd
+import psutil
 import pytest
 
 from pipelines import paths
@@ -166,10 +167,16 @@ class Service:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         assert self.process is not None
+        family = []
         if self.process.poll() is None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                family = psutil.Process(self.process.pid).children(recursive=True)
             os.kill(self.process.pid, sig)
         code = self.process.wait(timeout)
-        with contextlib.suppress(ProcessLookupError):  # workers the server left behind
+        for child in family:  # workers a server left behind (BentoML's run in their own group)
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         return code
 
