@@ -59,7 +59,7 @@ def test_predict_matches_onnx_runtime(
     assert (body["model"], body["version"], body["alias"]) == (key, "1", "champion")
     assert len(body["predictions"]) == len(frame)
     check_against_onnx(key, body["predictions"], expected_outputs(trained, key, frame))
-    assert f"request_id=contract-{key}" in services[key].log()
+    services[key].wait_for_log(f"request_id=contract-{key}")  # the request log is buffered
 
 
 def test_image_as_base64_png(services: dict[str, Service], trained: Path) -> None:

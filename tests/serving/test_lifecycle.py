@@ -284,6 +284,7 @@ def test_metrics_add_up_over_workers(
         assert count and float(count.group(1)) == 40.0
         scores = re.search(r"serving_prediction_score_count\{[^}]*\} (\S+)", text)
         assert scores and float(scores.group(1)) == 80.0
+    time.sleep(1.5)  # each worker flushes its request log every 0.5 s
     pids = set(re.findall(r" (\d+) services.requests", service.log()))
     assert len(pids) == 2  # both workers answered
 
