@@ -103,15 +103,14 @@ def add_routes(app: FastAPI, service: ModelService) -> None:
     @app.post("/predict", openapi_extra=body_doc, responses=ERROR_RESPONSES)
     async def predict(request: Request) -> Response:
         """Predictions for 1..N named-field records, with the model version that made them."""
-        body = request.state.body
-        answer, route = await service.predict(body, request.state.request_id)
+        answer, route, records = await service.predict(request.state.body, request.state.request_id)
         request.state.served = (route.serving.version, route.serving.alias)
         task = None
         if route.shadow is not None:
             task = BackgroundTask(
                 service.score_shadow,
-                route.shadow,
-                body,
+                route,
+                records,
                 request.state.request_id,
                 answer["predictions"],
             )
@@ -172,6 +171,10 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(TensorError)
     async def tensor_error(_: Request, exc: TensorError) -> Response:
         return error_response(400, str(exc), [exc.detail()])
+
+    @app.exception_handler(oip.UnknownModel)
+    async def unknown_model(_: Request, exc: oip.UnknownModel) -> Response:
+        return error_response(404, str(exc))
 
     @app.exception_handler(ArtifactRefused)
     async def not_ready(_: Request, exc: ArtifactRefused) -> Response:

@@ -82,8 +82,6 @@ class Guard:
         self.inflight = 0
         self.gauge = service.metrics.inflight.labels(service.spec.key)
         self.access_log = service.access_log
-        # labels() costs a lock and a dict per call: keep the children per label set
-        self._children: dict[tuple[str, str, str, str], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -140,17 +138,9 @@ class Guard:
     def _account(self, route: str, status: int, seconds: float, state: dict[str, Any]) -> None:
         version, alias = state.get("served", ("", ""))
         code = str(status)
-        key = (version, alias, route, code)
-        children = self._children.get(key)
-        if children is None:
-            metrics, model = self.service.metrics, self.service.spec.key
-            children = (
-                metrics.requests.labels(model, version, alias, route, code),
-                metrics.latency.labels(model, version, alias, route, code),
-            )
-            self._children[key] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        metrics, labels = self.service.metrics, (self.service.spec.key, version, alias, route, code)
+        metrics.child(metrics.requests, labels).inc()
+        metrics.child(metrics.latency, labels).observe(seconds)
         self.access_log.write(
             f"request_id={state['request_id']} route={route} code={code} "
             f"model={self.service.spec.key} version={version} alias={alias} "

@@ -126,23 +126,20 @@ class ServiceMetrics:
     def observe_predictions(
         self, model: str, version: str, alias: str, scores: list[float], labels: list[str]
     ) -> None:
-        observe = self._child(self.scores, (model, version, alias)).observe
+        observe = self.child(self.scores, (model, version, alias)).observe
         for score in scores:
             observe(score)
         # One labels() lookup per distinct label, not per record (a 1000-record batch)
         for label, count in Tally(labels).items():
-            self._child(self.labels, (model, version, alias, label)).inc(count)
+            self.child(self.labels, (model, version, alias, label)).inc(count)
 
-    def _child(self, metric: Any, labels: tuple[str, ...]) -> Any:
+    def child(self, metric: Any, labels: tuple[str, ...]) -> Any:
         """metric.labels(*labels), remembered (labels() takes a lock and builds a key)."""
         key = (id(metric), *labels)
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = metric.labels(*labels)
         return child
-
-    def batch_size(self, model: str, route: str) -> Any:
-        return self._child(self.batch, (model, route))
 
     def render(self) -> tuple[bytes, str]:
         if self.registry is not None:

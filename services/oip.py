@@ -11,9 +11,10 @@ import orjson
 from fastapi import FastAPI, Path, Request
 from fastapi.responses import Response
 
-from services.responses import error_response, json_response
+from services.responses import json_response
 from services.runtime import LoadedModel
 from services.service import ModelService, field_error
+from services.store import ArtifactRefused
 from services.tensors import (
     ONNX_TYPES,
     TensorError,
@@ -56,6 +57,12 @@ INFER_REQUEST = {  # OIP v2 inference request (JSON form)
         },
     },
 }
+
+
+class UnknownModel(LookupError):
+    """A model name or version this service does not serve: 404."""
+
+
 SERVER = {"name": "mlops-reference", "version": "1", "extensions": ["binary_tensor_data"]}
 
 
@@ -96,22 +103,18 @@ def add_routes(app: FastAPI, service: ModelService) -> None:
         }
     }
 
-    def unknown(name: str) -> Response | None:
-        if name == key:
-            return None
-        return error_response(404, f"unknown model {name!r}; this service serves {key!r}")
-
-    def pick(name: str, version: str | None, request_id: str) -> LoadedModel | Response:
-        if (missing := unknown(name)) is not None:
-            return missing
+    def pick(name: str, version: str | None, request_id: str) -> LoadedModel:
+        """The model a v2 route means; UnknownModel (404) or ArtifactRefused (503) if none."""
+        if name != key:
+            raise UnknownModel(f"unknown model {name!r}; this service serves {key!r}")
         if not service.models.ready:
-            return error_response(503, f"model {key!r} is not ready: {service.models.problem}")
+            raise ArtifactRefused(service.models.problem)
         if version is None:
             return service.models.route(request_id).serving
         model = service.models.by_version(version)
         if model is None:
             loaded = [v for v in service.models.versions().values() if v]
-            return error_response(404, f"{key} has no loaded version {version!r}; loaded: {loaded}")
+            raise UnknownModel(f"{key} has no loaded version {version!r}; loaded: {loaded}")
         return model
 
     @app.get("/v2")
@@ -137,8 +140,6 @@ def add_routes(app: FastAPI, service: ModelService) -> None:
     ) -> Response:
         """OIP v2 model metadata: the graph's input and output tensors."""
         model = pick(name, version, request.state.request_id)
-        if isinstance(model, Response):
-            return model
         loaded = [v for v in service.models.versions().values() if v]
         return json_response(metadata(model, loaded))
 
@@ -148,9 +149,7 @@ def add_routes(app: FastAPI, service: ModelService) -> None:
         name: name_param, request: Request, version: str | None = None
     ) -> Response:
         """OIP v2 model readiness."""
-        model = pick(name, version, request.state.request_id)
-        if isinstance(model, Response):
-            return model
+        pick(name, version, request.state.request_id)  # raises 404 / 503
         return json_response({"name": name, "ready": True})
 
     @app.post("/v2/models/{name}/infer", openapi_extra=infer_doc)
@@ -158,8 +157,6 @@ def add_routes(app: FastAPI, service: ModelService) -> None:
     async def infer(name: name_param, request: Request, version: str | None = None) -> Response:
         """OIP v2 inference, JSON or with the binary tensor extension."""
         model = pick(name, version, request.state.request_id)
-        if isinstance(model, Response):
-            return model
         header, feeds, size = parse(service, request)
         wanted, binary = requested_outputs(model, header)
         result = await service.run(model.run, size, feeds, wanted)

@@ -106,7 +106,10 @@ class ModelService:
             return work(*args)
         return await asyncio.wait_for(run_in_threadpool(work, *args), self.settings.timeout_s)
 
-    async def predict(self, body: bytes, request_id: str) -> tuple[dict[str, Any], Route]:
+    async def predict(
+        self, body: bytes, request_id: str
+    ) -> tuple[dict[str, Any], Route, list[BaseModel]]:
+        """(answer, the route taken, the valid records: what a shadow model is scored on)."""
         if len(body) > PARSE_INLINE_BYTES:  # a big batch must not stall the event loop
             accepted, invalid = await run_in_threadpool(self.parse, body)
         else:
@@ -130,19 +133,19 @@ class ModelService:
         }
         if invalid:
             response["invalid_records"] = len(invalid)
-        return response, route
+        return response, route, records
 
     def observe(self, model: LoadedModel, result: dict[str, Any], size: int, path: str) -> None:
         scores, labels = model.summary(result)
-        self.metrics.batch_size(model.name, path).observe(size)
+        self.metrics.child(self.metrics.batch, (model.name, path)).observe(size)
         self.metrics.observe_predictions(model.name, model.version, model.alias, scores, labels)
 
     def score_shadow(
-        self, shadow: LoadedModel, body: bytes, request_id: str, served: list[Any]
+        self, route: Route, records: list[BaseModel], request_id: str, served: list[Any]
     ) -> None:
         """Score the challenger on the same records and log both answers (after the response)."""
-        accepted, _ = self.parse(body)
-        records = [record for _, record in accepted]
+        shadow = route.shadow
+        assert shadow is not None
         try:
             predictions = shadow.format(shadow.run(shadow.feeds(records)))
         except Exception:  # the challenger must never affect the answered request
@@ -157,7 +160,7 @@ class ModelService:
                 if ours.get("label", ours.get("value")) == theirs.get("label", theirs.get("value"))
                 else "different"
             )
-            self.metrics.shadow.labels(shadow.name, shadow.version, agreement).inc()
+            self.metrics.child(self.metrics.shadow, (shadow.name, shadow.version, agreement)).inc()
         shadow_log.info(
             "%s",
             orjson.dumps(
@@ -165,7 +168,7 @@ class ModelService:
                     "request_id": request_id,
                     "model": shadow.name,
                     "champion": {
-                        "version": self.models.versions()["champion"],
+                        "version": route.serving.version,
                         "predictions": champion,
                     },
                     "challenger": {"version": shadow.version, "predictions": predictions},

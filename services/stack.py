@@ -134,11 +134,18 @@ def alive(pid: int) -> bool:
     return True
 
 
-def down(root: Path = ROOT) -> int:
+def running() -> list[dict[str, Any]] | None:
+    """The processes `up` started, or None (with a line saying so) when the stack is not up."""
     if not STATE.exists():
         print("the stack is not up")
+        return None
+    started: list[dict[str, Any]] = json.loads(STATE.read_text())
+    return started
+
+
+def down(root: Path = ROOT) -> int:
+    if (started := running()) is None:
         return 0
-    started = json.loads(STATE.read_text())
     for process in started:
         if alive(process["pid"]):
             os.killpg(process["pid"], signal.SIGTERM)
@@ -154,10 +161,8 @@ def down(root: Path = ROOT) -> int:
 
 
 def status(root: Path = ROOT) -> int:
-    if not STATE.exists():
-        print("the stack is not up")
+    if (started := running()) is None:
         return 1
-    started = json.loads(STATE.read_text())
     for process in started:
         state = "ready" if is_ready(process) else "up" if alive(process["pid"]) else "dead"
         print(f"  {state:<6} {process['name']:<20} {process['url']}")
