@@ -69,4 +69,4 @@ lint: ## ruff and mypy
 	$(RUN) mypy
 
 clean: ## Remove pipeline outputs and the local registry (keeps .venv and the DVC cache)
-	rm -rf data/raw data/split models artifacts reports/registry mlruns dvc_plots .serving-cache run
+	rm -rf data/raw data/split data/feast models artifacts reports/registry mlruns dvc_plots .serving-cache run

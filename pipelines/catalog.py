@@ -85,6 +85,24 @@ class TritonSpec(Strict):
         return self
 
 
+class FeatureSpec(Strict):
+    """A Feast-backed project: trained through a point-in-time join, served by entity key.
+
+    The source has no event times, so prepare derives a deterministic timeline from
+    `observed_at` (the catalog module's `timeline`, documented in feature_repo/README.md).
+    """
+
+    service: str  # the FeatureService (feature_repo/) the model is trained and served on
+    entity: str  # the entity's join key, e.g. customer_id ({"customer_ids": [...]} at /predict)
+    observed_at: str  # ISO date the source's labels were observed (the timeline's anchor)
+    history_months: int = Field(ge=0)  # monthly snapshots kept before each label
+    followup_months: int = Field(ge=0)  # snapshots after it: later data a join must not leak
+    # fields the client sends with the entity key (request data of an on-demand view)
+    request: list[str] = []
+    # fields Feast computes at request time (on-demand views); raw requests send them
+    derived: list[str] = []
+
+
 class ModelSpec(Strict):
     key: str
     task: Task
@@ -101,6 +119,8 @@ class ModelSpec(Strict):
     # A Triton model repository beside the ONNX file, or null. Required even when null:
     # export@<key> lists it in its DVC params, and DVC fails on a missing params key.
     triton: TritonSpec | None
+    # Feast-backed projects (entity keys at /predict), or null (required like `triton`)
+    features: FeatureSpec | None
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelSpec":
@@ -115,6 +135,8 @@ class ModelSpec(Strict):
             raise ValueError("split must be 'source' exactly when the source predefines a test set")
         if set(self.drop) & set(self.fields):
             raise ValueError(f"columns both dropped and used: {set(self.drop) & set(self.fields)}")
+        if self.features and set(self.features.request + self.features.derived) - set(self.fields):
+            raise ValueError("features.request and features.derived must be fields")
         return self
 
     @property

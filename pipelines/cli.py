@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipelines.catalog import ModelSpec, UnknownModelError, get_spec
-from pipelines.log import configure
+from pipelines.log import configure, finish
 from pipelines.paths import ROOT
 
 log = logging.getLogger("pipelines")
@@ -35,3 +35,4 @@ def run_stage(
     except (UnknownModelError, MissingSourceError, SchemaViolation, StageError) as exc:
         log.error("%s %s failed: %s", name, args.model, exc)
         sys.exit(2)
+    finish()

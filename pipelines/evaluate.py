@@ -13,7 +13,7 @@ from pipelines.catalog import ModelSpec
 from pipelines.cli import run_stage
 from pipelines.flavors.torch import HISTORY_FILE
 from pipelines.log import get_logger
-from pipelines.metrics import floors_met, score
+from pipelines.metrics import decision_threshold, floors_met, score
 from pipelines.models import get_project
 from pipelines.schema import encode_target
 
@@ -53,7 +53,7 @@ def main_work(spec: ModelSpec, root: Path) -> None:
     model = project.FLAVOR.load(paths.model_dir(spec.key, root), spec)
     test = pd.read_parquet(paths.split_dir(spec.key, root) / "test.parquet")
     y, predicted = encode_target(test, spec), project.FLAVOR.predict(model, test, spec)
-    metrics = score(spec, y, predicted) | {"test_rows": len(test)}
+    metrics = score(spec, y, predicted, decision_threshold(model)) | {"test_rows": len(test)}
     target = paths.metrics_file(spec.key, root)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(metrics, indent=2) + "\n")

@@ -2,7 +2,8 @@
 
 The stage fails, writing nothing, unless ONNX Runtime reproduces the native model on every
 row of the test split: probabilities within 1e-4 absolute, regression values within 1e-4
-relative (a price of 200,000 within 20).
+relative (a price of 200,000 within 20), and the same label (the model's own decision,
+with its tuned threshold if it has one).
 """
 
 import json
@@ -17,6 +18,7 @@ from pipelines import paths
 from pipelines.catalog import ModelSpec
 from pipelines.cli import StageError, run_stage
 from pipelines.log import get_logger
+from pipelines.metrics import decided, decision_threshold
 from pipelines.models import get_project
 from pipelines.schema import onnx_feeds
 from pipelines.triton import repository_dir, write_repository
@@ -50,6 +52,30 @@ def check_parity(native: np.ndarray, exported: np.ndarray, spec: ModelSpec) -> f
     return worst
 
 
+def check_labels(
+    session: ort.InferenceSession,
+    frame: pd.DataFrame,
+    spec: ModelSpec,
+    native: np.ndarray,
+    threshold: float | None,
+) -> None:
+    """The graph's label must be the model's decision (its tuned threshold, if any)."""
+    (labels,) = session.run(["label"], onnx_feeds(frame, spec))
+    expected = decided(native, threshold)
+    # a row within the tolerance of the decision boundary may round either way in float32
+    if threshold is not None:
+        margin = np.abs(native[:, 1] - threshold) > TOLERANCE
+    else:
+        top = np.sort(native, axis=1)
+        margin = top[:, -1] - top[:, -2] > TOLERANCE
+    wrong = int(((np.asarray(labels).reshape(-1) != expected) & margin).sum())
+    if wrong:
+        raise StageError(
+            f"the ONNX graph's label differs from the model's decision on {wrong} of "
+            f"{len(frame)} test rows (threshold {threshold})"
+        )
+
+
 def describe(graph: onnx.ModelProto, spec: ModelSpec) -> onnx.ModelProto:
     """Metadata a server needs to answer on the common contract, inside the artifact itself."""
     meta = {
@@ -73,7 +99,10 @@ def main_work(spec: ModelSpec, root: Path) -> None:
     graph = describe(flavor.to_onnx(model, spec), spec)
     test = pd.read_parquet(paths.split_dir(spec.key, root) / "test.parquet")
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
-    worst = check_parity(flavor.predict(model, test, spec), onnx_predict(session, test, spec), spec)
+    native = flavor.predict(model, test, spec)
+    worst = check_parity(native, onnx_predict(session, test, spec), spec)
+    if spec.task != "regression":
+        check_labels(session, test, spec, native, decision_threshold(model))
     target = paths.onnx_model(spec.key, root)
     target.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(graph, target)

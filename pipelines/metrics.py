@@ -1,16 +1,38 @@
 """Task metrics on a held-out split: the numbers floors and the gate compare."""
 
+from typing import Any
+
 import numpy as np
 from sklearn import metrics as m
 
 from pipelines.catalog import ModelSpec
 
 
-def score(spec: ModelSpec, y: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
-    """`predicted`: probabilities [N, C] for classifiers, values [N] for regression."""
+def decision_threshold(model: Any) -> float | None:
+    """A tuned threshold the model decides with (sklearn's TunedThresholdClassifierCV)."""
+    final = model.steps[-1][1] if hasattr(model, "steps") else model
+    value = getattr(final, "best_threshold_", None)
+    return None if value is None else float(value)
+
+
+def decided(predicted: np.ndarray, threshold: float | None) -> np.ndarray:
+    """Class indices: P(positive) >= threshold when there is one, else the most probable."""
+    if threshold is None:
+        return np.asarray(predicted.argmax(axis=1))
+    return (predicted[:, 1] >= threshold).astype(np.int64)
+
+
+def score(
+    spec: ModelSpec, y: np.ndarray, predicted: np.ndarray, threshold: float | None = None
+) -> dict[str, float]:
+    """`predicted`: probabilities [N, C] for classifiers, values [N] for regression.
+
+    `threshold`: a binary model's own decision threshold (tuned for a cost), applied to
+    P(positive) as the served label is; otherwise the most probable class.
+    """
     if spec.task == "regression":
         return _regression(spec, y, predicted)
-    labels = predicted.argmax(axis=1)
+    labels = decided(predicted, threshold)
     predicted = predicted / predicted.sum(axis=1, keepdims=True)  # float32 softmax: 1 +- 1e-7
     result = {
         "accuracy": m.accuracy_score(y, labels),
@@ -26,6 +48,12 @@ def score(spec: ModelSpec, y: np.ndarray, predicted: np.ndarray) -> dict[str, fl
             "f1": m.f1_score(y, labels),
             "brier": m.brier_score_loss(y, positive),
         }
+        if threshold is not None:
+            result["threshold"] = round(threshold, 6)
+        if "cost_false_negative" in spec.params:  # the stated cost per case (FP costs 1)
+            fp = int(((labels == 1) & (y == 0)).sum())
+            fn = int(((labels == 0) & (y == 1)).sum())
+            result["cost_per_case"] = (spec.params["cost_false_negative"] * fn + fp) / len(y)
     else:
         result["macro_f1"] = m.f1_score(y, labels, average="macro")
     return {k: round(float(v), 6) for k, v in result.items()}

@@ -7,8 +7,13 @@ PARAMS = ROOT / "params.yaml"
 
 
 def raw_data(key: str, root: Path = ROOT) -> Path:
-    """Validated copy of the source data set, as the package ships it."""
-    return root / "data" / "raw" / f"{key}.parquet"
+    """The validated data set: as the package ships it, or Feast's point-in-time join."""
+    return root / "data" / "raw" / key / "data.parquet"
+
+
+def offline_dir(key: str, root: Path = ROOT) -> Path:
+    """Feast-backed projects: the offline store's feature tables and the labelled entities."""
+    return root / "data" / "raw" / key
 
 
 def split_dir(key: str, root: Path = ROOT) -> Path:

@@ -32,6 +32,9 @@ EXAMPLE_ROWS = 3
 SERVING_REQUIREMENTS = [f"onnxruntime=={ort.__version__}", f"onnx=={onnx.__version__}"]
 
 
+FEAST_TAGS = ("feast.feature_service", "feast.entity")
+
+
 def lineage(key: str, root: Path) -> dict[str, str]:
     """Git commit and the DVC hashes of this model's data and artifacts, as run tags."""
     tags = {}
@@ -136,14 +139,20 @@ def register(spec: ModelSpec, root: Path) -> dict[str, Any]:
     alias, reason = registry.gate(client, spec, metrics, test)
     card = model_card.render(spec, metrics, train, test, f"Gate: **{alias}**: {reason}.")
     tags = lineage(spec.key, root) | {"gate.alias": alias, "gate.reason": reason}
+    if spec.features:  # the feature set the model was trained on (Feast's own tag names)
+        tags |= {
+            "feast.feature_service": spec.features.service,
+            "feast.entity": spec.features.entity,
+        }
     frames = {"train": train, "test": test}
     run_id, version = log_run(spec, root, graph, metrics, frames, tags, card)
     client.update_registered_model(spec.key, description=spec.description)
     client.update_model_version(spec.key, version, description=card)
     # Servers check the bytes they download (or kept from an earlier start) against this.
     tags["onnx_sha256"] = hashlib.sha256(graph.SerializeToString()).hexdigest()
-    for tag in ("gate.alias", "gate.reason", "git_commit", "onnx_sha256"):
-        client.set_model_version_tag(spec.key, version, tag, tags[tag])
+    for tag in ("gate.alias", "gate.reason", "git_commit", "onnx_sha256", *FEAST_TAGS):
+        if tag in tags:
+            client.set_model_version_tag(spec.key, version, tag, tags[tag])
     client.set_registered_model_alias(spec.key, alias, version)
     log.info("%s: version %s -> @%s (%s)", spec.key, version, alias, reason)
     return {

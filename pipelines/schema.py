@@ -69,13 +69,23 @@ def _target_column(spec: ModelSpec) -> pa.Column:
     return pa.Column(int, checks=[pa.Check.isin(range(len(spec.class_names)))], nullable=False)
 
 
-def raw_schema(spec: ModelSpec) -> pa.DataFrameSchema:
-    """Columns, types, ranges, categories and nulls of data/raw/<key>.parquet."""
+def raw_schema(spec: ModelSpec, source: bool = False) -> pa.DataFrameSchema:
+    """Columns, types, ranges, categories and nulls of the prepared data.
+
+    Feast-backed projects are checked twice: the source as the package ships it
+    (`source=True`: no on-demand features yet) and the point-in-time training set
+    (entity key and event time too).
+    """
+    derived = set(spec.features.derived) if spec.features and source else set()
     columns = {
         name: pa.Column(checks=_field_checks(f), nullable=f.nullable)
         for name, f in spec.fields.items()
+        if name not in derived
     }
     columns[spec.target.column] = _target_column(spec)
+    if spec.features and not source:
+        columns[spec.features.entity] = pa.Column(str, unique=True, nullable=False)
+        columns["event_timestamp"] = pa.Column("datetime64[ns, UTC]", nullable=False)
     columns["split"] = pa.Column(str, checks=[pa.Check.isin(["train", "test"])], required=False)
     return pa.DataFrameSchema(columns, strict=True, name=spec.key)
 
@@ -91,10 +101,10 @@ def _describe_failure(column: object, check: str, case: object, spec: ModelSpec)
     return f"- column {column!r}: {check} (e.g. {case!r})"
 
 
-def validate_raw(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
+def validate_raw(frame: pd.DataFrame, spec: ModelSpec, source: bool = False) -> pd.DataFrame:
     """Raise SchemaViolation naming every failing column and check."""
     try:
-        return raw_schema(spec).validate(frame, lazy=True)
+        return raw_schema(spec, source).validate(frame, lazy=True)
     except SchemaErrors as exc:
         cases = exc.failure_cases
         structural = cases["check"].isin(["column_in_schema", "column_in_dataframe"])

@@ -18,9 +18,10 @@ from starlette.routing import Route
 
 from pipelines.catalog import get_spec
 from services import oip
+from services.errors import InputError
 from services.guard import Guard
 from services.responses import error_response, json_response
-from services.service import InputError, ModelService
+from services.service import ModelService
 from services.settings import ServeSettings
 from services.store import ArtifactRefused
 from services.tensors import TensorError
@@ -129,13 +130,18 @@ def add_routes(app: FastAPI, service: ModelService) -> None:
     async def readyz() -> Response:
         """200 once a champion is loaded and checked, 503 before (with the reason)."""
         if service.models.ready:
-            return json_response(
-                {
-                    "status": "ready",
-                    "model": service.spec.key,
-                    "versions": service.models.versions(),
-                }
-            )
+            body: dict[str, Any] = {
+                "status": "ready",
+                "model": service.spec.key,
+                "versions": service.models.versions(),
+            }
+            if service.spec.features:  # entity keys: served, or why not (records still are)
+                body["features"] = (
+                    service.entities.online.describe()
+                    if service.entities
+                    else {"problem": service.features_problem}
+                )
+            return json_response(body)
         return error_response(503, f"not ready: {service.models.problem}")
 
     @app.get("/metrics")

@@ -10,7 +10,7 @@ import pandas as pd
 from pipelines import paths
 from pipelines.catalog import load_catalog
 from pipelines.paths import ROOT
-from services.examples import as_records
+from services.examples import as_entities, as_records
 from services.stack import BASE_PORT, TRITON_PORTS
 
 
@@ -23,12 +23,15 @@ def summary(prediction: dict[str, Any], positive: str) -> str:
     return f"{prediction['label']} (P = {top:.3f})"
 
 
-def show(key: str, record: dict[str, Any], url: str, positive: str) -> bool:
-    shown = {k: ("<28x28 pixels>" if isinstance(v, list) else v) for k, v in record.items()}
+def show(key: str, body: dict[str, Any], url: str, positive: str) -> bool:
+    shown = {
+        k: ("<28x28 pixels>" if isinstance(v, list) else v)
+        for k, v in (body["records"][0] if "records" in body else body).items()
+    }
     text = json.dumps(shown)
     print(f"\n{key}  POST {url}/predict  {text[:110]}{'...' if len(text) > 110 else ''}")
     try:
-        response = httpx.post(f"{url}/predict", json={"records": [record]}, timeout=30)
+        response = httpx.post(f"{url}/predict", json=body, timeout=30)
     except httpx.TransportError as exc:
         print(f"  not answering: {exc}")
         return False
@@ -36,9 +39,12 @@ def show(key: str, record: dict[str, Any], url: str, positive: str) -> bool:
         print(f"  {response.status_code}: {response.text[:300]}")
         return False
     body = response.json()
-    print(
-        f"  -> {summary(body['predictions'][0], positive)}   [v{body['version']} @{body['alias']}]"
-    )
+    first = body["predictions"][0]
+    served = f"[v{body['version']} @{body['alias']}"
+    if "feature_service" in body:  # entity-keyed: which features, and how fresh
+        served += f", {body['feature_service']} of {first['feature_time'][:10]}"
+        served += ", stale" if first["stale"] else ""
+    print(f"  -> {summary(first, positive)}   {served}]")
     return True
 
 
@@ -69,7 +75,10 @@ def main(root: Path = ROOT) -> int:
         frame = pd.read_parquet(paths.split_dir(key, root) / "test.parquet").head(1)
         (record,) = as_records(frame, spec)
         positive = spec.class_names[-1] if spec.task == "binary" else ""
-        ok &= show(key, record, f"http://127.0.0.1:{BASE_PORT + index}", positive)
+        url = f"http://127.0.0.1:{BASE_PORT + index}"
+        ok &= show(key, {"records": [record]}, url, positive)
+        if spec.features is not None:  # the same row by entity key, features from Feast
+            ok &= show(key, as_entities(frame, spec), url, positive)
         if spec.triton is not None:
             try:
                 ok &= triton(key, record, spec.class_names)

@@ -40,3 +40,18 @@ def as_records(frame: pd.DataFrame, spec: ModelSpec, png: bool = False) -> list[
                 record[name] = str(value)
         out.append(record)
     return out
+
+
+def as_entities(frame: pd.DataFrame, spec: ModelSpec) -> dict[str, Any]:
+    """The entity-keyed body for the same rows: ids (and the request fields, if any)."""
+    assert spec.features is not None
+    key, request = spec.features.entity, spec.features.request
+    if not request:
+        return {f"{key}s": [str(v) for v in frame[key]]}
+    records = as_records(frame, spec)
+    return {
+        "entities": [
+            {key: str(entity)} | {name: record[name] for name in request}
+            for entity, record in zip(frame[key], records, strict=True)
+        ]
+    }

@@ -113,3 +113,18 @@ def _plain(value: Any) -> Any:
         return value if not isinstance(value, str) or len(value) <= 80 else value[:77] + "..."
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def entity_model(spec: ModelSpec) -> type[BaseModel]:
+    """One entity row of a Feast-backed entry: its join key plus the request-time fields."""
+    assert spec.features is not None
+    key = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\w.:-]+$")]
+    definitions: dict[str, Any] = {
+        spec.features.entity: (key, Field(..., description=f"the {spec.features.entity}"))
+    }
+    for name in spec.features.request:
+        field = spec.fields[name]
+        info = Field(None if field.nullable else ..., description=field.description or None)
+        definitions[name] = (_field_type(field), info)
+    title = "".join(part.title() for part in spec.key.split("_")) + "Entity"
+    return create_model(title, __config__=ConfigDict(extra="forbid", title=title), **definitions)

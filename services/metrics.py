@@ -115,6 +115,19 @@ class ServiceMetrics:
             multiprocess_mode="livemax",
             **reg,
         )
+        self.feature_lookups = Counter(
+            "serving_feature_lookups",
+            "Entity-keyed records, by online-store outcome (found, missing, stale)",
+            ["model", "feature_service", "outcome"],
+            **reg,
+        )
+        self.feature_latency = Histogram(
+            "serving_feature_fetch_seconds",
+            "Time to read one request's entities from the online store",
+            ["model", "feature_service"],
+            buckets=LATENCY_BUCKETS,
+            **reg,
+        )
         self.inflight = Gauge(
             "serving_inflight_requests",
             "Requests being processed",

@@ -11,9 +11,10 @@ import orjson
 from fastapi import FastAPI, Path, Request
 from fastapi.responses import Response
 
+from services.errors import field_error
 from services.responses import json_response
 from services.runtime import LoadedModel
-from services.service import ModelService, field_error
+from services.service import ModelService
 from services.store import ArtifactRefused
 from services.tensors import (
     ONNX_TYPES,

@@ -16,6 +16,8 @@ from starlette.concurrency import run_in_threadpool
 from pipelines.catalog import ModelSpec
 from pipelines.settings import get_settings
 from services.accesslog import AccessLog
+from services.entities import EntityRequests
+from services.errors import InputError, field_error
 from services.inputs import describe_errors, record_model, request_model
 from services.metrics import ServiceMetrics
 from services.routing import Models, Route
@@ -27,19 +29,6 @@ log = logging.getLogger("services.requests")
 shadow_log = logging.getLogger("services.shadow")
 T = TypeVar("T")
 PARSE_INLINE_BYTES = 64 * 1024
-
-
-class InputError(ValueError):
-    """A client mistake: HTTP status, and the fields it concerns."""
-
-    def __init__(self, status: int, message: str, detail: list[dict[str, Any]]) -> None:
-        super().__init__(message)
-        self.status, self.message, self.detail = status, message, detail
-
-
-def field_error(status: int, field: str, error: str, expected: Any = None) -> InputError:
-    entry = {"field": field, "error": error} | ({"expected": expected} if expected else {})
-    return InputError(status, f"{field}: {error}", [entry])
 
 
 class ModelService:
@@ -55,6 +44,22 @@ class ModelService:
             get_settings().mlflow_tracking_uri, settings.cache_dir, settings.registry_timeout_s
         )
         self.models = Models(spec, settings, store, self.metrics)
+        self.entities: EntityRequests | None = None
+        self.features_problem = ""  # why entity-keyed requests cannot be served, if they can't
+        if spec.features:
+            self._open_features(spec, settings)
+
+    def _open_features(self, spec: ModelSpec, settings: ServeSettings) -> None:
+        """The online store for entity keys; without it, records are still served."""
+        from services.features import OnlineFeatures  # imports Feast: only where used
+
+        try:
+            online = OnlineFeatures(spec, settings.feature_root)
+        except Exception as exc:  # Feast raises its own types per registry and store kind
+            self.features_problem = f"feature store unavailable ({type(exc).__name__}: {exc})"
+            log.error("%s: %s; entity-keyed requests get 503", spec.key, self.features_problem)
+            return
+        self.entities = EntityRequests(spec, online, self.metrics)
 
     def parse(self, body: bytes) -> tuple[list[tuple[int, BaseModel]], dict[int, Any]]:
         """(index, record) of the valid records and field errors of the others."""
@@ -78,14 +83,19 @@ class ModelService:
             raise InputError(400, f"no valid record among {len(records)}", detail)
         return accepted, invalid
 
-    def _envelope(self, body: bytes) -> list[Any]:
+    def _object(self, body: bytes) -> dict[str, Any]:
         try:
             payload = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise field_error(400, "body", f"not valid JSON ({exc})") from exc
-        shape = {"records": [{name: "..." for name in self.spec.fields}]}
         if not isinstance(payload, dict):
+            shape = {"records": [{name: "..." for name in self.spec.fields}]}
             raise field_error(400, "body", "must be a JSON object", shape)
+        return payload
+
+    def _envelope(self, body: bytes) -> list[Any]:
+        payload = self._object(body)
+        shape = {"records": [{name: "..." for name in self.spec.fields}]}
         for extra in sorted(set(payload) - {"records"}):
             raise field_error(400, extra, "unexpected top-level field", shape)
         records = payload.get("records")
@@ -110,10 +120,38 @@ class ModelService:
         self, body: bytes, request_id: str
     ) -> tuple[dict[str, Any], Route, list[BaseModel]]:
         """(answer, the route taken, the valid records: what a shadow model is scored on)."""
+        if self.entities is not None and self.entities.asked_in(body):
+            return await self.predict_entities(body, request_id)
+        if self.features_problem and EntityRequests.markers(self.spec) & set(self._object(body)):
+            raise InputError(503, self.features_problem, [])
         if len(body) > PARSE_INLINE_BYTES:  # a big batch must not stall the event loop
             accepted, invalid = await run_in_threadpool(self.parse, body)
         else:
             accepted, invalid = self.parse(body)
+        return await self.answer(accepted, invalid, request_id)
+
+    async def predict_entities(
+        self, body: bytes, request_id: str
+    ) -> tuple[dict[str, Any], Route, list[BaseModel]]:
+        """Entity keys in: online features fetched, then the same prediction as for records."""
+        entities = self.entities
+        assert entities is not None
+        rows, invalid = entities.parse(self._object(body), self.settings.max_records)
+        fetched = await self.run(entities.fetch, len(rows), [row for _, row in rows])
+        accepted, extras = entities.records(rows, fetched, invalid, self.record_model)
+        response, route, records = await self.answer(accepted, invalid, request_id)
+        for index, extra in extras.items():
+            response["predictions"][index] |= extra
+        response["feature_service"] = entities.online.service_name
+        stale = sum(1 for extra in extras.values() if extra["stale"])
+        if stale:
+            response["stale_records"] = stale
+        return response, route, records
+
+    async def answer(
+        self, accepted: list[tuple[int, BaseModel]], invalid: dict[int, Any], request_id: str
+    ) -> tuple[dict[str, Any], Route, list[BaseModel]]:
+        """Predict the accepted records; answers in request order, errors in place."""
         route = self.models.route(request_id)
         model = route.serving
         records = [record for _, record in accepted]

@@ -44,6 +44,7 @@ def plan(root: Path = ROOT) -> list[dict[str, Any]]:
             {
                 "name": key,
                 "command": [sys.executable, "-m", "services.serve", key, "--port", str(port)],
+                "env": {"SERVE_FEATURE_ROOT": str(root)},  # Feast-backed: root's online store
                 "url": f"http://127.0.0.1:{port}",
                 "ready": "/readyz",
             }
@@ -99,6 +100,7 @@ def up(root: Path = ROOT) -> int:
         child = subprocess.Popen(
             process["command"],
             cwd=ROOT,
+            env=os.environ | process.get("env", {}),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -1,5 +1,10 @@
 """Shared fixtures: the catalog, throwaway MLflow registries, pipeline workspaces."""
 
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
@@ -8,6 +13,7 @@ import pandas as pd
 import pytest
 
 from pipelines.catalog import ModelSpec, load_catalog
+from pipelines.paths import ROOT
 from pipelines.prepare import prepare
 from pipelines.settings import get_settings
 from pipelines.sources import load_source
@@ -28,9 +34,24 @@ def quick_spec(key: str) -> ModelSpec:
 
 
 @cache
+def feast_root() -> Path:
+    """A scratch project root with feature_repo/ applied (the Feast-backed entries' joins)."""
+    root = Path(tempfile.mkdtemp(prefix="feast-"))
+    shutil.copytree(ROOT / "feature_repo", root / "feature_repo")
+    env = os.environ | {"PYTHONPATH": str(ROOT)}
+    env.pop("FEAST_FS_YAML_FILE_PATH", None)
+    subprocess.run(
+        [sys.executable, "-m", "pipelines.features", "apply", "--root", str(root)],
+        cwd=root, env=env, check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    return root
+
+
+@cache
 def prepared(key: str) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(raw, train, test) of the real data set, as the prepare stage makes them."""
-    return prepare(load_source(CATALOG[key].source), CATALOG[key])
+    spec = CATALOG[key]
+    return prepare(load_source(spec.source), spec, feast_root() if spec.features else ROOT)
 
 
 @pytest.fixture

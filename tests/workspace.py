@@ -18,7 +18,14 @@ from pipelines.paths import ROOT
 
 REDUCED_PARAMS = Path(__file__).parent / "integration" / "reduced_params.yaml"
 # What the serving tests need of a trained workspace, copied before any test changes it
-SNAPSHOT = ("params.yaml", "artifacts", "reports/metrics", "data/split")
+SNAPSHOT = (
+    "params.yaml",
+    "artifacts",
+    "reports/metrics",
+    "data/split",
+    "feature_repo",
+    "data/feast",
+)
 BIN = Path(sys.executable).parent
 
 

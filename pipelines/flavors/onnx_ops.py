@@ -9,11 +9,22 @@ import numpy as np
 from onnx import TensorProto
 from skl2onnx import update_registered_converter
 from skl2onnx.algebra.onnx_operator import OnnxSubEstimator
-from skl2onnx.algebra.onnx_ops import OnnxAdd, OnnxCast, OnnxExp, OnnxMatMul
+from skl2onnx.algebra.onnx_ops import (
+    OnnxAdd,
+    OnnxCast,
+    OnnxExp,
+    OnnxGather,
+    OnnxGreaterOrEqual,
+    OnnxIdentity,
+    OnnxMatMul,
+    OnnxReshape,
+)
 from skl2onnx.common.data_types import FloatTensorType
+from skl2onnx.common.shape_calculator import calculate_linear_classifier_output_shapes
 from skl2onnx.shape_calculators.linear_regressor import calculate_linear_regressor_output_shapes
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import TransformedTargetRegressor
+from sklearn.model_selection import TunedThresholdClassifierCV
 
 
 class LinearCombination(TransformerMixin, BaseEstimator):  # type: ignore[misc]
@@ -62,7 +73,41 @@ def _convert_log_target(scope: Any, operator: Any, container: Any) -> None:
     OnnxExp(inner, op_version=opv, output_names=operator.outputs[:1]).add_to(scope, container)
 
 
+def _convert_tuned_threshold(scope: Any, operator: Any, container: Any) -> None:
+    """TunedThresholdClassifierCV: the inner classifier, label = P(positive) >= threshold.
+
+    skl2onnx 1.20 ships a converter for it that silently drops the threshold (the label is
+    the inner classifier's argmax), so the served decision would not be the tuned one.
+    """
+    op, opv = operator.raw_operator, container.target_opset
+    if len(op.classes_) != 2:  # the scorers here decide on the second class (the positive)
+        raise NotImplementedError("only binary TunedThresholdClassifierCV converts")
+    inner = OnnxSubEstimator(
+        op.estimator_, operator.inputs[0], op_version=opv, options={"zipmap": False}
+    )
+    proba = OnnxIdentity(inner[1], op_version=opv, output_names=operator.outputs[1:2])
+    positive = OnnxGather(proba, np.array([1], np.int64), axis=1, op_version=opv)
+    decided = OnnxGreaterOrEqual(
+        positive, np.array([op.best_threshold_], np.float32), op_version=opv
+    )
+    label = OnnxCast(
+        OnnxReshape(decided, np.array([-1], np.int64), op_version=opv),
+        to=TensorProto.INT64,
+        op_version=opv,
+        output_names=operator.outputs[:1],
+    )
+    proba.add_to(scope, container)
+    label.add_to(scope, container)
+
+
 def register() -> None:
+    update_registered_converter(
+        TunedThresholdClassifierCV,
+        "SklearnTunedThresholdClassifierCV",
+        calculate_linear_classifier_output_shapes,
+        _convert_tuned_threshold,
+        options={"zipmap": [True, False, "columns"], "nocl": [True, False]},
+    )
     update_registered_converter(
         LinearCombination,
         "ReferenceLinearCombination",

@@ -3,9 +3,19 @@
 from types import ModuleType
 from typing import Any, Protocol, cast
 
+import pandas as pd
+
 from pipelines.catalog import ModelSpec, UnknownModelError
 from pipelines.flavors import Flavor
-from pipelines.models import churn, fashion_cnn, house_prices, review_sentiment, titanic
+from pipelines.models import (
+    churn,
+    credit_default,
+    fashion_cnn,
+    house_prices,
+    review_sentiment,
+    titanic,
+)
+from pipelines.timeline import Timeline
 
 
 class Project(Protocol):
@@ -16,12 +26,19 @@ class Project(Protocol):
     def build(self, spec: ModelSpec) -> Any: ...
 
 
+class FeatureProject(Project, Protocol):
+    """A Feast-backed module also derives the timeline its source lacks."""
+
+    def timeline(self, source: pd.DataFrame, spec: ModelSpec) -> Timeline: ...
+
+
 MODELS: dict[str, Project] = {
     "house_prices": cast(Project, house_prices),
     "titanic": cast(Project, titanic),
     "churn": cast(Project, churn),
     "review_sentiment": cast(Project, review_sentiment),
     "fashion_cnn": cast(Project, fashion_cnn),
+    "credit_default": cast(Project, credit_default),
 }
 
 
@@ -36,3 +53,11 @@ def is_project(module: ModuleType) -> bool:
     return callable(getattr(module, "build", None)) and isinstance(
         getattr(module, "FLAVOR", None), Flavor
     )
+
+
+def get_feature_project(key: str) -> FeatureProject:
+    """The module of a Feast-backed entry, which must define `timeline`."""
+    project = get_project(key)
+    if not callable(getattr(project, "timeline", None)):
+        raise TypeError(f"pipelines/models/{key}.py has a features: entry but no timeline()")
+    return cast(FeatureProject, project)

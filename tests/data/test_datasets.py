@@ -1,7 +1,10 @@
 """Expectations on the real data sets, for every catalog entry: what prepare hands to training."""
 
+import numpy as np
+import pandas as pd
 import pytest
 
+from pipelines.sources import load_source
 from tests.conftest import CATALOG, KEYS, prepared
 
 pytestmark = pytest.mark.data
@@ -13,6 +16,7 @@ EXPECTED_ROWS = {
     "churn": 7043,
     "review_sentiment": 5000,
     "fashion_cnn": 70000,
+    "credit_default": 4454,
 }
 
 
@@ -25,6 +29,8 @@ def test_row_count(key: str) -> None:
 def test_columns_are_the_fields_and_the_target(key: str) -> None:
     spec, (_, train, test) = CATALOG[key], prepared(key)
     expected = {*spec.fields, spec.target.column}
+    if spec.features:  # the point-in-time join keeps the entity and the label's time
+        expected |= {spec.features.entity, "event_timestamp"}
     assert set(train.columns) == expected and set(test.columns) == expected
 
 
@@ -84,3 +90,22 @@ def test_fashion_pixels_cover_the_full_range() -> None:
     raw = prepared("fashion_cnn")[0]
     first = bytes(raw["image"].iloc[0])
     assert len(first) == 784 and max(first) > 200 and min(first) == 0
+
+
+@pytest.mark.parametrize("key", [k for k in KEYS if CATALOG[k].features])
+def test_training_set_is_the_source_as_observed(key: str) -> None:
+    """At each label's time the point-in-time join returns the source's own values."""
+    spec, raw = CATALOG[key], prepared(key)[0]
+    source = load_source(spec.source).reset_index(drop=True)
+    for column in source.columns.intersection(raw.columns):
+        got, want = (s.astype(object).where(s.notna(), None) for s in (raw[column], source[column]))
+        pd.testing.assert_series_equal(got, want, check_dtype=False, check_names=False)
+    assert raw[spec.features.entity].is_unique  # type: ignore[union-attr]
+
+
+def test_credit_ratios_are_computed_by_the_on_demand_view() -> None:
+    raw = prepared("credit_default")[0]
+    np.testing.assert_allclose(raw["loan_to_value"], raw["Amount"] / raw["Price"])
+    np.testing.assert_allclose(raw["installment"], raw["Amount"] / raw["Time"])
+    expected = (raw["Amount"] / raw["Time"] / raw["Income"]).where(raw["Income"] > 0)
+    np.testing.assert_allclose(raw["installment_to_income"], expected)

@@ -9,6 +9,7 @@ import pytest
 
 from pipelines.export import check_parity, onnx_predict
 from pipelines.models import MODELS
+from pipelines.schema import onnx_feeds
 from tests.conftest import KEYS, prepared
 from tests.model.conftest import score, trained
 
@@ -134,6 +135,43 @@ def test_churn_probabilities_are_calibrated_on_average() -> None:
     _, _, test = prepared("churn")
     predicted = score("churn", test.drop(columns="churn").to_dict("records"))
     assert predicted.mean() == pytest.approx((test["churn"] == "Yes").mean(), abs=0.03)
+
+
+def applicant(**changes: Any) -> dict[str, Any]:
+    _, _, test = prepared("credit_default")
+    row = test.drop(columns="Status").iloc[0].to_dict() | changes
+    # the on-demand ratios, as Feast computes them from the changed values
+    installment = row["Amount"] / row["Time"]
+    return row | {
+        "loan_to_value": row["Amount"] / row["Price"],
+        "installment": installment,
+        "installment_to_income": installment / row["Income"] if row["Income"] else None,
+    }
+
+
+def test_credit_arrears_and_debt_raise_default_risk() -> None:
+    clean = applicant(Records="no", Debt=0.0, Assets=8000.0, Job="fixed", Seniority=10)
+    risky = applicant(Records="yes", Debt=4000.0, Assets=0.0, Job="partime", Seniority=0)
+    p_clean, p_risky = score("credit_default", [clean, risky])
+    assert p_risky > p_clean + 0.2
+
+
+def test_credit_label_uses_the_cost_tuned_threshold() -> None:
+    """A defaulter approved costs 5x a good applicant refused: refuse below P = 0.5 too."""
+    spec, model = trained("credit_default")
+    threshold = float(model.steps[-1][1].best_threshold_)
+    assert 0.05 < threshold < 0.5
+    flavor = MODELS["credit_default"].FLAVOR
+    _, _, test = prepared("credit_default")
+    session = ort.InferenceSession(
+        flavor.to_onnx(model, spec).SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    feeds = onnx_feeds(test, spec)
+    label, probabilities = session.run(["label", "probabilities"], feeds)
+    expected = (probabilities[:, 1] >= threshold).astype(np.int64)
+    near = np.abs(probabilities[:, 1] - threshold) < 1e-6  # float32 rounding at the boundary
+    assert (label.reshape(-1) == expected)[~near].all()
+    assert ((probabilities[:, 1] >= threshold) & (probabilities[:, 1] < 0.5)).any()
 
 
 def test_fashion_classifier_beats_chance_and_is_flip_invariant() -> None:

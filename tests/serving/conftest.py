@@ -111,6 +111,8 @@ class Service:
                 "MLFLOW_TRACKING_URI": registry_uri,
                 "SERVE_CACHE_DIR": str(folder / "cache"),
                 "SERVE_RELOAD_INTERVAL_S": "0",
+                # no feature store unless a test passes feature_root= (records still served)
+                "SERVE_FEATURE_ROOT": str(folder / "no-feature-store"),
                 "PYTHONPATH": str(ROOT),
             }
             | {f"SERVE_{k.upper()}": v for k, v in settings.items()}
@@ -190,7 +192,8 @@ def services(
 ) -> Iterator[dict[str, Service]]:
     """One service per catalog model, started together, default settings."""
     folder = tmp_path_factory.mktemp("services")
-    running = {key: Service(key, registry.uri, folder).start() for key in KEYS}
+    root = str(registry.trained)  # Feast-backed models read the workspace's online store
+    running = {key: Service(key, registry.uri, folder, feature_root=root).start() for key in KEYS}
     try:
         for service in running.values():
             service.wait()

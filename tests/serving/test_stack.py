@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.paths import ROOT
-from tests.conftest import KEYS
+from tests.conftest import CATALOG, KEYS
 from tests.serving.conftest import Registry
 
 pytestmark = pytest.mark.slow
@@ -43,7 +43,10 @@ def test_stack_serves_every_model_and_stops_cleanly(registry: Registry, tmp_path
         assert "ready  triton-fashion_cnn" in up.stdout
         demo = stack("demo", env, registry.trained)
         assert demo.returncode == 0, demo.stdout + demo.stderr
-        assert demo.stdout.count("\n  -> ") == len(KEYS)
+        # one answer per model, plus the entity-keyed one of each Feast-backed model
+        feast = [k for k in KEYS if CATALOG[k].features]
+        assert demo.stdout.count("\n  -> ") == len(KEYS) + len(feast)
+        assert all(f"{CATALOG[k].features.service} of " in demo.stdout for k in feast)  # type: ignore[union-attr]
         assert "Triton (PyTriton)" in demo.stdout
         assert stack("status", env, registry.trained).returncode == 0
     finally:

@@ -1,0 +1,16 @@
+"""Client mistakes as exceptions: the app turns them into 4xx answers naming the field."""
+
+from typing import Any
+
+
+class InputError(ValueError):
+    """A client mistake: HTTP status, and the fields it concerns."""
+
+    def __init__(self, status: int, message: str, detail: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.status, self.message, self.detail = status, message, detail
+
+
+def field_error(status: int, field: str, error: str, expected: Any = None) -> InputError:
+    entry = {"field": field, "error": error} | ({"expected": expected} if expected else {})
+    return InputError(status, f"{field}: {error}", [entry])
