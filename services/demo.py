@@ -24,10 +24,8 @@ def summary(prediction: dict[str, Any], positive: str) -> str:
 
 
 def show(key: str, body: dict[str, Any], url: str, positive: str) -> bool:
-    shown = {
-        k: ("<28x28 pixels>" if isinstance(v, list) else v)
-        for k, v in (body["records"][0] if "records" in body else body).items()
-    }
+    first = body["records"][0] if "records" in body else body
+    shown = {k: ("<28x28 pixels>" if k == "image" else v) for k, v in first.items()}
     text = json.dumps(shown)
     print(f"\n{key}  POST {url}/predict  {text[:110]}{'...' if len(text) > 110 else ''}")
     try:

@@ -98,6 +98,7 @@ class EntityRequests:
         fetched: "list[Fetched]",
         invalid: dict[int, Any],
         record_model: type[BaseModel],
+        sent_as: str = "entities",
     ) -> tuple[list[tuple[int, BaseModel]], dict[int, dict[str, Any]]]:
         """Model records of the entities found (and what each answer adds); errors in `invalid`."""
         accepted, extras = [], {}
@@ -108,7 +109,7 @@ class EntityRequests:
                 self.metrics.feature_lookups, (self.spec.key, self.online.service_name, outcome)
             ).inc()
             if found.values is None:
-                invalid[index] = [self._missing(index, entity)]
+                invalid[index] = [self._missing(index, entity, sent_as)]
                 continue
             request = {name: row[name] for name in self.online.request_fields}
             try:
@@ -131,9 +132,11 @@ class EntityRequests:
             )
         return accepted, extras
 
-    def _missing(self, index: int, entity: str) -> dict[str, Any]:
+    def _missing(self, index: int, entity: str, sent_as: str) -> dict[str, Any]:
+        """The 404 of one entity, at the place the client sent it."""
+        place = f"{sent_as}.{index}" + (f".{self.key}" if sent_as == "entities" else "")
         return {
-            "field": f"entities.{index}.{self.key}",
+            "field": place,
             "status": 404,
             "error": f"no features for {self.key} {entity!r} in {self.online.service_name}",
         }

@@ -158,7 +158,13 @@ def add_routes(app: FastAPI, service: ModelService) -> None:
     async def infer(name: name_param, request: Request, version: str | None = None) -> Response:
         """OIP v2 inference, JSON or with the binary tensor extension."""
         model = pick(name, version, request.state.request_id)
-        header, feeds, size = parse(service, request)
+        header, arrays, size = parse(service, request)
+        parameters: dict[str, Any] = {"alias": model.alias}
+        if service.spec.features and service.spec.features.entity in arrays:
+            feeds, looked_up = await service.entity_feeds(model, _entity_rows(service, arrays))
+            parameters |= looked_up
+        else:
+            feeds = _feeds(service, arrays, size)
         wanted, binary = requested_outputs(model, header)
         result = await service.run(model.run, size, feeds, wanted)
         service.observe(model, result, size, "/v2/infer")
@@ -168,7 +174,7 @@ def add_routes(app: FastAPI, service: ModelService) -> None:
             "model_name": key,
             "model_version": model.version,
             "outputs": outputs,
-            "parameters": {"alias": model.alias},
+            "parameters": parameters,
         }
         if "id" in header:
             answer["id"] = header["id"]
@@ -177,8 +183,8 @@ def add_routes(app: FastAPI, service: ModelService) -> None:
 
 def parse(
     service: ModelService, request: Request
-) -> tuple[dict[str, Any], dict[str, np.ndarray], int]:
-    """(request header, checked feeds for every graph input, batch size)."""
+) -> tuple[dict[str, Any], dict[str, tuple[np.ndarray, str]], int]:
+    """(request header, the input tensors with their datatypes, batch size)."""
     limit = service.settings.max_body_bytes
     try:
         body = decompress(request.state.body, request.headers.get("content-encoding"), limit)
@@ -197,8 +203,9 @@ def parse(
             raise TensorError("inputs", "each input must be an object with name, shape, datatype")
         array, offset = read_input(entry, tail, offset)
         name = str(entry.get("name"))
-        if name not in service.spec.fields:
-            raise TensorError(name, "not an input of this model", sorted(service.spec.fields))
+        known = [*service.spec.fields, *_entity_inputs(service)]
+        if name not in known:
+            raise TensorError(name, "not an input of this model", sorted(known))
         arrays[name] = (array, str(entry["datatype"]))
     sizes = {a.shape[0] if a.ndim else 1 for a, _ in arrays.values()}
     if len(sizes) != 1:
@@ -213,7 +220,23 @@ def parse(
         )
     if size == 0:
         raise TensorError("inputs", "batch size 0: send at least one element")
-    return header, _feeds(service, arrays, size), size
+    return header, arrays, size
+
+
+def _entity_inputs(service: ModelService) -> list[str]:
+    """A Feast-backed model also takes its entity key as a BYTES input (then: request fields)."""
+    return [service.spec.features.entity] if service.spec.features else []
+
+
+def _entity_rows(
+    service: ModelService, arrays: dict[str, tuple[np.ndarray, str]]
+) -> list[dict[str, Any]]:
+    """One entity row per element: the key (decoded) and the request fields sent with it."""
+    columns: dict[str, list[Any]] = {}
+    for name, (array, _) in arrays.items():
+        values = array.reshape(len(array), -1)[:, 0].tolist()
+        columns[name] = [v.decode() if isinstance(v, bytes) else v for v in values]
+    return [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]
 
 
 def _feeds(

@@ -9,6 +9,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import numpy as np
 import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
@@ -136,9 +137,11 @@ class ModelService:
         """Entity keys in: online features fetched, then the same prediction as for records."""
         entities = self.entities
         assert entities is not None
-        rows, invalid = entities.parse(self._object(body), self.settings.max_records)
+        payload = self._object(body)
+        rows, invalid = entities.parse(payload, self.settings.max_records)
         fetched = await self.run(entities.fetch, len(rows), [row for _, row in rows])
-        accepted, extras = entities.records(rows, fetched, invalid, self.record_model)
+        sent_as = next(iter(payload))  # parse accepts exactly one field
+        accepted, extras = entities.records(rows, fetched, invalid, self.record_model, sent_as)
         response, route, records = await self.answer(accepted, invalid, request_id)
         for index, extra in extras.items():
             response["predictions"][index] |= extra
@@ -147,6 +150,26 @@ class ModelService:
         if stale:
             response["stale_records"] = stale
         return response, route, records
+
+    async def entity_feeds(
+        self, model: LoadedModel, rows: list[dict[str, Any]]
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """OIP v2 with entity keys: tensors of the online features (every entity must be known)."""
+        entities = self.entities
+        if entities is None:
+            raise InputError(503, self.features_problem or "no feature store", [])
+        parsed, invalid = entities.parse({"entities": rows}, self.settings.max_records)
+        if invalid:  # a tensor request is all or nothing
+            raise InputError(400, "invalid entity rows", [e for v in invalid.values() for e in v])
+        fetched = await self.run(entities.fetch, len(parsed), [row for _, row in parsed])
+        accepted, extras = entities.records(parsed, fetched, invalid, self.record_model)
+        if invalid:
+            detail = [e for v in invalid.values() for e in v]
+            status = 404 if all(e.get("status") == 404 for e in detail) else 400
+            raise InputError(status, f"{len(invalid)} of {len(rows)} entities unservable", detail)
+        stale = [extras[i][entities.key] for i in sorted(extras) if extras[i]["stale"]]
+        looked_up = {"feature_service": entities.online.service_name, "stale_entities": stale}
+        return model.feeds([record for _, record in accepted]), looked_up
 
     async def answer(
         self, accepted: list[tuple[int, BaseModel]], invalid: dict[int, Any], request_id: str

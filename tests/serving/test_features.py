@@ -8,6 +8,8 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+import tritonclient.http as triton
+from tritonclient.utils import InferenceServerException
 
 from pipelines.features import feature_store
 from services.examples import as_entities, as_records
@@ -74,7 +76,7 @@ def test_missing_entity_is_a_404_in_place(services: dict[str, Service], trained:
     assert "probability" in first and "probability" in last
     (error,) = missing["error"]
     assert error["status"] == 404 and "C99998" in error["error"]
-    assert error["field"] == "entities.1.customer_id"
+    assert error["field"] == "customer_ids.1"
     none = services["churn"].post("/predict", {"customer_ids": ["C99998", "C99997"]})
     assert none.status_code == 404
     assert [d["status"] for d in none.json()["detail"]] == [404, 404]
@@ -138,3 +140,37 @@ def test_readyz_describes_the_feature_side(services: dict[str, Service]) -> None
     ready = httpx.get(f"{services['credit_default'].url}/readyz").json()
     assert ready["features"]["feature_service"] == "credit_default_v1"
     assert ready["features"]["request_fields"] == ["Amount", "Price", "Time"]
+
+
+@pytest.mark.parametrize("key", FEAST_KEYS)
+def test_oip_v2_with_entity_keys(services: dict[str, Service], trained: Path, key: str) -> None:
+    """tritonclient sends the entity key (and request fields) as tensors: same answers."""
+    spec = CATALOG[key]
+    assert spec.features is not None
+    frame = held_out(trained, key, rows=5)
+    client = triton.InferenceServerClient(services[key].url.removeprefix("http://"))
+    inputs = []
+    ids = np.array([[str(v).encode()] for v in frame[spec.features.entity]], dtype=object)
+    tensor = triton.InferInput(spec.features.entity, list(ids.shape), "BYTES")
+    tensor.set_data_from_numpy(ids, binary_data=True)
+    inputs.append(tensor)
+    for name in spec.features.request:
+        values = frame[[name]].to_numpy(dtype=np.float32)
+        tensor = triton.InferInput(name, list(values.shape), "FP32")
+        tensor.set_data_from_numpy(values, binary_data=False)
+        inputs.append(tensor)
+    result = client.infer(key, inputs)
+    response = result.get_response()
+    assert response["parameters"]["feature_service"] == spec.features.service
+    by_entity = services[key].post("/predict", as_entities(frame, spec)).json()
+    np.testing.assert_allclose(
+        result.as_numpy("probabilities")[:, 1], probabilities(by_entity), atol=1e-7
+    )
+    unknown = triton.InferInput(spec.features.entity, [1, 1], "BYTES")
+    unknown.set_data_from_numpy(np.array([[b"X00000"]], dtype=object))
+    extra = []  # the request fields of one loan, for credit_default
+    for name in spec.features.request:
+        extra.append(triton.InferInput(name, [1, 1], "FP32"))
+        extra[-1].set_data_from_numpy(np.array([[12.0]], np.float32), binary_data=False)
+    with pytest.raises(InferenceServerException, match=r"none of the 1 entities could be served"):
+        client.infer(key, [unknown, *extra])
