@@ -59,9 +59,10 @@ serve-triton: ## Triton's HTTP/gRPC protocol for fashion_cnn on :8000/:8001 (met
 	services/triton/.venv/bin/python services/triton/serve.py --repository artifacts/fashion_cnn/triton \
 		--http-port 8000 --grpc-port 8001 --metrics-port 8002
 
-bench: ## Serving benchmark (wrk): floor vs services vs BentoML vs mlflow models serve -> reports/bench/
+bench: ## Serving benchmark (wrk): floor vs services vs BentoML vs mlflow models serve, then the Feast feature layer -> reports/bench/
 	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(RUN) python -m services.bench
+	$(RUN) python -m services.bench.features
 
 lint: ## ruff and mypy
 	$(RUN) ruff check pipelines services tests

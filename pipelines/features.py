@@ -56,9 +56,13 @@ def feature_store(root: Path = ROOT) -> Any:
 
 
 def definitions_digest(root: Path = ROOT) -> str:
-    """sha256 over the declaration files: what `apply` registered."""
+    """sha256 over the declarations and the store config in force: what `apply` registered.
+
+    The config counts too (as written, before environment expansion: no secrets), so a
+    switch of online store re-runs materialisation.
+    """
     digest = hashlib.sha256()
-    for path in sorted(repo_path(root).glob("*.py")):
+    for path in [*sorted(repo_path(root).glob("*.py")), fs_yaml(root)]:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
