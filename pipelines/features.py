@@ -50,9 +50,30 @@ def fs_yaml(root: Path = ROOT) -> Path:
 
 def feature_store(root: Path = ROOT) -> Any:
     """A FeatureStore on this project's feature_repo/ (Feast is imported only when needed)."""
+    keep_prometheus_environment()
     from feast import FeatureStore
 
     return FeatureStore(repo_path=str(repo_path(root)), fs_yaml_file=fs_yaml(root))
+
+
+def keep_prometheus_environment() -> None:
+    """Import Feast (and its metrics module) now, and undo what that does to the environment.
+
+    On import, feast.metrics points PROMETHEUS_MULTIPROC_DIR at a temporary folder of its
+    own, for the whole process and every process it starts: model services started from it
+    would then share one metrics folder. prometheus_client is imported first, so its values
+    stay in memory here. Call it before anything imports Feast.
+    """
+    names = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
+    saved = {name: os.environ.get(name) for name in names}
+    import feast.metrics  # noqa: F401
+    import prometheus_client.values  # noqa: F401  (picks its value class from the env now)
+
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def definitions_digest(root: Path = ROOT) -> str:
@@ -69,6 +90,7 @@ def definitions_digest(root: Path = ROOT) -> str:
 
 def apply(root: Path = ROOT) -> dict[str, Any]:
     """`feast apply` of feature_repo/, then the registered objects as a manifest."""
+    keep_prometheus_environment()
     from feast.repo_config import load_repo_config
     from feast.repo_operations import apply_total, cli_check_repo
 

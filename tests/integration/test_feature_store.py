@@ -23,7 +23,7 @@ import pytest
 import redis
 
 from pipelines import prepare
-from pipelines.features import FS_YAML_ENV, feature_store
+from pipelines.features import FS_YAML_ENV, feature_store, keep_prometheus_environment
 from pipelines.paths import offline_dir, raw_data
 from pipelines.schema import validate_raw
 from pipelines.sources import load_source
@@ -59,7 +59,7 @@ def features_cli(root: Path, command: str, **env: str) -> None:
 def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A copy with the definitions applied and both Feast-backed projects prepared."""
     with warnings.catch_warnings():  # Feast's import sets simplefilter("once", Deprecation...)
-        import feast  # noqa: F401  (so it would override pytest's filters for the first test)
+        keep_prometheus_environment()  # imports Feast, leaving PROMETHEUS_MULTIPROC_DIR alone
     copy = tmp_path_factory.mktemp("feast_project")
     copy_project(copy)
     # copy_project leaves data/ out, and Feast's file registry creates data/feast/ but no parent

@@ -105,8 +105,11 @@ class Service:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = folder / f"{key}-{self.port}.log"
+        inherited = {  # a metrics folder set by this process's imports is not the service's
+            k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_MULTIPROC")
+        }
         self.env = (
-            os.environ
+            inherited
             | {
                 "MLFLOW_TRACKING_URI": registry_uri,
                 "SERVE_CACHE_DIR": str(folder / "cache"),

@@ -28,7 +28,8 @@ def stack(command: str, env: dict[str, str], root: Path) -> subprocess.Completed
 
 def test_stack_serves_every_model_and_stops_cleanly(registry: Registry, tmp_path: Path) -> None:
     base = random.randint(20_000, 40_000)  # a second stack beside one a developer may run
-    env = os.environ | {
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_MULTIPROC")}
+    env = inherited | {
         "MLFLOW_TRACKING_URI": registry.uri,
         "SERVE_CACHE_DIR": str(tmp_path / "cache"),
         "STACK_RUN_DIR": str(tmp_path / "run"),
