@@ -16,10 +16,14 @@ all: setup repro registry serve ## Everything from a fresh clone: install, train
 
 setup: system-packages venv ## Install system packages and the locked Python environment
 
-system-packages: ## Debian packages the data comes from (needs root)
+system-packages: ## Debian packages: the CNN's data, and prometheus (promtool checks the rules; needs root)
 	@if [ ! -d $(FASHION_MNIST) ]; then \
 		echo "installing dataset-fashion-mnist"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+	@if ! command -v promtool >/dev/null; then \
+		echo "installing prometheus"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; \
 	fi
 
 venv: ## The locked environment (.venv) from uv.lock
