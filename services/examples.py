@@ -42,16 +42,19 @@ def as_records(frame: pd.DataFrame, spec: ModelSpec, png: bool = False) -> list[
     return out
 
 
+def entity_rows(frame: pd.DataFrame, spec: ModelSpec) -> list[dict[str, Any]]:
+    """Each row's entity key and request fields: what the online store is read with."""
+    assert spec.features is not None
+    key, request = spec.features.entity, spec.features.request
+    records = as_records(frame, spec) if request else [{} for _ in range(len(frame))]
+    return [
+        {key: str(entity)} | {name: record[name] for name in request}
+        for entity, record in zip(frame[key], records, strict=True)
+    ]
+
+
 def as_entities(frame: pd.DataFrame, spec: ModelSpec) -> dict[str, Any]:
     """The entity-keyed body for the same rows: ids (and the request fields, if any)."""
     assert spec.features is not None
-    key, request = spec.features.entity, spec.features.request
-    if not request:
-        return {f"{key}s": [str(v) for v in frame[key]]}
-    records = as_records(frame, spec)
-    return {
-        "entities": [
-            {key: str(entity)} | {name: record[name] for name in request}
-            for entity, record in zip(frame[key], records, strict=True)
-        ]
-    }
+    rows, key = entity_rows(frame, spec), spec.features.entity
+    return {"entities": rows} if spec.features.request else {f"{key}s": [r[key] for r in rows]}

@@ -26,7 +26,7 @@ from services.bench import bodies, features_report, online, report, servers, wrk
 from services.bench.__main__ import load_average, prefetch
 from services.bench.feast_stores import Store, StoreError, environment, redis_store, sqlite_store
 from services.bench.features_report import Http
-from services.examples import as_entities
+from services.examples import as_entities, entity_rows
 
 CONNECTIONS = (1, 16)
 REDIS = "127.0.0.1:6379,db=5"  # a db of the bench's own: it must be empty, and is flushed after
@@ -40,10 +40,9 @@ def log(message: str) -> None:
 def write_bodies(store: Store, spec: ModelSpec, folder: Path) -> dict[str, Path]:
     """The first test row's entity, by key and as the record the online store gives for it."""
     assert spec.features is not None
-    entity_body = as_entities(bodies.rows(spec, 1), spec)
-    key = spec.features.entity
-    row = (entity_body.get("entities") or [{key: i} for i in entity_body[f"{key}s"]])[0]
-    record = online.online_vector(store, spec, row)
+    frame = bodies.rows(spec, 1)
+    entity_body = as_entities(frame, spec)
+    record = online.online_vector(store, spec, entity_rows(frame, spec)[0])
     out = {}
     for name, body in (("records", {"records": [record]}), ("entities", entity_body)):
         out[name] = folder / f"{spec.key}-{store.name}-{name}.json"

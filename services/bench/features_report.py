@@ -1,11 +1,11 @@
 """Targets, the markdown table and the JSON record of the feature-store benchmark."""
 
-import json
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from services.bench import report
 from services.bench.online import Timing
 from services.bench.report import Check
 from services.bench.wrk import Point
@@ -163,9 +163,6 @@ def write(
     folder: Path, timings: list[Timing], http: list[Http], found: list[Check], info: dict[str, Any]
 ) -> str:
     """features.md and features.json in `folder`; returns the markdown."""
-    folder.mkdir(parents=True, exist_ok=True)
-    text = markdown(timings, http, found, info)
-    (folder / "features.md").write_text(text)
     record = {
         "machine": info,
         "in_process": [t.as_dict() for t in timings],
@@ -176,5 +173,4 @@ def write(
         ],
         "targets": [vars(c) for c in found],
     }  # fmt: skip
-    (folder / "features.json").write_text(json.dumps(record, indent=2) + "\n")
-    return text
+    return report.save(folder, "features", markdown(timings, http, found, info), record)

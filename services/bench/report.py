@@ -168,11 +168,16 @@ def markdown(results: list[Result], found: list[Check], info: dict[str, Any]) ->
     return "\n".join(lines) + "\n"
 
 
+def save(folder: Path, stem: str, text: str, record: dict[str, Any]) -> str:
+    """<stem>.md and <stem>.json in `folder`; returns the markdown."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.md").write_text(text)
+    (folder / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
+    return text
+
+
 def write(folder: Path, results: list[Result], found: list[Check], info: dict[str, Any]) -> str:
     """serving.md and serving.json in `folder`; returns the markdown."""
-    folder.mkdir(parents=True, exist_ok=True)
-    text = markdown(results, found, info)
-    (folder / "serving.md").write_text(text)
     record = {
         "machine": info,
         "results": [
@@ -182,5 +187,4 @@ def write(folder: Path, results: list[Result], found: list[Check], info: dict[st
         ],
         "targets": [vars(c) for c in found],
     }  # fmt: skip
-    (folder / "serving.json").write_text(json.dumps(record, indent=2) + "\n")
-    return text
+    return save(folder, "serving", markdown(results, found, info), record)

@@ -97,6 +97,11 @@ def registry(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Registr
     return store
 
 
+def inherited_environment() -> dict[str, str]:
+    """This process's environment, less a metrics folder its imports set: not a service's."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_MULTIPROC")}
+
+
 class Service:
     """`python -m services.serve <key>` as a subprocess, with its log kept in a file."""
 
@@ -105,11 +110,8 @@ class Service:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = folder / f"{key}-{self.port}.log"
-        inherited = {  # a metrics folder set by this process's imports is not the service's
-            k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_MULTIPROC")
-        }
         self.env = (
-            inherited
+            inherited_environment()
             | {
                 "MLFLOW_TRACKING_URI": registry_uri,
                 "SERVE_CACHE_DIR": str(folder / "cache"),

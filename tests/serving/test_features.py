@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from pipelines.features import feature_store
-from services.examples import as_entities, as_records
+from services.examples import as_entities, as_records, entity_rows
 from tests.conftest import CATALOG, KEYS
 from tests.serving.conftest import Registry, Service, held_out
 
@@ -26,10 +26,7 @@ def online_records(trained: Path, key: str, frame: pd.DataFrame) -> list[dict[st
     spec = CATALOG[key]
     assert spec.features is not None
     store = feature_store(trained)
-    body = as_entities(frame, spec)
-    rows = body.get("entities") or [
-        {spec.features.entity: i} for i in body[f"{spec.features.entity}s"]
-    ]
+    rows = entity_rows(frame, spec)
     online = store.get_online_features(
         features=store.get_feature_service(spec.features.service), entity_rows=rows
     ).to_dict()

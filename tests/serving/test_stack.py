@@ -1,6 +1,5 @@
 """The local stack as `make serve` runs it: up, one prediction per model, status, down."""
 
-import os
 import random
 import subprocess
 import sys
@@ -10,7 +9,7 @@ import pytest
 
 from pipelines.paths import ROOT
 from tests.conftest import CATALOG, KEYS
-from tests.serving.conftest import Registry
+from tests.serving.conftest import Registry, inherited_environment
 
 pytestmark = pytest.mark.slow
 
@@ -28,8 +27,7 @@ def stack(command: str, env: dict[str, str], root: Path) -> subprocess.Completed
 
 def test_stack_serves_every_model_and_stops_cleanly(registry: Registry, tmp_path: Path) -> None:
     base = random.randint(20_000, 40_000)  # a second stack beside one a developer may run
-    inherited = {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_MULTIPROC")}
-    env = inherited | {
+    env = inherited_environment() | {
         "MLFLOW_TRACKING_URI": registry.uri,
         "SERVE_CACHE_DIR": str(tmp_path / "cache"),
         "STACK_RUN_DIR": str(tmp_path / "run"),
