@@ -8,6 +8,7 @@ the current champion on the same test split; any other version becomes `challeng
 import hashlib
 import json
 import subprocess
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import yaml
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.models import infer_signature
 
-from pipelines import model_card, paths, registry
+from pipelines import model_card, paths, reference, registry
 from pipelines.catalog import ModelSpec
 from pipelines.cli import StageError, run_stage
 from pipelines.log import get_logger
@@ -86,6 +87,17 @@ def load_inputs(
     )
 
 
+def log_reference(spec: ModelSpec, train: pd.DataFrame, session: ort.InferenceSession) -> None:
+    """The drift service's reference: a sample of the training split and the model's outputs."""
+    rows = reference.sample(train)
+    names = [o.name for o in session.get_outputs()]
+    result = dict(zip(names, session.run(None, onnx_feeds(rows, spec)), strict=True))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / Path(reference.ARTIFACT).name
+        reference.reference(spec, rows, result).to_parquet(path, index=False)
+        mlflow.log_artifact(str(path), artifact_path=reference.ARTIFACT_DIR)
+
+
 def log_run(
     spec: ModelSpec,
     root: Path,
@@ -119,6 +131,7 @@ def log_run(
                 )
                 mlflow.log_input(dataset, context=context)
         mlflow.log_text(card, "model_card.md")
+        log_reference(spec, frames["train"], session)
         info = mlflow.onnx.log_model(
             graph,
             name="model",

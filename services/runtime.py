@@ -10,6 +10,7 @@ import onnxruntime as ort
 from pydantic import BaseModel
 
 from pipelines.catalog import ModelSpec
+from pipelines.reference import summarize
 from services.store import Artifact, ArtifactRefused
 
 NUMERIC = ("float", "int")
@@ -90,14 +91,7 @@ class LoadedModel:
 
     def summary(self, result: dict[str, np.ndarray]) -> tuple[list[float], list[str]]:
         """What the distribution metrics keep: (P(positive) / P(top class) / value, labels)."""
-        if "prediction" in result:
-            return result["prediction"].reshape(-1).tolist(), []
-        if "probabilities" not in result or "label" not in result:
-            return [], []
-        probabilities = result["probabilities"]
-        scores = probabilities[:, 1] if self.spec.task == "binary" else probabilities.max(axis=1)
-        classes = self.spec.class_names
-        return scores.tolist(), [classes[int(i)] for i in result["label"].reshape(-1)]
+        return summarize(self.spec, result)
 
 
 def load(spec: ModelSpec, artifact: Artifact) -> LoadedModel:

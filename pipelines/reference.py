@@ -1,0 +1,110 @@
+"""A model's reference data for drift: the training snapshot, as the drift service sees it.
+
+`register` logs `reference/reference.parquet` with every version: a seeded sample of the
+training split in the drift view below, plus the model's own predictions on it. The drift
+service puts logged traffic through the same view, so both sides come from one function.
+Numbers and categories are compared as they are; a text field by its length in characters
+and words, an image by its mean, spread and share of ink (pixel drift means nothing).
+"""
+
+import base64
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from pipelines.catalog import ModelSpec
+
+ARTIFACT_DIR = "reference"
+ARTIFACT = f"{ARTIFACT_DIR}/reference.parquet"
+ROWS = 5000  # enough for stable distances, small enough to log with every version
+SEED = 0
+PREDICTION = "prediction"  # P(positive), P(top class) or the predicted value
+PREDICTED_LABEL = "predicted_label"
+PREDICTIONS = (PREDICTION, PREDICTED_LABEL)
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The drift view's columns by kind (Evidently's data definition)."""
+
+    numerical: list[str]
+    categorical: list[str]
+
+    @property
+    def features(self) -> list[str]:
+        return [c for c in self.numerical + self.categorical if c not in PREDICTIONS]
+
+
+def columns(spec: ModelSpec) -> Columns:
+    numerical, categorical = [], []
+    for name, field in spec.fields.items():
+        if field.type in ("float", "int"):
+            numerical.append(name)
+        elif field.type == "text":
+            numerical += [f"{name}.chars", f"{name}.words"]
+        elif field.type == "image":
+            numerical += [f"{name}.mean", f"{name}.std", f"{name}.ink"]
+        else:
+            categorical.append(name)
+    numerical.append(PREDICTION)
+    if spec.task != "regression":
+        categorical.append(PREDICTED_LABEL)
+    return Columns(numerical, categorical)
+
+
+def _pixels(values: pd.Series) -> np.ndarray:
+    """Raw bytes (the split) or base64 text (the prediction log) to one row per image."""
+    raw = [base64.b64decode(v) if isinstance(v, str) else bytes(v) for v in values]
+    return np.stack([np.frombuffer(r, np.uint8) for r in raw]).astype(np.float32) / 255
+
+
+def drift_view(spec: ModelSpec, inputs: pd.DataFrame) -> pd.DataFrame:
+    """The records' fields as the drift report compares them (no prediction columns)."""
+    view: dict[str, pd.Series | np.ndarray] = {}
+    for name, field in spec.fields.items():
+        values = inputs[name] if name in inputs else pd.Series([None] * len(inputs))
+        values = values.reset_index(drop=True)
+        if field.type in ("float", "int"):
+            view[name] = pd.to_numeric(values, errors="coerce").astype(float)
+        elif field.type == "text":
+            text = values.fillna("").astype(str)
+            view[f"{name}.chars"] = text.str.len().astype(float)
+            view[f"{name}.words"] = text.map(lambda t: float(len(t.split())))
+        elif field.type == "image":
+            pixels = _pixels(values) if len(values) else np.zeros((0, 1), np.float32)
+            view[f"{name}.mean"] = pixels.mean(axis=1)
+            view[f"{name}.std"] = pixels.std(axis=1)
+            view[f"{name}.ink"] = (pixels > 0.1).mean(axis=1)
+        else:
+            view[name] = values.astype(object).where(values.notna(), None)
+    return pd.DataFrame(view, index=range(len(inputs)))
+
+
+def summarize(spec: ModelSpec, result: dict[str, np.ndarray]) -> tuple[list[float], list[str]]:
+    """(P(positive) / P(top class) / value, labels) of a graph's outputs."""
+    if "prediction" in result:
+        return result["prediction"].reshape(-1).tolist(), []
+    if "probabilities" not in result or "label" not in result:
+        return [], []
+    probabilities = result["probabilities"]
+    scores = probabilities[:, 1] if spec.task == "binary" else probabilities.max(axis=1)
+    classes = spec.class_names
+    return scores.tolist(), [classes[int(i)] for i in result["label"].reshape(-1)]
+
+
+def sample(train: pd.DataFrame) -> pd.DataFrame:
+    """The seeded rows of the training split that stand for it."""
+    if len(train) <= ROWS:
+        return train.reset_index(drop=True)
+    return train.sample(ROWS, random_state=SEED).reset_index(drop=True)
+
+
+def reference(spec: ModelSpec, rows: pd.DataFrame, result: dict[str, np.ndarray]) -> pd.DataFrame:
+    """The drift view of `rows` with the model's predictions on them (`result`)."""
+    view = drift_view(spec, rows)
+    scores, labels = summarize(spec, result)
+    view[PREDICTION] = scores
+    if spec.task != "regression":
+        view[PREDICTED_LABEL] = labels
+    return view
