@@ -20,6 +20,7 @@ from pipelines.catalog import get_spec
 from services import oip
 from services.errors import InputError
 from services.guard import Guard
+from services.predlog import PredictionLogUnavailable
 from services.responses import error_response, json_response
 from services.service import ModelService
 from services.settings import ServeSettings
@@ -32,7 +33,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "Invalid input: `detail` names each field and what was expected"},
     413: {"description": "Body or record count over the limit"},
     429: {"description": "Too many requests in flight; retry after `Retry-After` seconds"},
-    503: {"description": "No model loaded yet (see /readyz)"},
+    503: {"description": "No model loaded yet (see /readyz), or the prediction log is down"},
     504: {"description": "Inference took longer than the service's timeout"},
 }
 
@@ -76,6 +77,7 @@ def create_app(model: str, settings: ServeSettings | None = None) -> FastAPI:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)  # the last access-log flush
+        await service.prediction_log.close()
 
     app = FastAPI(
         title=f"{model} model service",
@@ -106,6 +108,7 @@ def add_routes(app: FastAPI, service: ModelService) -> None:
         """Predictions for 1..N named-field records, with the model version that made them."""
         answer, route, records = await service.predict(request.state.body, request.state.request_id)
         request.state.served = (route.serving.version, route.serving.alias)
+        await service.log_records(answer, records)  # committed before the answer is sent
         task = None
         if route.shadow is not None:
             task = BackgroundTask(
@@ -185,6 +188,12 @@ def add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ArtifactRefused)
     async def not_ready(_: Request, exc: ArtifactRefused) -> Response:
         return error_response(503, f"no model loaded: {exc}", headers={"Retry-After": "5"})
+
+    @app.exception_handler(PredictionLogUnavailable)
+    async def not_logged(_: Request, exc: PredictionLogUnavailable) -> Response:
+        # A prediction that cannot be stored is not acknowledged: the client retries
+        message = f"prediction log unavailable, prediction not stored: {exc}"
+        return error_response(503, message, headers={"Retry-After": "5"})
 
     @app.exception_handler(TimeoutError)
     async def timeout(_: Request, exc: TimeoutError) -> Response:

@@ -115,6 +115,32 @@ class ServiceMetrics:
             multiprocess_mode="livemax",
             **reg,
         )
+        self.registered = Gauge(
+            "serving_model_registered_timestamp_seconds",
+            "When the loaded version was registered (unix time): a model's age",
+            ["model", "version", "alias"],
+            multiprocess_mode="livemax",
+            **reg,
+        )
+        self.log_rows = Counter(
+            "serving_prediction_log_rows",
+            "Predictions stored in the prediction log",
+            ["model"],
+            **reg,
+        )
+        self.log_errors = Counter(
+            "serving_prediction_log_errors",
+            "Prediction-log commits that failed (their requests were answered 503)",
+            ["model"],
+            **reg,
+        )
+        self.log_flush = Histogram(
+            "serving_prediction_log_flush_seconds",
+            "Time to commit one group of predictions to the log",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            **reg,
+        )
         self.feature_lookups = Counter(
             "serving_feature_lookups",
             "Entity-keyed records, by online-store outcome (found, missing, stale)",

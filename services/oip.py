@@ -169,6 +169,7 @@ def add_routes(app: FastAPI, service: ModelService) -> None:
         result = await service.run(model.run, size, feeds, wanted)
         service.observe(model, result, size, "/v2/infer")
         request.state.served = (model.version, model.alias)
+        await service.log_tensors(model, feeds, result, request.state.request_id)
         outputs, blobs = encode_outputs(result, binary)
         answer = {
             "model_name": key,

@@ -83,6 +83,8 @@ class Models:
                 self.metrics.info.labels(old.name, old.version, old.alias, old.artifact.sha256).set(
                     0
                 )
+                # 0, not the old time: a replaced version is not an old champion
+                self.metrics.registered.labels(old.name, old.version, old.alias).set(0)
             if new is not None and (old is None or new.version != old.version):
                 log.info(
                     "%s: serving version %s as @%s (from the %s, sha256 %s...)",
@@ -98,6 +100,9 @@ class Models:
                 self.metrics.info.labels(
                     model.name, model.version, model.alias, model.artifact.sha256
                 ).set(1)
+                self.metrics.registered.labels(model.name, model.version, model.alias).set(
+                    model.artifact.registered_at
+                )
                 metric, value = model.gate_metric
                 self.metrics.training_metric.labels(
                     model.name, model.version, model.alias, metric

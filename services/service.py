@@ -6,6 +6,7 @@ object, so the contract cannot differ between them.
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -21,6 +22,7 @@ from services.entities import EntityRequests
 from services.errors import InputError, field_error
 from services.inputs import describe_errors, record_model, request_model
 from services.metrics import ServiceMetrics
+from services.predlog import PredictionLog, open_sink, record_rows, tensor_rows
 from services.routing import Models, Route
 from services.runtime import LoadedModel
 from services.settings import ServeSettings
@@ -45,6 +47,9 @@ class ModelService:
             get_settings().mlflow_tracking_uri, settings.cache_dir, settings.registry_timeout_s
         )
         self.models = Models(spec, settings, store, self.metrics)
+        self.prediction_log = PredictionLog(open_sink(settings.prediction_log), self._logged)
+        for counter in (self.metrics.log_rows, self.metrics.log_errors):  # 0, so increase() sees
+            self.metrics.child(counter, (spec.key,))  # the first error
         self.entities: EntityRequests | None = None
         self.features_problem = ""  # why entity-keyed requests cannot be served, if they can't
         if spec.features:
@@ -196,6 +201,37 @@ class ModelService:
             response["invalid_records"] = len(invalid)
         return response, route, records
 
+    def _logged(self, rows: int, seconds: float, error: Exception | None) -> None:
+        key = (self.spec.key,)
+        self.metrics.child(self.metrics.log_flush, key).observe(seconds)
+        if error is None:
+            self.metrics.child(self.metrics.log_rows, key).inc(rows)
+        else:
+            self.metrics.child(self.metrics.log_errors, key).inc()
+
+    async def log_records(self, answer: dict[str, Any], records: list[BaseModel]) -> None:
+        """Store a /predict answer's predictions; returns once they are committed."""
+        if self.prediction_log.enabled:
+            await self.prediction_log.append(record_rows(answer, records, "/predict", time.time()))
+
+    async def log_tensors(
+        self,
+        model: LoadedModel,
+        feeds: dict[str, np.ndarray],
+        result: dict[str, np.ndarray],
+        request_id: str,
+    ) -> None:
+        """Store an OIP v2 request's predictions; returns once they are committed."""
+        if not self.prediction_log.enabled:
+            return
+        try:
+            predictions = model.format(result)
+        except KeyError:  # the client asked for some outputs only: log those
+            size = len(next(iter(result.values())))
+            predictions = [{n: v[i].tolist() for n, v in result.items()} for i in range(size)]
+        head = (time.time(), request_id, model.name, model.version, model.alias, "/v2/infer")
+        await self.prediction_log.append(tensor_rows(head, feeds, predictions))
+
     def observe(self, model: LoadedModel, result: dict[str, Any], size: int, path: str) -> None:
         scores, labels = model.summary(result)
         self.metrics.child(self.metrics.batch, (model.name, path)).observe(size)
@@ -222,6 +258,14 @@ class ModelService:
                 else "different"
             )
             self.metrics.child(self.metrics.shadow, (shadow.name, shadow.version, agreement)).inc()
+        answer = {"request_id": request_id, "model": shadow.name, "version": shadow.version}
+        rows = record_rows(
+            answer | {"alias": shadow.alias, "predictions": predictions},
+            records,
+            "shadow",
+            time.time(),
+        )
+        self.prediction_log.append_threadsafe(rows)  # after the response: nothing to hold up
         shadow_log.info(
             "%s",
             orjson.dumps(

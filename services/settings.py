@@ -36,6 +36,9 @@ class ServeSettings(BaseSettings):
         default=60.0, ge=0
     )  # poll the registry for alias moves; 0 = never
     registry_timeout_s: float = Field(default=5.0, gt=0)  # an unreachable registry fails this fast
+    # Every answered prediction is committed here before its response is sent (services.predlog):
+    # sqlite:///<path> (relative to the project root), postgresql://..., or off
+    prediction_log: str = "sqlite:///run/predictions.sqlite"
     # Feast-backed models: the project root whose feature_repo/ (and the online store it
     # names) entity-keyed requests read; FEAST_FS_YAML_FILE_PATH picks the production store
     feature_root: Path = ROOT

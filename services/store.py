@@ -39,6 +39,7 @@ class Artifact:
     path: Path
     metrics: dict[str, float]
     source: str  # "registry" or "cache": where this start got it from
+    registered_at: float = 0.0  # unix time the version was registered (0: unknown)
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -47,6 +48,7 @@ class Artifact:
             "version": self.version,
             "sha256": self.sha256,
             "metrics": self.metrics,
+            "registered_at": self.registered_at,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
 
@@ -137,6 +139,7 @@ class ModelStore:
             path,
             self._metrics(record.run_id),
             "registry",
+            (record.creation_timestamp or 0) / 1000,
         )
         self._write_manifest(artifact)
         return artifact
@@ -207,6 +210,7 @@ class ModelStore:
             path,
             manifest.get("metrics", {}),
             "cache",
+            manifest.get("registered_at", 0.0),
         )
 
     def clear(self, model: str) -> None:

@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(duration, float(max(1, round(duration / 3))), Path(scratch))
         prefetch(args.models, bench.scratch / "cache")
         os.environ["SERVE_CACHE_DIR"] = str(bench.scratch / "cache")
+        # The services run as deployed, prediction log included (its cost: services.bench.predlog)
+        os.environ["SERVE_PREDICTION_LOG"] = f"sqlite:///{bench.scratch / 'predictions.sqlite'}"
         try:
             for key in args.models:
                 bench_model(bench, key, key in tabular)

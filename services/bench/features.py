@@ -114,7 +114,12 @@ def run(args: argparse.Namespace, scratch: Path, info: dict[str, Any]) -> tuple[
             timings += found
         if not args.in_process_only:
             prefetch(args.models, scratch / "cache")
-            stack.enter_context(environment({"SERVE_CACHE_DIR": str(scratch / "cache")}))
+            log_url = f"sqlite:///{scratch / 'predictions.sqlite'}"
+            stack.enter_context(
+                environment(
+                    {"SERVE_CACHE_DIR": str(scratch / "cache"), "SERVE_PREDICTION_LOG": log_url}
+                )
+            )
             for store in stores:
                 for spec in specs:
                     http += bench_http(store, spec, scratch, 2.0 if args.quick else args.duration)

@@ -118,6 +118,7 @@ class Service:
                 "SERVE_RELOAD_INTERVAL_S": "0",
                 # no feature store unless a test passes feature_root= (records still served)
                 "SERVE_FEATURE_ROOT": str(folder / "no-feature-store"),
+                "SERVE_PREDICTION_LOG": f"sqlite:///{folder / 'predictions.sqlite'}",
                 "PYTHONPATH": str(ROOT),
             }
             | {f"SERVE_{k.upper()}": v for k, v in settings.items()}
@@ -217,3 +218,28 @@ def expected_outputs(trained: Path, key: str, frame: pd.DataFrame) -> dict[str, 
     session = ort.InferenceSession(str(paths.onnx_model(key, trained)))
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(None, onnx_feeds(frame, CATALOG[key])), strict=True))
+
+
+@pytest.fixture
+def started() -> Iterator[list[Service]]:
+    """Services a test starts; all stopped at the end."""
+    running: list[Service] = []
+    yield running
+    for service in running:
+        if service.process is not None and service.process.poll() is None:
+            service.stop(signal.SIGKILL)
+
+
+def serve(
+    started: list[Service],
+    key: str,
+    registry_uri: str,
+    folder: Path,
+    wait: bool = True,
+    **settings: str,
+) -> Service:
+    service = Service(key, registry_uri, folder, **settings).start()
+    started.append(service)
+    if wait:
+        service.wait()
+    return service

@@ -9,7 +9,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 
 from services.examples import as_records
 from tests.conftest import CATALOG
-from tests.serving.conftest import Registry, Service, free_port, held_out
+from tests.serving.conftest import Registry, Service, free_port, held_out, serve
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -31,31 +30,6 @@ def own_registry(registry: Registry, tmp_path: Path) -> Registry:
     copy.folder.mkdir()
     shutil.copy2(registry.folder / "mlflow.db", copy.folder / "mlflow.db")
     return copy
-
-
-@pytest.fixture
-def started() -> Iterator[list[Service]]:
-    """Services a test starts; all stopped at the end."""
-    running: list[Service] = []
-    yield running
-    for service in running:
-        if service.process is not None and service.process.poll() is None:
-            service.stop(signal.SIGKILL)
-
-
-def serve(
-    started: list[Service],
-    key: str,
-    registry_uri: str,
-    folder: Path,
-    wait: bool = True,
-    **settings: str,
-) -> Service:
-    service = Service(key, registry_uri, folder, **settings).start()
-    started.append(service)
-    if wait:
-        service.wait()
-    return service
 
 
 def records(registry: Registry, key: str, n: int) -> list[dict[str, Any]]:

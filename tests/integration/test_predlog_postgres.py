@@ -1,0 +1,53 @@
+"""The production prediction log: the same group commits into the machine's PostgreSQL."""
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from services.predlog import PostgresSink, PredictionLog, PredictionLogUnavailable, Row, open_sink
+
+pytestmark = pytest.mark.postgres
+SERVER = "postgresql://postgres@127.0.0.1:5432"
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    """A database of its own, dropped afterwards."""
+    name = f"predlog_test_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as admin:
+        admin.execute(f"CREATE DATABASE {name}")
+    yield f"{SERVER}/{name}"
+    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def row(request_id: str) -> Row:
+    return (1.0, request_id, "churn", "2", "champion", "/predict", 0, 0.3, "No", '{"a":1}', "{}")
+
+
+def test_rows_are_committed_in_groups_and_survive_a_dropped_connection(database: str) -> None:
+    sink = open_sink(database)
+    assert isinstance(sink, PostgresSink)
+    log = PredictionLog(sink)
+
+    async def traffic() -> list[object]:
+        await asyncio.gather(*(log.append([row(f"a{i}")]) for i in range(20)))
+        with psycopg.connect(database, autocommit=True) as other:  # the server drops the link
+            other.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        lost = await asyncio.gather(log.append([row("b0")]), return_exceptions=True)
+        await log.append([row("c0")])  # the next group reconnects
+        await log.close()
+        return lost
+
+    lost = asyncio.run(traffic())
+    # the request whose commit failed was refused (503), not acknowledged and then lost
+    assert isinstance(lost[0], PredictionLogUnavailable)
+    with psycopg.connect(database) as db:
+        ids = [r[0] for r in db.execute("SELECT request_id FROM predictions ORDER BY id")]
+    assert sorted(ids[:20]) == sorted(f"a{i}" for i in range(20)) and ids[20:] == ["c0"]

@@ -1,0 +1,166 @@
+"""The prediction log's group commit, rows and stores (SQLite here; Postgres in integration)."""
+
+import asyncio
+import base64
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pydantic import BaseModel
+
+from services.predlog import (
+    COLUMNS,
+    PredictionLog,
+    PredictionLogUnavailable,
+    Row,
+    SQLiteSink,
+    open_sink,
+    record_rows,
+    score_label,
+    tensor_rows,
+)
+
+
+class Counting(SQLiteSink):
+    """A real SQLite sink that remembers how many commits it made."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.commits: list[int] = []
+
+    def write(self, rows: list[Row]) -> None:
+        super().write(rows)
+        self.commits.append(len(rows))
+
+
+class Failing(SQLiteSink):
+    def write(self, rows: list[Row]) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+
+def row(request_id: str, position: int = 0) -> Row:
+    return (1.0, request_id, "titanic", "3", "champion", "/predict", position, 0.5, "1", "{}", "{}")
+
+
+def stored(path: Path) -> list[dict[str, Any]]:
+    with sqlite3.connect(path) as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute("SELECT * FROM predictions ORDER BY id")]
+
+
+def test_requests_answered_in_one_loop_turn_share_one_commit(tmp_path: Path) -> None:
+    sink = Counting(tmp_path / "log.sqlite")
+    flushes: list[tuple[int, Exception | None]] = []
+    log = PredictionLog(sink, lambda rows, seconds, error: flushes.append((rows, error)))
+
+    async def traffic() -> None:
+        await asyncio.gather(*(log.append([row(f"r{i}", 0), row(f"r{i}", 1)]) for i in range(50)))
+        await log.append([row("late")])
+
+    asyncio.run(traffic())
+    assert sink.commits == [100, 1]
+    assert flushes == [(100, None), (1, None)]
+    rows = stored(tmp_path / "log.sqlite")
+    assert len(rows) == 101 and {r["request_id"] for r in rows} == {f"r{i}" for i in range(50)} | {
+        "late"
+    }
+    assert set(rows[0]) == {"id", *COLUMNS}
+
+
+def test_a_failed_commit_refuses_every_waiting_request(tmp_path: Path) -> None:
+    errors: list[Exception | None] = []
+    log = PredictionLog(Failing(tmp_path / "log.sqlite"), lambda r, s, error: errors.append(error))
+
+    async def traffic() -> list[Any]:
+        return await asyncio.gather(
+            *(log.append([row(f"r{i}")]) for i in range(3)), return_exceptions=True
+        )
+
+    outcomes = asyncio.run(traffic())
+    assert all(isinstance(o, PredictionLogUnavailable) for o in outcomes)
+    assert "disk I/O error" in str(outcomes[0])
+    assert len(errors) == 1 and isinstance(errors[0], sqlite3.OperationalError)
+
+
+def test_a_cancelled_request_does_not_break_the_group(tmp_path: Path) -> None:
+    sink = Counting(tmp_path / "log.sqlite")
+    log = PredictionLog(sink)
+
+    async def traffic() -> None:
+        gone = asyncio.ensure_future(log.append([row("gone")]))
+        kept = asyncio.ensure_future(log.append([row("kept")]))
+        await asyncio.sleep(0)
+        gone.cancel()
+        await kept
+
+    asyncio.run(traffic())
+    # the client left, but its prediction was made: it is still stored
+    assert [r["request_id"] for r in stored(tmp_path / "log.sqlite")] == ["gone", "kept"]
+
+
+def test_shadow_rows_from_another_thread_are_stored_at_close(tmp_path: Path) -> None:
+    log = PredictionLog(SQLiteSink(tmp_path / "log.sqlite"))
+
+    async def traffic() -> None:
+        await log.append([row("served")])
+        await asyncio.to_thread(log.append_threadsafe, [row("shadow")])
+        await log.close()
+
+    asyncio.run(traffic())
+    assert [r["request_id"] for r in stored(tmp_path / "log.sqlite")] == ["served", "shadow"]
+
+
+def test_off_logs_nothing_and_unknown_urls_are_refused(tmp_path: Path) -> None:
+    assert open_sink("off") is None and not PredictionLog(None).enabled
+    asyncio.run(PredictionLog(None).append([row("x")]))  # no store, no error
+    with pytest.raises(ValueError, match="sqlite:///<path>, postgresql://"):
+        open_sink("mysql://somewhere/db")
+    assert isinstance(open_sink(f"sqlite:///{tmp_path / 'a' / 'log.sqlite'}"), SQLiteSink)
+
+
+class Record(BaseModel):
+    age: float | None
+    sex: str
+    image: bytes = b""
+
+
+def test_record_rows_pair_each_valid_record_with_its_prediction() -> None:
+    answer = {
+        "request_id": "abc",
+        "model": "titanic",
+        "version": "3",
+        "alias": "champion",
+        "predictions": [
+            {"label": "1", "probability": 0.9},
+            {"error": [{"field": "records.1.age"}]},
+            {"label": "0", "probability": 0.2},
+        ],
+    }
+    records = [Record(age=30, sex="female", image=b"\x00\xff"), Record(age=None, sex="male")]
+    rows = record_rows(answer, records, "/predict", 10.0)
+    assert [r[6] for r in rows] == [0, 2]  # positions in the request: the error has none
+    assert rows[0][:6] == (10.0, "abc", "titanic", "3", "champion", "/predict")
+    assert rows[0][7:9] == (0.9, "1")
+    pixels = base64.b64encode(b"\x00\xff").decode()
+    assert '"age":30.0' in rows[0][9] and f'"image":"{pixels}"' in rows[0][9]
+    assert '"age":null' in rows[1][9]
+
+
+def test_score_and_label_of_every_prediction_shape() -> None:
+    assert score_label({"value": 12.5}) == (12.5, None)
+    assert score_label({"label": "1", "probability": 0.7}) == (0.7, "1")
+    assert score_label({"label": "Bag", "probabilities": {"Bag": 0.8, "Coat": 0.2}}) == (0.8, "Bag")
+
+
+def test_tensor_rows_split_the_batch_per_record() -> None:
+    feeds = {
+        "age": np.array([[30.0], [40.0]], np.float32),
+        "sex": np.array([["male"], ["female"]], object),
+        "image": np.zeros((2, 2, 2), np.uint8),
+    }
+    head = (1.0, "id", "m", "1", "champion", "/v2/infer")
+    rows = tensor_rows(head, feeds, [{"value": 1.0}, {"value": 2.0}])
+    assert [r[6] for r in rows] == [0, 1] and rows[1][7] == 2.0
+    assert '"sex":"female"' in rows[1][9] and '"image":"AAAAAA=="' in rows[1][9]
