@@ -16,7 +16,7 @@ all: setup repro registry serve ## Everything from a fresh clone: install, train
 
 setup: system-packages venv ## Install system packages and the locked Python environment
 
-system-packages: ## Debian packages: the CNN's data, and prometheus (promtool checks the rules; needs root)
+system-packages: ## Debian packages: the CNN's data, prometheus and alertmanager (promtool and amtool check their configs; needs root)
 	@if [ ! -d $(FASHION_MNIST) ]; then \
 		echo "installing dataset-fashion-mnist"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
@@ -24,6 +24,10 @@ system-packages: ## Debian packages: the CNN's data, and prometheus (promtool ch
 	@if ! command -v promtool >/dev/null; then \
 		echo "installing prometheus"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; \
+	fi
+	@if ! command -v amtool >/dev/null; then \
+		echo "installing prometheus-alertmanager"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-alertmanager; \
 	fi
 
 venv: ## The locked environment (.venv) from uv.lock
@@ -67,6 +71,7 @@ bench: ## Serving benchmark (wrk): floor vs services vs BentoML vs mlflow models
 	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(RUN) python -m services.bench
 	$(RUN) python -m services.bench.features
+	$(RUN) python -m services.bench.predlog
 
 lint: ## ruff and mypy
 	$(RUN) ruff check pipelines services tests
