@@ -7,7 +7,7 @@ UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 RUN = $(UV) run --frozen
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: help all setup system-packages venv repro registry serve stop status metrics plots test test-fast bench serve-triton lint clean
+.PHONY: help all setup system-packages venv repro registry serve stop status metrics plots test test-fast bench serve-triton drift-demo lint clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -67,11 +67,15 @@ serve-triton: ## Triton's HTTP/gRPC protocol for fashion_cnn on :8000/:8001 (met
 	services/triton/.venv/bin/python services/triton/serve.py --repository artifacts/fashion_cnn/triton \
 		--http-port 8000 --grpc-port 8001 --metrics-port 8002
 
-bench: ## Serving benchmark (wrk): floor vs services vs BentoML vs mlflow models serve, then the Feast feature layer -> reports/bench/
+drift-demo: ## Shifted traffic for titanic until the drift alert fires, the webhook retrains it through the gate (Prometheus + Alertmanager + drift service, real)
+	$(RUN) python -m services.drift.demo
+
+bench: ## Serving benchmark (wrk): floor vs services vs BentoML vs mlflow models serve, then the Feast feature layer and the prediction log -> reports/bench/
 	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(RUN) python -m services.bench
 	$(RUN) python -m services.bench.features
 	$(RUN) python -m services.bench.predlog
+	$(RUN) python -m services.bench.drift
 
 lint: ## ruff and mypy
 	$(RUN) ruff check pipelines services tests

@@ -9,6 +9,7 @@ and words, an image by its mean, spread and share of ink (pixel drift means noth
 
 import base64
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -53,10 +54,17 @@ def columns(spec: ModelSpec) -> Columns:
     return Columns(numerical, categorical)
 
 
+def _image(value: Any) -> np.ndarray:
+    """Raw bytes (the split), base64 text (the prediction log) or nested lists (a request)."""
+    if isinstance(value, str):
+        value = base64.b64decode(value)
+    if isinstance(value, bytes | bytearray):
+        return np.frombuffer(value, np.uint8)
+    return np.asarray(value, np.uint8).reshape(-1)
+
+
 def _pixels(values: pd.Series) -> np.ndarray:
-    """Raw bytes (the split) or base64 text (the prediction log) to one row per image."""
-    raw = [base64.b64decode(v) if isinstance(v, str) else bytes(v) for v in values]
-    return np.stack([np.frombuffer(r, np.uint8) for r in raw]).astype(np.float32) / 255
+    return np.stack([_image(v) for v in values]).astype(np.float32) / 255
 
 
 def drift_view(spec: ModelSpec, inputs: pd.DataFrame) -> pd.DataFrame:

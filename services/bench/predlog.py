@@ -139,7 +139,8 @@ def markdown(variants: list[Variant], rows: list[dict[str, Any]], info: dict[str
     lines = [
         "# Prediction-log benchmark",
         "",
-        f"{info['cpu']}; {info['duration_s']:g} s per point; load {info['load_before']} before, "
+        f"{info['cpu_model']}; {info['duration_s']:g} s per point; "
+        f"load {info['load_before']} before, "
         f"{info['load_after']} after; one worker on CPU 0, wrk on CPU 1.",
         "",
         "| model | log | conn | records/req | rec/s off | rec/s with log | slower | "

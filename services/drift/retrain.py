@@ -1,0 +1,164 @@
+"""Retraining started by a drift alert: the model's DVC stages, one job at a time.
+
+`dvc repro --force register@<model>` re-runs the model's stages on what its sources hold
+now, and `register`'s quality gate decides: the new version becomes `champion` only if it
+meets the floors and is not worse than the champion, otherwise `challenger`. DVC locks the
+workspace, so jobs run one after another; an alert for a model whose job is already queued
+or running joins that job. Each job's output goes to its own log file.
+"""
+
+import json
+import logging
+import os
+import queue
+import shlex
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines import paths
+from services.drift.settings import DriftSettings
+
+log = logging.getLogger("services.drift.retrain")
+KEEP = 100  # jobs remembered (and shown) per service
+ACTIVE = ("queued", "running")
+
+
+@dataclass
+class Job:
+    id: str
+    model: str
+    reason: str  # what asked for it: the alert, or an operator
+    command: str
+    log_file: str
+    state: str = "queued"  # queued, running, promoted, challenger, failed
+    queued_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    returncode: int | None = None
+    version: str | None = None  # what register made of it
+    alias: str | None = None
+    gate: str | None = None
+    alerts: int = 1  # alerts that asked for this job
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Retrainer:
+    """A queue of jobs and the thread that runs them; `on_change(job)` feeds the metrics."""
+
+    def __init__(self, settings: DriftSettings, on_change: Callable[[Job], None]) -> None:
+        self.settings, self.on_change = settings, on_change
+        self.folder = settings.state_dir / "retraining"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.jobs: dict[str, Job] = self._load()
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._work, name="retraining", daemon=True)
+        self._thread.start()
+
+    def _load(self) -> dict[str, Job]:
+        """Jobs of earlier runs of the service; one cut off by a restart is marked failed."""
+        index = self.folder / "jobs.json"
+        jobs = {j["id"]: Job(**j) for j in json.loads(index.read_text())} if index.exists() else {}
+        for job in jobs.values():
+            if job.state in ACTIVE:
+                job.state, job.gate = "failed", "the drift service stopped before it finished"
+        return jobs
+
+    def _save(self) -> None:
+        index = self.folder / "jobs.json"
+        recent = sorted(self.jobs.values(), key=lambda j: j.queued_at)[-KEEP:]
+        index.with_suffix(".tmp").write_text(json.dumps([j.as_dict() for j in recent], indent=1))
+        index.with_suffix(".tmp").replace(index)
+
+    def submit(self, model: str, reason: str) -> tuple[Job, bool]:
+        """(the job, whether it is new): an active job of the same model absorbs the request."""
+        with self._lock:
+            for job in self.jobs.values():
+                if job.model == model and job.state in ACTIVE:
+                    job.alerts += 1
+                    return job, False
+            job_id = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+            job = Job(
+                id=job_id,
+                model=model,
+                reason=reason,
+                command=self.settings.retrain_command.format(model=model),
+                log_file=str(self.folder / f"{job_id}-{model}.log"),
+            )
+            self.jobs[job.id] = job
+            self._save()
+        log.info("retraining %s queued (%s): %s", model, reason, job.command)
+        self.on_change(job)
+        self._queue.put(job)
+        return job, True
+
+    def _work(self) -> None:
+        while (job := self._queue.get()) is not None:
+            try:
+                self._run(job)
+            except Exception as exc:  # a job must never take the worker down
+                log.exception("retraining %s: %s", job.model, exc)
+                job.state, job.gate = "failed", f"{type(exc).__name__}: {exc}"
+            job.finished_at = time.time()
+            with self._lock:
+                self._save()
+            self.on_change(job)
+            log.info("retraining %s finished: %s (%s)", job.model, job.state, job.gate)
+
+    def _run(self, job: Job) -> None:
+        job.state, job.started_at = "running", time.time()
+        self.on_change(job)
+        workspace = self.settings.workspace
+        record = paths.registry_record(job.model, workspace)
+        before = record.stat().st_mtime if record.exists() else 0.0
+        # The stages run `python -m ...` and `dvc` by name: this environment's first
+        env = os.environ | {
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+        }
+        with open(job.log_file, "ab") as output:
+            output.write(f"$ {job.command}   (in {workspace})\n".encode())
+            output.flush()
+            try:
+                done = subprocess.run(
+                    shlex.split(job.command),
+                    cwd=workspace,
+                    env=env,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    timeout=self.settings.retrain_timeout_s,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                job.state = "failed"
+                job.gate = f"timed out after {self.settings.retrain_timeout_s:g} s"
+                return
+        job.returncode = done.returncode
+        if done.returncode != 0:
+            job.state, job.gate = "failed", f"exit status {done.returncode}: see {job.log_file}"
+            return
+        if not record.exists() or record.stat().st_mtime <= before:
+            job.state, job.gate = "failed", f"the command did not register a version ({record})"
+            return
+        registered = json.loads(record.read_text())
+        job.version, job.alias = str(registered["version"]), registered["alias"]
+        job.gate = registered.get("reason", "")
+        job.state = "promoted" if job.alias == "champion" else "challenger"
+
+    def active(self, model: str) -> bool:
+        return any(j.model == model and j.state in ACTIVE for j in self.jobs.values())
+
+    def recent(self, model: str | None = None) -> list[Job]:
+        jobs = [j for j in self.jobs.values() if model in (None, j.model)]
+        return sorted(jobs, key=lambda j: j.queued_at, reverse=True)
+
+    def close(self) -> None:
+        self._queue.put(None)

@@ -1,0 +1,48 @@
+"""Runtime settings of the drift service: environment variables only (DRIFT_*)."""
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pipelines.paths import ROOT
+
+Distance = Literal["wasserstein", "jensenshannon", "psi", "kl_div", "hellinger", "ed"]
+PORT = 8200  # Prometheus scrapes it and Alertmanager's webhooks reach it here
+
+
+class DriftSettings(BaseSettings):
+    """Every knob has a default that suits the local stack."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DRIFT_", env_file=ROOT / ".env", extra="ignore", env_ignore_empty=True
+    )
+
+    host: str = "127.0.0.1"
+    port: int = PORT
+    # The model services' log (the same URL as their SERVE_PREDICTION_LOG)
+    prediction_log: str = "sqlite:///run/predictions.sqlite"
+    # Catalog keys to watch; empty: every model of the catalog
+    models: list[str] = []
+    # The window: the latest `window_rows` predictions of the last `window_s` seconds
+    window_rows: int = Field(default=1000, ge=1)
+    window_s: float = Field(default=24 * 3600, gt=0)
+    # Fewer rows than this is an empty window: no verdict (distances on a handful are noise)
+    min_rows: int = Field(default=200, ge=1)
+    schedule_s: float = Field(default=300, ge=0)  # every model checked this often; 0: on demand
+    # Evidently: a feature drifts when its distance reaches the threshold; the data set drifts
+    # when at least drift_share of its features do. Distances only (not p-values), so a score
+    # means the same at every window size and on every dashboard: higher is more drift
+    num_method: Distance = "wasserstein"
+    cat_method: Distance = "jensenshannon"
+    threshold: float = Field(default=0.1, gt=0)
+    drift_share: float = Field(default=0.5, gt=0, le=1)
+    # Where the HTML reports, the last results and the retraining logs are kept
+    state_dir: Path = ROOT / "run" / "drift"
+    # Retraining on an Alertmanager webhook: the command (run in `workspace`, {model} filled
+    # in); `register` gates the new version, so a worse model never becomes champion
+    retrain: Literal["on", "off"] = "on"
+    retrain_command: str = "dvc repro --force register@{model}"
+    workspace: Path = ROOT
+    retrain_timeout_s: float = Field(default=3600, gt=0)

@@ -1,0 +1,135 @@
+"""The drift service over HTTP: verdicts on real logged traffic, its contract, its gauges."""
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pipelines import paths
+from services.examples import as_records
+from tests.conftest import CATALOG
+from tests.serving.conftest import Registry, Service, serve
+
+pytestmark = pytest.mark.slow
+WINDOW = 300
+
+
+def shifted(frame: pd.DataFrame) -> pd.DataFrame:
+    """Another population: older, richer, first class, women, boarded at Cherbourg, families."""
+    return frame.assign(
+        age=(frame["age"].fillna(30) + 30).clip(upper=100),
+        fare=frame["fare"].fillna(10) * 6 + 50,
+        pclass=1,
+        sex="female",
+        embarked="C",
+        sibsp=(frame["sibsp"] + 3).clip(upper=10),
+        parch=(frame["parch"] + 2).clip(upper=10),
+    )
+
+
+def traffic(registry: Registry, seed: int, shift: bool) -> list[dict[str, Any]]:
+    """WINDOW records drawn (seeded) from the training split: the reference's population."""
+    train = pd.read_parquet(paths.split_dir("titanic", registry.trained) / "train.parquet")
+    rows = train.sample(WINDOW, replace=True, random_state=seed).reset_index(drop=True)
+    return as_records(shifted(rows) if shift else rows, CATALOG["titanic"])
+
+
+def send(service: Service, records: list[dict[str, Any]]) -> None:
+    for start in range(0, len(records), 50):
+        response = service.post("/predict", {"records": records[start : start + 50]})
+        assert response.status_code == 200, response.text
+
+
+@pytest.fixture
+def stack(
+    started: list[Service], registry: Registry, tmp_path: Path
+) -> Iterator[tuple[Service, Service]]:
+    """A titanic service and a drift service reading its prediction log (no schedule)."""
+    log = f"sqlite:///{tmp_path / 'predictions.sqlite'}"
+    model = serve(started, "titanic", registry.uri, tmp_path, prediction_log=log)
+    drift = Service("drift", registry.uri, tmp_path)
+    drift.env |= {
+        "DRIFT_PREDICTION_LOG": log,
+        "DRIFT_MODELS": '["titanic", "churn"]',
+        "DRIFT_SCHEDULE_S": "0",
+        "DRIFT_WINDOW_ROWS": str(WINDOW),
+        "DRIFT_MIN_ROWS": "100",
+        "DRIFT_STATE_DIR": str(tmp_path / "drift"),
+        "DRIFT_RETRAIN": "off",
+    }
+    drift.start([sys.executable, "-m", "services.drift", "--port", str(drift.port)])
+    started.append(drift)
+    drift.wait()
+    yield model, drift
+
+
+def gauges(drift: Service) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = httpx.get(drift.url + "/metrics").text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_drift_is_found_in_shifted_traffic_and_not_in_unshifted(
+    stack: tuple[Service, Service], registry: Registry
+) -> None:
+    model, drift = stack
+    send(model, traffic(registry, seed=1, shift=False))
+    calm = drift.post("/models/titanic/run", None).json()
+    assert calm["rows"] == WINDOW and calm["version"] == "1"
+    assert not calm["dataset_drifted"], calm["features"]
+    assert calm["share_drifted"] < 0.2
+    assert not any(p["drifted"] for p in calm["prediction"].values())
+
+    send(model, traffic(registry, seed=2, shift=True))  # the window is now all shifted
+    alarm = drift.post("/models/titanic/run", None).json()
+    assert alarm["dataset_drifted"] and alarm["share_drifted"] >= 0.5
+    moved = {"age", "fare", "pclass", "sex", "embarked", "sibsp", "parch"}
+    assert {n for n, f in alarm["features"].items() if f["drifted"]} >= moved - {"parch"}
+    assert not alarm["features"]["name.words"]["drifted"]  # what was not shifted stays put
+    assert alarm["prediction"]["prediction"]["drifted"]  # first-class women: survivors
+
+    found = gauges(drift)
+    assert found[("drift_dataset_drifted", (("model", "titanic"),))] == 1.0
+    assert (
+        found[("drift_share_drifted_features", (("model", "titanic"),))] == alarm["share_drifted"]
+    )
+    age = (("feature", "age"), ("method", "wasserstein"), ("model", "titanic"))
+    assert found[("drift_feature_score", age)] == alarm["features"]["age"]["score"]
+    assert found[("drift_window_rows", (("model", "titanic"),))] == WINDOW
+    assert found[("drift_runs_total", (("model", "titanic"), ("outcome", "ok")))] == 2.0
+    report = httpx.get(drift.url + "/models/titanic/report")
+    assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
+    assert "Drifted Columns" in report.text and "fare" in report.text
+    index = httpx.get(drift.url + "/").text
+    assert "DRIFT" in index and 'href="models/titanic/report"' in index
+
+
+def test_bad_requests_get_clear_4xx_answers(stack: tuple[Service, Service]) -> None:
+    _, drift = stack
+    unknown = drift.post("/models/nope/run", None)
+    assert unknown.status_code == 404
+    assert "unknown model 'nope'" in unknown.json()["detail"] and "titanic" in unknown.text
+    empty = drift.post("/models/churn/run", None)  # nothing of churn was served
+    assert empty.status_code == 422
+    assert "0 logged predictions" in empty.json()["detail"] and "DRIFT_MIN_ROWS" in empty.text
+    assert httpx.get(drift.url + "/models/churn").status_code == 404
+    assert httpx.get(drift.url + "/models/churn/report").status_code == 404
+    assert httpx.get(drift.url + "/retraining/none").status_code == 404
+    bad_hook = drift.post("/alerts", {"alerts": [{"status": "burning"}]})
+    assert bad_hook.status_code == 422 and "status" in bad_hook.text
+    wrong_model = {"status": "firing", "labels": {"action": "retrain", "model": "nope"}}
+    refused = drift.post("/alerts", {"alerts": [wrong_model]})
+    assert refused.status_code == 422 and refused.json()["refused"][0]["error"].startswith(
+        "unknown model"
+    )
+    found = gauges(drift)
+    assert found[("drift_runs_total", (("model", "churn"), ("outcome", "empty_window")))] == 1.0
+    assert found[("retraining_runs_total", (("model", "churn"), ("outcome", "failed")))] == 0.0
