@@ -1,9 +1,11 @@
 """The durable prediction log: every answered prediction, stored before the answer is sent.
 
-One row per predicted record: time, request id, model, version, alias, route, the record's
-inputs and the prediction (JSON), and its score and label for quick queries. A request's
-rows are committed before its response leaves, so an acknowledged prediction survives a
-SIGTERM or a crash (kill -9) of the service; the drift service reads the same table.
+One row per answered request: time, request id, model, version, alias, route, how many
+records were predicted, their positions in the request, and the records' inputs and their
+predictions (JSON arrays, in the same order). A request's row is committed before its
+response leaves, so an acknowledged prediction survives a SIGTERM or a crash (kill -9) of
+the service; the drift service reads the same table. A row per request, not per record:
+a batch costs one insert, not one per record.
 
 Commits are grouped: the requests answered in one turn of the event loop share one commit,
 so under load a commit costs a fraction of a request. SQLite (WAL) commits on the event
@@ -33,7 +35,7 @@ from pydantic import BaseModel
 from pipelines.paths import ROOT
 
 log = logging.getLogger("services.predlog")
-Row = tuple[float, str, str, str, str, str, int, float | None, str | None, str, str]
+Row = tuple[float, str, str, str, str, str, int, str, str, str]
 COLUMNS = (
     "ts",
     "request_id",
@@ -41,9 +43,8 @@ COLUMNS = (
     "version",
     "alias",
     "route",
-    "position",
-    "score",
-    "label",
+    "records",
+    "positions",
     "inputs",
     "outputs",
 )
@@ -73,9 +74,8 @@ def table_sql(key: str) -> list[str]:
             version TEXT NOT NULL,
             alias TEXT NOT NULL,
             route TEXT NOT NULL,
-            position INTEGER NOT NULL,
-            score DOUBLE PRECISION,
-            label TEXT,
+            records INTEGER NOT NULL,
+            positions TEXT NOT NULL,
             inputs TEXT NOT NULL,
             outputs TEXT NOT NULL
         )""",
@@ -187,37 +187,37 @@ def score_label(prediction: dict[str, Any]) -> tuple[float | None, str | None]:
     return None, prediction.get("label")
 
 
-def record_rows(
-    answer: dict[str, Any], records: list[BaseModel], route: str, now: float
-) -> list[Row]:
-    """Rows of a /predict answer: each valid record with its prediction (errors have none)."""
-    head = (now, answer["request_id"], answer["model"], answer["version"], answer["alias"], route)
-    rows: list[Row] = []
-    served = (
-        (i, p) for i, p in enumerate(answer["predictions"]) if "error" not in p
-    )  # invalid records hold {"error": ...} in place
-    for (position, prediction), record in zip(served, records, strict=True):
-        score, label = score_label(prediction)
-        rows.append((*head, position, score, label, dumps(record.__dict__), dumps(prediction)))
-    return rows
+def record_row(answer: dict[str, Any], records: list[BaseModel], route: str, now: float) -> Row:
+    """The row of a /predict answer: the valid records and their predictions (errors have
+    none), with their positions in the request."""
+    served = [(i, p) for i, p in enumerate(answer["predictions"]) if "error" not in p]
+    return (
+        now,
+        answer["request_id"],
+        answer["model"],
+        answer["version"],
+        answer["alias"],
+        route,
+        len(served),
+        dumps([i for i, _ in served]),
+        dumps([record.__dict__ for record in records]),
+        dumps([p for _, p in served]),
+    )
 
 
-def tensor_rows(
+def tensor_row(
     head: tuple[float, str, str, str, str, str],
     feeds: dict[str, np.ndarray],
     predictions: list[dict[str, Any]],
-) -> list[Row]:
-    """Rows of an OIP v2 request: the input tensors split per record."""
+) -> Row:
+    """The row of an OIP v2 request: the input tensors split into records."""
     columns = {
         name: [row.tobytes() for row in array] if array.dtype == np.uint8 else array[:, 0].tolist()
         for name, array in feeds.items()
     }
-    rows: list[Row] = []
-    for position, prediction in enumerate(predictions):
-        inputs = {name: values[position] for name, values in columns.items()}
-        score, label = score_label(prediction)
-        rows.append((*head, position, score, label, dumps(inputs), dumps(prediction)))
-    return rows
+    size = len(predictions)
+    inputs = [{name: values[i] for name, values in columns.items()} for i in range(size)]
+    return (*head, size, dumps(list(range(size))), dumps(inputs), dumps(predictions))
 
 
 class PredictionLog:
@@ -225,7 +225,7 @@ class PredictionLog:
 
     def __init__(self, sink: Sink | None, on_flush: Any = None) -> None:
         self.sink = sink
-        self.on_flush = on_flush  # (rows, seconds, error | None): the service's metrics
+        self.on_flush = on_flush  # (predictions, seconds, error | None): the service's metrics
         self._pending: list[Row] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._busy = False
@@ -296,7 +296,7 @@ class PredictionLog:
     ) -> None:
         self._busy = False
         if self.on_flush is not None:
-            self.on_flush(len(rows), seconds, error)
+            self.on_flush(sum(row[6] for row in rows), seconds, error)
         if error is not None:
             log.error("prediction log: %d rows not stored: %s", len(rows), error)
         for waiter in waiters:
@@ -324,13 +324,15 @@ class PredictionLog:
         self.sink.close()
 
 
-def read_window(url: str, model: str, rows: int, since: float) -> list[tuple[Any, ...]]:
-    """The latest `rows` served predictions of `model` logged after `since` (unix time),
-    oldest first: (ts, version, score, label, inputs, outputs). Shadow rows are not traffic."""
+def read_window(
+    url: str, model: str, records: int, since: float
+) -> list[tuple[float, str, dict[str, Any], dict[str, Any]]]:
+    """The latest `records` served predictions of `model` logged after `since` (unix time),
+    oldest first: (ts, version, inputs, prediction). Shadow rows are not traffic."""
     query = (
-        "SELECT ts, version, score, label, inputs, outputs FROM predictions "
+        "SELECT ts, version, inputs, outputs FROM predictions "
         "WHERE model = {0} AND route <> 'shadow' AND ts >= {0} ORDER BY id DESC LIMIT {0}"
-    )
+    )  # each row holds at least one record: `records` rows are always enough
     if url.startswith("sqlite:///"):
         path = sqlite_path(url)
         if not path.exists():
@@ -338,7 +340,7 @@ def read_window(url: str, model: str, rows: int, since: float) -> list[tuple[Any
         with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
             try:
-                found = db.execute(query.format("?"), (model, since, rows)).fetchall()
+                found = db.execute(query.format("?"), (model, since, records)).fetchall()
             except sqlite3.OperationalError as exc:
                 if "no such table" not in str(exc):  # nothing served yet
                     raise
@@ -348,7 +350,13 @@ def read_window(url: str, model: str, rows: int, since: float) -> list[tuple[Any
 
         with psycopg.connect(url, connect_timeout=5) as db:
             try:
-                found = db.execute(query.format("%s"), (model, since, rows)).fetchall()
+                found = db.execute(query.format("%s"), (model, since, records)).fetchall()
             except psycopg.errors.UndefinedTable:  # nothing served yet
                 return []
-    return list(reversed(found))
+    out: list[tuple[float, str, dict[str, Any], dict[str, Any]]] = []
+    for ts, version, inputs, outputs in found:  # newest first
+        pairs = list(zip(orjson.loads(inputs), orjson.loads(outputs), strict=True))
+        out += [(ts, version, i, o) for i, o in reversed(pairs)]
+        if len(out) >= records:
+            break
+    return list(reversed(out[:records]))

@@ -22,7 +22,7 @@ from services.entities import EntityRequests
 from services.errors import InputError, field_error
 from services.inputs import describe_errors, record_model, request_model
 from services.metrics import ServiceMetrics
-from services.predlog import PredictionLog, open_sink, record_rows, tensor_rows
+from services.predlog import PredictionLog, open_sink, record_row, tensor_row
 from services.routing import Models, Route
 from services.runtime import LoadedModel
 from services.settings import ServeSettings
@@ -201,18 +201,18 @@ class ModelService:
             response["invalid_records"] = len(invalid)
         return response, route, records
 
-    def _logged(self, rows: int, seconds: float, error: Exception | None) -> None:
+    def _logged(self, predictions: int, seconds: float, error: Exception | None) -> None:
         key = (self.spec.key,)
         self.metrics.child(self.metrics.log_flush, key).observe(seconds)
         if error is None:
-            self.metrics.child(self.metrics.log_rows, key).inc(rows)
+            self.metrics.child(self.metrics.log_rows, key).inc(predictions)
         else:
             self.metrics.child(self.metrics.log_errors, key).inc()
 
     async def log_records(self, answer: dict[str, Any], records: list[BaseModel]) -> None:
         """Store a /predict answer's predictions; returns once they are committed."""
         if self.prediction_log.enabled:
-            await self.prediction_log.append(record_rows(answer, records, "/predict", time.time()))
+            await self.prediction_log.append([record_row(answer, records, "/predict", time.time())])
 
     async def log_tensors(
         self,
@@ -230,7 +230,7 @@ class ModelService:
             size = len(next(iter(result.values())))
             predictions = [{n: v[i].tolist() for n, v in result.items()} for i in range(size)]
         head = (time.time(), request_id, model.name, model.version, model.alias, "/v2/infer")
-        await self.prediction_log.append(tensor_rows(head, feeds, predictions))
+        await self.prediction_log.append([tensor_row(head, feeds, predictions)])
 
     def observe(self, model: LoadedModel, result: dict[str, Any], size: int, path: str) -> None:
         scores, labels = model.summary(result)
@@ -259,13 +259,13 @@ class ModelService:
             )
             self.metrics.child(self.metrics.shadow, (shadow.name, shadow.version, agreement)).inc()
         answer = {"request_id": request_id, "model": shadow.name, "version": shadow.version}
-        rows = record_rows(
+        row = record_row(
             answer | {"alias": shadow.alias, "predictions": predictions},
             records,
             "shadow",
             time.time(),
         )
-        self.prediction_log.append_threadsafe(rows)  # after the response: nothing to hold up
+        self.prediction_log.append_threadsafe([row])  # after the response: nothing to hold up
         shadow_log.info(
             "%s",
             orjson.dumps(

@@ -1,4 +1,5 @@
-"""The local stack: every catalog model served as a process, plus PyTriton for Triton models.
+"""The local stack: every catalog model served as a process, PyTriton for Triton models, the
+drift service, and Prometheus and Alertmanager on infra/'s configs.
 
     python -m services.stack up       # start everything, wait until ready, list the ports
     python -m services.stack demo     # one example prediction per model
@@ -12,6 +13,7 @@ run/logs/ and their pids to run/stack.json.
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +26,7 @@ import httpx
 from pipelines import paths
 from pipelines.catalog import load_catalog
 from pipelines.paths import ROOT
+from services import monitoring
 
 # Where the stack keeps pids and logs, and its ports: overridable so tests run a second stack
 RUN_DIR = Path(os.environ.get("STACK_RUN_DIR", ROOT / "run"))
@@ -31,8 +34,80 @@ STATE = RUN_DIR / "stack.json"
 BASE_PORT = int(os.environ.get("STACK_BASE_PORT", "8101"))
 _TRITON = int(os.environ.get("STACK_TRITON_PORT", "8000"))
 TRITON_PORTS = {"http": _TRITON, "grpc": _TRITON + 1, "metrics": _TRITON + 2}
+DRIFT_PORT = int(os.environ.get("STACK_DRIFT_PORT", str(monitoring.DRIFT_PORT)))
+PROMETHEUS_PORT = int(os.environ.get("STACK_PROMETHEUS_PORT", "9090"))
+ALERTMANAGER_PORT = int(
+    os.environ.get("STACK_ALERTMANAGER_PORT", str(monitoring.ALERTMANAGER_PORT))
+)
 TRITON_PYTHON = ROOT / "services" / "triton" / ".venv" / "bin" / "python"
 READY_TIMEOUT_S = 300
+
+
+def prediction_log() -> str:
+    """The services' and the drift service's log: as configured, or the stack's own file."""
+    return os.environ.get("SERVE_PREDICTION_LOG") or f"sqlite:///{RUN_DIR / 'predictions.sqlite'}"
+
+
+def default_ports() -> dict[int, int]:
+    """infra/'s default port -> this stack's port (tests run a stack on other ports)."""
+    models = {monitoring.MODEL_BASE_PORT + i: BASE_PORT + i for i in range(len(load_catalog()))}
+    triton = {8000 + i: port for i, port in enumerate(TRITON_PORTS.values())}
+    return (
+        models
+        | triton
+        | {
+            monitoring.DRIFT_PORT: DRIFT_PORT,
+            monitoring.ALERTMANAGER_PORT: ALERTMANAGER_PORT,
+        }
+    )
+
+
+def monitoring_processes(root: Path) -> list[dict[str, Any]]:
+    """The drift service, and Prometheus and Alertmanager on infra/'s configs (when installed)."""
+    folder = RUN_DIR / "monitoring"
+    processes: list[dict[str, Any]] = [
+        {
+            "name": "drift",
+            "command": [sys.executable, "-m", "services.drift", "--port", str(DRIFT_PORT)],
+            "env": {
+                "DRIFT_PREDICTION_LOG": prediction_log(),
+                "DRIFT_STATE_DIR": str(RUN_DIR / "drift"),
+                "DRIFT_WORKSPACE": str(root),  # the DVC project a drift alert retrains
+            },
+            "url": f"http://127.0.0.1:{DRIFT_PORT}",
+            "ready": "/readyz",
+        }
+    ]
+    if prometheus := shutil.which("prometheus"):
+        processes.append(
+            {
+                "name": "prometheus",
+                "command": [
+                    prometheus,
+                    f"--config.file={folder / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={RUN_DIR / 'prometheus'}",
+                    f"--web.listen-address=127.0.0.1:{PROMETHEUS_PORT}",
+                ],
+                "url": f"http://127.0.0.1:{PROMETHEUS_PORT}",
+                "ready": "/-/ready",
+            }
+        )
+    if alertmanager := shutil.which("prometheus-alertmanager") or shutil.which("alertmanager"):
+        processes.append(
+            {
+                "name": "alertmanager",
+                "command": [
+                    alertmanager,
+                    f"--config.file={folder / 'alertmanager.yml'}",
+                    f"--storage.path={RUN_DIR / 'alertmanager'}",
+                    f"--web.listen-address=127.0.0.1:{ALERTMANAGER_PORT}",
+                    "--cluster.listen-address=",  # one instance: no cluster port
+                ],
+                "url": f"http://127.0.0.1:{ALERTMANAGER_PORT}",
+                "ready": "/-/ready",
+            }
+        )
+    return processes
 
 
 def plan(root: Path = ROOT) -> list[dict[str, Any]]:
@@ -44,7 +119,10 @@ def plan(root: Path = ROOT) -> list[dict[str, Any]]:
             {
                 "name": key,
                 "command": [sys.executable, "-m", "services.serve", key, "--port", str(port)],
-                "env": {"SERVE_FEATURE_ROOT": str(root)},  # Feast-backed: root's online store
+                "env": {
+                    "SERVE_FEATURE_ROOT": str(root),  # Feast-backed: root's online store
+                    "SERVE_PREDICTION_LOG": prediction_log(),
+                },
                 "url": f"http://127.0.0.1:{port}",
                 "ready": "/readyz",
             }
@@ -71,7 +149,7 @@ def plan(root: Path = ROOT) -> list[dict[str, Any]]:
                     "ready": f"/v2/models/{key}/ready",
                 }
             )
-    return processes
+    return processes + monitoring_processes(root)
 
 
 def _base(url: str) -> str:
@@ -94,6 +172,7 @@ def up(root: Path = ROOT) -> int:
         print("cleaning up after a stack that did not stop cleanly")
         down(root)
     (RUN_DIR / "logs").mkdir(parents=True, exist_ok=True)
+    monitoring.write(RUN_DIR / "monitoring", default_ports(), DRIFT_PORT)
     started = []
     for process in plan(root):
         log = (RUN_DIR / "logs" / f"{process['name']}.log").open("ab")

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import onnxruntime as ort
@@ -28,32 +29,31 @@ from services.bench import bodies, report
 from services.drift import detect
 from services.drift.settings import DriftSettings
 from services.examples import as_records
-from services.predlog import SQLiteSink, dumps, score_label
+from services.predlog import SQLiteSink, record_row
 from services.runtime import LoadedModel
 from services.store import Artifact
 
 REPEATS = 3
 
 
-def fill(key: str, rows: int, sink: SQLiteSink) -> None:
-    """`rows` predictions of the registered artifact, logged as a service logs them."""
+def fill(key: str, count: int, sink: SQLiteSink) -> None:
+    """`count` predictions of the registered artifact, logged as a service logs them."""
     spec = get_spec(key)
-    frame = bodies.rows(spec, rows)
+    frame = bodies.rows(spec, count)
     path = paths.onnx_model(key)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     model = LoadedModel(spec, Artifact(key, "champion", "0", "", path, {}, "bench"), session)
     names = [o.name for o in session.get_outputs()]
     result = dict(zip(names, session.run(None, onnx_feeds(frame, spec)), strict=True))
-    records = as_records(frame, spec)
-    now = time.time()
-    logged = []
-    for position, (record, prediction) in enumerate(
-        zip(records, model.format(result), strict=True)
-    ):
-        score, label = score_label(prediction)
-        head = (now, f"bench-{position}", key, "0", "champion", "/predict", 0)
-        logged.append((*head, score, label, dumps(record), dumps(prediction)))
-    sink.write(logged)
+    answer = {"model": key, "version": "0", "alias": "champion"}
+    predictions = model.format(result)
+    rows = []
+    for start in range(0, len(frame), 100):  # requests of 100 records
+        chunk = slice(start, start + 100)
+        records = [SimpleNamespace(**r) for r in as_records(frame.iloc[chunk], spec)]
+        body = answer | {"request_id": f"bench-{start}", "predictions": predictions[chunk]}
+        rows.append(record_row(body, records, "/predict", time.time()))  # type: ignore[arg-type]
+    sink.write(rows)
 
 
 def measure(key: str, rows: int, scratch: Path) -> dict[str, Any]:

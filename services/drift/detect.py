@@ -15,13 +15,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pandas as pd
 
 from pipelines import reference
 from pipelines.catalog import ModelSpec
 from services.drift.settings import DriftSettings
-from services.predlog import read_window
+from services.predlog import read_window, score_label
 
 
 class EmptyWindow(ValueError):
@@ -95,11 +94,12 @@ def window(spec: ModelSpec, settings: DriftSettings, now: float) -> pd.DataFrame
             f"at least {settings.min_rows} are needed (DRIFT_MIN_ROWS)",
             len(found),
         )
-    inputs = pd.DataFrame([orjson.loads(row[4]) for row in found])
+    inputs = pd.DataFrame([row[2] for row in found])
     view = reference.drift_view(spec, inputs)
-    view[reference.PREDICTION] = [row[2] for row in found]
+    scored = [score_label(row[3]) for row in found]
+    view[reference.PREDICTION] = [score for score, _ in scored]
     if spec.task != "regression":
-        view[reference.PREDICTED_LABEL] = [row[3] for row in found]
+        view[reference.PREDICTED_LABEL] = [label for _, label in scored]
     view.attrs["ts"] = (found[0][0], found[-1][0])
     return view
 

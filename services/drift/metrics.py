@@ -75,6 +75,7 @@ class DriftMetrics:
             for outcome in RETRAIN_OUTCOMES:
                 self.retraining.labels(model, outcome)
             self.retraining_active.labels(model).set(0)
+            self.duration.labels(model)  # a first run is a rate, not a series appearing
 
     def observe(self, result: DriftResult) -> None:
         model = result.model

@@ -25,7 +25,7 @@ def database() -> Iterator[str]:
 
 
 def row(request_id: str) -> Row:
-    return (1.0, request_id, "churn", "2", "champion", "/predict", 0, 0.3, "No", '{"a":1}', "{}")
+    return (1.0, request_id, "churn", "2", "champion", "/predict", 1, "[0]", '[{"a":1}]', "[{}]")
 
 
 def test_rows_are_committed_in_groups_and_survive_a_dropped_connection(database: str) -> None:

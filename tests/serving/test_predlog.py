@@ -58,21 +58,22 @@ def test_the_log_holds_every_answered_prediction_and_nothing_else(
     client.infer("titanic", v2_inputs("titanic", held_out(registry.trained, "titanic", 4), True))
 
     rows = logged(path)
-    assert len(rows) == 10 + 8 + 4  # each predicted record once; refused records never
-    answered = {a["request_id"] for a in [*answers, partial]}
-    assert {r["request_id"] for r in rows if r["route"] == "/predict"} == answered
     served = sum(
         v for labels, v in samples(service, "serving_requests_total") if labels["code"] == "200"
     )
-    assert len({r["request_id"] for r in rows}) == served == 12
+    assert len(rows) == served == 12  # a row per answered request; the 400 has none
+    assert sum(r["records"] for r in rows) == 10 + 8 + 4  # each predicted record once
+    answered = {a["request_id"] for a in [*answers, partial]}
+    assert {r["request_id"] for r in rows if r["route"] == "/predict"} == answered
     first = rows[0]
-    assert orjson.loads(first["inputs"]) == records[0]
-    assert orjson.loads(first["outputs"]) == answers[0]["predictions"][0]
+    assert orjson.loads(first["inputs"]) == [records[0]]
+    assert orjson.loads(first["outputs"]) == answers[0]["predictions"]
     assert (first["model"], first["version"], first["alias"]) == ("titanic", "1", "champion")
-    assert first["score"] == answers[0]["predictions"][0]["probability"]
-    assert [r["position"] for r in rows if r["request_id"] == partial["request_id"]] == [*range(8)]
-    v2 = [r for r in rows if r["route"] == "/v2/infer"]
-    assert [r["position"] for r in v2] == [0, 1, 2, 3] and "pclass" in orjson.loads(v2[0]["inputs"])
+    (mixed,) = [r for r in rows if r["request_id"] == partial["request_id"]]
+    assert orjson.loads(mixed["positions"]) == [*range(8)]  # the two refused ones: none
+    assert orjson.loads(mixed["outputs"]) == partial["predictions"][:8]
+    (v2,) = [r for r in rows if r["route"] == "/v2/infer"]
+    assert v2["records"] == 4 and "pclass" in orjson.loads(v2["inputs"])[0]
     assert samples(service, "serving_prediction_log_rows_total") == [({"model": "titanic"}, 22.0)]
     assert samples(service, "serving_prediction_log_errors_total") == [({"model": "titanic"}, 0.0)]
 
@@ -121,14 +122,8 @@ def test_every_acknowledged_prediction_survives_the_end_of_the_process(
     assert not missing, f"{len(missing)} acknowledged predictions are not in the log"
     # a request can be stored and its answer lost with the process, never the reverse
     assert len(stored) - len(acknowledged) <= 4
-    assert all(n == 3 for n in _per_request(rows).values())  # whole requests, never a part
-
-
-def _per_request(rows: list[dict[str, Any]]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row["request_id"]] = counts.get(row["request_id"], 0) + 1
-    return counts
+    assert len(rows) == len(stored)  # each request once
+    assert all(r["records"] == 3 == len(orjson.loads(r["outputs"])) for r in rows)
 
 
 def test_a_prediction_that_cannot_be_logged_is_refused_with_503(

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from pipelines.paths import ROOT
@@ -33,13 +34,21 @@ def test_stack_serves_every_model_and_stops_cleanly(registry: Registry, tmp_path
         "STACK_RUN_DIR": str(tmp_path / "run"),
         "STACK_BASE_PORT": str(base),
         "STACK_TRITON_PORT": str(base + 100),
+        "STACK_DRIFT_PORT": str(base + 200),
+        "STACK_PROMETHEUS_PORT": str(base + 201),
+        "STACK_ALERTMANAGER_PORT": str(base + 202),
     }
     try:
         up = stack("up", env, registry.trained)
         assert up.returncode == 0, up.stdout + up.stderr
         for key in KEYS:
             assert f"ready  {key}" in up.stdout
-        assert "ready  triton-fashion_cnn" in up.stdout
+        for process in ("triton-fashion_cnn", "drift", "prometheus", "alertmanager"):
+            assert f"ready  {process}" in up.stdout
+        # the stack's Prometheus scrapes every model service and the drift service
+        targets = httpx.get(f"http://127.0.0.1:{base + 201}/api/v1/targets").json()
+        scraped = {t["labels"]["service"] for t in targets["data"]["activeTargets"]}
+        assert scraped == {*KEYS, "triton", "drift"}
         demo = stack("demo", env, registry.trained)
         assert demo.returncode == 0, demo.stdout + demo.stderr
         # one answer per model, plus the entity-keyed one of each Feast-backed model
@@ -50,5 +59,5 @@ def test_stack_serves_every_model_and_stops_cleanly(registry: Registry, tmp_path
         assert stack("status", env, registry.trained).returncode == 0
     finally:
         down = stack("down", env, registry.trained)
-    assert down.returncode == 0 and down.stdout.count("stopped") == len(KEYS) + 1
+    assert down.returncode == 0 and down.stdout.count("stopped") == len(KEYS) + 4
     assert not (tmp_path / "run" / "stack.json").exists()

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 from pydantic import BaseModel
 
@@ -16,10 +17,12 @@ from services.predlog import (
     PredictionLogUnavailable,
     Row,
     SQLiteSink,
+    dumps,
     open_sink,
-    record_rows,
+    read_window,
+    record_row,
     score_label,
-    tensor_rows,
+    tensor_row,
 )
 
 
@@ -40,8 +43,10 @@ class Failing(SQLiteSink):
         raise sqlite3.OperationalError("disk I/O error")
 
 
-def row(request_id: str, position: int = 0) -> Row:
-    return (1.0, request_id, "titanic", "3", "champion", "/predict", position, 0.5, "1", "{}", "{}")
+def row(request_id: str, records: int = 1) -> Row:
+    inputs, outputs = [{"age": i} for i in range(records)], [{"value": i} for i in range(records)]
+    head = (1.0, request_id, "titanic", "3", "champion", "/predict", records)
+    return (*head, dumps(list(range(records))), dumps(inputs), dumps(outputs))
 
 
 def stored(path: Path) -> list[dict[str, Any]]:
@@ -56,16 +61,15 @@ def test_requests_answered_in_one_loop_turn_share_one_commit(tmp_path: Path) -> 
     log = PredictionLog(sink, lambda rows, seconds, error: flushes.append((rows, error)))
 
     async def traffic() -> None:
-        await asyncio.gather(*(log.append([row(f"r{i}", 0), row(f"r{i}", 1)]) for i in range(50)))
+        await asyncio.gather(*(log.append([row(f"r{i}", records=2)]) for i in range(50)))
         await log.append([row("late")])
 
     asyncio.run(traffic())
-    assert sink.commits == [100, 1]
-    assert flushes == [(100, None), (1, None)]
+    assert sink.commits == [50, 1]  # rows: one per request
+    assert flushes == [(100, None), (1, None)]  # predictions
     rows = stored(tmp_path / "log.sqlite")
-    assert len(rows) == 101 and {r["request_id"] for r in rows} == {f"r{i}" for i in range(50)} | {
-        "late"
-    }
+    assert len(rows) == 51
+    assert {r["request_id"] for r in rows} == {f"r{i}" for i in range(50)} | {"late"}
     assert set(rows[0]) == {"id", *COLUMNS}
 
 
@@ -126,7 +130,7 @@ class Record(BaseModel):
     image: bytes = b""
 
 
-def test_record_rows_pair_each_valid_record_with_its_prediction() -> None:
+def test_a_record_row_pairs_each_valid_record_with_its_prediction() -> None:
     answer = {
         "request_id": "abc",
         "model": "titanic",
@@ -139,13 +143,15 @@ def test_record_rows_pair_each_valid_record_with_its_prediction() -> None:
         ],
     }
     records = [Record(age=30, sex="female", image=b"\x00\xff"), Record(age=None, sex="male")]
-    rows = record_rows(answer, records, "/predict", 10.0)
-    assert [r[6] for r in rows] == [0, 2]  # positions in the request: the error has none
-    assert rows[0][:6] == (10.0, "abc", "titanic", "3", "champion", "/predict")
-    assert rows[0][7:9] == (0.9, "1")
+    row = record_row(answer, records, "/predict", 10.0)
+    assert row[:7] == (10.0, "abc", "titanic", "3", "champion", "/predict", 2)
+    assert orjson.loads(row[7]) == [0, 2]  # positions in the request: the error has none
     pixels = base64.b64encode(b"\x00\xff").decode()
-    assert '"age":30.0' in rows[0][9] and f'"image":"{pixels}"' in rows[0][9]
-    assert '"age":null' in rows[1][9]
+    assert orjson.loads(row[8]) == [
+        {"age": 30.0, "sex": "female", "image": pixels},
+        {"age": None, "sex": "male", "image": ""},
+    ]
+    assert orjson.loads(row[9]) == [answer["predictions"][0], answer["predictions"][2]]
 
 
 def test_score_and_label_of_every_prediction_shape() -> None:
@@ -154,13 +160,26 @@ def test_score_and_label_of_every_prediction_shape() -> None:
     assert score_label({"label": "Bag", "probabilities": {"Bag": 0.8, "Coat": 0.2}}) == (0.8, "Bag")
 
 
-def test_tensor_rows_split_the_batch_per_record() -> None:
+def test_a_tensor_row_splits_the_batch_into_records() -> None:
     feeds = {
         "age": np.array([[30.0], [40.0]], np.float32),
         "sex": np.array([["male"], ["female"]], object),
         "image": np.zeros((2, 2, 2), np.uint8),
     }
     head = (1.0, "id", "m", "1", "champion", "/v2/infer")
-    rows = tensor_rows(head, feeds, [{"value": 1.0}, {"value": 2.0}])
-    assert [r[6] for r in rows] == [0, 1] and rows[1][7] == 2.0
-    assert '"sex":"female"' in rows[1][9] and '"image":"AAAAAA=="' in rows[1][9]
+    row = tensor_row(head, feeds, [{"value": 1.0}, {"value": 2.0}])
+    assert row[6] == 2 and orjson.loads(row[7]) == [0, 1]
+    assert orjson.loads(row[8])[1] == {"age": 40.0, "sex": "female", "image": "AAAAAA=="}
+
+
+def test_the_window_is_the_latest_records_oldest_first(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite"
+    sink = SQLiteSink(path)
+    shadow = (*row("s", 1)[:5], "shadow", *row("s", 1)[6:])
+    other = (*row("o", 1)[:2], "churn", *row("o", 1)[3:])
+    sink.write([row("a", records=3), shadow, other, row("b", records=2)])
+    found = read_window(f"sqlite:///{path}", "titanic", 4, since=0)
+    # b's two records, then the last two of a: shadow rows and other models are not traffic
+    assert [(i["age"], o["value"]) for _, _, i, o in found] == [(1, 1), (2, 2), (0, 0), (1, 1)]
+    assert read_window(f"sqlite:///{path}", "titanic", 10, since=2.0) == []
+    assert read_window(f"sqlite:///{tmp_path / 'none.sqlite'}", "titanic", 10, since=0) == []

@@ -1,0 +1,300 @@
+"""Every Grafana panel returns data from a real Prometheus scraping the real local stack.
+
+The stack (a service per model, each with a shadow challenger, and PyTriton) and Prometheus
+(infra/prometheus/prometheus.yml with the targets moved to the test ports, 1 s scrapes, the
+real rule files) run on free ports. Traffic of every kind the dashboards show is sent; then
+every target of every dashboard is queried for every value its `model` variable offers.
+"""
+
+import random
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import yaml
+
+from pipelines.paths import ROOT
+from services.examples import as_entities, as_records
+from tests.conftest import CATALOG, KEYS
+from tests.serving.conftest import Registry, free_port, held_out, inherited_environment
+from tests.unit.test_grafana import load_panels
+
+pytestmark = pytest.mark.slow
+
+PROMETHEUS = ROOT / "infra" / "prometheus"
+FEAST_KEYS = sorted(k for k in KEYS if CATALOG[k].features is not None)
+TRITON_KEYS = sorted(k for k in KEYS if CATALOG[k].triton is not None)
+# What a dashboard's `model` variable must offer once every model has had traffic
+OFFERED = {
+    "mlops-service-overview": KEYS,
+    "mlops-model": KEYS,
+    "mlops-feature-store": FEAST_KEYS,
+    "mlops-triton": TRITON_KEYS,
+}
+RULES_TIMEOUT_S = 120
+
+panels = load_panels()
+
+
+class Ports:
+    """The test stack's ports, and where each target of the Prometheus config moves to."""
+
+    def __init__(self) -> None:
+        self.base = random.randint(20_000, 40_000)  # beside a stack a developer may run
+        self.triton = self.base + 100  # HTTP, gRPC, metrics
+        self.drift = self.base + 200  # the stack's Prometheus and Alertmanager: +201, +202
+
+    def service(self, key: str) -> str:
+        return f"http://127.0.0.1:{self.base + list(CATALOG).index(key)}"
+
+    def target(self, job: str, labels: dict[str, str]) -> str | None:
+        if job == "model-services":
+            return self.service(labels["service"]).removeprefix("http://")
+        if job == "triton":
+            return f"127.0.0.1:{self.triton + 2}"
+        if job == "drift":
+            return f"127.0.0.1:{self.drift}"
+        raise AssertionError(f"which test port does job {job!r} of prometheus.yml scrape?")
+
+
+def prometheus_config(ports: Ports) -> dict[str, Any]:
+    """prometheus.yml as the test runs it: test ports, 1 s scrapes, absolute rule paths."""
+    config: dict[str, Any] = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
+    config["global"] |= {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config["rule_files"] = [str(p) for p in sorted((PROMETHEUS / "rules").glob("*.yml"))]
+    config.pop("alerting", None)  # no Alertmanager here: alerts still show in ALERTS
+    for job in config["scrape_configs"]:
+        job.pop("scrape_interval", None)
+        groups = []
+        for group in job["static_configs"]:
+            assert len(group["targets"]) == 1, "one target per labelled group"
+            target = ports.target(job["job_name"], group.get("labels", {}))
+            groups += [group | {"targets": [target]}] if target else []
+        job["static_configs"] = groups
+    jobs = [job for job in config["scrape_configs"] if job["static_configs"]]
+    config["scrape_configs"] = jobs
+    return config
+
+
+@pytest.fixture(scope="module")
+def registry(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Registry:
+    """Every model as v1 @champion and v2 @challenger (same artifact), for shadow mode."""
+    store = Registry(tmp_path_factory.mktemp("registry"), trained)
+    for key in KEYS:
+        store.register(key)
+        store.copy_version(key, "challenger")
+    return store
+
+
+def stack(command: str, env: dict[str, str], root: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "services.stack", command, "--root", str(root)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def ports(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ports]:
+    """The local stack, up on test ports; every model scores its challenger in shadow."""
+    folder, ports = tmp_path_factory.mktemp("stack"), Ports()
+    env = inherited_environment() | {
+        "MLFLOW_TRACKING_URI": registry.uri,
+        "SERVE_CACHE_DIR": str(folder / "cache"),
+        "SERVE_CHALLENGER_MODE": "shadow",
+        "SERVE_PREDICTION_LOG": f"sqlite:///{folder / 'predictions.sqlite'}",
+        "STACK_RUN_DIR": str(folder / "run"),
+        "STACK_BASE_PORT": str(ports.base),
+        "STACK_TRITON_PORT": str(ports.triton),
+        "STACK_DRIFT_PORT": str(ports.drift),
+        "STACK_PROMETHEUS_PORT": str(ports.drift + 1),
+        "STACK_ALERTMANAGER_PORT": str(ports.drift + 2),
+        "DRIFT_MIN_ROWS": "10",  # a few rounds of test traffic make a window
+    }
+    try:
+        stack("up", env, registry.trained)
+        yield ports
+    finally:
+        stack("down", env, registry.trained)
+
+
+@pytest.fixture(scope="module")
+def prometheus(ports: Ports, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Debian's prometheus on a free port, scraping the test stack."""
+    binary = shutil.which("prometheus")
+    if binary is None:
+        pytest.fail("prometheus is missing: `make setup` installs Debian's prometheus package")
+    folder, port = tmp_path_factory.mktemp("prometheus"), free_port()
+    (folder / "prometheus.yml").write_text(yaml.safe_dump(prometheus_config(ports)))
+    log = (folder / "prometheus.log").open("wb")
+    process = subprocess.Popen(
+        [binary, f"--config.file={folder / 'prometheus.yml'}", f"--storage.tsdb.path={folder}/data",
+         f"--web.listen-address=127.0.0.1:{port}"],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: ready(url), 60, lambda: (folder / "prometheus.log").read_text())
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+        log.close()
+
+
+def ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/-/ready", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def wait_for(condition: Any, timeout: float, why: Any) -> float:
+    """Seconds until condition() held; AssertionError with why() after `timeout`."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"not after {timeout}s: {why()}")
+        time.sleep(1)
+    return time.monotonic() - start
+
+
+def post(url: str, body: Any, status: int) -> None:
+    response = httpx.post(f"{url}/predict", json=body, timeout=60)
+    assert response.status_code == status, response.text[:500]
+
+
+def send_traffic(key: str, url: str, trained: Path) -> None:
+    """Records, a record refused by validation (200 for the rest), a 400; entity keys."""
+    spec, frame = CATALOG[key], held_out(trained, key, rows=8)
+    records = as_records(frame, spec)
+    wrong = records[0] | {next(iter(spec.fields)): {"not": "a value"}}
+    post(url, {"records": records}, 200)
+    post(url, {"records": records[:1]}, 200)
+    post(url, {"records": [records[1], wrong]}, 200)
+    post(url, {"records": [wrong]}, 400)
+    if spec.features is not None:  # known entities (found or stale), then an unknown one
+        body = as_entities(frame, spec)
+        post(url, body, 200)
+        rows = body.get("entities") or body[f"{spec.features.entity}s"]
+        if isinstance(rows[0], dict):
+            rows[0] = rows[0] | {spec.features.entity: "nobody-1"}
+        else:
+            rows[0] = "nobody-1"
+        post(url, body, 200)
+
+
+def send_triton(key: str, ports: Ports, trained: Path) -> None:
+    """Batches of 1 and 4 images over OIP v2 to PyTriton."""
+    import tritonclient.http as http
+
+    spec = CATALOG[key]
+    images = [r["image"] for r in as_records(held_out(trained, key, rows=4), spec)]
+    client = http.InferenceServerClient(f"127.0.0.1:{ports.triton}")
+    for batch in (images[:1], images):
+        pixels = np.array(batch, dtype=np.uint8)
+        tensor = http.InferInput("image", list(pixels.shape), "UINT8")
+        tensor.set_data_from_numpy(pixels)
+        assert client.infer(key, [tensor]).as_numpy("label").size == len(batch)
+
+
+def models_with(url: str, expr: str) -> set[str]:
+    return {s["metric"].get("model", "") for s in panels.api(url, "query", query=expr)["result"]}
+
+
+def expected_empty(result: Any, values: dict[str, str]) -> bool:
+    """Empty by design: the predicted labels of a regression."""
+    task = CATALOG[values["model"]].task if values.get("model") in CATALOG else ""
+    return result.target.panel == "Predicted label shares" and task == "regression"
+
+
+def rules_have_data(url: str) -> bool:
+    """The recording rules (15 s groups) have seen two scrapes of every model's traffic."""
+    return (
+        models_with(url, "model_version:serving_requests:rate5m") >= set(KEYS)
+        and models_with(url, "model_outcome:serving_feature_lookups:rate5m") >= set(FEAST_KEYS)
+        and models_with(url, "model:drift_run_duration_seconds:p95_1h") >= set(KEYS)
+    )
+
+
+Checked = tuple[dict[str, str], Any]  # (variable values, panels.Result)
+
+
+def check_every_board(url: str) -> tuple[int, list[Checked], list[Checked]]:
+    """(targets queried, problems, empty by design) for every dashboard and $model value."""
+    checked = 0
+    problems: list[Checked] = []
+    empty: list[Checked] = []
+    for board in panels.dashboards():
+        offered = panels.variable_values(url, board)
+        assert offered.get("model") == OFFERED[board["uid"]], board["uid"]
+        for values in panels.assignments(offered, {}):
+            for result in panels.run(url, values, [board]):
+                checked += 1
+                if not result.ok:
+                    (empty if expected_empty(result, values) else problems).append((values, result))
+    return checked, problems, empty
+
+
+@pytest.fixture(scope="module")
+def traffic(prometheus: str, ports: Ports, registry: Registry) -> dict[str, float]:
+    """Every kind of request, until the recording rules have it: the seconds each step took."""
+    start = time.monotonic()
+    for _ in range(3):  # a few rounds, so that rates see the counters move
+        for key in KEYS:
+            send_traffic(key, ports.service(key), registry.trained)
+        for key in TRITON_KEYS:
+            send_triton(key, ports, registry.trained)
+        time.sleep(2)
+    for key in KEYS:  # a drift run per model on what was logged (the schedule's is 300 s)
+        response = httpx.post(f"http://127.0.0.1:{ports.drift}/models/{key}/run", timeout=120)
+        assert response.status_code == 200, response.text[:500]
+    sent = time.monotonic() - start
+    recorded = wait_for(
+        lambda: rules_have_data(prometheus),
+        RULES_TIMEOUT_S,
+        lambda: models_with(prometheus, "model_version:serving_requests:rate5m"),
+    )
+    return {"traffic": sent, "rules": recorded}
+
+
+def test_every_panel_returns_data(prometheus: str, traffic: dict[str, float]) -> None:
+    start = time.monotonic()
+    checked, problems, empty = check_every_board(prometheus)
+    print(
+        f"\n{checked} panel queries checked in {time.monotonic() - start:.1f} s "
+        f"(traffic {traffic['traffic']:.1f} s, recording rules after {traffic['rules']:.1f} s); "
+        f"{len(empty)} empty by design: {sorted({r.target.panel for _, r in empty})}"
+    )
+    assert not problems, "\n".join(
+        f"{r.target.dashboard} / {r.target.panel} / {r.target.ref_id} {v}: {panels.describe(r)}"
+        f"\n    {r.query}"
+        for v, r in problems
+    )
+
+
+def test_the_command_line_prints_a_table(prometheus: str, traffic: dict[str, float]) -> None:
+    """`python infra/grafana/panels.py`: a line per target; exit 1 when one has no data."""
+    uid, script = "mlops-service-overview", "infra/grafana/panels.py"
+    base = [sys.executable, script, "--prometheus", prometheus, "--dashboard", uid]
+    command = [*base, "--var", "model=titanic"]
+    run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    board = [b for b in panels.dashboards() if b["uid"] == uid]
+    assert run.stdout.count(" ok   ") == len(list(panels.targets(board)))
+    assert run.stdout.endswith("\n0 problem(s)\n")
+    # A rate window too short to hold two scrapes: no series, so those targets fail
+    short = [*command, "--var", "__rate_interval=1ms"]
+    run = subprocess.run(short, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1 and " FAIL no series" in run.stdout
+    # A value the dashboard's variable does not offer: skipped, as Grafana would not show it
+    other = [*base, "--var", "model=nobody"]
+    run = subprocess.run(other, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and f"{uid} " in run.stdout and "skipped" in run.stdout
