@@ -21,6 +21,7 @@ import asyncio
 import base64
 import concurrent.futures
 import contextlib
+import json
 import logging
 import sqlite3
 import threading
@@ -106,6 +107,9 @@ class SQLiteSink:
         self.insert = f"INSERT INTO predictions ({', '.join(COLUMNS)}) VALUES ({marks})"
 
     def write(self, rows: list[Row]) -> None:
+        if len(rows) == 1:  # one statement is its own transaction: two calls fewer
+            self.db.execute(self.insert, rows[0])
+            return
         self.db.execute("BEGIN IMMEDIATE")
         try:
             self.db.executemany(self.insert, rows)
@@ -173,7 +177,17 @@ def _bytes(value: Any) -> str:
 
 
 def dumps(value: Any) -> str:
-    return orjson.dumps(value, default=_bytes, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    try:
+        return orjson.dumps(value, default=_bytes, option=orjson.OPT_SERIALIZE_NUMPY).decode()
+    except TypeError:  # a lone surrogate ("\\udbf3" is valid JSON): escaped, as it came in
+        return json.dumps(value, default=_bytes)
+
+
+def loads(text: str) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:  # what dumps escaped for orjson (lone surrogates)
+        return json.loads(text)
 
 
 def score_label(prediction: dict[str, Any]) -> tuple[float | None, str | None]:
@@ -355,7 +369,7 @@ def read_window(
                 return []
     out: list[tuple[float, str, dict[str, Any], dict[str, Any]]] = []
     for ts, version, inputs, outputs in found:  # newest first
-        pairs = list(zip(orjson.loads(inputs), orjson.loads(outputs), strict=True))
+        pairs = list(zip(loads(inputs), loads(outputs), strict=True))
         out += [(ts, version, i, o) for i, o in reversed(pairs)]
         if len(out) >= records:
             break

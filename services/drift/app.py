@@ -200,6 +200,8 @@ def add_routes(app: FastAPI, drift: Drift) -> None:
             raise HTTPException(422, str(exc)) from exc
         except detect.NoReference as exc:
             raise HTTPException(503, str(exc)) from exc
+        except Exception as exc:  # ours, not the caller's: said plainly (and logged)
+            raise HTTPException(500, f"drift run failed: {drift.problems[model]}") from exc
         return result.as_dict()
 
     @app.get("/models/{model}/report", response_class=HTMLResponse)

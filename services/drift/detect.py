@@ -46,6 +46,7 @@ class DriftResult:
     dataset_drifted: bool
     features: dict[str, dict[str, Any]]  # per feature: score, method, threshold, drifted
     prediction: dict[str, dict[str, Any]]  # the same for the model's outputs
+    skipped: dict[str, str] = field(default_factory=dict)  # columns without a value: why
     ran_at: float = field(default_factory=time.time)
     seconds: float = 0.0
     report: str = ""  # the HTML report's file
@@ -116,6 +117,20 @@ def _dataset(frame: pd.DataFrame, columns: reference.Columns) -> Any:
     return Dataset.from_pandas(frame, data_definition=definition)
 
 
+def _usable(
+    columns: reference.Columns, current: pd.DataFrame, ref: pd.DataFrame
+) -> tuple[reference.Columns, dict[str, str]]:
+    """The columns with values on both sides; a column with none (a rarely filled field in a
+    small window) has no distribution to compare, and Evidently refuses it."""
+    skipped = {}
+    for name in columns.numerical + columns.categorical:
+        for side, frame in (("window", current), ("reference", ref)):
+            if not frame[name].notna().any():
+                skipped[name] = f"no values in the {side}"
+    keep = [c for c in columns.numerical if c not in skipped]
+    return reference.Columns(keep, [c for c in columns.categorical if c not in skipped]), skipped
+
+
 def run(
     spec: ModelSpec, settings: DriftSettings, tracking_uri: str, report_dir: Path
 ) -> DriftResult:
@@ -126,7 +141,7 @@ def run(
     started = time.perf_counter()
     current = window(spec, settings, time.time())
     version, ref = champion_reference(tracking_uri, spec.key)
-    columns = reference.columns(spec)
+    columns, skipped = _usable(reference.columns(spec), current, ref)
     names = columns.numerical + columns.categorical
     preset = DataDriftPreset(
         columns=names,
@@ -150,7 +165,7 @@ def run(
                 "threshold": float(config["threshold"]),
                 "drifted": float(metric["value"]) >= float(config["threshold"]),
             }
-    features = {name: scores[name] for name in columns.features}
+    features = {name: scores[name] for name in columns.features if name in scores}
     share = sum(f["drifted"] for f in features.values()) / max(1, len(features))
     report_dir.mkdir(parents=True, exist_ok=True)
     report = report_dir / f"{spec.key}.html"
@@ -168,4 +183,5 @@ def run(
         prediction={name: scores[name] for name in reference.PREDICTIONS if name in scores},
         seconds=time.perf_counter() - started,
         report=str(report),
+        skipped=skipped,
     )

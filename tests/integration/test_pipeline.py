@@ -49,7 +49,8 @@ def test_registered_model_has_signature_example_and_card(project: Project, key: 
 
     client = project.client()
     version = client.get_model_version_by_alias(key, "champion")
-    mlflow.set_tracking_uri(project.tracking_uri)
+    mlflow.set_tracking_uri(project.tracking_uri)  # MLflow 3 resolves models:/ through both
+    mlflow.set_registry_uri(project.tracking_uri)
     info = mlflow.models.get_model_info(f"models:/{key}@champion")
     fields = list(project.params()["models"][key]["fields"])
     assert [spec.name for spec in info.signature.inputs.inputs] == fields

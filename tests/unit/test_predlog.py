@@ -18,6 +18,7 @@ from services.predlog import (
     Row,
     SQLiteSink,
     dumps,
+    loads,
     open_sink,
     read_window,
     record_row,
@@ -183,3 +184,10 @@ def test_the_window_is_the_latest_records_oldest_first(tmp_path: Path) -> None:
     assert [(i["age"], o["value"]) for _, _, i, o in found] == [(1, 1), (2, 2), (0, 0), (1, 1)]
     assert read_window(f"sqlite:///{path}", "titanic", 10, since=2.0) == []
     assert read_window(f"sqlite:///{tmp_path / 'none.sqlite'}", "titanic", 10, since=0) == []
+
+
+def test_strings_orjson_refuses_are_logged_as_they_came() -> None:
+    """A lone surrogate is valid JSON and a valid str: the log must not turn it into a 500."""
+    text = dumps([{"Street": "\udbf3x", "image": b"\x01"}])
+    assert text == '[{"Street": "\\udbf3x", "image": "AQ=="}]'
+    assert loads(text) == [{"Street": "\udbf3x", "image": "AQ=="}]  # the drift window reads it

@@ -1,4 +1,7 @@
-"""`make drift-demo` on the reduced-params workspace: traffic -> alert -> webhook -> gate."""
+"""`make drift-demo` on the reduced-params workspace: traffic -> alert -> webhook -> gate.
+
+It registers a new titanic version in the shared workspace, so it runs after the tests that
+check the workspace's first registrations (pytest takes the modules in name order)."""
 
 import subprocess
 import sys
