@@ -216,11 +216,14 @@ def expected_empty(result: Any, values: dict[str, str]) -> bool:
 
 
 def rules_have_data(url: str) -> bool:
-    """The recording rules (15 s groups) have seen two scrapes of every model's traffic."""
+    """The recording rules (15 s groups) have seen two scrapes of every model's traffic, and
+    Prometheus has scraped each model's drift run."""
     return (
         models_with(url, "model_version:serving_requests:rate5m") >= set(KEYS)
         and models_with(url, "model_outcome:serving_feature_lookups:rate5m") >= set(FEAST_KEYS)
-        and models_with(url, "model:drift_run_duration_seconds:p95_1h") >= set(KEYS)
+        # a drift run per model scraped (NaN, before a run, is not >= 0), and its gauges too
+        and models_with(url, "model:drift_run_duration_seconds:p95_1h >= 0") >= set(KEYS)
+        and models_with(url, "drift_share_drifted_features") >= set(KEYS)
     )
 
 
