@@ -17,6 +17,7 @@ from pipelines.paths import ROOT
 
 INFRA = ROOT / "infra"
 MODEL_BASE_PORT, DRIFT_PORT, ALERTMANAGER_PORT = 8101, 8200, 9093
+TRITON_METRICS_PORT = 8002
 
 
 def model_port(key: str) -> int:

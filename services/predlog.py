@@ -49,6 +49,7 @@ COLUMNS = (
     "inputs",
     "outputs",
 )
+DEFAULT_URL = "sqlite:///run/predictions.sqlite"  # the services' and the drift service's
 BUSY_TIMEOUT_MS = 5000  # several workers (or services) share one SQLite file: wait, not fail
 
 

@@ -7,6 +7,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipelines.paths import ROOT
+from services import predlog
 
 
 class ServeSettings(BaseSettings):
@@ -38,7 +39,7 @@ class ServeSettings(BaseSettings):
     registry_timeout_s: float = Field(default=5.0, gt=0)  # an unreachable registry fails this fast
     # Every answered prediction is committed here before its response is sent (services.predlog):
     # sqlite:///<path> (relative to the project root), postgresql://..., or off
-    prediction_log: str = "sqlite:///run/predictions.sqlite"
+    prediction_log: str = predlog.DEFAULT_URL
     # Feast-backed models: the project root whose feature_repo/ (and the online store it
     # names) entity-keyed requests read; FEAST_FS_YAML_FILE_PATH picks the production store
     feature_root: Path = ROOT

@@ -63,11 +63,11 @@ def rows_in(url: str) -> int:
 
 
 @contextlib.contextmanager
-def postgres_database() -> Any:
-    """A database of the bench's own, dropped afterwards."""
+def postgres_database(prefix: str = "predlog_bench") -> Any:
+    """A database of its own on the machine's PostgreSQL, dropped afterwards."""
     import psycopg
 
-    name = f"predlog_bench_{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(f"{PG_SERVER}/postgres", autocommit=True) as admin:
         admin.execute(f"CREATE DATABASE {name}")
     try:

@@ -141,7 +141,8 @@ def demo(spec: ModelSpec, workspace: Path, folder: Path) -> int:
         t0, deadline = time.monotonic(), time.monotonic() + TIMEOUT_S
         say(f"1. calm: {WINDOW} records like the training data -> {model}", t0)
         send(urls["model"], traffic(spec, workspace, seed=1, shifted=False))
-        calm = wait_for("a calm verdict", lambda: _verdict(urls["drift"], model, t0), deadline)
+        sent = time.time()
+        calm = wait_for("a calm verdict", lambda: _verdict(urls["drift"], model, sent), deadline)
         say(
             f"   drift service: {_describe(calm)}; alert {alert_state(urls['prometheus'], model)}",
             t0,
@@ -154,7 +155,7 @@ def demo(spec: ModelSpec, workspace: Path, folder: Path) -> int:
             if (now := alert_state(urls["prometheus"], model)) != state:
                 state = now
                 say(f"   Prometheus: {ALERT}{{model={model}}} is {state}", t0)
-            if (last := _verdict(urls["drift"], model, 0)) and last["dataset_drifted"]:
+            if (last := _verdict(urls["drift"], model)) and last["dataset_drifted"]:
                 say(f"   drift service: {_describe(last)}", t0)
             time.sleep(1)
         say("3. Alertmanager -> webhook -> drift service: retraining", t0)
@@ -168,11 +169,11 @@ def demo(spec: ModelSpec, workspace: Path, folder: Path) -> int:
         return 0 if job["state"] in ("promoted", "challenger") else 1
 
 
-def _verdict(drift: str, model: str, since: float) -> dict[str, Any] | None:
+def _verdict(drift: str, model: str, since: float = 0.0) -> dict[str, Any] | None:
+    """The model's last drift result, if it ran at or after `since` (unix time)."""
     response = httpx.get(f"{drift}/models/{model}")
     found = response.json() if response.status_code == 200 else None
-    wall_since = time.time() - (time.monotonic() - since) if since else 0
-    return found if found and found["ran_at"] >= wall_since else None
+    return found if found and found["ran_at"] >= since else None
 
 
 def _describe(result: dict[str, Any]) -> str:

@@ -3,7 +3,6 @@
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -13,14 +12,10 @@ from pathlib import Path
 import httpx
 
 from pipelines.paths import ROOT
+from services.bench.servers import free_port
 
 READY_S = 180
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+__all__ = ["Process", "free_port", "started"]
 
 
 @dataclass

@@ -7,6 +7,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipelines.paths import ROOT
+from services import predlog
 
 Distance = Literal["wasserstein", "jensenshannon", "psi", "kl_div", "hellinger", "ed"]
 PORT = 8200  # Prometheus scrapes it and Alertmanager's webhooks reach it here
@@ -22,7 +23,7 @@ class DriftSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = PORT
     # The model services' log (the same URL as their SERVE_PREDICTION_LOG)
-    prediction_log: str = "sqlite:///run/predictions.sqlite"
+    prediction_log: str = predlog.DEFAULT_URL
     # Catalog keys to watch; empty: every model of the catalog
     models: list[str] = []
     # The window: the latest `window_rows` predictions of the last `window_s` seconds

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from pipelines.paths import ROOT
+from services import monitoring
 from services.examples import as_entities, as_records
 from tests.conftest import CATALOG, KEYS
 from tests.serving.conftest import Registry, free_port, held_out, inherited_environment
@@ -54,32 +55,17 @@ class Ports:
     def service(self, key: str) -> str:
         return f"http://127.0.0.1:{self.base + list(CATALOG).index(key)}"
 
-    def target(self, job: str, labels: dict[str, str]) -> str | None:
-        if job == "model-services":
-            return self.service(labels["service"]).removeprefix("http://")
-        if job == "triton":
-            return f"127.0.0.1:{self.triton + 2}"
-        if job == "drift":
-            return f"127.0.0.1:{self.drift}"
-        raise AssertionError(f"which test port does job {job!r} of prometheus.yml scrape?")
+    def mapped(self) -> dict[int, int]:
+        """infra/prometheus's default ports -> this stack's (services.monitoring moves them)."""
+        models = {monitoring.model_port(k): self.base + i for i, k in enumerate(CATALOG)}
+        triton = {monitoring.TRITON_METRICS_PORT: self.triton + 2}
+        return models | triton | {monitoring.DRIFT_PORT: self.drift}
 
 
 def prometheus_config(ports: Ports) -> dict[str, Any]:
-    """prometheus.yml as the test runs it: test ports, 1 s scrapes, absolute rule paths."""
-    config: dict[str, Any] = yaml.safe_load((PROMETHEUS / "prometheus.yml").read_text())
-    config["global"] |= {"scrape_interval": "1s", "evaluation_interval": "1s"}
-    config["rule_files"] = [str(p) for p in sorted((PROMETHEUS / "rules").glob("*.yml"))]
+    """prometheus.yml as the test runs it: test ports, 1 s scrapes, the real rules."""
+    config = monitoring.prometheus_config(ports.mapped(), PROMETHEUS / "rules", fast=True)
     config.pop("alerting", None)  # no Alertmanager here: alerts still show in ALERTS
-    for job in config["scrape_configs"]:
-        job.pop("scrape_interval", None)
-        groups = []
-        for group in job["static_configs"]:
-            assert len(group["targets"]) == 1, "one target per labelled group"
-            target = ports.target(job["job_name"], group.get("labels", {}))
-            groups += [group | {"targets": [target]}] if target else []
-        job["static_configs"] = groups
-    jobs = [job for job in config["scrape_configs"] if job["static_configs"]]
-    config["scrape_configs"] = jobs
     return config
 
 

@@ -1,27 +1,21 @@
 """The production prediction log: the same group commits into the machine's PostgreSQL."""
 
 import asyncio
-import uuid
 from collections.abc import Iterator
 
 import psycopg
 import pytest
 
+from services.bench.predlog import postgres_database
 from services.predlog import PostgresSink, PredictionLog, PredictionLogUnavailable, Row, open_sink
 
 pytestmark = pytest.mark.postgres
-SERVER = "postgresql://postgres@127.0.0.1:5432"
 
 
 @pytest.fixture
 def database() -> Iterator[str]:
-    """A database of its own, dropped afterwards."""
-    name = f"predlog_test_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as admin:
-        admin.execute(f"CREATE DATABASE {name}")
-    yield f"{SERVER}/{name}"
-    with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    with postgres_database("predlog_test") as url:
+        yield url
 
 
 def row(request_id: str) -> Row:
