@@ -7,7 +7,7 @@ UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 RUN = $(UV) run --frozen
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: help all setup system-packages venv repro registry serve stop status metrics plots test test-fast bench serve-triton drift-demo lint clean
+.PHONY: help all setup system-packages venv repro registry serve stop status metrics plots test test-fast bench serve-triton drift-demo load manifests validate-deploy lint clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -16,7 +16,7 @@ all: setup repro registry serve ## Everything from a fresh clone: install, train
 
 setup: system-packages venv ## Install system packages and the locked Python environment
 
-system-packages: ## Debian packages: the CNN's data, prometheus and alertmanager (promtool and amtool check their configs; needs root)
+system-packages: ## Debian packages: the CNN's data, prometheus and alertmanager (promtool, amtool), nginx (the proxy), docker-compose (its config check); needs root
 	@if [ ! -d $(FASHION_MNIST) ]; then \
 		echo "installing dataset-fashion-mnist"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
@@ -29,6 +29,12 @@ system-packages: ## Debian packages: the CNN's data, prometheus and alertmanager
 		echo "installing prometheus-alertmanager"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus-alertmanager; \
 	fi
+	@if ! PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null || ! command -v docker-compose >/dev/null; then \
+		echo "installing nginx-light and docker-compose"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light docker-compose; \
+	fi
+	@command -v kustomize >/dev/null || command -v kubectl >/dev/null || \
+		echo "warning: neither kubectl nor kustomize is installed: the k8s/ checks need one (k8s/README.md)"
 
 venv: ## The locked environment (.venv) from uv.lock
 	@command -v uv >/dev/null || python3 -m uv --version >/dev/null 2>&1 || python3 -m pip install -q "uv==$(UV_VERSION)"
@@ -76,6 +82,16 @@ bench: ## Serving benchmark (wrk): floor vs services vs BentoML vs mlflow models
 	$(RUN) python -m services.bench.features
 	$(RUN) python -m services.bench.predlog
 	$(RUN) python -m services.bench.drift
+
+load: ## Locust, headless, against the local stack (started if it is not up): SLO thresholds, reports in reports/load/
+	$(RUN) python -m services.stack up
+	$(RUN) python -m services.load
+
+manifests: ## Regenerate docker-compose.yml, the proxy config and k8s/ from params.yaml and infra/ (services/deploy.py)
+	$(RUN) python -m services.deploy
+
+validate-deploy: ## Check compose (Compose spec, docker-compose config), the Dockerfile (hadolint) and every k8s overlay (kustomize + kubernetes-validate)
+	$(RUN) pytest tests/unit/test_compose.py tests/unit/test_k8s.py
 
 lint: ## ruff and mypy
 	$(RUN) ruff check pipelines services tests

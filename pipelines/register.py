@@ -150,7 +150,9 @@ def register(spec: ModelSpec, root: Path) -> dict[str, Any]:
     graph, metrics, train, test = load_inputs(spec, root)
     client = registry.client()
     alias, reason = registry.gate(client, spec, metrics, test)
-    card = model_card.render(spec, metrics, train, test, f"Gate: **{alias}**: {reason}.")
+    meta = {p.key: p.value for p in graph.metadata_props}
+    segments = json.loads(meta["segments"]) if "segments" in meta else None
+    card = model_card.render(spec, metrics, train, test, f"Gate: **{alias}**: {reason}.", segments)
     tags = lineage(spec.key, root) | {"gate.alias": alias, "gate.reason": reason}
     if spec.features:  # the feature set the model was trained on (Feast's own tag names)
         tags |= {

@@ -7,7 +7,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from pipelines.catalog import ModelSpec
-from pipelines.export import onnx_predict
+from pipelines.export import onnx_embedding, onnx_predict
 from pipelines.log import get_logger
 from pipelines.metrics import floors_met, not_worse, score
 from pipelines.schema import encode_target
@@ -50,7 +50,11 @@ def champion_metric(
         session = ort.InferenceSession(
             graph.SerializeToString(), providers=["CPUExecutionProvider"]
         )
-        metrics = score(spec, encode_target(test, spec), onnx_predict(session, test, spec))
+        embedding = onnx_embedding(session, test, spec) if spec.task == "clustering" else None
+        predicted = onnx_predict(session, test, spec)
+        threshold = session.get_modelmeta().custom_metadata_map.get("threshold")
+        threshold_value = None if threshold is None else float(threshold)
+        metrics = score(spec, encode_target(test, spec), predicted, threshold_value, embedding)
         return metrics[spec.gate_metric], "re-scored on the same test split"
     except (
         KeyError,

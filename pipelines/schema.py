@@ -55,7 +55,7 @@ def _target_column(spec: ModelSpec) -> pa.Column:
     if spec.task == "regression":
         checks = [pa.Check.gt(0)] if target.transform == "log" else []
         return pa.Column(checks=checks, nullable=False)
-    if spec.task == "binary":
+    if spec.task in ("binary", "anomaly", "clustering"):
         return pa.Column(
             checks=[
                 pa.Check(lambda s: s.nunique() == 2, error="is not two-valued"),
@@ -66,7 +66,18 @@ def _target_column(spec: ModelSpec) -> pa.Column:
             ],
             nullable=False,
         )
-    return pa.Column(int, checks=[pa.Check.isin(range(len(spec.class_names)))], nullable=False)
+    # multiclass: the class names themselves (penguins' species) or their indices in label
+    # order (Fashion-MNIST's 0-9)
+    names = spec.class_names
+    return pa.Column(
+        checks=[
+            pa.Check(
+                lambda s: s.isin(names) | s.isin(range(len(names))),
+                error=f"is neither one of {names} nor its index",
+            )
+        ],
+        nullable=False,
+    )
 
 
 def raw_schema(spec: ModelSpec, source: bool = False) -> pa.DataFrameSchema:
@@ -133,11 +144,14 @@ def model_frame(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
 
 
 def encode_target(frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
-    """0/1 for binary, class index for multiclass, float for regression."""
+    """0/1 for binary, anomaly and clustering (its profiled value), class index for
+    multiclass, float for regression."""
     y = frame[spec.target.column]
-    if spec.task == "binary":
+    if spec.task in ("binary", "anomaly", "clustering"):
         return (y == spec.target.positive).to_numpy(dtype=np.int64)
     if spec.task == "multiclass":
+        if y.dtype == object or isinstance(y.dtype, pd.StringDtype):  # class names
+            return y.map({name: i for i, name in enumerate(spec.class_names)}).to_numpy(np.int64)
         return y.to_numpy(dtype=np.int64)
     return y.to_numpy(dtype=np.float64)
 

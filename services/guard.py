@@ -6,6 +6,7 @@ inference routes it refuses what is over the limits before any parsing (413 for 
 and status code, and logs one line with the request id.
 """
 
+import re
 import time
 import uuid
 from typing import Any
@@ -23,6 +24,21 @@ def route_of(path: str) -> str | None:
     if path.startswith("/v2/models/") and path.endswith("/infer"):
         return "/v2/infer"
     return None
+
+
+_PREFIX = re.compile(r"(/[A-Za-z0-9._-]+)+")
+
+
+def _behind_prefix(scope: Scope) -> Scope:
+    """The reverse proxy's X-Forwarded-Prefix (/models/<key>) as the ASGI root_path, so that
+    /docs points at <prefix>/openapi.json. Off the inference routes only; a malformed prefix
+    is ignored."""
+    for name, value in scope["headers"]:
+        if name == b"x-forwarded-prefix":
+            prefix = value.decode("latin-1")
+            if _PREFIX.fullmatch(prefix):
+                return {**scope, "root_path": scope.get("root_path", "") + prefix}
+    return scope
 
 
 def _request_id(scope: Scope) -> str:
@@ -102,7 +118,7 @@ class Guard:
 
         route = route_of(scope["path"])
         if route is None:
-            await self.app(scope, receive, send_with_id)
+            await self.app(_behind_prefix(scope), receive, send_with_id)
             return
         started = time.perf_counter()
         try:

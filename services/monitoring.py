@@ -7,6 +7,7 @@ out. `fast=True` (the drift demo only) shortens every wait: 1 s scrapes and eval
 5 s `for:`, 1 s group wait; the real values wait minutes on purpose.
 """
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,23 +31,34 @@ def _host_port(target: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def prometheus_config(ports: dict[int, int], rules: Path, fast: bool = False) -> dict[str, Any]:
-    """infra/prometheus/prometheus.yml with each default port mapped to `ports[port]`."""
-    config: dict[str, Any] = yaml.safe_load((INFRA / "prometheus" / "prometheus.yml").read_text())
+def _address(host: str, port: int, ports: Mapping[int, int | str]) -> str:
+    """`ports[port]`: a port on the same host, or a whole "host:port" (compose, k8s)."""
+    to = ports.get(port, port)
+    return to if isinstance(to, str) else f"{host}:{to}"
+
+
+def prometheus_config(
+    ports: Mapping[int, int | str], rules: Path, fast: bool = False, text: str | None = None
+) -> dict[str, Any]:
+    """infra/prometheus/prometheus.yml (or its `text` as about to be written) with each
+    default port mapped to `ports[port]` (a port, or a "host:port"); targets whose port
+    `ports` lacks are left out."""
+    source = text if text is not None else (INFRA / "prometheus" / "prometheus.yml").read_text()
+    config: dict[str, Any] = yaml.safe_load(source)
     config["rule_files"] = [str(rules / "*.yml")]
     if fast:
         config["global"] |= {"scrape_interval": "1s", "evaluation_interval": "1s"}
     for job in config["scrape_configs"]:
         for group in job["static_configs"]:
             group["targets"] = [
-                f"{host}:{ports[port]}"
+                _address(host, port, ports)
                 for host, port in map(_host_port, group["targets"])
                 if port in ports
             ]
         job["static_configs"] = [g for g in job["static_configs"] if g["targets"]]
     config["scrape_configs"] = [j for j in config["scrape_configs"] if j["static_configs"]]
     am = config["alerting"]["alertmanagers"][0]["static_configs"][0]
-    am["targets"] = [f"{h}:{ports.get(p, p)}" for h, p in map(_host_port, am["targets"])]
+    am["targets"] = [_address(h, p, ports) for h, p in map(_host_port, am["targets"])]
     return config
 
 
@@ -64,19 +76,19 @@ def rules(target: Path, fast: bool = False) -> Path:
     return target
 
 
-def alertmanager_config(drift_port: int, fast: bool = False) -> dict[str, Any]:
-    """infra/alertmanager/alertmanager.yml with its webhooks on the drift service's port."""
+def alertmanager_config(drift: int | str, fast: bool = False) -> dict[str, Any]:
+    """infra/alertmanager/alertmanager.yml with its webhooks on the drift service: a local
+    port, or a "host:port" (compose, k8s)."""
     text = (INFRA / "alertmanager" / "alertmanager.yml").read_text()
-    config: dict[str, Any] = yaml.safe_load(
-        text.replace(f"127.0.0.1:{DRIFT_PORT}", f"127.0.0.1:{drift_port}")
-    )
+    address = drift if isinstance(drift, str) else f"127.0.0.1:{drift}"
+    config: dict[str, Any] = yaml.safe_load(text.replace(f"127.0.0.1:{DRIFT_PORT}", address))
     if fast:
         config["route"]["group_wait"] = "1s"
     return config
 
 
 def write(
-    folder: Path, ports: dict[int, int], drift_port: int, fast: bool = False
+    folder: Path, ports: Mapping[int, int | str], drift_port: int, fast: bool = False
 ) -> tuple[Path, Path]:
     """(prometheus.yml, alertmanager.yml) in `folder`, with the rules beside them."""
     folder.mkdir(parents=True, exist_ok=True)

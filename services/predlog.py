@@ -192,11 +192,16 @@ def loads(text: str) -> Any:
 
 
 def score_label(prediction: dict[str, Any]) -> tuple[float | None, str | None]:
-    """What the distribution metrics keep: P(positive), P(top class) or the value; the label."""
+    """What the distribution metrics keep: P(positive), P(top class), the value or the
+    anomaly score; the label."""
     if "value" in prediction:
         return prediction["value"], None
     if "probability" in prediction:
         return prediction["probability"], prediction["label"]
+    if "distance" in prediction:  # segment
+        return prediction["distance"], prediction["label"]
+    if "score" in prediction:  # anomaly
+        return prediction["score"], prediction["label"]
     if "probabilities" in prediction:
         return max(prediction["probabilities"].values()), prediction["label"]
     return None, prediction.get("label")

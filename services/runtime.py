@@ -3,6 +3,7 @@
 import json
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,17 @@ class LoadedModel:
     def alias(self) -> str:
         return self.artifact.alias
 
+    @cached_property
+    def segments(self) -> list[dict[str, Any]]:
+        """A segmentation's profile of each segment, in label order (from the artifact)."""
+        return list(json.loads(self.session.get_modelmeta().custom_metadata_map["segments"]))
+
+    @cached_property
+    def threshold(self) -> float | None:
+        """The decision threshold the graph's label applies (tuned classifiers, detectors)."""
+        value = self.session.get_modelmeta().custom_metadata_map.get("threshold")
+        return None if value is None else float(value)
+
     @property
     def gate_metric(self) -> tuple[str, float]:
         name = self.spec.gate_metric
@@ -73,10 +85,30 @@ class LoadedModel:
         return dict(zip(names, self.session.run(names, feeds), strict=True))
 
     def format(self, result: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-        """Per record: label + probability (binary), label + probabilities, or value."""
+        """Per record: label + probability (binary), label + probabilities, value, label +
+        anomaly score + the threshold it was decided with, or segment + distance + profile."""
         if self.spec.task == "regression":
             return [{"value": v} for v in result["prediction"].reshape(-1).tolist()]
+        if self.spec.task == "clustering":  # the nearest segment, its distance and profile
+            segments = self.segments
+            return [
+                {"label": segments[int(lab)]["segment"], "distance": min(d),
+                 "profile": segments[int(lab)]}
+                for lab, d in zip(
+                    result["label"].reshape(-1).tolist(), result["distances"].tolist(), strict=True
+                )
+            ]  # fmt: skip
         classes = self.spec.class_names
+        if self.spec.task == "anomaly":
+            threshold = self.threshold
+            return [
+                {"label": classes[int(lab)], "score": s, "threshold": threshold}
+                for lab, s in zip(
+                    result["label"].reshape(-1).tolist(),
+                    result["score"].reshape(-1).tolist(),
+                    strict=True,
+                )
+            ]
         labels = result["label"].reshape(-1).tolist()
         probabilities = result["probabilities"].tolist()
         if self.spec.task == "binary":
@@ -114,6 +146,10 @@ def load(spec: ModelSpec, artifact: Artifact) -> LoadedModel:
         raise ArtifactRefused(
             f"refusing {spec.key} v{artifact.version}: it was trained on fields {trained}, "
             f"but the catalog entry now has {expected}; retrain or roll the catalog back"
+        )
+    if spec.task == "clustering" and "segments" not in meta:
+        raise ArtifactRefused(
+            f"refusing {spec.key} v{artifact.version}: a segmentation without segment profiles"
         )
     inputs = {i.name for i in session.get_inputs()}
     if inputs != set(spec.fields):

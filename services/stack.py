@@ -1,5 +1,7 @@
 """The local stack: every catalog model served as a process, PyTriton for Triton models, the
-drift service, and Prometheus and Alertmanager on infra/'s configs.
+drift service, the Feast feature server, Prometheus and Alertmanager on infra/'s configs, and
+the nginx proxy that routes /models/<key>/ to each model (compose's and k8s' proxy config,
+on local ports).
 
     python -m services.stack up       # start everything, wait until ready, list the ports
     python -m services.stack demo     # one example prediction per model
@@ -26,7 +28,7 @@ import httpx
 from pipelines import paths
 from pipelines.catalog import load_catalog
 from pipelines.paths import ROOT
-from services import monitoring
+from services import deploy, monitoring
 
 # Where the stack keeps pids and logs, and its ports: overridable so tests run a second stack
 RUN_DIR = Path(os.environ.get("STACK_RUN_DIR", ROOT / "run"))
@@ -39,8 +41,11 @@ PROMETHEUS_PORT = int(os.environ.get("STACK_PROMETHEUS_PORT", "9090"))
 ALERTMANAGER_PORT = int(
     os.environ.get("STACK_ALERTMANAGER_PORT", str(monitoring.ALERTMANAGER_PORT))
 )
+FEAST_PORT = int(os.environ.get("STACK_FEAST_PORT", str(deploy.FEAST_PORT)))
+PROXY_PORT = int(os.environ.get("STACK_PROXY_PORT", str(deploy.PROXY_PORT)))
 TRITON_PYTHON = ROOT / "services" / "triton" / ".venv" / "bin" / "python"
-READY_TIMEOUT_S = 300
+# every process imports its libraries at once: on 2 busy cores that can take minutes
+READY_TIMEOUT_S = float(os.environ.get("STACK_READY_TIMEOUT_S", "300"))
 
 
 def prediction_log() -> str:
@@ -78,6 +83,19 @@ def monitoring_processes(root: Path) -> list[dict[str, Any]]:
             "ready": "/readyz",
         }
     ]
+    processes.append(
+        {
+            "name": "feast",
+            "command": deploy.feast_command(
+                feast=str(Path(sys.executable).with_name("feast")),
+                repo=str(root / "feature_repo"),
+                host="127.0.0.1",
+                port=FEAST_PORT,
+            ),
+            "url": f"http://127.0.0.1:{FEAST_PORT}",
+            "ready": "/health",
+        }
+    )
     if prometheus := shutil.which("prometheus"):
         processes.append(
             {
@@ -108,6 +126,43 @@ def monitoring_processes(root: Path) -> list[dict[str, Any]]:
             }
         )
     return processes
+
+
+def proxy_config() -> Path:
+    """infra/proxy/nginx.conf's template on this stack's ports, with its temp files here."""
+    folder = RUN_DIR / "proxy"
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o1777)  # nginx's workers drop root to `nobody` and buffer bodies here
+    addresses = {key: f"127.0.0.1:{BASE_PORT + i}" for i, key in enumerate(load_catalog())}
+    config = deploy.nginx_conf(
+        addresses | {"drift": f"127.0.0.1:{DRIFT_PORT}"},
+        listen=f"127.0.0.1:{PROXY_PORT}",
+        temp=str(folder),
+        access_log=str(RUN_DIR / "logs" / "proxy-access.log"),
+        workers="1",
+    )
+    (folder / "nginx.conf").write_text(config)
+    return folder / "nginx.conf"
+
+
+def proxy_process() -> list[dict[str, Any]]:
+    if not (nginx := shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin")):
+        return []
+    folder = RUN_DIR / "proxy"
+    return [
+        {
+            "name": "proxy",
+            "command": [
+                nginx,
+                "-c", str(folder / "nginx.conf"),
+                "-p", str(folder),
+                "-e", str(RUN_DIR / "logs" / "proxy-error.log"),
+                "-g", "daemon off;",
+            ],
+            "url": f"http://127.0.0.1:{PROXY_PORT}",
+            "ready": "/healthz",
+        }
+    ]  # fmt: skip
 
 
 def plan(root: Path = ROOT) -> list[dict[str, Any]]:
@@ -149,7 +204,7 @@ def plan(root: Path = ROOT) -> list[dict[str, Any]]:
                     "ready": f"/v2/models/{key}/ready",
                 }
             )
-    return processes + monitoring_processes(root)
+    return processes + monitoring_processes(root) + proxy_process()
 
 
 def _base(url: str) -> str:
@@ -173,6 +228,7 @@ def up(root: Path = ROOT) -> int:
         down(root)
     (RUN_DIR / "logs").mkdir(parents=True, exist_ok=True)
     monitoring.write(RUN_DIR / "monitoring", default_ports(), DRIFT_PORT)
+    proxy_config()
     started = []
     for process in plan(root):
         log = (RUN_DIR / "logs" / f"{process['name']}.log").open("ab")
@@ -200,11 +256,22 @@ def wait(started: list[dict[str, Any]]) -> int:
                 pending.remove(process)
             elif not alive(process["pid"]):
                 print(f"  FAILED {process['name']}: see {RUN_DIR / 'logs' / process['name']}.log")
+                print(_tail(RUN_DIR / "logs" / f"{process['name']}.log"))
                 return 1
         time.sleep(0.5)
     for process in pending:
-        print(f"  NOT READY after {READY_TIMEOUT_S}s: {process['name']} ({RUN_DIR / 'logs'})")
+        print(f"  NOT READY after {READY_TIMEOUT_S:.0f}s: {process['name']} ({RUN_DIR / 'logs'})")
+        print(_tail(RUN_DIR / "logs" / f"{process['name']}.log"))
     return 1 if pending else 0
+
+
+def _tail(log: Path, lines: int = 20) -> str:
+    """The end of a process's log, indented: why it is not ready, where CI keeps no files."""
+    try:
+        text = log.read_text(errors="replace").splitlines()[-lines:]
+    except OSError as exc:
+        return f"      (no log: {exc})"
+    return "\n".join(f"      | {line}" for line in text)
 
 
 def alive(pid: int) -> bool:

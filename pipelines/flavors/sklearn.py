@@ -10,15 +10,17 @@ import numpy as np
 import onnx
 import pandas as pd
 from skl2onnx import to_onnx as skl_to_onnx
-from skl2onnx.common.data_types import FloatTensorType, StringTensorType
+from skl2onnx.common.data_types import FloatTensorType, Int64TensorType, StringTensorType
 from sklearn.base import BaseEstimator
 from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.inspection import permutation_importance
+from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 
-from pipelines.catalog import ModelSpec
+from pipelines.catalog import UNSUPERVISED, ModelSpec
 from pipelines.flavors import onnx_ops
 from pipelines.log import get_logger
+from pipelines.metrics import decision_threshold
 from pipelines.schema import NUMERIC, encode_target, model_frame
 
 log = get_logger(__name__)
@@ -27,9 +29,12 @@ MODEL_FILE = "model.joblib"  # pipeline-internal: read only by evaluate/export, 
 
 
 def fit(estimator: Any, train: pd.DataFrame, spec: ModelSpec, out: Path) -> Any:
-    X, y = model_frame(train, spec), encode_target(train, spec)
+    X = model_frame(train, spec)
     started = time.perf_counter()
-    estimator.fit(X, y)
+    if spec.task in UNSUPERVISED:  # the labels stay out of training altogether
+        estimator.fit(X)
+    else:
+        estimator.fit(X, encode_target(train, spec))
     log.info(
         "fitted %s on %d rows in %.1fs (%s)",
         spec.key,
@@ -71,7 +76,16 @@ def predict(model: Any, frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
     X = model_frame(frame, spec)
     if spec.task == "regression":
         return np.asarray(model.predict(X), dtype=np.float64)
+    if spec.task == "anomaly":  # higher: more anomalous (sklearn's score_samples is the opposite)
+        return -np.asarray(model.score_samples(X), dtype=np.float64)
+    if spec.task == "clustering":  # distances to each segment's centre; the nearest is its own
+        return np.asarray(model.transform(X), dtype=np.float64)
     return np.asarray(model.predict_proba(X), dtype=np.float64)
+
+
+def embed(model: Pipeline, frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
+    """A clustering pipeline's space: what its last step clusters (silhouette is measured here)."""
+    return np.asarray(model[:-1].transform(model_frame(frame, spec)), dtype=np.float64)
 
 
 def save(model: Any, directory: Path) -> None:
@@ -106,11 +120,17 @@ def check_ngram_vocabulary(vectorizer: CountVectorizer) -> None:
         )
 
 
-def to_onnx(model: Any, spec: ModelSpec) -> onnx.ModelProto:
-    inputs = [
+def _inputs(spec: ModelSpec) -> list[tuple[str, Any]]:
+    return [
         (name, FloatTensorType([None, 1]) if f.type in NUMERIC else StringTensorType([None, 1]))
         for name, f in spec.fields.items()
     ]
+
+
+def to_onnx(model: Any, spec: ModelSpec) -> onnx.ModelProto:
+    if spec.task == "clustering":
+        return _clustering_onnx(model, spec)
+    inputs = _inputs(spec)
     options: dict[int, dict[str, Any]] = {}
     for step in _walk(model):
         if isinstance(step, CountVectorizer):  # TfidfVectorizer too
@@ -119,6 +139,11 @@ def to_onnx(model: Any, spec: ModelSpec) -> onnx.ModelProto:
     final_types = None
     if spec.task == "regression":
         final_types = [("prediction", FloatTensorType([None, 1]))]
+    elif spec.task == "anomaly":
+        final_types = [
+            ("raw_label", Int64TensorType([None, 1])),
+            (RAW_SCORES, FloatTensorType([None, 1])),
+        ]
     else:
         options[id(model)] = {"zipmap": False}
     onnx_ops.register()
@@ -129,19 +154,115 @@ def to_onnx(model: Any, spec: ModelSpec) -> onnx.ModelProto:
         options=options,
         final_types=final_types,
     )
+    if spec.task == "anomaly":
+        threshold = decision_threshold(model)
+        assert threshold is not None, "an outlier detector has an offset_ once fitted"
+        return anomaly_outputs(graph, threshold)
+    return graph
+
+
+def _clustering_onnx(model: Pipeline, spec: ModelSpec) -> onnx.ModelProto:
+    """The features graph (outputs `embedding`, the clustered space) joined to the K-Means
+    graph (`label`, the nearest centre, and `distances` to every centre)."""
+    onnx_ops.register()
+    final = model.steps[-1][1]
+    kmeans = getattr(final, "kmeans_", final)  # SilhouetteKMeans wraps the chosen KMeans
+    width = int(kmeans.cluster_centers_.shape[1])
+    space = skl_to_onnx(
+        model[:-1],
+        initial_types=_inputs(spec),
+        target_opset=TARGET_OPSET,
+        final_types=[("embedding", FloatTensorType([None, width]))],
+    )
+    centres = skl_to_onnx(
+        kmeans,
+        initial_types=[("embedding", FloatTensorType([None, width]))],
+        target_opset=TARGET_OPSET,
+        final_types=[
+            ("label", Int64TensorType([None])),
+            ("distances", FloatTensorType([None, kmeans.n_clusters])),
+        ],
+    )
+    centres = onnx.compose.add_prefix(centres, "kmeans_", rename_inputs=True, rename_outputs=False)
+    for graph in (space, centres):  # one version per domain (skl2onnx keeps the lowest it needs)
+        del graph.opset_import[:]
+        graph.opset_import.extend(
+            onnx.helper.make_opsetid(domain, version) for domain, version in TARGET_OPSET.items()
+        )
+    return onnx.compose.merge_models(
+        space,
+        centres,
+        io_map=[("embedding", "kmeans_embedding")],
+        outputs=["label", "distances", "embedding"],
+    )
+
+
+RAW_SCORES = "raw_scores"  # sklearn's decision_function: score_samples - offset_
+
+
+def anomaly_outputs(graph: onnx.ModelProto, threshold: float) -> onnx.ModelProto:
+    """An outlier detector's graph with the contract's outputs: `score` [N, 1], the anomaly
+    score (-score_samples, higher: more anomalous), and `label` [N], 1 above `threshold`
+    (sklearn's decision: decision_function < 0, i.e. -score_samples > -offset_)."""
+    h, body = onnx.helper, graph.graph
+    for node in body.node:  # the converter's own tensors may carry the contract's names
+        for names in (node.input, node.output):
+            names[:] = [f"detector_{n}" if n in ("label", "score") else n for n in names]
+    body.initializer.append(
+        onnx.numpy_helper.from_array(np.array([threshold], np.float32), "anomaly_threshold")
+    )
+    body.node.extend(
+        [
+            h.make_node("Neg", [RAW_SCORES], ["neg_decision"]),
+            # -(score_samples - offset_) - offset_ = -score_samples, offset_ = -threshold
+            h.make_node("Add", ["neg_decision", "anomaly_threshold"], ["score"]),
+            h.make_node("Greater", ["score", "anomaly_threshold"], ["is_anomaly"]),
+            h.make_node("Cast", ["is_anomaly"], ["anomaly_label"], to=onnx.TensorProto.INT64),
+            h.make_node("Reshape", ["anomaly_label", "flat_shape"], ["label"]),
+        ]
+    )
+    body.initializer.append(onnx.numpy_helper.from_array(np.array([-1], np.int64), "flat_shape"))
+    del body.output[:]
+    body.output.extend(
+        [
+            h.make_tensor_value_info("label", onnx.TensorProto.INT64, [None]),
+            h.make_tensor_value_info("score", onnx.TensorProto.FLOAT, [None, 1]),
+        ]
+    )
+    return _prune(graph)
+
+
+def _prune(graph: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop the nodes and constants no output depends on (the detector's own -1/1 label)."""
+    body = graph.graph
+    needed = {o.name for o in body.output}
+    kept = []
+    for node in reversed(body.node):
+        if set(node.output) & needed:
+            kept.append(node)
+            needed |= set(node.input)
+    del body.node[:]
+    body.node.extend(reversed(kept))
+    unused = [i for i in body.initializer if i.name not in needed]
+    for initializer in unused:
+        body.initializer.remove(initializer)
     return graph
 
 
 def explain(model: Any, test: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame | None:
     """Top weights of a linear text model; otherwise permutation importance of each raw field."""
+    if spec.task == "clustering":  # no target to shuffle against: profiles explain segments
+        return None
     text_fields = [n for n, f in spec.fields.items() if f.type == "text"]
     if text_fields == list(spec.fields):
         return _linear_text_weights(model)
-    scoring = (
+    scoring: Any = (
         "neg_root_mean_squared_error"
         if spec.task == "regression"
         else ("roc_auc" if spec.task == "binary" else "accuracy")
     )
+    if spec.task == "anomaly":  # how well the scores rank the held-out labels
+        scoring = _anomaly_roc_auc
     result = permutation_importance(
         model,
         model_frame(test, spec),
@@ -153,8 +274,13 @@ def explain(model: Any, test: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame | N
     )
     table = pd.DataFrame({"feature": list(spec.fields), "importance": result.importances_mean})
     table = table.sort_values("importance", ascending=False, ignore_index=True)
-    table.attrs["measure"] = f"drop in {scoring.removeprefix('neg_')} when the field is shuffled"
+    name = "roc_auc" if callable(scoring) else scoring.removeprefix("neg_")
+    table.attrs["measure"] = f"drop in {name} when the field is shuffled"
     return table
+
+
+def _anomaly_roc_auc(model: Any, X: pd.DataFrame, y: np.ndarray) -> float:
+    return float(roc_auc_score(y, -model.score_samples(X)))
 
 
 def _linear_text_weights(model: Pipeline, top: int = 15) -> pd.DataFrame:

@@ -171,10 +171,10 @@ def save(model: PixelsIn, directory: Path) -> None:
 
 
 def load(directory: Path, spec: ModelSpec) -> PixelsIn:
-    from pipelines.models import MODELS  # the catalog module knows the architecture
+    from pipelines.models import get_project  # the catalog module knows the architecture
 
     state = torch.load(directory / WEIGHTS_FILE, weights_only=True)
-    model = PixelsIn(MODELS[spec.key].build(spec), float(state["mean"]), float(state["std"]))
+    model = PixelsIn(get_project(spec.key).build(spec), float(state["mean"]), float(state["std"]))
     model.load_state_dict(state)
     return model.eval()
 

@@ -1,20 +1,15 @@
-"""The catalog's modules: one per `models:` entry in params.yaml, each a `Project`."""
+"""The catalog's modules: one per `models:` entry in params.yaml, each a `Project`, found by
+its key (pipelines/models/<key>.py): adding a project is its module and its entry, nothing
+to register here."""
 
+import importlib
 from types import ModuleType
 from typing import Any, Protocol, cast
 
 import pandas as pd
 
-from pipelines.catalog import ModelSpec, UnknownModelError
+from pipelines.catalog import ModelSpec, UnknownModelError, load_catalog
 from pipelines.flavors import Flavor
-from pipelines.models import (
-    churn,
-    credit_default,
-    fashion_cnn,
-    house_prices,
-    review_sentiment,
-    titanic,
-)
 from pipelines.timeline import Timeline
 
 
@@ -32,20 +27,17 @@ class FeatureProject(Project, Protocol):
     def timeline(self, source: pd.DataFrame, spec: ModelSpec) -> Timeline: ...
 
 
-MODELS: dict[str, Project] = {
-    "house_prices": cast(Project, house_prices),
-    "titanic": cast(Project, titanic),
-    "churn": cast(Project, churn),
-    "review_sentiment": cast(Project, review_sentiment),
-    "fashion_cnn": cast(Project, fashion_cnn),
-    "credit_default": cast(Project, credit_default),
-}
-
-
 def get_project(key: str) -> Project:
-    if key not in MODELS:
-        raise UnknownModelError(key, sorted(MODELS))
-    return MODELS[key]
+    """pipelines/models/<key>.py, the module of the catalog entry `key`."""
+    try:
+        module = importlib.import_module(f"pipelines.models.{key}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"pipelines.models.{key}":
+            raise  # the module exists and imports something that is missing
+        raise UnknownModelError(key, sorted(load_catalog())) from exc
+    if not is_project(module):
+        raise TypeError(f"pipelines/models/{key}.py defines no FLAVOR and build(spec)")
+    return cast(Project, module)
 
 
 def is_project(module: ModuleType) -> bool:

@@ -82,7 +82,7 @@ def registry(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Registr
 def stack(command: str, env: dict[str, str], root: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "services.stack", command, "--root", str(root)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=400,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=660,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -97,11 +97,14 @@ def ports(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Itera
         "SERVE_CHALLENGER_MODE": "shadow",
         "SERVE_PREDICTION_LOG": f"sqlite:///{folder / 'predictions.sqlite'}",
         "STACK_RUN_DIR": str(folder / "run"),
+        "STACK_READY_TIMEOUT_S": "600",  # 20 processes importing at once on 2 cores
         "STACK_BASE_PORT": str(ports.base),
         "STACK_TRITON_PORT": str(ports.triton),
         "STACK_DRIFT_PORT": str(ports.drift),
         "STACK_PROMETHEUS_PORT": str(ports.drift + 1),
         "STACK_ALERTMANAGER_PORT": str(ports.drift + 2),
+        "STACK_PROXY_PORT": str(ports.drift + 3),
+        "STACK_FEAST_PORT": str(ports.drift + 4),
         "DRIFT_MIN_ROWS": "10",  # a few rounds of test traffic make a window
     }
     try:

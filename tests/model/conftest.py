@@ -8,14 +8,14 @@ from typing import Any
 import pandas as pd
 
 from pipelines.catalog import ModelSpec
-from pipelines.models import MODELS
+from pipelines.models import get_project
 from tests.conftest import prepared, quick_spec
 
 
 @cache
 def trained(key: str) -> tuple[ModelSpec, Any]:
     spec = quick_spec(key)
-    project = MODELS[key]
+    project = get_project(key)
     _, train, _ = prepared(key)
     model = project.FLAVOR.fit(
         project.build(spec), train, spec, Path(tempfile.mkdtemp(prefix=f"model-tier-{key}-"))
@@ -26,5 +26,5 @@ def trained(key: str) -> tuple[ModelSpec, Any]:
 def score(key: str, rows: list[dict[str, Any]]) -> Any:
     """Positive-class probability (binary) or value (regression) per row of raw fields."""
     spec, model = trained(key)
-    predicted = MODELS[key].FLAVOR.predict(model, pd.DataFrame(rows), spec)
+    predicted = get_project(key).FLAVOR.predict(model, pd.DataFrame(rows), spec)
     return predicted[:, 1] if spec.task == "binary" else predicted

@@ -5,12 +5,14 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+import pandas as pd
 import pytest
 
 from pipelines.export import check_parity, onnx_predict
-from pipelines.models import MODELS
+from pipelines.models import get_project
 from pipelines.schema import onnx_feeds
-from tests.conftest import KEYS, prepared
+from pipelines.segments import profiles
+from tests.conftest import CATALOG, KEYS, prepared
 from tests.model.conftest import score, trained
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
@@ -161,7 +163,7 @@ def test_credit_label_uses_the_cost_tuned_threshold() -> None:
     spec, model = trained("credit_default")
     threshold = float(model.steps[-1][1].best_threshold_)
     assert 0.05 < threshold < 0.5
-    flavor = MODELS["credit_default"].FLAVOR
+    flavor = get_project("credit_default").FLAVOR
     _, _, test = prepared("credit_default")
     session = ort.InferenceSession(
         flavor.to_onnx(model, spec).SerializeToString(), providers=["CPUExecutionProvider"]
@@ -174,11 +176,68 @@ def test_credit_label_uses_the_cost_tuned_threshold() -> None:
     assert ((probabilities[:, 1] >= threshold) & (probabilities[:, 1] < 0.5)).any()
 
 
+PENGUIN = {
+    "island": "Dream",
+    "bill_length_mm": 44.0,
+    "bill_depth_mm": 17.5,
+    "flipper_length_mm": 195.0,
+    "body_mass_g": 3800.0,
+    "sex": "female",
+}
+
+
+def test_penguin_species_from_their_signature_traits() -> None:
+    """Gentoo: long flippers, heavy, shallow bill; Chinstrap: long, deep bill; Adelie: short."""
+    gentoo = PENGUIN | {"island": "Biscoe", "bill_length_mm": 47.5, "bill_depth_mm": 15.0,
+                        "flipper_length_mm": 217.0, "body_mass_g": 5100.0}  # fmt: skip
+    chinstrap = PENGUIN | {"bill_length_mm": 49.5, "bill_depth_mm": 18.5}
+    adelie = PENGUIN | {"island": "Torgersen", "bill_length_mm": 38.5, "bill_depth_mm": 18.5}
+    proba = score("penguins", [gentoo, chinstrap, adelie])
+    names = CATALOG["penguins"].class_names
+    assert [names[i] for i in proba.argmax(axis=1)] == ["Gentoo", "Chinstrap", "Adelie"]
+
+
+def test_penguin_missing_measurements_are_imputed_not_refused() -> None:
+    unknown = {name: None for name in PENGUIN if name != "island"} | {"island": "Biscoe"}
+    proba = score("penguins", [unknown, PENGUIN | {"sex": None}])
+    assert np.allclose(proba.sum(axis=1), 1.0, atol=1e-6)
+    assert proba[0].max() > 0.5  # Biscoe with nothing else known: mostly Gentoo's island
+
+
+EMAIL = {
+    "to_multiple": 0, "from": 1, "cc": 0, "sent_email": 0, "image": 0, "attach": 0,
+    "dollar": 0, "winner": "no", "inherit": 0, "viagra": 0, "password": 0, "num_char": 5.0,
+    "line_breaks": 100, "format": 1, "re_subj": 0, "exclaim_subj": 0, "urgent_subj": 0,
+    "exclaim_mess": 0, "number": "small",
+}  # fmt: skip
+
+
+def test_spam_pitch_scores_above_a_reply_to_a_known_correspondent() -> None:
+    reply = EMAIL | {"sent_email": 1, "re_subj": 1, "format": 0}
+    pitch = EMAIL | {"winner": "yes", "dollar": 12, "exclaim_mess": 8, "exclaim_subj": 1,
+                     "urgent_subj": 1, "number": "big", "line_breaks": 20}  # fmt: skip
+    p_reply, p_pitch = score("spam_email", [reply, pitch])
+    assert p_pitch > 0.5 > 0.05 > p_reply
+
+
+def test_spam_label_is_tuned_for_precision() -> None:
+    """F-0.5 puts the threshold above 0.5: fewer messages flagged, and fewer wrongly."""
+    spec, model = trained("spam_email")
+    threshold = float(model.steps[-1][1].best_threshold_)
+    assert 0.5 < threshold < 0.99
+    _, _, test = prepared("spam_email")
+    p = get_project("spam_email").FLAVOR.predict(model, test, spec)[:, 1]
+    y = (test[spec.target.column] == spec.target.positive).to_numpy()
+    tuned, default = p >= threshold, p >= 0.5
+    assert tuned.sum() < default.sum()
+    assert y[tuned].mean() > y[default].mean()  # precision of the served label
+
+
 def test_fashion_classifier_beats_chance_and_is_flip_invariant() -> None:
     _, _, test = prepared("fashion_cnn")
     sample = test.head(500)
     spec, model = trained("fashion_cnn")
-    flavor = MODELS["fashion_cnn"].FLAVOR
+    flavor = get_project("fashion_cnn").FLAVOR
     proba = flavor.predict(model, sample, spec)
     assert (proba.argmax(1) == sample["label"].to_numpy()).mean() > 0.6  # quick settings: 1 epoch
     flipped = sample.assign(
@@ -193,7 +252,7 @@ def test_fashion_classifier_beats_chance_and_is_flip_invariant() -> None:
 @pytest.mark.parametrize("key", KEYS)
 def test_onnx_graph_reproduces_the_native_model(key: str) -> None:
     spec, model = trained(key)
-    flavor = MODELS[key].FLAVOR
+    flavor = get_project(key).FLAVOR
     _, _, test = prepared(key)
     sample = test.head(300)
     session = ort.InferenceSession(
@@ -205,11 +264,11 @@ def test_onnx_graph_reproduces_the_native_model(key: str) -> None:
     )
 
 
-@pytest.mark.parametrize("key", [k for k in KEYS if k != "house_prices"])
+@pytest.mark.parametrize("key", [k for k in KEYS if CATALOG[k].task in ("binary", "multiclass")])
 def test_probabilities_sum_to_one(key: str) -> None:
     spec, model = trained(key)
     _, _, test = prepared(key)
-    proba = MODELS[key].FLAVOR.predict(model, test.head(100), spec)
+    proba = get_project(key).FLAVOR.predict(model, test.head(100), spec)
     assert np.allclose(proba.sum(axis=1), 1.0, atol=1e-6)
 
 
@@ -218,8 +277,75 @@ def test_training_is_reproducible(key: str, tmp_path: Path) -> None:
     spec, _ = trained(key)
     if key == "fashion_cnn":  # a slice is enough to show the seeds hold
         spec = spec.model_copy(update={"params": spec.params | {"validation_size": 500}})
-    project = MODELS[key]
+    project = get_project(key)
     train, test = prepared(key)[1].head(3000), prepared(key)[2].head(200)
     runs = [project.FLAVOR.fit(project.build(spec), train, spec, tmp_path / str(i)) for i in (1, 2)]
     first, second = (project.FLAVOR.predict(m, test, spec) for m in runs)
     assert np.array_equal(first, second)
+
+
+def test_shuttle_extreme_reading_is_flagged_and_a_typical_one_is_not() -> None:
+    spec, model = trained("shuttle_anomaly")
+    _, _, test = prepared("shuttle_anomaly")
+    flavor = get_project("shuttle_anomaly").FLAVOR
+    normal = test[test["anomaly"] == 0].head(1000)
+    scores = flavor.predict(model, normal, spec)
+    typical = normal.iloc[int(np.argsort(scores)[len(scores) // 2])]  # the median normal row
+    extreme = typical.copy()
+    extreme[["f1", "f5", "f9"]] = [120, 400, 250]  # three sensors at the edge of their range
+    typical_score, extreme_score = flavor.predict(model, pd.DataFrame([typical, extreme]), spec)
+    threshold = -model.steps[-1][1].offset_
+    assert typical_score < threshold < extreme_score
+
+
+def test_shuttle_detector_never_sees_the_labels(tmp_path: Path) -> None:
+    """Fitting with every label wiped gives the same detector: labels only judge it."""
+    spec, model = trained("shuttle_anomaly")
+    _, train, test = prepared("shuttle_anomaly")
+    project = get_project("shuttle_anomaly")
+    blind = project.FLAVOR.fit(project.build(spec), train.assign(anomaly=0), spec, tmp_path)
+    sample = test.head(500)
+    np.testing.assert_array_equal(
+        project.FLAVOR.predict(blind, sample, spec), project.FLAVOR.predict(model, sample, spec)
+    )
+
+
+CUSTOMER = {
+    "tenure": 2, "monthly_charges": 25.0, "multiple_lines": "No", "internet_service": "No",
+    "online_security": "No internet service", "online_backup": "No internet service",
+    "device_protection": "No internet service", "tech_support": "No internet service",
+    "streaming_tv": "No internet service", "streaming_movies": "No internet service",
+}  # fmt: skip
+
+
+def test_segments_separate_new_basic_customers_from_loyal_full_service_ones() -> None:
+    spec, model = trained("customer_segments")
+    loyal = CUSTOMER | {"tenure": 60, "monthly_charges": 105.0, "multiple_lines": "Yes",
+                        "internet_service": "Fiber optic"} | {
+        f: "Yes" for f in ("online_security", "online_backup", "device_protection",
+                           "tech_support", "streaming_tv", "streaming_movies")}  # fmt: skip
+    distances = get_project("customer_segments").FLAVOR.predict(
+        model, pd.DataFrame([CUSTOMER, loyal, CUSTOMER | {"tenure": 3}]), spec
+    )
+    new, full, also_new = distances.argmin(axis=1)
+    assert new != full and new == also_new  # a month's difference does not move a customer
+
+
+def test_segments_are_the_same_whatever_the_seed(tmp_path: Path) -> None:
+    spec, model = trained("customer_segments")
+    project = get_project("customer_segments")
+    reseeded = spec.model_copy(update={"params": spec.params | {"random_state": 7}})
+    _, train, test = prepared("customer_segments")
+    other = project.FLAVOR.fit(project.build(reseeded), train, reseeded, tmp_path)
+    first, second = (project.FLAVOR.predict(m, test, spec).argmin(axis=1) for m in (model, other))
+    assert (first == second).mean() > 0.99  # the same numbering too: centres are ordered
+
+
+def test_segment_profiles_differ_in_churn() -> None:
+    """Churn is never an input, yet the segments' churn rates differ: they mean something."""
+    spec, model = trained("customer_segments")
+    _, train, _ = prepared("customer_segments")
+    labels = get_project("customer_segments").FLAVOR.predict(model, train, spec).argmin(axis=1)
+    rates = [profile["churn_rate"] for profile in profiles(spec, train, labels)]
+    assert max(rates) > 2 * min(rates)
+    assert "churn" not in spec.fields

@@ -102,6 +102,39 @@ def inherited_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PROMETHEUS_MULTIPROC")}
 
 
+class TrackingServer:
+    """`mlflow server` on a backend store: a registry over HTTP that can be stopped."""
+
+    def __init__(self, backend: str, folder: Path, *options: str, **env: str) -> None:
+        bin_dir = Path(sys.executable).parent
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.log = (folder / "mlflow-server.log").open("wb")
+        self.process = subprocess.Popen(
+            [
+                str(bin_dir / "mlflow"), "server", "--backend-store-uri", backend,
+                "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1", *options,
+            ],
+            # it runs uvicorn by name
+            env=os.environ | {"PATH": f"{bin_dir}:{os.environ['PATH']}"} | env,
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.uri}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.5)
+        self.stop()
+        raise AssertionError("mlflow server did not start")
+
+    def stop(self) -> None:
+        os.killpg(self.process.pid, signal.SIGTERM)
+        self.process.wait(30)
+        self.log.close()
+
+
 class Service:
     """`python -m services.serve <key>` as a subprocess, with its log kept in a file."""
 

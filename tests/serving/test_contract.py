@@ -23,9 +23,23 @@ def check_against_onnx(
         got = np.array([p["value"] for p in predictions])
         np.testing.assert_allclose(got, expected["prediction"].reshape(-1), rtol=1e-6)
         return
+    if spec.task == "clustering":  # the nearest segment, its distance and its profile
+        names = [p["profile"]["segment"] for p in predictions]
+        assert [p["label"] for p in predictions] == names
+        assert names == [f"segment {i + 1}" for i in expected["label"]]
+        got = np.array([p["distance"] for p in predictions])
+        np.testing.assert_allclose(got, expected["distances"].min(axis=1), atol=1e-6)
+        assert all(0 < p["profile"]["share"] < 1 for p in predictions)
+        return
     classes = spec.class_names
     assert [p["label"] for p in predictions] == [classes[i] for i in expected["label"]]
-    if spec.task == "binary":
+    if spec.task == "anomaly":  # the score, and the threshold the label was decided with
+        got = np.array([p["score"] for p in predictions])
+        np.testing.assert_allclose(got, expected["score"].reshape(-1), atol=1e-6)
+        threshold = {p["threshold"] for p in predictions}
+        assert len(threshold) == 1 and 0 < threshold.pop() < 1
+        assert all((p["score"] > p["threshold"]) == (p["label"] == "anomaly") for p in predictions)
+    elif spec.task == "binary":
         got = np.array([p["probability"] for p in predictions])
         np.testing.assert_allclose(got, expected["probabilities"][:, 1], atol=1e-6)
     else:

@@ -4,7 +4,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -17,7 +16,7 @@ import pytest
 
 from services.examples import as_records
 from tests.conftest import CATALOG
-from tests.serving.conftest import Registry, Service, free_port, held_out, serve
+from tests.serving.conftest import Registry, Service, TrackingServer, free_port, held_out, serve
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -36,47 +35,6 @@ def records(registry: Registry, key: str, n: int) -> list[dict[str, Any]]:
     return as_records(held_out(registry.trained, key, n), CATALOG[key])
 
 
-class TrackingServer:
-    """`mlflow server` on the registry's database: a registry that can be stopped."""
-
-    def __init__(self, registry: Registry, folder: Path) -> None:
-        self.port = free_port()
-        self.uri = f"http://127.0.0.1:{self.port}"
-        env = os.environ | {"PATH": f"{BIN}:{os.environ['PATH']}"}  # it runs uvicorn by name
-        self.log = (folder / "mlflow-server.log").open("wb")
-        self.process = subprocess.Popen(
-            [
-                str(BIN / "mlflow"),
-                "server",
-                "--backend-store-uri",
-                registry.uri,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--workers",
-                "1",
-            ],
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.uri}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.5)
-        raise AssertionError("mlflow server did not start")
-
-    def stop(self) -> None:
-        os.killpg(self.process.pid, signal.SIGTERM)
-        self.process.wait(30)
-        self.log.close()
-
-
 def test_not_ready_while_nothing_can_be_loaded(
     started: list[Service], registry: Registry, tmp_path: Path
 ) -> None:
@@ -93,7 +51,7 @@ def test_not_ready_while_nothing_can_be_loaded(
 def test_restart_serves_the_local_copy_while_the_registry_is_down(
     started: list[Service], own_registry: Registry, tmp_path: Path
 ) -> None:
-    mlflow_server = TrackingServer(own_registry, tmp_path)
+    mlflow_server = TrackingServer(own_registry.uri, tmp_path)
     try:
         first = serve(started, "churn", mlflow_server.uri, tmp_path)
         body = {"records": records(own_registry, "churn", 3)}
@@ -243,7 +201,11 @@ def test_metrics_add_up_over_workers(
 ) -> None:
     service = Service("titanic", registry.uri, tmp_path).start(workers=2)
     started.append(service)
-    service.wait()
+    service.wait()  # one worker is ready; the other takes connections once it is too
+    deadline = time.monotonic() + 300
+    while service.log().count("Application startup complete") < 2:
+        assert time.monotonic() < deadline, service.log()[-3000:]
+        time.sleep(0.5)
     body = {"records": records(registry, "titanic", 2)}
     for _ in range(40):
         with httpx.Client() as fresh:  # a new connection each time, to reach both workers

@@ -1,63 +1,171 @@
-"""The local stack as `make serve` runs it: up, one prediction per model, status, down."""
+"""The local stack as `make serve` runs it: up, one prediction per model, the proxy's routes,
+`make load`'s headless Locust run with its SLO thresholds, status, down."""
 
+import json
 import random
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 
+from pipelines import paths
 from pipelines.paths import ROOT
+from services.examples import as_entities
 from tests.conftest import CATALOG, KEYS
-from tests.serving.conftest import Registry, inherited_environment
+from tests.serving.conftest import Registry, as_records, inherited_environment
 
 pytestmark = pytest.mark.slow
 
 
-def stack(command: str, env: dict[str, str], root: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "services.stack", command, "--root", str(root)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
+@dataclass
+class Stack:
+    env: dict[str, str]
+    root: Path
+    base: int  # the first model's port; the others follow it
+
+    @property
+    def proxy(self) -> str:
+        return f"http://127.0.0.1:{self.env['STACK_PROXY_PORT']}"
+
+    def run(self, command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "services.stack", command, "--root", str(self.root)],
+            cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=660,
+        )  # fmt: skip
 
 
-def test_stack_serves_every_model_and_stops_cleanly(registry: Registry, tmp_path: Path) -> None:
-    base = random.randint(20_000, 40_000)  # a second stack beside one a developer may run
+@pytest.fixture(scope="module")
+def stack(
+    registry: Registry, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Stack, subprocess.CompletedProcess[str]]]:
+    """The stack up on the reduced-params registry, on ports beside a developer's own."""
+    folder = tmp_path_factory.mktemp("stack")
+    base = random.randint(20_000, 40_000)
     env = inherited_environment() | {
         "MLFLOW_TRACKING_URI": registry.uri,
-        "SERVE_CACHE_DIR": str(tmp_path / "cache"),
-        "STACK_RUN_DIR": str(tmp_path / "run"),
+        "SERVE_CACHE_DIR": str(folder / "cache"),
+        "STACK_RUN_DIR": str(folder / "run"),
+        "STACK_READY_TIMEOUT_S": "600",  # 20 processes importing at once on 2 cores
         "STACK_BASE_PORT": str(base),
         "STACK_TRITON_PORT": str(base + 100),
         "STACK_DRIFT_PORT": str(base + 200),
         "STACK_PROMETHEUS_PORT": str(base + 201),
         "STACK_ALERTMANAGER_PORT": str(base + 202),
+        "STACK_PROXY_PORT": str(base + 203),
+        "STACK_FEAST_PORT": str(base + 204),
     }
+    running = Stack(env, registry.trained, base)
     try:
-        up = stack("up", env, registry.trained)
-        assert up.returncode == 0, up.stdout + up.stderr
-        for key in KEYS:
-            assert f"ready  {key}" in up.stdout
-        for process in ("triton-fashion_cnn", "drift", "prometheus", "alertmanager"):
-            assert f"ready  {process}" in up.stdout
-        # the stack's Prometheus scrapes every model service and the drift service
-        targets = httpx.get(f"http://127.0.0.1:{base + 201}/api/v1/targets").json()
-        scraped = {t["labels"]["service"] for t in targets["data"]["activeTargets"]}
-        assert scraped == {*KEYS, "triton", "drift"}
-        demo = stack("demo", env, registry.trained)
-        assert demo.returncode == 0, demo.stdout + demo.stderr
-        # one answer per model, plus the entity-keyed one of each Feast-backed model
-        feast = [k for k in KEYS if CATALOG[k].features]
-        assert demo.stdout.count("\n  -> ") == len(KEYS) + len(feast)
-        assert all(f"{CATALOG[k].features.service} of " in demo.stdout for k in feast)  # type: ignore[union-attr]
-        assert "Triton (PyTriton)" in demo.stdout
-        assert stack("status", env, registry.trained).returncode == 0
+        yield running, running.run("up")
     finally:
-        down = stack("down", env, registry.trained)
-    assert down.returncode == 0 and down.stdout.count("stopped") == len(KEYS) + 4
-    assert not (tmp_path / "run" / "stack.json").exists()
+        running.run("down")
+
+
+def test_stack_serves_every_model(stack: tuple[Stack, subprocess.CompletedProcess[str]]) -> None:
+    running, up = stack
+    assert up.returncode == 0, up.stdout + up.stderr
+    for key in KEYS:
+        assert f"ready  {key}" in up.stdout
+    for process in ("triton-fashion_cnn", "drift", "feast", "prometheus", "alertmanager", "proxy"):
+        assert f"ready  {process}" in up.stdout
+    # the stack's Prometheus scrapes every model service and the drift service
+    prometheus = f"http://127.0.0.1:{running.base + 201}"
+    targets = httpx.get(f"{prometheus}/api/v1/targets").json()
+    scraped = {t["labels"]["service"] for t in targets["data"]["activeTargets"]}
+    assert scraped == {*KEYS, "triton", "drift"}
+    demo = running.run("demo")
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    # one answer per model, plus the entity-keyed one of each Feast-backed model
+    feast = [k for k in KEYS if CATALOG[k].features]
+    assert demo.stdout.count("\n  -> ") == len(KEYS) + len(feast)
+    assert all(f"{CATALOG[k].features.service} of " in demo.stdout for k in feast)  # type: ignore[union-attr]
+    assert "Triton (PyTriton)" in demo.stdout
+    assert running.run("status").returncode == 0
+    # the Feast feature server (compose's `feast`) answers from the stack's online store
+    churn = CATALOG["churn"]
+    frame = pd.read_parquet(paths.split_dir("churn", running.root) / "test.parquet").head(1)
+    (entity,) = next(iter(as_entities(frame, churn).values()))
+    assert churn.features is not None
+    features = httpx.post(
+        f"http://127.0.0.1:{running.env['STACK_FEAST_PORT']}/get-online-features",
+        json={
+            "feature_service": churn.features.service,
+            "entities": {churn.features.entity: [entity]},
+        },
+        timeout=30,
+    )
+    assert features.status_code == 200, features.text
+    body = features.json()
+    names = body["metadata"]["feature_names"]
+    assert body["results"][names.index(churn.features.entity)]["values"] == [entity]
+    assert sum("PRESENT" in column["statuses"] for column in body["results"]) > 1
+
+
+def test_the_proxy_routes_every_model_and_names_unknown_ones(
+    stack: tuple[Stack, subprocess.CompletedProcess[str]],
+) -> None:
+    running, _ = stack
+    with httpx.Client(base_url=running.proxy, timeout=30) as client:
+        for key in KEYS:
+            frame = pd.read_parquet(paths.split_dir(key, running.root) / "test.parquet").head(2)
+            records = as_records(frame, CATALOG[key])
+            answer = client.post(
+                f"/models/{key}/predict", json={"records": records}, headers={"X-Request-ID": key}
+            )
+            assert answer.status_code == 200, answer.text
+            assert answer.json()["model"] == key and len(answer.json()["predictions"]) == 2
+            assert answer.headers["x-request-id"] == key  # the client's id, end to end
+            docs = client.get(f"/models/{key}/docs")  # its links point back through the proxy
+            assert docs.status_code == 200 and f"/models/{key}/openapi.json" in docs.text
+            assert client.get(f"/models/{key}/openapi.json").status_code == 200
+            bad = client.post(f"/models/{key}/predict", content=b'{"records": 1}')
+            assert bad.status_code == 400 and "records" in bad.text  # the service's own 400
+        unknown = client.post("/models/nope/predict", json={"records": []})
+        assert unknown.status_code == 404
+        assert all(key in unknown.json()["detail"] for key in KEYS)
+        assert client.get("/drift/models").status_code == 200
+        assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_load_meets_its_slo_thresholds(
+    stack: tuple[Stack, subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    """`make load` on the stack, bounded: a user class per model, every scenario."""
+    running, _ = stack
+    out = tmp_path / "load"
+    command = [
+        sys.executable, "-m", "services.load",
+        "--host", running.proxy, "--users", "12", "--spawn-rate", "12", "--run-time", "25s",
+        "--data-root", str(running.root), "--out", str(out),
+    ]  # fmt: skip
+    run = subprocess.run(
+        command, cwd=ROOT, env=running.env, capture_output=True, text=True, timeout=180
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    assert "SLO met" in run.stdout + run.stderr
+    report = json.loads((out / "slo.json").read_text())
+    assert report["breaches"] == []
+    results = report["results"]
+    for key in KEYS:
+        sent = {name for name in results if name.startswith(f"POST {key} ")}
+        expected = {f"POST {key} /predict", f"POST {key} /predict [10]"}
+        assert expected <= sent, f"{key}: {sorted(sent)}"
+        if CATALOG[key].features:
+            assert f"POST {key} /predict [entity]" in sent
+    malformed = [v for name, v in results.items() if name.endswith("[malformed]")]
+    assert malformed and all(v["failures"] == 0 for v in malformed)  # each one a 400
+    assert results["total"]["requests"] > 100
+    assert (out / "locust.html").stat().st_size > 10_000
+    assert (out / "locust_stats.csv").read_text().count("\n") > len(KEYS)
+
+
+def test_stack_stops_cleanly(stack: tuple[Stack, subprocess.CompletedProcess[str]]) -> None:
+    running, _ = stack
+    down = running.run("down")
+    assert down.returncode == 0 and down.stdout.count("stopped") == len(KEYS) + 6
+    assert not (Path(running.env["STACK_RUN_DIR"]) / "stack.json").exists()

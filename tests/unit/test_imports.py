@@ -27,3 +27,30 @@ def test_model_services_do_not_import_evidently(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().splitlines()[-1] == "False"
+
+
+RUNTIME_IMAGE = """
+import sys
+sys.modules["torch"] = None  # the runtime image has no PyTorch: any import of it fails
+from services.app import create_app
+create_app("fashion_cnn")  # the CNN's service runs its ONNX graph, not PyTorch
+create_app("churn")
+import services.serve, services.drift.app, services.load.payloads, services.healthcheck
+import mlflow.server, feast.feature_server
+print("ok")
+"""
+
+
+def test_the_runtime_image_needs_no_pytorch(tmp_path: Path) -> None:
+    """The Dockerfile's runtime image leaves PyTorch out (uv sync --no-install-package torch):
+    what runs from it (model services, MLflow's server, Feast's) must import without it."""
+    env = os.environ | {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "SERVE_PREDICTION_LOG": f"sqlite:///{tmp_path / 'log.sqlite'}",
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", RUNTIME_IMAGE], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "ok"

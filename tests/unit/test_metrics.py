@@ -23,6 +23,29 @@ def test_multiclass_metrics() -> None:
     assert "macro_f1" in metrics and "roc_auc" not in metrics
 
 
+def test_anomaly_metrics_rank_scores_and_flag_above_the_threshold() -> None:
+    y = np.array([0, 0, 0, 1, 1])
+    scores = np.array([0.40, 0.45, 0.60, 0.58, 0.70])
+    metrics = score(CATALOG["shuttle_anomaly"], y, scores, threshold=0.55)
+    assert metrics["roc_auc"] == pytest.approx(5 / 6)
+    assert metrics["precision"] == pytest.approx(2 / 3) and metrics["recall"] == 1.0
+    assert metrics["flagged_share"] == pytest.approx(3 / 5) and metrics["threshold"] == 0.55
+    assert 0 < metrics["pr_auc"] <= 1
+    with pytest.raises(ValueError, match="threshold"):
+        score(CATALOG["shuttle_anomaly"], y, scores)
+
+
+def test_clustering_metrics_judge_the_clustered_space() -> None:
+    embedding = np.array([[0.0, 0.0], [0.1, 0.0], [5.0, 5.0], [5.1, 5.0]])
+    centres = np.array([[0.05, 0.0], [5.05, 5.0]])
+    distances = np.linalg.norm(embedding[:, None] - centres[None], axis=2)
+    metrics = score(CATALOG["customer_segments"], np.zeros(4), distances, embedding=embedding)
+    assert metrics["silhouette"] > 0.95 and metrics["smallest_segment_share"] == 0.5
+    assert metrics["mean_distance"] == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="embedding"):
+        score(CATALOG["customer_segments"], np.zeros(4), distances)
+
+
 def test_regression_metrics_on_log_scale() -> None:
     y = np.array([100_000.0, 200_000.0])
     metrics = score(CATALOG["house_prices"], y, y * np.exp(0.1))

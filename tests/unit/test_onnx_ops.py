@@ -1,16 +1,19 @@
 """Our converters reproduce the native steps in ONNX Runtime; parity failures are caught."""
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from skl2onnx import to_onnx
-from skl2onnx.common.data_types import FloatTensorType
+from skl2onnx.common.data_types import FloatTensorType, Int64TensorType
 from sklearn.compose import TransformedTargetRegressor
-from sklearn.ensemble import HistGradientBoostingRegressor
+from sklearn.ensemble import HistGradientBoostingRegressor, IsolationForest
 
 from pipelines.cli import StageError
 from pipelines.export import check_parity
 from pipelines.flavors import onnx_ops
+from pipelines.flavors.sklearn import RAW_SCORES, anomaly_outputs
+from pipelines.models.clustering import SilhouetteKMeans
 from tests.conftest import CATALOG
 
 
@@ -81,3 +84,42 @@ def test_ngram_vocabulary_must_cover_its_words() -> None:
     cut = TfidfVectorizer(ngram_range=(1, 2), vocabulary=["the", "the highest"]).fit(docs)
     with pytest.raises(ValueError, match="min_df instead of max_features"):
         check_ngram_vocabulary(cut)
+
+
+def test_anomaly_graph_scores_and_decides_as_the_detector() -> None:
+    """score = -score_samples; label 1 exactly where sklearn's predict says -1."""
+    rng = np.random.default_rng(0)
+    x = np.vstack([rng.normal(size=(300, 3)), rng.normal(6, 1, size=(20, 3))]).astype(np.float32)
+    detector = IsolationForest(n_estimators=20, contamination=0.06, random_state=0).fit(x)
+    graph = to_onnx(
+        detector,
+        initial_types=[("x", FloatTensorType([None, 3]))],
+        target_opset={"": 18, "ai.onnx.ml": 3},
+        final_types=[
+            ("raw_label", Int64TensorType([None, 1])),
+            (RAW_SCORES, FloatTensorType([None, 1])),
+        ],
+    )
+    graph = anomaly_outputs(graph, -detector.offset_)
+    onnx.checker.check_model(graph)
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["label", "score"]
+    label, scores = session.run(None, {"x": x})
+    np.testing.assert_allclose(scores.reshape(-1), -detector.score_samples(x), atol=1e-5)
+    assert label.shape == (len(x),)
+    assert (label == (detector.predict(x) == -1)).all() and 0 < label.sum() < len(x)
+    assert not any("raw_label" in node.output for node in graph.graph.node)  # pruned
+
+
+def test_silhouette_kmeans_finds_the_blobs_and_numbers_them_by_position() -> None:
+    rng = np.random.default_rng(0)
+    centres = np.array([[8.0, 0.0], [0.0, 0.0], [4.0, 6.0]])
+    x = np.vstack([c + rng.normal(0, 0.5, size=(100, 2)) for c in centres])
+    model = SilhouetteKMeans(k_min=2, k_max=6, n_init=3, stability_seeds=(1, 2)).fit(x)
+    assert model.n_clusters_ == 3 and model.stability_ari_ > 0.99
+    assert max(model.silhouette_by_k_, key=model.silhouette_by_k_.get) == 3
+    # numbered by the first coordinate of their centres, whatever the seed
+    np.testing.assert_allclose(model.cluster_centers_[:, 0], [0, 4, 8], atol=0.3)
+    other = SilhouetteKMeans(k_min=3, k_max=3, n_init=3, random_state=7).fit(x)
+    assert (model.predict(x) == other.predict(x)).all()
+    assert model.transform(x).shape == (300, 3)

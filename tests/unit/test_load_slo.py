@@ -1,0 +1,45 @@
+"""The load test's SLO judgement: percentiles where there are samples enough to have them."""
+
+from typing import Any
+
+from services.load.slo import breaches
+
+LIMITS = {"error_ratio": 0.01, "p95_ms": 300.0, "p99_ms": 1000.0}
+
+
+def kind(requests: int, p95: float = 5.0, p99: float = 5.0, failures: int = 0) -> dict[str, Any]:
+    ratio = failures / requests if requests else 0.0
+    return {"requests": requests, "error_ratio": ratio, "p95_ms": p95, "p99_ms": p99}
+
+
+def test_a_slow_request_among_a_few_is_not_a_percentile() -> None:
+    results = {"POST churn [malformed]": kind(3, 1500, 1500), "total": kind(303, 6, 9)}
+    assert breaches(results, LIMITS) == []
+
+
+def test_a_slow_tail_with_enough_samples_breaches() -> None:
+    results = {"POST churn": kind(150, 1500, 1500), "total": kind(450, 6, 1500)}
+    found = breaches(results, LIMITS)
+    assert "POST churn: p95_ms 1500 > 300" in found
+    assert "total: p99_ms 1500 > 1000" in found
+    assert "POST churn: p99_ms 1500 > 1000" not in found  # 150 requests have no p99 yet
+
+
+def test_two_stalled_requests_among_a_hundred_are_not_a_p99() -> None:
+    # CI's noisy machine: two requests of ~100 waited 1.7 s while every service stalled
+    results = {"POST churn /predict": kind(100, 5, 1700), "total": kind(1523, 6, 12)}
+    assert breaches(results, LIMITS) == []
+
+
+def test_the_total_is_judged_whatever_its_size() -> None:
+    results = {"POST churn /predict": kind(10, 900, 900), "total": kind(10, 900, 900)}
+    assert breaches(results, LIMITS) == ["total: p95_ms 900 > 300"]
+
+
+def test_a_single_failure_counts_whatever_the_sample() -> None:
+    results = {"POST titanic [malformed]": kind(2, failures=1), "total": kind(302)}
+    assert breaches(results, LIMITS) == ["POST titanic [malformed]: error_ratio 0.5 > 0.01"]
+
+
+def test_no_traffic_is_a_breach() -> None:
+    assert breaches({"total": kind(0)}, LIMITS) == ["total: no request was sent"]
