@@ -4,6 +4,7 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -36,8 +37,13 @@ def draw(
     history: list[dict[str, float]] | None,
     out: Path,
     threshold: float | None = None,
+    embedding: np.ndarray | None = None,
+    clusters: Any = None,
 ) -> list[str]:
-    """The plots that fit the task; returns the file names written."""
+    """The plots that fit the task; returns the file names written.
+
+    A segmentation is drawn in the space it clusters (`embedding`), with the search over k
+    its fitted estimator (`clusters`) ran."""
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Callable[[Path], None]] = {}
     if spec.task == "regression":
@@ -55,7 +61,14 @@ def draw(
         written["confusion.png"] = lambda p: plots.confusion(
             y, decided(predicted, threshold), names, spec.key, p
         )
-    elif spec.task != "clustering":  # segments are drawn from their embedding (main_work)
+    elif spec.task == "clustering":
+        assert embedding is not None and clusters is not None
+        labels = labels_of(spec, predicted, None)
+        written["segments_pca.png"] = lambda p: plots.segments_pca(embedding, labels, spec.key, p)
+        written["silhouette_by_k.png"] = lambda p: plots.silhouette_by_k(
+            clusters.silhouette_by_k_, clusters.n_clusters_, spec.key, p
+        )
+    else:
         if spec.task == "binary":
             written["roc.png"] = lambda p: plots.roc(y, predicted[:, 1], spec.key, p)
         written["confusion.png"] = lambda p: plots.confusion(  # the served decision
@@ -89,14 +102,8 @@ def main_work(spec: ModelSpec, root: Path) -> None:
     plots_dir = paths.plots_dir(spec.key, root)
     shutil.rmtree(plots_dir, ignore_errors=True)
     importance = project.FLAVOR.explain(model, test, spec)
-    drawn = draw(spec, y, predicted, importance, history, plots_dir, threshold)
-    if embedding is not None:
-        final = model.steps[-1][1]
-        plots.segments_pca(embedding, labels_of(spec, predicted, None), spec.key,
-                           plots_dir / "segments_pca.png")  # fmt: skip
-        plots.silhouette_by_k(final.silhouette_by_k_, final.n_clusters_, spec.key,
-                              plots_dir / "silhouette_by_k.png")  # fmt: skip
-        drawn += ["segments_pca.png", "silhouette_by_k.png"]
+    clusters = model.steps[-1][1] if embedding is not None else None
+    drawn = draw(spec, y, predicted, importance, history, plots_dir, threshold, embedding, clusters)
     met = floors_met(spec, metrics)
     log.info(
         "%s: %s | floors %s | plots %s",

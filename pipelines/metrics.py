@@ -103,7 +103,7 @@ def _anomaly(y: np.ndarray, scores: np.ndarray, threshold: float | None) -> dict
     """Ranking quality of the scores against labels the model never saw, and the decision."""
     if threshold is None:
         raise ValueError("an anomaly detector needs its decision threshold")
-    flagged = (scores > threshold).astype(np.int64)  # sklearn: anomalous past the offset
+    flagged = decided(scores, threshold)  # sklearn: anomalous past the offset
     result = {
         "roc_auc": m.roc_auc_score(y, scores),
         "pr_auc": m.average_precision_score(y, scores),

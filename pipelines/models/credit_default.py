@@ -8,14 +8,12 @@ exported graph, so the served label is the cost-optimal decision.
 
 import numpy as np
 import pandas as pd
-from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import confusion_matrix, make_scorer
-from sklearn.model_selection import StratifiedKFold, TunedThresholdClassifierCV
 from sklearn.pipeline import Pipeline
 
 from pipelines.catalog import ModelSpec
 from pipelines.flavors import sklearn as FLAVOR
-from pipelines.models.tabular import preprocessor, to_float32
+from pipelines.models.tabular import threshold_tuned_trees
 from pipelines.timeline import Timeline, anchor, entity_ids, stamp
 
 __all__ = ["FLAVOR", "build", "timeline"]
@@ -33,15 +31,7 @@ def negative_cost(y_true: np.ndarray, y_pred: np.ndarray, cost_false_negative: f
 def build(spec: ModelSpec) -> Pipeline:
     params = dict(spec.params)
     cost = params.pop("cost_false_negative")
-    folds = params.pop("threshold_folds")
-    trees = HistGradientBoostingClassifier(class_weight="balanced", **params)
-    tuned = TunedThresholdClassifierCV(
-        trees,
-        scoring=make_scorer(negative_cost, cost_false_negative=cost),
-        cv=StratifiedKFold(folds, shuffle=True, random_state=params["random_state"]),
-        random_state=params["random_state"],
-    )
-    return Pipeline([("features", preprocessor(spec)), ("float32", to_float32()), ("model", tuned)])
+    return threshold_tuned_trees(spec, params, make_scorer(negative_cost, cost_false_negative=cost))
 
 
 def timeline(source: pd.DataFrame, spec: ModelSpec) -> Timeline:

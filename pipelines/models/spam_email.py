@@ -7,33 +7,17 @@ training split and exported inside the graph. Classes are weighted because spam 
 message in eleven.
 """
 
-from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import fbeta_score, make_scorer
-from sklearn.model_selection import StratifiedKFold, TunedThresholdClassifierCV
 from sklearn.pipeline import Pipeline
 
 from pipelines.catalog import ModelSpec
 from pipelines.flavors import sklearn as FLAVOR
-from pipelines.models.tabular import preprocessor, to_float32
+from pipelines.models.tabular import threshold_tuned_trees
 
 __all__ = ["FLAVOR", "build"]
 
 
 def build(spec: ModelSpec) -> Pipeline:
     params = dict(spec.params)
-    beta = params.pop("threshold_beta")
-    folds = params.pop("threshold_folds")
-    trees = HistGradientBoostingClassifier(class_weight="balanced", **params)
-    tuned = TunedThresholdClassifierCV(
-        trees,
-        scoring=make_scorer(fbeta_score, beta=beta),
-        cv=StratifiedKFold(folds, shuffle=True, random_state=params["random_state"]),
-        random_state=params["random_state"],
-    )
-    return Pipeline(
-        [
-            ("features", preprocessor(spec, min_frequency=1)),
-            ("float32", to_float32()),
-            ("model", tuned),
-        ]
-    )
+    scoring = make_scorer(fbeta_score, beta=params.pop("threshold_beta"))
+    return threshold_tuned_trees(spec, params, scoring, min_frequency=1)

@@ -6,7 +6,10 @@ from typing import Any
 import numpy as np
 from skl2onnx.sklapi import CastTransformer
 from sklearn.compose import ColumnTransformer
+from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.impute import SimpleImputer
+from sklearn.model_selection import StratifiedKFold, TunedThresholdClassifierCV
+from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 from pipelines.catalog import ModelSpec
@@ -41,3 +44,30 @@ def preprocessor(
 def to_float32() -> CastTransformer:
     """Trees see float32 natively too, so ONNX (float32 tree ensembles) matches exactly."""
     return CastTransformer(dtype=np.float32)
+
+
+def threshold_tuned_trees(
+    spec: ModelSpec, params: dict[str, Any], scoring: Any, min_frequency: int = 10
+) -> Pipeline:
+    """Class-weighted boosted trees whose decision threshold maximises `scoring`.
+
+    The threshold is chosen by stratified cross-validation on the training split
+    (`threshold_folds` in `params`, popped) and exported inside the graph, so the served
+    label is the tuned decision. The rest of `params` goes to the trees.
+    """
+    params = dict(params)
+    folds = params.pop("threshold_folds")
+    trees = HistGradientBoostingClassifier(class_weight="balanced", **params)
+    tuned = TunedThresholdClassifierCV(
+        trees,
+        scoring=scoring,
+        cv=StratifiedKFold(folds, shuffle=True, random_state=params["random_state"]),
+        random_state=params["random_state"],
+    )
+    return Pipeline(
+        [
+            ("features", preprocessor(spec, min_frequency=min_frequency)),
+            ("float32", to_float32()),
+            ("model", tuned),
+        ]
+    )
