@@ -15,7 +15,8 @@ from pipelines.paths import PARAMS
 FieldType = Literal["float", "int", "category", "text", "image"]
 # anomaly: unsupervised (fitted on the fields alone); its labels only judge it, held out.
 # clustering: unsupervised too; the target is profiled per segment (e.g. its churn rate)
-Task = Literal["regression", "binary", "multiclass", "anomaly", "clustering"]
+# recommendation: the one field is the user; the target is a user's rating of an item
+Task = Literal["regression", "binary", "multiclass", "anomaly", "clustering", "recommendation"]
 UNSUPERVISED = ("anomaly", "clustering")
 
 
@@ -54,6 +55,8 @@ class Target(Strict):
     positive: str | int | None = None
     classes: list[str] | None = None  # class names, in label order
     transform: Literal["log"] | None = None  # regression: fit on log(target)
+    item: str | None = None  # recommendation: the rated item's id column (int)
+    item_name: str | None = None  # recommendation: the item's display name column
 
 
 class Bound(Strict):
@@ -133,6 +136,15 @@ class ModelSpec(Strict):
             raise ValueError(f"gate_metric {self.gate_metric!r} needs a floor in floors")
         if self.task in ("binary", "anomaly", "clustering") and self.target.positive is None:
             raise ValueError(f"a {self.task} task needs target.positive")
+        if self.task == "recommendation" and not (
+            self.target.item
+            and self.target.item_name
+            and [f.type for f in self.fields.values()] == ["int"]
+        ):
+            raise ValueError(
+                "a recommendation task needs target.item, target.item_name and exactly one "
+                "field, the user id (int)"
+            )
         if self.task == "multiclass" and not self.target.classes:
             raise ValueError("a multiclass task needs target.classes")
         predefined = bool(self.source.test_name) or self.source.kind == "idx"
@@ -157,6 +169,8 @@ class ModelSpec(Strict):
             return self.target.classes or ["normal", "anomaly"]
         if self.task == "clustering":  # segments are found by training, not declared
             return []
+        if self.task == "recommendation":  # how a user's list was made
+            return ["personalised", "popular"]
         return list(self.target.classes or [])
 
 

@@ -12,6 +12,7 @@ import pandas as pd
 from pipelines import paths, plots
 from pipelines.catalog import ModelSpec
 from pipelines.cli import run_stage
+from pipelines.flavors import factors as factors_flavor
 from pipelines.flavors import sklearn as sklearn_flavor
 from pipelines.flavors.torch import HISTORY_FILE
 from pipelines.log import get_logger
@@ -39,11 +40,13 @@ def draw(
     threshold: float | None = None,
     embedding: np.ndarray | None = None,
     clusters: Any = None,
+    ranking: pd.DataFrame | None = None,
 ) -> list[str]:
     """The plots that fit the task; returns the file names written.
 
     A segmentation is drawn in the space it clusters (`embedding`), with the search over k
-    its fitted estimator (`clusters`) ran."""
+    its fitted estimator (`clusters`) ran; a recommender's `ranking` is its precision and
+    recall at k against the popularity baseline."""
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Callable[[Path], None]] = {}
     if spec.task == "regression":
@@ -61,6 +64,10 @@ def draw(
         written["confusion.png"] = lambda p: plots.confusion(
             y, decided(predicted, threshold), names, spec.key, p
         )
+    elif spec.task == "recommendation":
+        assert ranking is not None
+        written["ratings.png"] = lambda p: plots.ratings(y, predicted, spec.key, p)
+        written["ranking.png"] = lambda p: plots.ranking(ranking, spec.key, p)
     elif spec.task == "clustering":
         assert embedding is not None and clusters is not None
         labels = labels_of(spec, predicted, None)
@@ -93,6 +100,10 @@ def main_work(spec: ModelSpec, root: Path) -> None:
     if spec.task == "clustering":  # judged in the space it clusters, with its own facts
         embedding = sklearn_flavor.embed(model, test, spec)
     metrics = score(spec, y, predicted, threshold, embedding) | fitted_facts(model)
+    ranking = None
+    if spec.task == "recommendation":  # the served lists, against popularity
+        ranking = factors_flavor.ranking_curve(model, test, spec)
+        metrics |= factors_flavor.ranking_metrics(ranking, model.top_k)
     metrics["test_rows"] = len(test)
     target = paths.metrics_file(spec.key, root)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -103,7 +114,10 @@ def main_work(spec: ModelSpec, root: Path) -> None:
     shutil.rmtree(plots_dir, ignore_errors=True)
     importance = project.FLAVOR.explain(model, test, spec)
     clusters = model.steps[-1][1] if embedding is not None else None
-    drawn = draw(spec, y, predicted, importance, history, plots_dir, threshold, embedding, clusters)
+    drawn = draw(
+        spec, y, predicted, importance, history, plots_dir, threshold, embedding, clusters,
+        ranking,
+    )  # fmt: skip
     met = floors_met(spec, metrics)
     log.info(
         "%s: %s | floors %s | plots %s",

@@ -18,9 +18,11 @@ import pandas as pd
 from pipelines import paths
 from pipelines.catalog import ModelSpec
 from pipelines.cli import StageError, run_stage
+from pipelines.flavors import factors
 from pipelines.log import get_logger
 from pipelines.metrics import decision_threshold, labels_of
 from pipelines.models import get_project
+from pipelines.models.factorization import Factors
 from pipelines.schema import onnx_feeds
 from pipelines.segments import profiles
 from pipelines.triton import repository_dir, write_repository
@@ -35,8 +37,14 @@ VECTORS = ("prediction", "score")  # [N, 1] in the graph, [N] natively
 
 
 def onnx_predict(session: ort.InferenceSession, frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
-    """Probabilities [N, C], values [N], anomaly scores [N] or distances to the segments'
-    centres [N, k] from the exported graph."""
+    """Probabilities [N, C], values [N], anomaly scores [N], distances to the segments'
+    centres [N, k] or a recommender's predicted ratings of the frame's (user, item) pairs [N]
+    from the exported graph."""
+    if spec.task == "recommendation":
+        assert spec.target.item
+        names = list(factors.EVALUATION)
+        outputs = dict(zip(names, session.run(names, onnx_feeds(frame, spec)), strict=True))
+        return factors.onnx_ratings(outputs, frame[spec.target.item].to_numpy(np.int64))
     output = OUTPUT.get(spec.task, "probabilities")
     (result,) = session.run([output], onnx_feeds(frame, spec))
     values = np.asarray(result, dtype=np.float64)
@@ -96,6 +104,26 @@ def check_labels(
         )
 
 
+def check_lists(
+    session: ort.InferenceSession, frame: pd.DataFrame, spec: ModelSpec, model: Factors
+) -> None:
+    """The graph's top-k lists must be the model's: for every test user and one it never saw,
+    the same fallback decision and items ranked as high (ties may come in either order)."""
+    user = factors.user_column(spec)
+    users = np.append(np.unique(frame[user].to_numpy(np.int64)), model.users.max() + 1)
+    feeds = {user: users.astype(np.float32).reshape(-1, 1)}
+    items, fallback = session.run(["items", "fallback"], feeds)
+    _, values, cold = factors.recommend(model, users)
+    if not np.array_equal(fallback, cold):
+        raise StageError("the ONNX graph's popularity fallback differs from the model's")
+    ranking, _ = factors.ranking_values(model, users)
+    ranked = np.take_along_axis(ranking, np.searchsorted(model.items, items), axis=1)
+    gap = np.abs(np.sort(ranked, axis=1)[:, ::-1] - values)  # an item rated before: inf
+    if not gap.max() <= TOLERANCE:
+        rows = int((gap > TOLERANCE).any(axis=1).sum())
+        raise StageError(f"the ONNX graph's top-{model.top_k} lists differ for {rows} users")
+
+
 def describe(
     graph: onnx.ModelProto,
     spec: ModelSpec,
@@ -136,7 +164,9 @@ def main_work(spec: ModelSpec, root: Path) -> None:
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
     native = flavor.predict(model, test, spec)
     worst = check_parity(native, onnx_predict(session, test, spec), spec)
-    if spec.task != "regression":
+    if spec.task == "recommendation":
+        check_lists(session, test, spec, model)
+    elif spec.task != "regression":
         check_labels(session, test, spec, native, decision_threshold(model))
     if segments is not None:
         log.info("%s: %d segments, profiled on the training split", spec.key, len(segments))

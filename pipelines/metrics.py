@@ -54,7 +54,8 @@ def score(
     threshold: float | None = None,
     embedding: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """`predicted`: probabilities [N, C] for classifiers, values [N] for regression, anomaly
+    """`predicted`: probabilities [N, C] for classifiers, values [N] for regression
+    (a recommender: its predicted ratings of the held-out pairs), anomaly
     scores [N] (higher: more anomalous) for anomaly detectors.
 
     A segmentation's `predicted` are distances [N, k] to its centres, judged by silhouette
@@ -64,7 +65,7 @@ def score(
     P(positive) as the served label is; otherwise the most probable class. An anomaly
     detector flags the scores above its threshold.
     """
-    if spec.task == "regression":
+    if spec.task in ("regression", "recommendation"):  # a recommender's predicted ratings
         return _regression(spec, y, predicted)
     if spec.task == "anomaly":
         return _anomaly(y, predicted, threshold)

@@ -136,3 +136,29 @@ def learning_curve(history: list[dict[str, float]], title: str, path: Path) -> N
     )
     fig.suptitle(f"{title}: learning curve")
     _save(fig, path)
+
+
+def ratings(y: np.ndarray, predicted: np.ndarray, title: str, path: Path) -> None:
+    """Predicted rating per actual held-out rating (a box per star value)."""
+    values = np.unique(y)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.boxplot([predicted[y == v] for v in values], showfliers=False)
+    ax.set_xticks(range(1, len(values) + 1), [f"{v:g}" for v in values])
+    ax.plot(range(1, len(values) + 1), values, color="grey", lw=1, ls="--", label="perfect")
+    ax.set(xlabel="actual rating", ylabel="predicted rating", title="predicted vs actual rating")
+    ax.legend(loc="upper left")
+    fig.suptitle(f"{title} (test split)")
+    _save(fig, path)
+
+
+def ranking(curve: pd.DataFrame, title: str, path: Path) -> None:
+    """Precision and recall at k of the served ranking against the popularity baseline."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.5))
+    for axis, measure in ((left, "precision"), (right, "recall")):
+        axis.plot(curve["k"], curve[measure], marker="o", ms=3, label="model")
+        axis.plot(curve["k"], curve[f"popularity_{measure}"], marker="o", ms=3,
+                  label="popularity baseline")  # fmt: skip
+        axis.set(xlabel="k (list length)", ylabel=f"{measure}@k", title=f"{measure}@k")
+        axis.legend()
+    fig.suptitle(f"{title}: {curve.attrs.get('users', '?')} users' held-out likes (test split)")
+    _save(fig, path)

@@ -92,7 +92,13 @@ def drift_view(spec: ModelSpec, inputs: pd.DataFrame) -> pd.DataFrame:
 
 def summarize(spec: ModelSpec, result: dict[str, np.ndarray]) -> tuple[list[float], list[str]]:
     """(P(positive) / P(top class) / value / anomaly score / distance to the segment's
-    centre, labels) of a graph's outputs."""
+    centre / the top recommendation's predicted rating, labels) of a graph's outputs."""
+    if spec.task == "recommendation":  # labelled by how the list was made
+        if "scores" not in result or "fallback" not in result:
+            return [], []
+        names = spec.class_names
+        labels = [names[int(cold)] for cold in result["fallback"].reshape(-1)]
+        return result["scores"][:, 0].tolist(), labels
     if "prediction" in result:
         return result["prediction"].reshape(-1).tolist(), []
     classes = spec.class_names

@@ -55,6 +55,8 @@ def _target_column(spec: ModelSpec) -> pa.Column:
     if spec.task == "regression":
         checks = [pa.Check.gt(0)] if target.transform == "log" else []
         return pa.Column(checks=checks, nullable=False)
+    if spec.task == "recommendation":  # a rating on the source's scale
+        return pa.Column(float, checks=[pa.Check.ge(0)], nullable=False, coerce=True)
     if spec.task in ("binary", "anomaly", "clustering"):
         return pa.Column(
             checks=[
@@ -94,6 +96,10 @@ def raw_schema(spec: ModelSpec, source: bool = False) -> pa.DataFrameSchema:
         if name not in derived
     }
     columns[spec.target.column] = _target_column(spec)
+    if spec.target.item and spec.target.item_name:  # the rated item: id and display name
+        columns[spec.target.item] = pa.Column(int, checks=[pa.Check.ge(0)], nullable=False)
+        # MovieLens has 5 movies without a title: served with an empty name
+        columns[spec.target.item_name] = pa.Column(str, nullable=True)
     if spec.features and not source:
         columns[spec.features.entity] = pa.Column(str, unique=True, nullable=False)
         columns["event_timestamp"] = pa.Column("datetime64[ns, UTC]", nullable=False)

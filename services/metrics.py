@@ -79,9 +79,14 @@ class ServiceMetrics:
         self.scores = Histogram(
             "serving_prediction_score",
             "P(positive) for binary, P(top class) for multiclass, the value for regression, "
-            "the anomaly score for anomaly detectors, the distance to the segment's centre",
+            "the anomaly score for anomaly detectors, the distance to the segment's centre, "
+            "the top recommendation's predicted rating",
             ["model", "version", "alias"],
-            buckets=VALUE_BUCKETS if task in ("regression", "clustering") else PROBABILITY_BUCKETS,
+            buckets=(
+                VALUE_BUCKETS
+                if task in ("regression", "clustering", "recommendation")
+                else PROBABILITY_BUCKETS
+            ),
             **reg,
         )
         self.labels = Counter(

@@ -15,6 +15,7 @@ from pipelines.reference import summarize
 from services.store import Artifact, ArtifactRefused
 
 NUMERIC = ("float", "int")
+EVALUATION_OUTPUTS = ("ratings", "baseline", "catalog")  # pipelines/flavors/factors.py
 
 
 def _session(path: str) -> ort.InferenceSession:
@@ -78,17 +79,43 @@ class LoadedModel:
                 out[name] = np.array([["" if v is None else v] for v in values], object)
         return out
 
+    @cached_property
+    def served_outputs(self) -> list[str]:
+        """The graph's outputs but those only the pipeline reads (a recommender's rating of
+        every item, for scoring held-out ratings)."""
+        return [o.name for o in self.session.get_outputs() if o.name not in EVALUATION_OUTPUTS]
+
     def run(
         self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None
     ) -> dict[str, np.ndarray]:
-        names = outputs or [o.name for o in self.session.get_outputs()]
+        names = outputs or self.served_outputs
         return dict(zip(names, self.session.run(names, feeds), strict=True))
 
     def format(self, result: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         """Per record: label + probability (binary), label + probabilities, value, label +
-        anomaly score + the threshold it was decided with, or segment + distance + profile."""
+        anomaly score + the threshold it was decided with, segment + distance + profile, or
+        the top-k recommendations (item id, name, predicted rating) + whether it is the
+        popularity fallback."""
         if self.spec.task == "regression":
             return [{"value": v} for v in result["prediction"].reshape(-1).tolist()]
+        if self.spec.task == "recommendation":
+            item, name = self.spec.target.item, self.spec.target.item_name
+            return [
+                {
+                    "recommendations": [
+                        {item: i, name: n.decode() if isinstance(n, bytes) else n, "score": s}
+                        for i, n, s in zip(ids, names, scores, strict=True)
+                    ],
+                    "fallback": cold,
+                }
+                for ids, names, scores, cold in zip(
+                    result["items"].tolist(),
+                    result["names"].tolist(),
+                    result["scores"].tolist(),
+                    result["fallback"].reshape(-1).tolist(),
+                    strict=True,
+                )
+            ]
         if self.spec.task == "clustering":  # the nearest segment, its distance and profile
             segments = self.segments
             return [

@@ -1,6 +1,7 @@
 """How a kind of native model is fitted, saved, scored, explained and exported to ONNX.
 
-`Flavor` is the protocol; `sklearn` and `torch` implement it. A catalog module names its
+`Flavor` is the protocol; `sklearn`, `torch` and `factors` (matrix factorisation)
+implement it. A catalog module names its
 flavor and builds the estimator; the generic stages do the rest.
 """
 

@@ -12,6 +12,7 @@ from pipelines.export import check_parity, onnx_predict
 from pipelines.models import get_project
 from pipelines.schema import onnx_feeds
 from pipelines.segments import profiles
+from pipelines.sources import load_source
 from tests.conftest import CATALOG, KEYS, prepared
 from tests.model.conftest import score, trained
 
@@ -349,3 +350,72 @@ def test_segment_profiles_differ_in_churn() -> None:
     rates = [profile["churn_rate"] for profile in profiles(spec, train, labels)]
     assert max(rates) > 2 * min(rates)
     assert "churn" not in spec.fields
+
+
+def recommender() -> tuple[Any, Any, ort.InferenceSession]:
+    spec, model = trained("movie_recs")
+    flavor = get_project("movie_recs").FLAVOR
+    graph = flavor.to_onnx(model, spec)  # type: ignore[attr-defined]
+    return spec, model, ort.InferenceSession(graph.SerializeToString())
+
+
+def lists(session: ort.InferenceSession, users: list[int]) -> dict[str, np.ndarray]:
+    names = ["items", "names", "scores", "fallback"]
+    feeds = {"userId": np.array(users, np.float32).reshape(-1, 1)}
+    return dict(zip(names, session.run(names, feeds), strict=True))
+
+
+def test_movie_recs_never_recommends_what_the_user_rated() -> None:
+    _spec, model, session = recommender()
+    _, train, _ = prepared("movie_recs")
+    users = [int(u) for u in train["userId"].value_counts().index[[0, 100, 300, -1]]]
+    got = lists(session, users)
+    for user, items in zip(users, got["items"], strict=True):
+        rated = set(train.loc[train["userId"] == user, "movieId"])
+        assert len(set(items)) == model.top_k and not set(items) & rated, user
+    assert not got["fallback"].any()
+    assert ((got["scores"] >= model.lo) & (got["scores"] <= model.hi)).all()
+
+
+def test_movie_recs_unknown_user_gets_the_most_rated_movies() -> None:
+    spec, model, session = recommender()
+    _, train, _ = prepared("movie_recs")
+    unknown = int(train["userId"].max()) + 1000
+    got = lists(session, [unknown, unknown + 1])
+    assert got["fallback"].all()
+    most_rated = train["movieId"].value_counts()
+    top = set(most_rated.index[: model.top_k + 5])  # ties in count are broken by rating
+    assert set(got["items"][0]) <= top and (got["items"][0] == got["items"][1]).all()
+    # its predicted ratings are the movies' own (mu + b_i): an average viewer's
+    frame = pd.DataFrame({"userId": unknown, "movieId": got["items"][0]})
+    expected = get_project("movie_recs").FLAVOR.predict(model, frame, spec)
+    np.testing.assert_allclose(got["scores"][0], expected, atol=1e-4)
+
+
+def test_movie_recs_lists_follow_what_a_user_watched(tmp_path: Path) -> None:
+    """Two users who rated nothing but one kind of film (the 25 most-rated of it) get lists
+    of their own, and the horror fan more horror than the other fan or the fallback."""
+    spec, _ = trained("movie_recs")
+    _, train, _ = prepared("movie_recs")
+    source = load_source(spec.source)  # prepare drops the genres: the model never sees them
+    genres = source.drop_duplicates("movieId").set_index("movieId")["genres"]
+    kinds = {"children": genres.str.contains("Children"), "horror": genres.str.contains("Horror")}
+    popular = train["movieId"].value_counts()
+    fans = [
+        pd.DataFrame({"userId": 90001 + n, "movieId": popular[popular.index.isin(
+            genres.index[kind & ~other])].index[:25], "rating": 5.0, "title": "x"})
+        for n, (kind, other) in enumerate([(kinds["children"], kinds["horror"]),
+                                           (kinds["horror"], kinds["children"])])
+    ]  # fmt: skip
+    project = get_project("movie_recs")
+    refit = project.FLAVOR.fit(project.build(spec), pd.concat([train, *fans]), spec, tmp_path)
+    users = np.array([90001, 90002, 99999])  # the two fans and an unknown user
+    top, _, fallback = project.FLAVOR.recommend(refit, users)  # type: ignore[attr-defined]
+    assert fallback.tolist() == [False, False, True]
+    children_fan, horror_fan, nobody = (set(refit.items[row]) for row in top)
+    assert len(children_fan & horror_fan) <= 3
+    assert len(children_fan - nobody) >= 5 and len(horror_fan - nobody) >= 5
+    horror = genres.index[kinds["horror"]]
+    assert len(horror_fan & set(horror)) > max(
+        len(children_fan & set(horror)), len(nobody & set(horror))
+    )

@@ -23,6 +23,19 @@ def check_against_onnx(
         got = np.array([p["value"] for p in predictions])
         np.testing.assert_allclose(got, expected["prediction"].reshape(-1), rtol=1e-6)
         return
+    if spec.task == "recommendation":  # top-k items, names, predicted ratings; the fallback
+        item, name = spec.target.item, spec.target.item_name
+        assert [[r[item] for r in p["recommendations"]] for p in predictions] == expected[
+            "items"
+        ].tolist()
+        assert [[r[name] for r in p["recommendations"]] for p in predictions] == [
+            [n.decode() if isinstance(n, bytes) else n for n in row]
+            for row in expected["names"].tolist()
+        ]
+        got = np.array([[r["score"] for r in p["recommendations"]] for p in predictions])
+        np.testing.assert_allclose(got, expected["scores"], atol=1e-6)
+        assert [p["fallback"] for p in predictions] == expected["fallback"].tolist()
+        return
     if spec.task == "clustering":  # the nearest segment, its distance and its profile
         names = [p["profile"]["segment"] for p in predictions]
         assert [p["label"] for p in predictions] == names

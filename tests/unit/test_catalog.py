@@ -12,6 +12,7 @@ HELPERS = {
     "__init__",
     "tabular",
     "clustering",
+    "factorization",
 }  # pipelines/models/ modules that are not catalog entries
 
 
