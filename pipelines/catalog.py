@@ -12,11 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipelines.paths import PARAMS
 
-FieldType = Literal["float", "int", "category", "text", "image"]
+FieldType = Literal["float", "int", "category", "text", "image", "series"]
 # anomaly: unsupervised (fitted on the fields alone); its labels only judge it, held out.
 # clustering: unsupervised too; the target is profiled per segment (e.g. its churn rate)
 # recommendation: the one field is the user; the target is a user's rating of an item
-Task = Literal["regression", "binary", "multiclass", "anomaly", "clustering", "recommendation"]
+# forecast: a record is a forecast origin; the target is the series of the horizon after it
+Task = Literal[
+    "regression", "binary", "multiclass", "anomaly", "clustering", "recommendation", "forecast"
+]
 UNSUPERVISED = ("anomaly", "clustering")
 
 
@@ -32,7 +35,7 @@ class InputField(Strict):
     min: float | None = None
     max: float | None = None
     values: list[str] | None = None  # allowed categories, when the set is closed
-    shape: list[int] | None = None  # images: height, width (uint8 pixels)
+    shape: list[int] | None = None  # images: height, width (uint8 pixels); series: length
     description: str = ""
 
 
@@ -57,6 +60,8 @@ class Target(Strict):
     transform: Literal["log"] | None = None  # regression: fit on log(target)
     item: str | None = None  # recommendation: the rated item's id column (int)
     item_name: str | None = None  # recommendation: the item's display name column
+    horizon: int | None = Field(default=None, gt=0)  # forecast: the target series' length
+    time: str | None = None  # forecast: the origin's time column (orders the split)
 
 
 class Bound(Strict):
@@ -76,6 +81,7 @@ class SplitSpec(Strict):
     test_size: float = Field(0.2, gt=0, lt=1)
     stratify: bool = True
     seed: int = 42
+    shuffle: bool = True  # false: the last test_size of the rows, in order (time series)
 
 
 class TritonSpec(Strict):
@@ -145,6 +151,19 @@ class ModelSpec(Strict):
                 "a recommendation task needs target.item, target.item_name and exactly one "
                 "field, the user id (int)"
             )
+        if self.task == "forecast" and not (self.target.horizon and self.target.time):
+            raise ValueError("a forecast task needs target.horizon and target.time")
+        if self.task == "forecast" and self.split != "source" and self.split.shuffle:
+            raise ValueError(
+                "a forecast is tested on the rows after its training rows: shuffle false"
+            )
+        unshaped = [
+            n
+            for n, f in self.fields.items()
+            if f.type == "series" and (not f.shape or len(f.shape) != 1 or f.nullable)
+        ]
+        if unshaped:
+            raise ValueError(f"series fields need shape: [length] and a value: {unshaped}")
         if self.task == "multiclass" and not self.target.classes:
             raise ValueError("a multiclass task needs target.classes")
         predefined = bool(self.source.test_name) or self.source.kind == "idx"

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from pipelines.metrics import (
     labels_of,
     score,
 )
-from pipelines.models import get_project
+from pipelines.models import forecasting, get_project
 from pipelines.schema import encode_target
 
 log = get_logger(__name__)
@@ -41,12 +42,14 @@ def draw(
     embedding: np.ndarray | None = None,
     clusters: Any = None,
     ranking: pd.DataFrame | None = None,
+    forecast: dict[str, Any] | None = None,
 ) -> list[str]:
     """The plots that fit the task; returns the file names written.
 
     A segmentation is drawn in the space it clusters (`embedding`), with the search over k
     its fitted estimator (`clusters`) ran; a recommender's `ranking` is its precision and
-    recall at k against the popularity baseline."""
+    recall at k against the popularity baseline; a forecast's `forecast` holds its MAPE by
+    month (fixed, walk-forward, seasonal naive) and the first test week."""
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Callable[[Path], None]] = {}
     if spec.task == "regression":
@@ -63,6 +66,12 @@ def draw(
         )
         written["confusion.png"] = lambda p: plots.confusion(
             y, decided(predicted, threshold), names, spec.key, p
+        )
+    elif spec.task == "forecast":
+        assert forecast is not None
+        written["forecast_week.png"] = lambda p: plots.forecast_week(forecast["week"], spec.key, p)
+        written["mape_by_month.png"] = lambda p: plots.mape_by_month(
+            forecast["by_month"], spec.key, p
         )
     elif spec.task == "recommendation":
         assert ranking is not None
@@ -90,6 +99,54 @@ def draw(
     return list(written)
 
 
+def forecast_report(
+    spec: ModelSpec,
+    project: Any,
+    model: Any,
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    predicted: np.ndarray,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """(plot data, metrics): the seasonal-naive baseline (each step a week before) and a
+    walk-forward run that refits on everything before each test month."""
+    assert spec.target.time
+    time, y = spec.target.time, encode_target(test, spec)
+    naive = forecasting.seasonal_naive(
+        test, model.layout.history, model.horizon, 7 * model.steps_per_day
+    )
+
+    def fit_predict(known: pd.DataFrame, target: pd.DataFrame) -> np.ndarray:
+        with tempfile.TemporaryDirectory() as tmp:
+            refit = project.FLAVOR.fit(project.build(spec), known, spec, Path(tmp))
+        return np.asarray(project.FLAVOR.predict(refit, target, spec))
+
+    walked = forecasting.walk_forward(fit_predict, train, test, time)
+    walk = np.stack(walked["forecast"].to_list())
+    mape = score(spec, y, predicted)["mape"]
+    naive_mape = score(spec, y, naive)["mape"]
+    walk_mape = score(spec, y, walk)["mape"]
+    metrics = {
+        "naive_mape": naive_mape,
+        "improvement_over_naive": round(1 - mape / naive_mape, 6),
+        "walk_forward_mape": walk_mape,
+        "walk_forward_improvement": round(1 - walk_mape / naive_mape, 6),
+    }
+    table = forecasting.by_month(
+        test, time, y, {"model": predicted, "walk-forward": walk, "seasonal naive": naive}
+    )
+    week = slice(0, 7)
+    views = {
+        "by_month": table,
+        "week": {
+            "start": test[time].iloc[0],
+            "actual": y[week].reshape(-1),
+            "model": predicted[week].reshape(-1),
+            "seasonal naive": naive[week].reshape(-1),
+        },
+    }
+    return views, metrics
+
+
 def main_work(spec: ModelSpec, root: Path) -> None:
     project = get_project(spec.key)
     model = project.FLAVOR.load(paths.model_dir(spec.key, root), spec)
@@ -100,7 +157,11 @@ def main_work(spec: ModelSpec, root: Path) -> None:
     if spec.task == "clustering":  # judged in the space it clusters, with its own facts
         embedding = sklearn_flavor.embed(model, test, spec)
     metrics = score(spec, y, predicted, threshold, embedding) | fitted_facts(model)
-    ranking = None
+    ranking, forecast = None, None
+    if spec.task == "forecast":  # against the seasonal-naive baseline, and walk-forward
+        train = pd.read_parquet(paths.split_dir(spec.key, root) / "train.parquet")
+        forecast, found = forecast_report(spec, project, model, train, test, predicted)
+        metrics |= found
     if spec.task == "recommendation":  # the served lists, against popularity
         ranking = factors_flavor.ranking_curve(model, test, spec)
         metrics |= factors_flavor.ranking_metrics(ranking, model.top_k)
@@ -116,7 +177,7 @@ def main_work(spec: ModelSpec, root: Path) -> None:
     clusters = model.steps[-1][1] if embedding is not None else None
     drawn = draw(
         spec, y, predicted, importance, history, plots_dir, threshold, embedding, clusters,
-        ranking,
+        ranking, forecast,
     )  # fmt: skip
     met = floors_met(spec, metrics)
     log.info(

@@ -32,7 +32,12 @@ TOLERANCE = 1e-4
 
 
 # the output the native model's predict() matches; classifiers': "probabilities"
-OUTPUT = {"regression": "prediction", "anomaly": "score", "clustering": "distances"}
+OUTPUT = {
+    "regression": "prediction",
+    "forecast": "forecast",
+    "anomaly": "score",
+    "clustering": "distances",
+}
 VECTORS = ("prediction", "score")  # [N, 1] in the graph, [N] natively
 
 
@@ -61,7 +66,8 @@ def onnx_embedding(
 
 def check_parity(native: np.ndarray, exported: np.ndarray, spec: ModelSpec) -> float:
     """Largest disagreement; raises StageError past the tolerance."""
-    if spec.task == "regression":
+    relative = spec.task in ("regression", "forecast")
+    if relative:
         gap = np.abs(exported - native) / np.maximum(np.abs(native), 1e-12)
     else:
         gap = np.abs(exported - native)
@@ -70,7 +76,7 @@ def check_parity(native: np.ndarray, exported: np.ndarray, spec: ModelSpec) -> f
         rows = int((gap.reshape(len(native), -1) > TOLERANCE).any(axis=1).sum())
         raise StageError(
             f"ONNX Runtime disagrees with the native model on {rows} of {len(native)} "
-            f"test rows (max {'relative ' if spec.task == 'regression' else ''}"
+            f"test rows (max {'relative ' if relative else ''}"
             f"difference {worst:.3g} > {TOLERANCE})"
         )
     return worst
@@ -166,7 +172,7 @@ def main_work(spec: ModelSpec, root: Path) -> None:
     worst = check_parity(native, onnx_predict(session, test, spec), spec)
     if spec.task == "recommendation":
         check_lists(session, test, spec, model)
-    elif spec.task != "regression":
+    elif spec.task not in ("regression", "forecast"):
         check_labels(session, test, spec, native, decision_threshold(model))
     if segments is not None:
         log.info("%s: %d segments, profiled on the training split", spec.key, len(segments))

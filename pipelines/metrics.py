@@ -65,6 +65,8 @@ def score(
     P(positive) as the served label is; otherwise the most probable class. An anomaly
     detector flags the scores above its threshold.
     """
+    if spec.task == "forecast":  # every step of every origin's horizon [N, horizon]
+        return _forecast(y, predicted)
     if spec.task in ("regression", "recommendation"):  # a recommender's predicted ratings
         return _regression(spec, y, predicted)
     if spec.task == "anomaly":
@@ -125,6 +127,17 @@ def _clustering(distances: np.ndarray, embedding: np.ndarray) -> dict[str, float
         "davies_bouldin": m.davies_bouldin_score(embedding, labels),
         "smallest_segment_share": shares.min(),
         "mean_distance": distances.min(axis=1).mean(),
+    }
+    return {k: round(float(v), 6) for k, v in result.items()}
+
+
+def _forecast(y: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    actual, forecast = y.reshape(-1), predicted.reshape(-1)
+    result = {
+        "mape": m.mean_absolute_percentage_error(actual, forecast),
+        "rmse": m.root_mean_squared_error(actual, forecast),
+        "mae": m.mean_absolute_error(actual, forecast),
+        "worst_day_mape": np.abs(predicted - y).__truediv__(y).mean(axis=1).max(),
     }
     return {k: round(float(v), 6) for k, v in result.items()}
 

@@ -21,7 +21,8 @@ def _field_line(name: str, spec: ModelSpec) -> str:
                     else (f"<= {f.max:g}" if f.max is not None else "")
                 ),
                 f"one of {', '.join(map(str, f.values))}" if f.values else "",
-                f"{'x'.join(map(str, f.shape))} uint8" if f.shape else "",
+                f"{'x'.join(map(str, f.shape))} uint8" if f.shape and f.type == "image" else "",
+                f"{f.shape[0]} numbers" if f.shape and f.type == "series" else "",
                 "may be missing" if f.nullable else "",
             ],
         )
@@ -77,7 +78,7 @@ def render(
     )
     others = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in spec.floors)
     balance = ""
-    if spec.task != "regression":
+    if spec.task not in ("regression", "forecast"):
         counts = train[spec.target.column].value_counts(normalize=True).sort_index()
         balance = (
             "Target balance (train): "
@@ -85,7 +86,11 @@ def render(
             + "\n"
         )
     fields = "\n".join(_field_line(n, spec) for n in spec.fields)
-    held_out = "predefined by the source" if spec.split == "source" else f"seed {spec.split.seed}"
+    held_out = (
+        "predefined by the source"
+        if spec.split == "source"
+        else (f"seed {spec.split.seed}" if spec.split.shuffle else "the last rows in time order")
+    )
     classes = f", classes {', '.join(spec.class_names)}" if spec.class_names else ""
     unsupervised = {
         "anomaly": "; fitted without it (unsupervised), it only judges the scores (test split)",

@@ -1,6 +1,7 @@
 """Evaluation plots as PNG: DVC renders images as they are, for every task alike."""
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -161,4 +162,33 @@ def ranking(curve: pd.DataFrame, title: str, path: Path) -> None:
         axis.set(xlabel="k (list length)", ylabel=f"{measure}@k", title=f"{measure}@k")
         axis.legend()
     fig.suptitle(f"{title}: {curve.attrs.get('users', '?')} users' held-out likes (test split)")
+    _save(fig, path)
+
+
+def forecast_week(week: dict[str, Any], title: str, path: Path) -> None:
+    """The first test week, step by step: actual, the model's day-ahead forecast, naive."""
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    steps = len(week["actual"])
+    times = pd.date_range(week["start"], periods=steps, freq=f"{24 * 60 * 7 // steps}min")
+    ax.plot(times, week["actual"], color="black", lw=1.5, label="actual")
+    ax.plot(times, week["model"], color="C0", lw=1.2, label="day-ahead forecast")
+    ax.plot(times, week["seasonal naive"], color="C1", lw=1, ls="--", label="seasonal naive")
+    ax.set(ylabel="demand", title=f"first test week from {times[0]:%Y-%m-%d}")
+    ax.legend()
+    fig.autofmt_xdate()
+    fig.suptitle(f"{title} (test split)")
+    _save(fig, path)
+
+
+def mape_by_month(table: pd.DataFrame, title: str, path: Path) -> None:
+    """MAPE per test month of each forecast (bars side by side)."""
+    names = [c for c in table.columns if c not in ("month", "days")]
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        ax.bar(np.arange(len(table)) + i * width, 100 * table[name], width, label=name)
+    ax.set_xticks(np.arange(len(table)) + width * (len(names) - 1) / 2, table["month"])
+    ax.set(ylabel="MAPE (%)", title="day-ahead MAPE by month")
+    ax.legend()
+    fig.suptitle(f"{title} (test split)")
     _save(fig, path)

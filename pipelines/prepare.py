@@ -15,7 +15,7 @@ from pipelines.catalog import ModelSpec
 from pipelines.cli import StageError, run_stage
 from pipelines.features import FeatureStoreError, feature_store, training_frame
 from pipelines.log import get_logger
-from pipelines.models import get_feature_project
+from pipelines.models import get_feature_project, get_project
 from pipelines.schema import validate_raw
 from pipelines.sources import load_source
 
@@ -23,10 +23,13 @@ log = get_logger(__name__)
 
 
 def split(raw: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, test): the source's own split, or a seeded (stratified) one."""
+    """(train, test): the source's own split, a seeded (stratified) one, or the last rows in
+    order (a time series: what is tested comes after everything trained on)."""
     if spec.split == "source":
         train, test = raw[raw["split"] == "train"], raw[raw["split"] == "test"]
         return train.drop(columns="split"), test.drop(columns="split")
+    if not spec.split.shuffle:
+        return train_test_split(raw, test_size=spec.split.test_size, shuffle=False)  # type: ignore[no-any-return]
     stratify = (
         raw[spec.target.column] if spec.split.stratify and spec.task != "regression" else None
     )
@@ -44,6 +47,9 @@ def prepare(
     For a Feast-backed project `raw` is the point-in-time training set, and the feature
     tables are written under `root` for the offline store to read.
     """
+    reshape = getattr(get_project(spec.key), "records", None)
+    if reshape is not None:  # e.g. a time series cut into forecast origins
+        source = reshape(source, spec)
     kept = source.drop(columns=[c for c in spec.drop if c in source])
     if not spec.features:
         raw = validate_raw(kept, spec)

@@ -47,10 +47,12 @@ def columns(spec: ModelSpec) -> Columns:
             numerical += [f"{name}.chars", f"{name}.words"]
         elif field.type == "image":
             numerical += [f"{name}.mean", f"{name}.std", f"{name}.ink"]
+        elif field.type == "series":
+            numerical += [f"{name}.mean", f"{name}.std", f"{name}.last"]
         else:
             categorical.append(name)
     numerical.append(PREDICTION)
-    if spec.task != "regression":
+    if spec.task not in ("regression", "forecast"):
         categorical.append(PREDICTED_LABEL)
     return Columns(numerical, categorical)
 
@@ -80,6 +82,15 @@ def drift_view(spec: ModelSpec, inputs: pd.DataFrame) -> pd.DataFrame:
             text = values.fillna("").astype(str)
             view[f"{name}.chars"] = text.str.len().astype(float)
             view[f"{name}.words"] = text.map(lambda t: float(len(t.split())))
+        elif field.type == "series":  # its level, spread and latest value
+            length = (field.shape or [1])[0]
+            steps = np.full((len(values), length), np.nan)
+            for i, v in enumerate(values):
+                if v is not None and len(v) == length:
+                    steps[i] = np.asarray(v, dtype=np.float64)
+            view[f"{name}.mean"] = steps.mean(axis=1)
+            view[f"{name}.std"] = steps.std(axis=1)
+            view[f"{name}.last"] = steps[:, -1] if length else np.zeros(len(values))
         elif field.type == "image":
             pixels = _pixels(values) if len(values) else np.zeros((0, 1), np.float32)
             view[f"{name}.mean"] = pixels.mean(axis=1)
@@ -101,6 +112,8 @@ def summarize(spec: ModelSpec, result: dict[str, np.ndarray]) -> tuple[list[floa
         return result["scores"][:, 0].tolist(), labels
     if "prediction" in result:
         return result["prediction"].reshape(-1).tolist(), []
+    if "forecast" in result:  # the mean over the horizon
+        return result["forecast"].mean(axis=1).tolist(), []
     classes = spec.class_names
     if "distances" in result and "label" in result:  # distance to its segment's centre
         names = segment_names(result["distances"].shape[1])
@@ -128,6 +141,6 @@ def reference(spec: ModelSpec, rows: pd.DataFrame, result: dict[str, np.ndarray]
     view = drift_view(spec, rows)
     scores, labels = summarize(spec, result)
     view[PREDICTION] = scores
-    if spec.task != "regression":
+    if spec.task not in ("regression", "forecast"):
         view[PREDICTED_LABEL] = labels
     return view

@@ -47,7 +47,25 @@ def _field_checks(field: InputField) -> list[pa.Check]:
                 lambda s: s.map(len).eq(size).all(), error=f"is not {field.shape} uint8 pixels"
             )
         )
+    elif field.type == "series":
+        checks += _series_checks((field.shape or [0])[0], field.min, field.max)
     return checks
+
+
+def _series_checks(length: int, low: float | None, high: float | None) -> list[pa.Check]:
+    """Each cell a sequence of `length` finite numbers within [low, high]."""
+
+    def bounded(values: Any) -> bool:
+        array = np.asarray(values, dtype=np.float64)
+        return bool(
+            array.shape == (length,)
+            and np.isfinite(array).all()
+            and (low is None or array.min() >= low)
+            and (high is None or array.max() <= high)
+        )
+
+    bounds = "".join(f" {op} {v:g}" for op, v in ((">=", low), ("<=", high)) if v is not None)
+    return [pa.Check(bounded, element_wise=True, error=f"is not {length} finite numbers{bounds}")]
 
 
 def _target_column(spec: ModelSpec) -> pa.Column:
@@ -55,6 +73,8 @@ def _target_column(spec: ModelSpec) -> pa.Column:
     if spec.task == "regression":
         checks = [pa.Check.gt(0)] if target.transform == "log" else []
         return pa.Column(checks=checks, nullable=False)
+    if spec.task == "forecast":  # the series of the horizon after the origin
+        return pa.Column(checks=_series_checks(target.horizon or 0, None, None), nullable=False)
     if spec.task == "recommendation":  # a rating on the source's scale
         return pa.Column(float, checks=[pa.Check.ge(0)], nullable=False, coerce=True)
     if spec.task in ("binary", "anomaly", "clustering"):
@@ -96,6 +116,19 @@ def raw_schema(spec: ModelSpec, source: bool = False) -> pa.DataFrameSchema:
         if name not in derived
     }
     columns[spec.target.column] = _target_column(spec)
+    if spec.target.time:  # a forecast's origin: one record per time, in order
+        columns[spec.target.time] = pa.Column(
+            "datetime64[ns]",
+            checks=[
+                pa.Check(
+                    lambda s: s.is_monotonic_increasing,
+                    element_wise=False,
+                    error="is not in increasing order",
+                )
+            ],
+            unique=True,
+            nullable=False,
+        )
     if spec.target.item and spec.target.item_name:  # the rated item: id and display name
         columns[spec.target.item] = pa.Column(int, checks=[pa.Check.ge(0)], nullable=False)
         # MovieLens has 5 movies without a title: served with an empty name
@@ -142,7 +175,7 @@ def model_frame(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
         column = frame[name]
         if field.type in NUMERIC:
             out[name] = pd.to_numeric(column).astype("float32")
-        elif field.type == "image":
+        elif field.type in ("image", "series"):
             out[name] = column
         else:
             out[name] = column.fillna("").astype(object)
@@ -151,7 +184,7 @@ def model_frame(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
 
 def encode_target(frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
     """0/1 for binary, anomaly and clustering (its profiled value), class index for
-    multiclass, float for regression."""
+    multiclass, float for regression, [N, horizon] for a forecast."""
     y = frame[spec.target.column]
     if spec.task in ("binary", "anomaly", "clustering"):
         return (y == spec.target.positive).to_numpy(dtype=np.int64)
@@ -159,6 +192,8 @@ def encode_target(frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
         if y.dtype == object or isinstance(y.dtype, pd.StringDtype):  # class names
             return y.map({name: i for i, name in enumerate(spec.class_names)}).to_numpy(np.int64)
         return y.to_numpy(dtype=np.int64)
+    if spec.task == "forecast":  # [N, horizon]
+        return series(y)
     return y.to_numpy(dtype=np.float64)
 
 
@@ -166,6 +201,13 @@ def images(frame: pd.DataFrame, name: str, field: InputField) -> np.ndarray:
     """uint8 pixels [N, H, W] from the raw bytes column."""
     shape = field.shape or []
     return np.frombuffer(b"".join(frame[name]), np.uint8).reshape(len(frame), *shape)
+
+
+def series(column: pd.Series) -> np.ndarray:
+    """A column of equal-length sequences as one float64 array [N, length]."""
+    if not len(column):
+        return np.zeros((0, 0))
+    return np.stack([np.asarray(v, dtype=np.float64) for v in column])
 
 
 def onnx_feeds(frame: pd.DataFrame, spec: ModelSpec) -> dict[str, np.ndarray]:
@@ -177,6 +219,8 @@ def onnx_feeds(frame: pd.DataFrame, spec: ModelSpec) -> dict[str, np.ndarray]:
             feeds[name] = frame[[name]].to_numpy(dtype=np.float32)
         elif field.type == "image":
             feeds[name] = images(frame, name, field)
+        elif field.type == "series":
+            feeds[name] = series(frame[name]).astype(np.float32).reshape(len(frame), -1)
         else:
             feeds[name] = frame[[name]].to_numpy(dtype=object)
     return feeds

@@ -50,9 +50,18 @@ def _decode_png(text: str, height: int, width: int) -> bytes:
     return image.convert("L").tobytes()
 
 
+def _series_type(field: InputField) -> Any:
+    """A list of exactly `shape[0]` finite numbers within the field's bounds."""
+    (length,) = field.shape or [0]
+    value = Annotated[float, Field(ge=field.min, le=field.max, allow_inf_nan=False)]
+    return Annotated[list[value], Field(min_length=length, max_length=length)]
+
+
 def _field_type(field: InputField) -> Any:
     if field.type == "image":
         return _image_type(field)
+    if field.type == "series":
+        return _series_type(field)
     if field.type in ("float", "int"):
         kind = float if field.type == "float" else int
         base: Any = Annotated[kind, Field(ge=field.min, le=field.max, allow_inf_nan=False)]

@@ -80,11 +80,11 @@ class ServiceMetrics:
             "serving_prediction_score",
             "P(positive) for binary, P(top class) for multiclass, the value for regression, "
             "the anomaly score for anomaly detectors, the distance to the segment's centre, "
-            "the top recommendation's predicted rating",
+            "the top recommendation's predicted rating, the mean of a forecast",
             ["model", "version", "alias"],
             buckets=(
                 VALUE_BUCKETS
-                if task in ("regression", "clustering", "recommendation")
+                if task in ("regression", "forecast", "clustering", "recommendation")
                 else PROBABILITY_BUCKETS
             ),
             **reg,

@@ -193,12 +193,16 @@ def loads(text: str) -> Any:
 
 def score_label(prediction: dict[str, Any]) -> tuple[float | None, str | None]:
     """What the distribution metrics keep: P(positive), P(top class), the value or the
-    anomaly score or the top recommendation's predicted rating; the label."""
+    anomaly score, the top recommendation's predicted rating or a forecast's mean; the
+    label."""
     if "recommendations" in prediction:  # labelled by how the list was made
         top = prediction["recommendations"][0]["score"] if prediction["recommendations"] else None
         return top, "popular" if prediction["fallback"] else "personalised"
     if "value" in prediction:
         return prediction["value"], None
+    if "forecast" in prediction:  # the mean over the horizon
+        steps = prediction["forecast"]
+        return (sum(steps) / len(steps) if steps else None), None
     if "probability" in prediction:
         return prediction["probability"], prediction["label"]
     if "distance" in prediction:  # segment

@@ -75,6 +75,8 @@ class LoadedModel:
             elif field.type == "image":
                 shape = field.shape or []
                 out[name] = np.frombuffer(b"".join(values), np.uint8).reshape(-1, *shape)
+            elif field.type == "series":
+                out[name] = np.array(values, dtype=np.float32).reshape(len(values), -1)
             else:
                 out[name] = np.array([["" if v is None else v] for v in values], object)
         return out
@@ -95,9 +97,11 @@ class LoadedModel:
         """Per record: label + probability (binary), label + probabilities, value, label +
         anomaly score + the threshold it was decided with, segment + distance + profile, or
         the top-k recommendations (item id, name, predicted rating) + whether it is the
-        popularity fallback."""
+        popularity fallback, or a forecast (one value per step of the horizon)."""
         if self.spec.task == "regression":
             return [{"value": v} for v in result["prediction"].reshape(-1).tolist()]
+        if self.spec.task == "forecast":  # the horizon's steps after the record's origin
+            return [{"forecast": row} for row in result["forecast"].tolist()]
         if self.spec.task == "recommendation":
             item, name = self.spec.target.item, self.spec.target.item_name
             return [

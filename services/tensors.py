@@ -189,6 +189,11 @@ def to_feed(name: str, field: InputField, array: np.ndarray, datatype: str) -> n
         if array.ndim != len(shape) + 1 or array.shape[1:] != shape:
             raise TensorError(name, f"shape {list(array.shape)}", [-1, *shape])
         return np.ascontiguousarray(array)
+    if field.type == "series":  # [N, length] numbers, all present
+        (length,) = field.shape or [0]
+        if array.ndim != 2 or array.shape[1] != length:
+            raise TensorError(name, f"shape {list(array.shape)}", [-1, length])
+        return _checked_numbers(name, field, array, datatype)
     if array.ndim == 1:
         array = array.reshape(-1, 1)
     if array.ndim != 2 or array.shape[1] != 1:

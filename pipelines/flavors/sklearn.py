@@ -21,6 +21,7 @@ from pipelines.catalog import UNSUPERVISED, ModelSpec
 from pipelines.flavors import onnx_ops
 from pipelines.log import get_logger
 from pipelines.metrics import decision_threshold
+from pipelines.models.forecasting import FEATURES, DayAheadForecaster, forecast_onnx
 from pipelines.schema import NUMERIC, encode_target, model_frame
 
 log = get_logger(__name__)
@@ -64,7 +65,7 @@ def _walk(estimator: Any) -> list[Any]:
     for attr in ("transformers_", "calibrated_classifiers_"):
         for item in getattr(estimator, attr, []):
             children.append(item[1] if isinstance(item, tuple) else item)
-    for attr in ("estimator", "regressor_"):
+    for attr in ("estimator", "regressor_", "trees_"):
         if isinstance(getattr(estimator, attr, None), BaseEstimator):
             children.append(getattr(estimator, attr))
     for child in children:
@@ -74,7 +75,7 @@ def _walk(estimator: Any) -> list[Any]:
 
 def predict(model: Any, frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
     X = model_frame(frame, spec)
-    if spec.task == "regression":
+    if spec.task in ("regression", "forecast"):  # values [N], or a series [N, horizon]
         return np.asarray(model.predict(X), dtype=np.float64)
     if spec.task == "anomaly":  # higher: more anomalous (sklearn's score_samples is the opposite)
         return -np.asarray(model.score_samples(X), dtype=np.float64)
@@ -130,6 +131,8 @@ def _inputs(spec: ModelSpec) -> list[tuple[str, Any]]:
 def to_onnx(model: Any, spec: ModelSpec) -> onnx.ModelProto:
     if spec.task == "clustering":
         return _clustering_onnx(model, spec)
+    if spec.task == "forecast":
+        return _forecast_onnx(model, spec)
     inputs = _inputs(spec)
     options: dict[int, dict[str, Any]] = {}
     for step in _walk(model):
@@ -197,6 +200,24 @@ def _clustering_onnx(model: Pipeline, spec: ModelSpec) -> onnx.ModelProto:
     )
 
 
+def _forecast_onnx(model: DayAheadForecaster, spec: ModelSpec) -> onnx.ModelProto:
+    """The record tensors (series [N, length], numbers [N, 1]) through the feature builder
+    and the trees to `forecast` [N, horizon]."""
+    trees = skl_to_onnx(
+        model.trees_,
+        initial_types=[("tree_features", FloatTensorType([None, len(FEATURES)]))],
+        target_opset=TARGET_OPSET,
+        final_types=[("variable", FloatTensorType([None, 1]))],
+    )
+    inputs = [
+        onnx.helper.make_tensor_value_info(
+            name, onnx.TensorProto.FLOAT, [None, (f.shape or [1])[0] if f.type == "series" else 1]
+        )
+        for name, f in spec.fields.items()
+    ]
+    return forecast_onnx(model, trees, inputs)
+
+
 RAW_SCORES = "raw_scores"  # sklearn's decision_function: score_samples - offset_
 
 
@@ -253,6 +274,8 @@ def explain(model: Any, test: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame | N
     """Top weights of a linear text model; otherwise permutation importance of each raw field."""
     if spec.task == "clustering":  # no target to shuffle against: profiles explain segments
         return None
+    if spec.task == "forecast":  # what the trees read: lags, calendar, temperature
+        return _forecast_importance(model, test, spec)
     text_fields = [n for n, f in spec.fields.items() if f.type == "text"]
     if text_fields == list(spec.fields):
         return _linear_text_weights(model)
@@ -276,6 +299,25 @@ def explain(model: Any, test: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame | N
     table = table.sort_values("importance", ascending=False, ignore_index=True)
     name = "roc_auc" if callable(scoring) else scoring.removeprefix("neg_")
     table.attrs["measure"] = f"drop in {name} when the field is shuffled"
+    return table
+
+
+def _forecast_importance(
+    model: DayAheadForecaster, test: pd.DataFrame, spec: ModelSpec
+) -> pd.DataFrame:
+    X = model.long_features(model_frame(test, spec)).astype(np.float32)
+    result = permutation_importance(
+        model.trees_,
+        X,
+        encode_target(test, spec).reshape(-1),
+        scoring="neg_mean_absolute_percentage_error",
+        n_repeats=3,
+        random_state=0,
+        n_jobs=1,
+    )
+    table = pd.DataFrame({"feature": FEATURES, "importance": result.importances_mean})
+    table = table.sort_values("importance", ascending=False, ignore_index=True)
+    table.attrs["measure"] = "rise in MAPE when the built feature is shuffled"
     return table
 
 

@@ -14,7 +14,11 @@ from pipelines.timeline import Timeline
 
 
 class Project(Protocol):
-    """What a catalog module provides: its flavor and its (unfitted) estimator."""
+    """What a catalog module provides: its flavor and its (unfitted) estimator.
+
+    A module may also define `records(source, spec) -> DataFrame`, the source reshaped into
+    the model's records before the schema check (a time series cut into forecast origins).
+    """
 
     FLAVOR: Flavor
 

@@ -43,7 +43,8 @@ class Pool:
         record = dict(rng.choice(self.records))
         name = rng.choice(sorted(spec.fields))
         kind = spec.fields[name].type
-        record[name] = {"float": "n/a", "int": 2.5, "image": "not an image"}.get(kind, {"x": 1})
+        wrong = {"float": "n/a", "int": 2.5, "image": "not an image", "series": [1.0, "n/a"]}
+        record[name] = wrong.get(kind, {"x": 1})
         return {"records": [record]}, name
 
 

@@ -22,6 +22,7 @@ EXPECTED_ROWS = {
     "shuttle_anomaly": 49097,
     "customer_segments": 7043,
     "movie_recs": 100004,
+    "energy_forecast": 358,  # midnights of 2014 with a week before and a day after them
 }
 
 
@@ -38,6 +39,8 @@ def test_columns_are_the_fields_and_the_target(key: str) -> None:
         expected |= {spec.features.entity, "event_timestamp"}
     if spec.target.item:  # a rating is of an item: its id and name come with it
         expected |= {spec.target.item, spec.target.item_name}
+    if spec.target.time:  # a forecast's origin
+        expected |= {spec.target.time}
     assert set(train.columns) == expected and set(test.columns) == expected
 
 
@@ -65,6 +68,8 @@ def test_label_values(key: str) -> None:
     elif spec.task == "multiclass":  # every class, by name or by index
         labels = set(y.unique())
         assert labels in ({*spec.class_names}, set(range(len(spec.class_names))))
+    elif spec.task == "forecast":  # a positive series of the horizon's length
+        assert all(len(v) == spec.target.horizon and (v > 0).all() for v in y)
     else:
         assert (y > 0).all()
 
@@ -78,12 +83,30 @@ def test_split_is_disjoint_and_sized(key: str) -> None:
         assert len(test) / len(raw) == pytest.approx(spec.split.test_size, abs=0.01)
 
 
-@pytest.mark.parametrize("key", [k for k in KEYS if CATALOG[k].task != "regression"])
+@pytest.mark.parametrize(
+    "key", [k for k in KEYS if CATALOG[k].task not in ("regression", "forecast", "recommendation")]
+)
 def test_class_balance_is_kept_by_the_split(key: str) -> None:
     spec, (_, train, test) = CATALOG[key], prepared(key)
     column = spec.target.column
     share = train[column].value_counts(normalize=True)
     assert (test[column].value_counts(normalize=True) - share).abs().max() < 0.05
+
+
+def test_forecast_records_see_only_the_past() -> None:
+    """Each record's history is the week before its origin and its target the day after: the
+    next record's history ends with this record's target, and the test split comes after
+    the training split."""
+    spec, (raw, train, test) = CATALOG["energy_forecast"], prepared("energy_forecast")
+    history, target = spec.fields["demand_history"], spec.target.column
+    for before, after in zip(raw.iloc[:-1].itertuples(), raw.iloc[1:].itertuples(), strict=True):
+        np.testing.assert_array_equal(after.demand_history[-48:], getattr(before, target))
+        np.testing.assert_array_equal(after.demand_history[:-48], before.demand_history[48:])
+    assert (raw["origin"].diff().dropna() == pd.Timedelta(days=1)).all()
+    assert train["origin"].max() < test["origin"].min()
+    assert len(raw["demand_history"].iloc[0]) == (history.shape or [0])[0]
+    source = load_source(spec.source)  # the first record's week is the source's first week
+    np.testing.assert_array_equal(raw["demand_history"].iloc[0], source["Demand"][:336])
 
 
 def test_titanic_missing_marks_become_nulls() -> None:

@@ -19,6 +19,7 @@ PLOTS = {  # by task, plus by flavor: what the model explains itself with
     "anomaly": {"roc.png", "precision_recall.png", "scores.png", "confusion.png"},
     "clustering": {"segments_pca.png", "silhouette_by_k.png"},
     "recommendation": {"ratings.png", "ranking.png"},
+    "forecast": {"forecast_week.png", "mape_by_month.png"},
     "pipelines.flavors.sklearn": {"importance.png"},
     "pipelines.flavors.torch": {"learning_curve.png"},
     "pipelines.flavors.factors": set(),  # latent factors: no per-field importance
@@ -32,6 +33,7 @@ OUTPUTS = {  # the graph's outputs, by task (the served answer is built from the
     "anomaly": {"label", "score"},
     "clustering": {"label", "distances", "embedding"},
     "recommendation": {"items", "names", "scores", "fallback", "ratings", "baseline", "catalog"},
+    "forecast": {"forecast"},
 }
 
 

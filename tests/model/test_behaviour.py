@@ -419,3 +419,55 @@ def test_movie_recs_lists_follow_what_a_user_watched(tmp_path: Path) -> None:
     assert len(horror_fan & set(horror)) > max(
         len(children_fan & set(horror)), len(nobody & set(horror))
     )
+
+
+def forecast(rows: list[dict[str, Any]]) -> np.ndarray:
+    spec, model = trained("energy_forecast")
+    return np.asarray(
+        get_project("energy_forecast").FLAVOR.predict(model, pd.DataFrame(rows), spec)
+    )
+
+
+def summer_day() -> dict[str, Any]:
+    """The last test record (late December: summer in Victoria), as a plain record."""
+    record = prepared("energy_forecast")[2].iloc[-1]
+    fields = CATALOG["energy_forecast"].fields
+    return {name: record[name] for name in fields}
+
+
+def test_energy_heatwave_raises_the_afternoon_forecast() -> None:
+    day = summer_day()
+    hot = day | {"temperature": np.asarray(day["temperature"]) + 8.0}
+    normal, heatwave = forecast([day, hot])
+    afternoon = slice(24, 38)  # 12:00-19:00
+    assert heatwave[afternoon].mean() > normal[afternoon].mean() * 1.03
+
+
+def test_energy_a_sunday_needs_less_than_a_working_wednesday() -> None:
+    day = summer_day()
+    wednesday, sunday = forecast(
+        [day | {"workday": 1, "day_of_week": 2}, day | {"workday": 0, "day_of_week": 6}]
+    )
+    daytime = slice(16, 36)  # 08:00-18:00
+    assert sunday[daytime].mean() < wednesday[daytime].mean()
+
+
+def test_energy_forecast_follows_the_level_of_the_past_week() -> None:
+    day = summer_day()
+    higher = day | {"demand_history": np.asarray(day["demand_history"]) * 1.15}
+    base, raised = forecast([day, higher])
+    assert raised.mean() > base.mean() * 1.05
+
+
+def test_energy_graph_builds_the_same_features_on_unusual_records() -> None:
+    """The ONNX feature builder equals the native one away from the training data too."""
+    spec, model = trained("energy_forecast")
+    day = summer_day()
+    rows = pd.DataFrame([
+        day | {"temperature": np.asarray(day["temperature"]) + 15.0},
+        day | {"demand_history": np.asarray(day["demand_history"])[::-1].copy(), "workday": 0},
+        day | {"day_of_week": 0, "temperature": np.linspace(-5, 45, 48)},
+    ])  # fmt: skip
+    flavor = get_project("energy_forecast").FLAVOR
+    session = ort.InferenceSession(flavor.to_onnx(model, spec).SerializeToString())
+    check_parity(flavor.predict(model, rows, spec), onnx_predict(session, rows, spec), spec)

@@ -23,6 +23,11 @@ def check_against_onnx(
         got = np.array([p["value"] for p in predictions])
         np.testing.assert_allclose(got, expected["prediction"].reshape(-1), rtol=1e-6)
         return
+    if spec.task == "forecast":  # one value per step of the horizon
+        got = np.array([p["forecast"] for p in predictions])
+        np.testing.assert_allclose(got, expected["forecast"], rtol=1e-6)
+        assert got.shape[1] == spec.target.horizon
+        return
     if spec.task == "recommendation":  # top-k items, names, predicted ratings; the fallback
         item, name = spec.target.item, spec.target.item_name
         assert [[r[item] for r in p["recommendations"]] for p in predictions] == expected[

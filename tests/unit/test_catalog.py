@@ -13,6 +13,7 @@ HELPERS = {
     "tabular",
     "clustering",
     "factorization",
+    "forecasting",
 }  # pipelines/models/ modules that are not catalog entries
 
 

@@ -130,6 +130,29 @@ def test_feeds_are_checked_against_their_field() -> None:
     assert to_feed("age", age, np.array([3.0]), "FP64").shape == (1, 1)
 
 
+def test_series_are_lists_of_bounded_numbers_of_their_length() -> None:
+    model = record_model(CATALOG["energy_forecast"])
+    good = {"demand_history": [5.0] * 336, "temperature": [20.0] * 48, "workday": 1,
+            "day_of_week": 2}  # fmt: skip
+    assert len(model(**good).temperature) == 48  # type: ignore[attr-defined]
+    for bad, where in (
+        ({"temperature": [20.0] * 47}, "temperature"),
+        ({"demand_history": [5.0] * 335 + [25.0]}, "demand_history.335"),
+        ({"demand_history": [5.0] * 335 + [None]}, "demand_history.335"),
+    ):
+        with pytest.raises(ValidationError) as info:
+            model(**good | bad)
+        assert describe_errors(info.value)[0]["field"] == where
+
+
+def test_series_tensors_keep_their_length() -> None:
+    history = CATALOG["energy_forecast"].fields["demand_history"]
+    assert to_feed("demand_history", history, np.ones((2, 336)), "FP64").shape == (2, 336)
+    for array, words in ((np.ones((2, 300)), "shape"), (np.full((1, 336), np.nan), "missing")):
+        with pytest.raises(TensorError, match=words):
+            to_feed("demand_history", history, array, "FP32")
+
+
 def test_header_split_and_compression() -> None:
     import gzip
 
