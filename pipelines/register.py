@@ -24,6 +24,7 @@ from mlflow.models import infer_signature
 from pipelines import model_card, paths, reference, registry
 from pipelines.catalog import ModelSpec
 from pipelines.cli import StageError, run_stage
+from pipelines.flavors import factors
 from pipelines.log import get_logger
 from pipelines.schema import onnx_feeds
 
@@ -90,8 +91,9 @@ def load_inputs(
 def log_reference(spec: ModelSpec, train: pd.DataFrame, session: ort.InferenceSession) -> None:
     """The drift service's reference: a sample of the training split and the model's outputs."""
     rows = reference.sample(train)
-    names = [o.name for o in session.get_outputs()]
-    result = dict(zip(names, session.run(None, onnx_feeds(rows, spec)), strict=True))
+    # what the service serves (a recommender's rating of every item is for scoring only)
+    names = [o.name for o in session.get_outputs() if o.name not in factors.EVALUATION]
+    result = dict(zip(names, session.run(names, onnx_feeds(rows, spec)), strict=True))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(reference.ARTIFACT).name
         reference.reference(spec, rows, result).to_parquet(path, index=False)

@@ -11,11 +11,11 @@ import onnxruntime as ort
 from pydantic import BaseModel
 
 from pipelines.catalog import ModelSpec
+from pipelines.flavors import factors
 from pipelines.reference import summarize
 from services.store import Artifact, ArtifactRefused
 
 NUMERIC = ("float", "int")
-EVALUATION_OUTPUTS = ("ratings", "baseline", "catalog")  # pipelines/flavors/factors.py
 
 
 def _session(path: str) -> ort.InferenceSession:
@@ -85,7 +85,7 @@ class LoadedModel:
     def served_outputs(self) -> list[str]:
         """The graph's outputs but those only the pipeline reads (a recommender's rating of
         every item, for scoring held-out ratings)."""
-        return [o.name for o in self.session.get_outputs() if o.name not in EVALUATION_OUTPUTS]
+        return [o.name for o in self.session.get_outputs() if o.name not in factors.EVALUATION]
 
     def run(
         self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None
