@@ -17,6 +17,14 @@ from services.stack import BASE_PORT, TRITON_PORTS
 def summary(prediction: dict[str, Any], positive: str) -> str:
     if "value" in prediction:
         return f"value {prediction['value']:,.2f}"
+    if "forecast" in prediction:  # the horizon's steps
+        steps = prediction["forecast"]
+        return f"forecast of {len(steps)} steps, {min(steps):,.2f} to {max(steps):,.2f}"
+    if "recommendations" in prediction:  # the top of the list
+        top = prediction["recommendations"][0] if prediction["recommendations"] else {}
+        names = [str(v) for k, v in top.items() if k != "score"]
+        kind = "popular (fallback)" if prediction["fallback"] else "personalised"
+        return f"{len(prediction['recommendations'])} {kind}, first {' '.join(names)}"
     if "probability" in prediction:
         return f"{prediction['label']} (P({positive}) = {prediction['probability']:.3f})"
     if "distance" in prediction:
