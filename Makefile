@@ -69,8 +69,9 @@ test: setup ## All test tiers: code, data, model and the whole-pipeline integrat
 test-fast: ## Code and data tiers only (skips tests marked slow)
 	$(RUN) pytest -m "not slow"
 
-serve-triton: ## Triton's HTTP/gRPC protocol for fashion_cnn on :8000/:8001 (metrics :8002), PyTriton, foreground
+serve-triton: ## Triton's HTTP/gRPC protocol for fashion_cnn and semantic_search's encoder on :8000/:8001 (metrics :8002), PyTriton, foreground
 	services/triton/.venv/bin/python services/triton/serve.py --repository artifacts/fashion_cnn/triton \
+		--repository artifacts/semantic_search/triton \
 		--http-port 8000 --grpc-port 8001 --metrics-port 8002
 
 drift-demo: ## Shifted traffic for titanic until the drift alert fires, the webhook retrains it through the gate (Prometheus + Alertmanager + drift service, real)

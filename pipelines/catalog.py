@@ -17,8 +17,17 @@ FieldType = Literal["float", "int", "category", "text", "image", "series"]
 # clustering: unsupervised too; the target is profiled per segment (e.g. its churn rate)
 # recommendation: the one field is the user; the target is a user's rating of an item
 # forecast: a record is a forecast origin; the target is the series of the horizon after it
+# retrieval: a record is a text; the training split's are the searched documents (target.item
+# their id), the test split's the queries; the target is a label that judges relevance
 Task = Literal[
-    "regression", "binary", "multiclass", "anomaly", "clustering", "recommendation", "forecast"
+    "regression",
+    "binary",
+    "multiclass",
+    "anomaly",
+    "clustering",
+    "recommendation",
+    "forecast",
+    "retrieval",
 ]
 UNSUPERVISED = ("anomaly", "clustering")
 
@@ -58,7 +67,7 @@ class Target(Strict):
     positive: str | int | None = None
     classes: list[str] | None = None  # class names, in label order
     transform: Literal["log"] | None = None  # regression: fit on log(target)
-    item: str | None = None  # recommendation: the rated item's id column (int)
+    item: str | None = None  # recommendation: the rated item's id column; retrieval: a document's
     item_name: str | None = None  # recommendation: the item's display name column
     horizon: int | None = Field(default=None, gt=0)  # forecast: the target series' length
     time: str | None = None  # forecast: the origin's time column (orders the split)
@@ -151,6 +160,13 @@ class ModelSpec(Strict):
                 "a recommendation task needs target.item, target.item_name and exactly one "
                 "field, the user id (int)"
             )
+        if self.task == "retrieval" and not (
+            self.target.item and [f.type for f in self.fields.values()] == ["text"]
+        ):
+            raise ValueError(
+                "a retrieval task needs target.item (the document id) and exactly one field, "
+                "the text (type text)"
+            )
         if self.task == "forecast" and not (self.target.horizon and self.target.time):
             raise ValueError("a forecast task needs target.horizon and target.time")
         if self.task == "forecast" and self.split != "source" and self.split.shuffle:
@@ -181,12 +197,18 @@ class ModelSpec(Strict):
         return self.floors[self.gate_metric].min is not None
 
     @property
+    def labels_served(self) -> bool:
+        """Whether a prediction carries a label (a class, segment or decision): not values,
+        forecasts or search results."""
+        return self.task not in ("regression", "forecast", "retrieval")
+
+    @property
     def class_names(self) -> list[str]:
         if self.task == "binary":
             return self.target.classes or ["negative", "positive"]
         if self.task == "anomaly":
             return self.target.classes or ["normal", "anomaly"]
-        if self.task == "clustering":  # segments are found by training, not declared
+        if self.task in ("clustering", "retrieval"):  # segments are found, results ranked
             return []
         if self.task == "recommendation":  # how a user's list was made
             return ["personalised", "popular"]

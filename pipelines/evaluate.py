@@ -14,6 +14,7 @@ from pipelines import paths, plots
 from pipelines.catalog import ModelSpec
 from pipelines.cli import run_stage
 from pipelines.flavors import factors as factors_flavor
+from pipelines.flavors import retrieval as retrieval_flavor
 from pipelines.flavors import sklearn as sklearn_flavor
 from pipelines.flavors.torch import HISTORY_FILE
 from pipelines.log import get_logger
@@ -43,13 +44,15 @@ def draw(
     clusters: Any = None,
     ranking: pd.DataFrame | None = None,
     forecast: dict[str, Any] | None = None,
+    search: dict[str, Any] | None = None,
 ) -> list[str]:
     """The plots that fit the task; returns the file names written.
 
     A segmentation is drawn in the space it clusters (`embedding`), with the search over k
     its fitted estimator (`clusters`) ran; a recommender's `ranking` is its precision and
     recall at k against the popularity baseline; a forecast's `forecast` holds its MAPE by
-    month (fixed, walk-forward, seasonal naive) and the first test week."""
+    month (fixed, walk-forward, seasonal naive) and the first test week; a search index's
+    `search` its recall by nprobe and its results' similarity by rank."""
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Callable[[Path], None]] = {}
     if spec.task == "regression":
@@ -72,6 +75,14 @@ def draw(
         written["forecast_week.png"] = lambda p: plots.forecast_week(forecast["week"], spec.key, p)
         written["mape_by_month.png"] = lambda p: plots.mape_by_month(
             forecast["by_month"], spec.key, p
+        )
+    elif spec.task == "retrieval":
+        assert search is not None
+        written["recall_by_nprobe.png"] = lambda p: plots.recall_by_nprobe(
+            search["nprobe"], spec.key, p
+        )
+        written["similarity.png"] = lambda p: plots.similarity(
+            search["scores"], search["relevant_by_rank"], spec.key, p
         )
     elif spec.task == "recommendation":
         assert ranking is not None
@@ -156,8 +167,11 @@ def main_work(spec: ModelSpec, root: Path) -> None:
     embedding = None
     if spec.task == "clustering":  # judged in the space it clusters, with its own facts
         embedding = sklearn_flavor.embed(model, test, spec)
-    metrics = score(spec, y, predicted, threshold, embedding) | fitted_facts(model)
-    ranking, forecast = None, None
+    ranking, forecast, search = None, None, None
+    if spec.task == "retrieval":  # judged as a search: against exact search, and exported
+        metrics, search = retrieval_flavor.search_metrics(model, test, spec, predicted)
+    else:
+        metrics = score(spec, y, predicted, threshold, embedding) | fitted_facts(model)
     if spec.task == "forecast":  # against the seasonal-naive baseline, and walk-forward
         train = pd.read_parquet(paths.split_dir(spec.key, root) / "train.parquet")
         forecast, found = forecast_report(spec, project, model, train, test, predicted)
@@ -177,7 +191,7 @@ def main_work(spec: ModelSpec, root: Path) -> None:
     clusters = model.steps[-1][1] if embedding is not None else None
     drawn = draw(
         spec, y, predicted, importance, history, plots_dir, threshold, embedding, clusters,
-        ranking, forecast,
+        ranking, forecast, search,
     )  # fmt: skip
     met = floors_met(spec, metrics)
     log.info(

@@ -7,6 +7,7 @@ with its tuned threshold if it has one).
 """
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import pandas as pd
 from pipelines import paths
 from pipelines.catalog import ModelSpec
 from pipelines.cli import StageError, run_stage
-from pipelines.flavors import factors
+from pipelines.flavors import factors, retrieval
 from pipelines.log import get_logger
 from pipelines.metrics import decision_threshold, labels_of
 from pipelines.models import get_project
@@ -37,14 +38,17 @@ OUTPUT = {
     "forecast": "forecast",
     "anomaly": "score",
     "clustering": "distances",
+    "retrieval": "embedding",  # the encoder's; the search after it is FAISS, exactly as served
 }
 VECTORS = ("prediction", "score")  # [N, 1] in the graph, [N] natively
 
 
-def onnx_predict(session: ort.InferenceSession, frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
+def onnx_predict(
+    session: ort.InferenceSession | retrieval.RetrievalSession, frame: pd.DataFrame, spec: ModelSpec
+) -> np.ndarray:
     """Probabilities [N, C], values [N], anomaly scores [N], distances to the segments'
-    centres [N, k] or a recommender's predicted ratings of the frame's (user, item) pairs [N]
-    from the exported graph."""
+    centres [N, k], a recommender's predicted ratings of the frame's (user, item) pairs [N]
+    or a search's query embeddings [N, dim] from the exported graph."""
     if spec.task == "recommendation":
         assert spec.target.item
         names = list(factors.EVALUATION)
@@ -138,8 +142,9 @@ def describe(
 ) -> onnx.ModelProto:
     """Metadata a server needs to answer on the common contract, inside the artifact itself
     (`threshold`: the decision threshold the graph's label applies, if it has one;
-    `segments`: a segmentation's profile of each segment, in label order)."""
-    meta = {
+    `segments`: a segmentation's profile of each segment, in label order). Metadata the
+    flavor wrote (a search encoder's tokenizer) is kept."""
+    meta = {p.key: p.value for p in graph.metadata_props} | {
         "model": spec.key,
         "task": spec.task,
         "classes": json.dumps(spec.class_names),
@@ -167,18 +172,28 @@ def main_work(spec: ModelSpec, root: Path) -> None:
         train = pd.read_parquet(paths.split_dir(spec.key, root) / "train.parquet")
         segments = profiles(spec, train, labels_of(spec, flavor.predict(model, train, spec), None))
     graph = describe(flavor.to_onnx(model, spec), spec, decision_threshold(model), segments)
-    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    served: list[Path] = getattr(flavor, "serving_files", lambda _: [])(model)  # beside it
+    session: ort.InferenceSession | retrieval.RetrievalSession
+    if spec.task == "retrieval":  # the tokenizer, the encoder and the index, as served
+        session = retrieval.session(graph, paths.model_dir(spec.key, root))
+    else:
+        session = ort.InferenceSession(
+            graph.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
     native = flavor.predict(model, test, spec)
     worst = check_parity(native, onnx_predict(session, test, spec), spec)
     if spec.task == "recommendation":
         check_lists(session, test, spec, model)
-    elif spec.task not in ("regression", "forecast"):
+    elif spec.labels_served:
         check_labels(session, test, spec, native, decision_threshold(model))
     if segments is not None:
         log.info("%s: %d segments, profiled on the training split", spec.key, len(segments))
     target = paths.onnx_model(spec.key, root)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(target.parent, ignore_errors=True)
+    target.parent.mkdir(parents=True)
     onnx.save_model(graph, target)
+    for path in served:  # registered with the graph, each with its checksum
+        shutil.copyfile(path, target.parent / path.name)
     log.info(
         "%s: %s (%d KiB), parity on %d test rows, max difference %.2g",
         spec.key,

@@ -192,3 +192,35 @@ def mape_by_month(table: pd.DataFrame, title: str, path: Path) -> None:
     ax.legend()
     fig.suptitle(f"{title} (test split)")
     _save(fig, path)
+
+
+def recall_by_nprobe(curve: pd.DataFrame, title: str, path: Path) -> None:
+    """recall@k against exact search, and time per query, by the index cells a query visits."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    ax.plot(curve["nprobe"], curve["recall"], marker="o", color="C0", label="recall@k")
+    chosen = curve[curve["chosen"]]
+    ax.scatter(chosen["nprobe"], chosen["recall"], s=120, facecolors="none", edgecolors="black",
+               zorder=3, label=f"chosen nprobe {int(chosen['nprobe'].iloc[0])}")  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="nprobe (cells visited per query)", ylabel="recall@k vs exact search")
+    time_axis = ax.twinx()
+    time_axis.plot(curve["nprobe"], curve["ms_per_query"], marker="s", ms=3, color="C1", ls="--")
+    time_axis.set_ylabel("ms per query (search only, one thread)", color="C1")
+    ax.legend(loc="lower right")
+    ax.set_title(f"{title}: recall against time (test queries)")
+    _save(fig, path)
+
+
+def similarity(scores: np.ndarray, relevant: np.ndarray, title: str, path: Path) -> None:
+    """Cosine similarity of each test query's results, by rank: how close the corpus is
+    (a drop in the served best match is what drift looks like)."""
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    ranks = np.arange(1, scores.shape[1] + 1)
+    parts = ax.boxplot([scores[:, i] for i in range(scores.shape[1])], positions=ranks,
+                       showfliers=False)  # fmt: skip
+    del parts
+    ax.plot(ranks, relevant, marker="o", color="C2", label="share with the query's label")
+    ax.set(xlabel="rank", ylabel="cosine similarity / share", ylim=(0, 1))
+    ax.legend(loc="lower left")
+    ax.set_title(f"{title}: results by rank (test queries)")
+    _save(fig, path)

@@ -52,7 +52,7 @@ def columns(spec: ModelSpec) -> Columns:
         else:
             categorical.append(name)
     numerical.append(PREDICTION)
-    if spec.task not in ("regression", "forecast"):
+    if spec.labels_served:
         categorical.append(PREDICTED_LABEL)
     return Columns(numerical, categorical)
 
@@ -103,7 +103,8 @@ def drift_view(spec: ModelSpec, inputs: pd.DataFrame) -> pd.DataFrame:
 
 def summarize(spec: ModelSpec, result: dict[str, np.ndarray]) -> tuple[list[float], list[str]]:
     """(P(positive) / P(top class) / value / anomaly score / distance to the segment's
-    centre / the top recommendation's predicted rating, labels) of a graph's outputs."""
+    centre / the top recommendation's predicted rating / the best search result's similarity,
+    labels) of a graph's outputs."""
     if spec.task == "recommendation":  # labelled by how the list was made
         if "scores" not in result or "fallback" not in result:
             return [], []
@@ -112,6 +113,8 @@ def summarize(spec: ModelSpec, result: dict[str, np.ndarray]) -> tuple[list[floa
         return result["scores"][:, 0].tolist(), labels
     if "prediction" in result:
         return result["prediction"].reshape(-1).tolist(), []
+    if spec.task == "retrieval":  # the best match's similarity: low when queries drift away
+        return (result["scores"][:, 0].tolist(), []) if "scores" in result else ([], [])
     if "forecast" in result:  # the mean over the horizon
         return result["forecast"].mean(axis=1).tolist(), []
     classes = spec.class_names
@@ -141,6 +144,6 @@ def reference(spec: ModelSpec, rows: pd.DataFrame, result: dict[str, np.ndarray]
     view = drift_view(spec, rows)
     scores, labels = summarize(spec, result)
     view[PREDICTION] = scores
-    if spec.task not in ("regression", "forecast"):
+    if spec.labels_served:
         view[PREDICTED_LABEL] = labels
     return view

@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import mlflow
 import onnx
@@ -24,7 +24,7 @@ from mlflow.models import infer_signature
 from pipelines import model_card, paths, reference, registry
 from pipelines.catalog import ModelSpec
 from pipelines.cli import StageError, run_stage
-from pipelines.flavors import factors
+from pipelines.flavors import factors, retrieval
 from pipelines.log import get_logger
 from pipelines.schema import onnx_feeds
 
@@ -35,6 +35,8 @@ SERVING_REQUIREMENTS = [f"onnxruntime=={ort.__version__}", f"onnx=={onnx.__versi
 
 
 FEAST_TAGS = ("feast.feature_service", "feast.entity")
+# a version tag per file served beside model.onnx: sha256.<file name> (services/store.py)
+FILE_TAG_PREFIX = "sha256."
 
 
 def lineage(key: str, root: Path) -> dict[str, str]:
@@ -88,9 +90,29 @@ def load_inputs(
     )
 
 
-def log_reference(spec: ModelSpec, train: pd.DataFrame, session: ort.InferenceSession) -> None:
-    """The drift service's reference: a sample of the training split and the model's outputs."""
-    rows = reference.sample(train)
+Session: TypeAlias = ort.InferenceSession | retrieval.RetrievalSession
+
+
+def open_session(graph: onnx.ModelProto, spec: ModelSpec, root: Path) -> Session:
+    """The graph as served: a search encoder with its tokenizer and index around it."""
+    if spec.task == "retrieval":
+        return retrieval.session(graph, paths.onnx_model(spec.key, root).parent)
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session
+
+
+def served_files(spec: ModelSpec, root: Path) -> list[Path]:
+    """What export wrote beside the graph for the service (a search's index and documents)."""
+    folder = paths.onnx_model(spec.key, root).parent
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name != "model.onnx")
+
+
+def log_reference(spec: ModelSpec, frames: dict[str, pd.DataFrame], session: Session) -> None:
+    """The drift service's reference: a sample of what the model is asked and its outputs.
+
+    That is the training split, except for a search: its training rows are the corpus
+    (each its own best match), its test rows are queries."""
+    rows = reference.sample(frames["test" if spec.task == "retrieval" else "train"])
     # what the service serves (a recommender's rating of every item is for scoring only)
     names = [o.name for o in session.get_outputs() if o.name not in factors.EVALUATION]
     result = dict(zip(names, session.run(names, onnx_feeds(rows, spec)), strict=True))
@@ -112,9 +134,13 @@ def log_run(
     """One MLflow run: params, metrics, datasets, tags, card, ONNX model. (run id, version)."""
     split = paths.split_dir(spec.key, root)
     example = onnx_feeds(frames["test"].head(EXAMPLE_ROWS), spec)
-    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    outputs = dict(zip(names, session.run(None, example), strict=True))
+    session = open_session(graph, spec, root)
+    if isinstance(session, retrieval.RetrievalSession):  # MLflow's ONNX model: the encoder
+        example = session.tokens(example[retrieval.text_field(spec)].reshape(-1).tolist())
+        outputs = {"embedding": session.session.run(["embedding"], example)[0]}
+    else:
+        names = [o.name for o in session.get_outputs()]
+        outputs = dict(zip(names, session.run(None, example), strict=True))
     run_name = f"{spec.key}-{tags['git_commit'][:8]}"
     with mlflow.start_run(experiment_id=registry.experiment(spec.key), run_name=run_name) as run:
         mlflow.log_params(flat_params(spec))
@@ -133,7 +159,7 @@ def log_run(
                 )
                 mlflow.log_input(dataset, context=context)
         mlflow.log_text(card, "model_card.md")
-        log_reference(spec, frames["train"], session)
+        log_reference(spec, frames, session)
         info = mlflow.onnx.log_model(
             graph,
             name="model",
@@ -142,6 +168,7 @@ def log_run(
             input_example=example,
             save_as_external_data=False,
             pip_requirements=SERVING_REQUIREMENTS,
+            extra_files=[str(p) for p in served_files(spec, root)] or None,
             onnx_execution_providers=["CPUExecutionProvider"],
         )
     return run.info.run_id, str(info.registered_model_version)
@@ -167,9 +194,14 @@ def register(spec: ModelSpec, root: Path) -> dict[str, Any]:
     client.update_model_version(spec.key, version, description=card)
     # Servers check the bytes they download (or kept from an earlier start) against this.
     tags["onnx_sha256"] = hashlib.sha256(graph.SerializeToString()).hexdigest()
+    for path in served_files(spec, root):  # the files served with the graph, by name
+        tags[f"{FILE_TAG_PREFIX}{path.name}"] = hashlib.sha256(path.read_bytes()).hexdigest()
     for tag in ("gate.alias", "gate.reason", "git_commit", "onnx_sha256", *FEAST_TAGS):
         if tag in tags:
             client.set_model_version_tag(spec.key, version, tag, tags[tag])
+    for tag, value in tags.items():
+        if tag.startswith(FILE_TAG_PREFIX):
+            client.set_model_version_tag(spec.key, version, tag, value)
     client.set_registered_model_alias(spec.key, alias, version)
     log.info("%s: version %s -> @%s (%s)", spec.key, version, alias, reason)
     return {

@@ -44,7 +44,12 @@ def champion_version(mlflow_client: MlflowClient, key: str) -> str | None:
 def champion_metric(
     mlflow_client: MlflowClient, spec: ModelSpec, version: str, test: pd.DataFrame
 ) -> tuple[float, str]:
-    """The champion re-scored on this test split; its logged metric if its graph cannot be."""
+    """The champion re-scored on this test split; its logged metric if its graph cannot be.
+
+    A search index is judged on its own corpus (recall against exact search of it), which
+    is not this version's: the champion's logged metric is what compares."""
+    if spec.task == "retrieval":
+        return _logged(mlflow_client, spec, version), "its logged metric (its own corpus)"
     try:
         graph = mlflow.onnx.load_model(f"models:/{spec.key}/{version}")
         session = ort.InferenceSession(
@@ -63,11 +68,15 @@ def champion_metric(
         MlflowException,
         ort.capi.onnxruntime_pybind11_state.Fail,
     ) as exc:
-        run = mlflow_client.get_run(str(mlflow_client.get_model_version(spec.key, version).run_id))
         log.warning(
             "champion v%s cannot score this test split (%s); using its logged metric", version, exc
         )
-        return float(run.data.metrics[spec.gate_metric]), "its logged metric (inputs changed)"
+        return _logged(mlflow_client, spec, version), "its logged metric (inputs changed)"
+
+
+def _logged(mlflow_client: MlflowClient, spec: ModelSpec, version: str) -> float:
+    run = mlflow_client.get_run(str(mlflow_client.get_model_version(spec.key, version).run_id))
+    return float(run.data.metrics[spec.gate_metric])
 
 
 def decide(spec: ModelSpec, metrics: dict[str, float], incumbent: float | None) -> tuple[str, str]:

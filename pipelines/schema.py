@@ -77,7 +77,7 @@ def _target_column(spec: ModelSpec) -> pa.Column:
         return pa.Column(checks=_series_checks(target.horizon or 0, None, None), nullable=False)
     if spec.task == "recommendation":  # a rating on the source's scale
         return pa.Column(float, checks=[pa.Check.ge(0)], nullable=False, coerce=True)
-    if spec.task in ("binary", "anomaly", "clustering"):
+    if spec.task in ("binary", "anomaly", "clustering", "retrieval"):
         return pa.Column(
             checks=[
                 pa.Check(lambda s: s.nunique() == 2, error="is not two-valued"),
@@ -133,6 +133,8 @@ def raw_schema(spec: ModelSpec, source: bool = False) -> pa.DataFrameSchema:
         columns[spec.target.item] = pa.Column(int, checks=[pa.Check.ge(0)], nullable=False)
         # MovieLens has 5 movies without a title: served with an empty name
         columns[spec.target.item_name] = pa.Column(str, nullable=True)
+    elif spec.target.item:  # a searched document's id
+        columns[spec.target.item] = pa.Column(str, unique=True, nullable=False)
     if spec.features and not source:
         columns[spec.features.entity] = pa.Column(str, unique=True, nullable=False)
         columns["event_timestamp"] = pa.Column("datetime64[ns, UTC]", nullable=False)
@@ -183,10 +185,11 @@ def model_frame(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
 
 
 def encode_target(frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
-    """0/1 for binary, anomaly and clustering (its profiled value), class index for
+    """0/1 for binary, anomaly, clustering (its profiled value) and retrieval (its relevance
+    label), class index for
     multiclass, float for regression, [N, horizon] for a forecast."""
     y = frame[spec.target.column]
-    if spec.task in ("binary", "anomaly", "clustering"):
+    if spec.task in ("binary", "anomaly", "clustering", "retrieval"):
         return (y == spec.target.positive).to_numpy(dtype=np.int64)
     if spec.task == "multiclass":
         if y.dtype == object or isinstance(y.dtype, pd.StringDtype):  # class names

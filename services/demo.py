@@ -25,6 +25,13 @@ def summary(prediction: dict[str, Any], positive: str) -> str:
         names = [str(v) for k, v in top.items() if k != "score"]
         kind = "popular (fallback)" if prediction["fallback"] else "personalised"
         return f"{len(prediction['recommendations'])} {kind}, first {' '.join(names)}"
+    if "results" in prediction:  # the best match
+        results = prediction["results"]
+        if not results:
+            return "no results"
+        best = results[0]
+        text = best["text"][:60] + ("..." if len(best["text"]) > 60 else "")
+        return f"{len(results)} results, best {best['score']:.3f}: {text!r}"
     if "probability" in prediction:
         return f"{prediction['label']} (P({positive}) = {prediction['probability']:.3f})"
     if "distance" in prediction:

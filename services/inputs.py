@@ -67,8 +67,9 @@ def _field_type(field: InputField) -> Any:
         base: Any = Annotated[kind, Field(ge=field.min, le=field.max, allow_inf_nan=False)]
     elif field.type == "category" and field.values:
         base = Literal[tuple(field.values)]
-    else:
-        base = Annotated[str, Field(max_length=MAX_TEXT)]
+    else:  # a required text must say something (as on the OIP route)
+        shortest = 1 if field.type == "text" and not field.nullable else 0
+        base = Annotated[str, Field(min_length=shortest, max_length=MAX_TEXT)]
     return base | None if field.nullable else base
 
 

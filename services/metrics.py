@@ -80,7 +80,8 @@ class ServiceMetrics:
             "serving_prediction_score",
             "P(positive) for binary, P(top class) for multiclass, the value for regression, "
             "the anomaly score for anomaly detectors, the distance to the segment's centre, "
-            "the top recommendation's predicted rating, the mean of a forecast",
+            "the top recommendation's predicted rating, the mean of a forecast, the best "
+            "search result's cosine similarity",
             ["model", "version", "alias"],
             buckets=(
                 VALUE_BUCKETS

@@ -193,8 +193,10 @@ def loads(text: str) -> Any:
 
 def score_label(prediction: dict[str, Any]) -> tuple[float | None, str | None]:
     """What the distribution metrics keep: P(positive), P(top class), the value or the
-    anomaly score, the top recommendation's predicted rating or a forecast's mean; the
-    label."""
+    anomaly score, the top recommendation's predicted rating, a forecast's mean or the best
+    search result's similarity; the label."""
+    if "results" in prediction:  # search results, best first
+        return (prediction["results"][0]["score"] if prediction["results"] else None), None
     if "recommendations" in prediction:  # labelled by how the list was made
         top = prediction["recommendations"][0]["score"] if prediction["recommendations"] else None
         return top, "popular" if prediction["fallback"] else "personalised"

@@ -11,7 +11,7 @@ import onnxruntime as ort
 from pydantic import BaseModel
 
 from pipelines.catalog import ModelSpec
-from pipelines.flavors import factors
+from pipelines.flavors import factors, retrieval
 from pipelines.reference import summarize
 from services.store import Artifact, ArtifactRefused
 
@@ -34,7 +34,8 @@ class LoadedModel:
 
     spec: ModelSpec
     artifact: Artifact
-    session: ort.InferenceSession
+    # a search: the tokenizer, the encoder and the FAISS index, with a session's interface
+    session: ort.InferenceSession | retrieval.RetrievalSession
 
     @property
     def name(self) -> str:
@@ -97,11 +98,29 @@ class LoadedModel:
         """Per record: label + probability (binary), label + probabilities, value, label +
         anomaly score + the threshold it was decided with, segment + distance + profile, or
         the top-k recommendations (item id, name, predicted rating) + whether it is the
-        popularity fallback, or a forecast (one value per step of the horizon)."""
+        popularity fallback, or a forecast (one value per step of the horizon), or the
+        search results (document id, text, cosine similarity), best first."""
         if self.spec.task == "regression":
             return [{"value": v} for v in result["prediction"].reshape(-1).tolist()]
         if self.spec.task == "forecast":  # the horizon's steps after the record's origin
             return [{"forecast": row} for row in result["forecast"].tolist()]
+        if self.spec.task == "retrieval":  # fewer than k only if the index found fewer
+            item = self.spec.target.item
+            return [
+                {
+                    "results": [
+                        {item: i, "text": t, "score": s}
+                        for i, t, s in zip(ids, texts, scores, strict=True)
+                        if i != ""
+                    ]
+                }
+                for ids, texts, scores in zip(
+                    result["ids"].tolist(),
+                    result["texts"].tolist(),
+                    result["scores"].tolist(),
+                    strict=True,
+                )
+            ]
         if self.spec.task == "recommendation":
             item, name = self.spec.target.item, self.spec.target.item_name
             return [
@@ -182,7 +201,15 @@ def load(spec: ModelSpec, artifact: Artifact) -> LoadedModel:
         raise ArtifactRefused(
             f"refusing {spec.key} v{artifact.version}: a segmentation without segment profiles"
         )
-    inputs = {i.name for i in session.get_inputs()}
+    served: ort.InferenceSession | retrieval.RetrievalSession = session
+    if spec.task == "retrieval":  # text in: the tokenizer before the graph, the index after
+        try:
+            served = retrieval.RetrievalSession(session, retrieval.Corpus.open(artifact.directory))
+        except (OSError, RuntimeError, ValueError) as exc:  # faiss raises RuntimeError
+            raise ArtifactRefused(
+                f"refusing {spec.key} v{artifact.version}: cannot open its search index ({exc})"
+            ) from exc
+    inputs = {i.name for i in served.get_inputs()}
     if inputs != set(spec.fields):
         raise ArtifactRefused(f"refusing {spec.key} v{artifact.version}: graph inputs {inputs}")
-    return LoadedModel(spec, artifact, session)
+    return LoadedModel(spec, artifact, served)

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 
 from pipelines import paths
-from pipelines.catalog import load_catalog
+from pipelines.catalog import ModelSpec, load_catalog
 from pipelines.paths import ROOT
 from services import deploy, monitoring
 
@@ -168,7 +168,8 @@ def proxy_process() -> list[dict[str, Any]]:
 def plan(root: Path = ROOT) -> list[dict[str, Any]]:
     """Every process of the stack: name, command, URL and the route that says it is ready."""
     processes = []
-    for index, (key, spec) in enumerate(load_catalog().items()):
+    catalog = load_catalog()
+    for index, key in enumerate(catalog):
         port = BASE_PORT + index
         processes.append(
             {
@@ -182,29 +183,39 @@ def plan(root: Path = ROOT) -> list[dict[str, Any]]:
                 "ready": "/readyz",
             }
         )
-        repository = (paths.onnx_model(key, root).parent / "triton").resolve()
-        if spec.triton is not None and (repository / key / "config.pbtxt").exists():
-            ports = [str(TRITON_PORTS[k]) for k in ("http", "grpc", "metrics")]
-            processes.append(
-                {
-                    "name": f"triton-{key}",
-                    "command": [
-                        str(TRITON_PYTHON),
-                        "services/triton/serve.py",
-                        "--repository",
-                        str(repository),
-                        "--http-port",
-                        ports[0],
-                        "--grpc-port",
-                        ports[1],
-                        "--metrics-port",
-                        ports[2],
-                    ],
-                    "url": f"http://127.0.0.1:{ports[0]} (gRPC 127.0.0.1:{ports[1]})",
-                    "ready": f"/v2/models/{key}/ready",
-                }
-            )
-    return processes + monitoring_processes(root) + proxy_process()
+    return processes + triton_process(catalog, root) + monitoring_processes(root) + proxy_process()
+
+
+def triton_process(catalog: dict[str, ModelSpec], root: Path) -> list[dict[str, Any]]:
+    """One PyTriton server for every exported Triton repository (as tritonserver takes
+    several --model-repository)."""
+    repositories = [
+        str((paths.onnx_model(key, root).parent / "triton").resolve())
+        for key, spec in catalog.items()
+        if spec.triton is not None
+        and (paths.onnx_model(key, root).parent / "triton" / key / "config.pbtxt").exists()
+    ]
+    if not repositories:
+        return []
+    ports = [str(TRITON_PORTS[k]) for k in ("http", "grpc", "metrics")]
+    return [
+        {
+            "name": "triton",
+            "command": [
+                str(TRITON_PYTHON),
+                "services/triton/serve.py",
+                *[arg for repo in repositories for arg in ("--repository", repo)],
+                "--http-port",
+                ports[0],
+                "--grpc-port",
+                ports[1],
+                "--metrics-port",
+                ports[2],
+            ],
+            "url": f"http://127.0.0.1:{ports[0]} (gRPC 127.0.0.1:{ports[1]})",
+            "ready": "/v2/health/ready",
+        }
+    ]
 
 
 def _base(url: str) -> str:

@@ -3,6 +3,10 @@
 A service that has loaded a version once can restart and serve it while the registry is
 down. Bytes that do not match their checksum are never loaded: not a download that differs
 from the registry's `onnx_sha256` tag, not a cached copy that changed on disk.
+
+Some models serve files beside the graph (a search's FAISS index and documents): the
+register stage logs them as the MLflow model's extra files with a `sha256.<name>` tag each,
+and they are checked and cached like the graph.
 """
 
 import hashlib
@@ -18,6 +22,8 @@ from typing import Any
 
 log = logging.getLogger("services.store")
 MODEL_FILE = "model.onnx"
+FILE_TAG_PREFIX = "sha256."  # one version tag per file served beside the graph
+EXTRA_FILES_DIR = "extra_files"  # where MLflow's log_model(extra_files=...) puts them
 
 
 class RegistryUnavailable(RuntimeError):
@@ -40,6 +46,12 @@ class Artifact:
     metrics: dict[str, float]
     source: str  # "registry" or "cache": where this start got it from
     registered_at: float = 0.0  # unix time the version was registered (0: unknown)
+    files: tuple[tuple[str, str], ...] = ()  # (name, sha256) of files served beside the graph
+
+    @property
+    def directory(self) -> Path:
+        """The version's folder: the graph and the files served beside it."""
+        return self.path.parent
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -47,6 +59,7 @@ class Artifact:
             "alias": self.alias,
             "version": self.version,
             "sha256": self.sha256,
+            "files": dict(self.files),
             "metrics": self.metrics,
             "registered_at": self.registered_at,
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -59,6 +72,15 @@ def sha256_of(path: Path) -> str:
         for chunk in iter(lambda: f.read(2**20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _mismatched(folder: Path, files: tuple[tuple[str, str], ...]) -> list[str]:
+    """The files beside the graph that are missing or differ from their checksums."""
+    return [
+        name
+        for name, checksum in files
+        if not (folder / name).exists() or sha256_of(folder / name) != checksum
+    ]
 
 
 class ModelStore:
@@ -119,9 +141,22 @@ class ModelStore:
         if record is None:
             return None
         version = str(record.version)
-        expected = (record.tags or {}).get("onnx_sha256", "")
+        tags = record.tags or {}
+        expected = tags.get("onnx_sha256", "")
+        files = tuple(
+            sorted(
+                (tag.removeprefix(FILE_TAG_PREFIX), value)
+                for tag, value in tags.items()
+                if tag.startswith(FILE_TAG_PREFIX)
+            )
+        )
         path = self.cache_dir / model / f"v{version}" / MODEL_FILE
-        if path.exists() and expected and sha256_of(path) == expected:
+        if (
+            path.exists()
+            and expected
+            and sha256_of(path) == expected
+            and not _mismatched(path.parent, files)
+        ):
             log.info("%s@%s: version %s already cached", model, alias, version)
         else:
             if path.exists():
@@ -130,7 +165,7 @@ class ModelStore:
                     model,
                     version,
                 )
-            self._download(model, version, path, expected)
+            self._download(model, version, path, expected, files)
         artifact = Artifact(
             model,
             alias,
@@ -140,11 +175,19 @@ class ModelStore:
             self._metrics(record.run_id),
             "registry",
             (record.creation_timestamp or 0) / 1000,
+            files,
         )
         self._write_manifest(artifact)
         return artifact
 
-    def _download(self, model: str, version: str, path: Path, expected: str) -> None:
+    def _download(
+        self,
+        model: str,
+        version: str,
+        path: Path,
+        expected: str,
+        files: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         import mlflow.artifacts
 
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -174,6 +217,23 @@ class ModelStore:
                     f"refusing {model} v{version}: the downloaded {MODEL_FILE} has sha256 "
                     f"{actual[:12]}... but the registry's onnx_sha256 tag says {expected[:12]}..."
                 )
+            extras = Path(local) / EXTRA_FILES_DIR
+            for name, checksum in files:
+                extra = extras / name
+                if not extra.exists():
+                    raise ArtifactRefused(
+                        f"refusing {model} v{version}: the registry lists {name} beside the "
+                        "graph, but the download has no such file"
+                    )
+                actual = sha256_of(extra)
+                if actual != checksum:
+                    raise ArtifactRefused(
+                        f"refusing {model} v{version}: the downloaded {name} has sha256 "
+                        f"{actual[:12]}... but the registry's {FILE_TAG_PREFIX}{name} tag says "
+                        f"{checksum[:12]}..."
+                    )
+            for name, _ in files:  # the graph last: its presence means a complete version
+                os.replace(extras / name, path.parent / name)
             os.replace(downloaded, path)
         log.info("%s v%s downloaded to %s", model, version, path)
 
@@ -201,6 +261,13 @@ class ModelStore:
                 f"refusing the local copy of {model} v{manifest['version']}: {path} has sha256 "
                 f"{actual[:12]}... but was saved as {manifest['sha256'][:12]}... (corrupted)"
             )
+        files = tuple(sorted(manifest.get("files", {}).items()))
+        bad = _mismatched(path.parent, files)
+        if bad:
+            raise ArtifactRefused(
+                f"refusing the local copy of {model} v{manifest['version']}: {bad} "
+                "missing or changed since it was saved (corrupted)"
+            )
         log.info("%s@%s: serving the local copy of version %s", model, alias, manifest["version"])
         return Artifact(
             model,
@@ -211,6 +278,7 @@ class ModelStore:
             manifest.get("metrics", {}),
             "cache",
             manifest.get("registered_at", 0.0),
+            files,
         )
 
     def clear(self, model: str) -> None:

@@ -3,10 +3,12 @@
 Pools are built once per process from data/split/<key>/test.parquet (the DVC outputs; in
 compose and k8s the trainer's volume, mounted read-only), so every request is a real row:
 single records, batches, entity keys for Feast-backed models, and malformed bodies whose
-one wrong field the service must name in a 400.
+one wrong field the service must name in a 400. A search's queries are the first sentence
+of held-out reviews: people search with a phrase, not with a whole review.
 """
 
 import random
+import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -19,6 +21,7 @@ from pipelines.catalog import ModelSpec, load_catalog
 from services.examples import as_entities, as_records
 
 POOL_ROWS = 500  # rows read per model: enough variety, quick to load
+QUERY_WORDS = 20
 
 
 @dataclass
@@ -48,6 +51,12 @@ class Pool:
         return {"records": [record]}, name
 
 
+def as_query(text: str, words: int = QUERY_WORDS) -> str:
+    """A search query from a held-out text: its first sentence, at most `words` words."""
+    first = re.split(r"(?<=[.!?])\s+", text.strip(), maxsplit=1)[0]
+    return " ".join(first.split()[:words])
+
+
 @cache
 def pool(key: str, root: Path, rows: int = POOL_ROWS) -> Pool:
     spec = load_catalog()[key]
@@ -59,6 +68,8 @@ def pool(key: str, root: Path, rows: int = POOL_ROWS) -> Pool:
         )
     frame = pd.read_parquet(test).sample(frac=1.0, random_state=0).head(rows)
     records = as_records(frame, spec)
+    if spec.task == "retrieval":  # a search is asked queries, not whole held-out reviews
+        records = [{k: as_query(v) for k, v in r.items()} for r in records]
     entities = []
     if spec.features is not None:  # the same rows by entity key, a few per request
         entities = [as_entities(frame.iloc[i : i + 3], spec) for i in range(0, len(frame) - 3, 3)]

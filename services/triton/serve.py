@@ -6,7 +6,8 @@ and dynamic batching, so tritonclient talks to it as to tritonserver loading the
 (no Docker, no GPU). Self-contained: runs in services/triton/.venv, not the project's.
 
     services/triton/.venv/bin/python services/triton/serve.py \\
-        --repository artifacts/fashion_cnn/triton --http-port 8000 --grpc-port 8001
+        --repository artifacts/fashion_cnn/triton --repository artifacts/semantic_search/triton \\
+        --http-port 8000 --grpc-port 8001
 """
 
 import argparse
@@ -141,7 +142,13 @@ def ensure_libpython() -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repository", type=Path, required=True, help="Triton model repository")
+    parser.add_argument(
+        "--repository",
+        type=Path,
+        action="append",
+        required=True,
+        help="Triton model repository (repeat for several, as tritonserver's --model-repository)",
+    )
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
@@ -168,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         config=config, security_config=TritonSecurityConfig(restricted_endpoints=RESTRICTED)
     )
     try:
-        names = bind_repository(triton, args.repository)
+        names = [name for repo in args.repository for name in bind_repository(triton, repo)]
         triton.run()
         log.info(
             "ready: %s on HTTP :%d, gRPC :%d, metrics :%d",

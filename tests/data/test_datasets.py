@@ -23,6 +23,7 @@ EXPECTED_ROWS = {
     "customer_segments": 7043,
     "movie_recs": 100004,
     "energy_forecast": 358,  # midnights of 2014 with a week before and a day after them
+    "semantic_search": 5000,  # the fine-food reviews: 4,000 documents, 1,000 queries
 }
 
 
@@ -37,8 +38,8 @@ def test_columns_are_the_fields_and_the_target(key: str) -> None:
     expected = {*spec.fields, spec.target.column}
     if spec.features:  # the point-in-time join keeps the entity and the label's time
         expected |= {spec.features.entity, "event_timestamp"}
-    if spec.target.item:  # a rating is of an item: its id and name come with it
-        expected |= {spec.target.item, spec.target.item_name}
+    if spec.target.item:  # a rating is of an item (its id and name), a document has an id
+        expected |= {spec.target.item} | ({spec.target.item_name} - {None})
     if spec.target.time:  # a forecast's origin
         expected |= {spec.target.time}
     assert set(train.columns) == expected and set(test.columns) == expected
@@ -63,7 +64,8 @@ def test_nulls_only_where_declared(key: str) -> None:
 def test_label_values(key: str) -> None:
     spec, raw = CATALOG[key], prepared(key)[0]
     y = raw[spec.target.column]
-    if spec.task in ("binary", "anomaly", "clustering"):  # clustering: the profiled value
+    # clustering: the profiled value; retrieval: the label that judges relevance
+    if spec.task in ("binary", "anomaly", "clustering", "retrieval"):
         assert y.nunique() == 2 and (y == spec.target.positive).mean() > 0.05
     elif spec.task == "multiclass":  # every class, by name or by index
         labels = set(y.unique())
@@ -142,3 +144,14 @@ def test_credit_ratios_are_computed_by_the_on_demand_view() -> None:
     np.testing.assert_allclose(raw["installment"], raw["Amount"] / raw["Time"])
     expected = (raw["Amount"] / raw["Time"] / raw["Income"]).where(raw["Income"] > 0)
     np.testing.assert_allclose(raw["installment_to_income"], expected)
+
+
+def test_search_corpus_is_clean_text_with_unique_ids() -> None:
+    """semantic_search: every review is a document with its own id, without the site's HTML
+    line breaks, and the held-out queries are not in the corpus."""
+    spec, (_, train, test) = CATALOG["semantic_search"], prepared("semantic_search")
+    (text,) = spec.fields
+    assert spec.target.item and train[spec.target.item].is_unique
+    assert not pd.concat([train[text], test[text]]).str.contains("<br", regex=False).any()
+    assert (train[text].str.len() > 0).all() and (test[text].str.len() > 0).all()
+    assert not set(test[spec.target.item]) & set(train[spec.target.item])

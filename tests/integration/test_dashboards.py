@@ -199,9 +199,11 @@ def models_with(url: str, expr: str) -> set[str]:
 
 
 def expected_empty(result: Any, values: dict[str, str]) -> bool:
-    """Empty by design: the predicted labels of a regression or a forecast (values only)."""
-    task = CATALOG[values["model"]].task if values.get("model") in CATALOG else ""
-    return result.target.panel == "Predicted label shares" and task in ("regression", "forecast")
+    """Empty by design: the predicted labels of a regression, a forecast (values only) or a
+    search (ranked results)."""
+    spec = CATALOG.get(values.get("model", ""))
+    unlabelled = spec is not None and not spec.labels_served
+    return result.target.panel == "Predicted label shares" and unlabelled
 
 
 def rules_have_data(url: str) -> bool:

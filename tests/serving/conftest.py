@@ -21,6 +21,7 @@ import pytest
 
 from pipelines import paths
 from pipelines.catalog import get_spec
+from pipelines.flavors import retrieval
 from pipelines.paths import ROOT
 from pipelines.schema import onnx_feeds
 from pipelines.settings import get_settings
@@ -247,8 +248,13 @@ def held_out(trained: Path, key: str, rows: int = 8) -> pd.DataFrame:
 
 
 def expected_outputs(trained: Path, key: str, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """What ONNX Runtime in this process makes of the same rows with the same artifact."""
+    """What ONNX Runtime in this process makes of the same rows with the same artifact
+    (a search: with its tokenizer and index, from the export stage's folder)."""
+    session: ort.InferenceSession | retrieval.RetrievalSession
     session = ort.InferenceSession(str(paths.onnx_model(key, trained)))
+    if CATALOG[key].task == "retrieval":
+        corpus = retrieval.Corpus.open(paths.onnx_model(key, trained).parent)
+        session = retrieval.RetrievalSession(session, corpus)
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(None, onnx_feeds(frame, CATALOG[key])), strict=True))
 

@@ -28,6 +28,17 @@ def check_against_onnx(
         np.testing.assert_allclose(got, expected["forecast"], rtol=1e-6)
         assert got.shape[1] == spec.target.horizon
         return
+    if spec.task == "retrieval":  # the top k documents: id, text, cosine similarity
+        item = spec.target.item
+        assert [[r[item] for r in p["results"]] for p in predictions] == expected["ids"].tolist()
+        assert [[r["text"] for r in p["results"]] for p in predictions] == expected[
+            "texts"
+        ].tolist()
+        got = np.array([[r["score"] for r in p["results"]] for p in predictions])
+        np.testing.assert_allclose(got, expected["scores"], atol=1e-5)
+        assert all(np.all(np.diff(row) <= 1e-6) for row in got)  # best first
+        assert got.shape[1] == spec.params["top_k"]
+        return
     if spec.task == "recommendation":  # top-k items, names, predicted ratings; the fallback
         item, name = spec.target.item, spec.target.item_name
         assert [[r[item] for r in p["recommendations"]] for p in predictions] == expected[

@@ -71,7 +71,7 @@ def test_stack_serves_every_model(stack: tuple[Stack, subprocess.CompletedProces
     assert up.returncode == 0, up.stdout + up.stderr
     for key in KEYS:
         assert f"ready  {key}" in up.stdout
-    for process in ("triton-fashion_cnn", "drift", "feast", "prometheus", "alertmanager", "proxy"):
+    for process in ("triton", "drift", "feast", "prometheus", "alertmanager", "proxy"):
         assert f"ready  {process}" in up.stdout
     # the stack's Prometheus scrapes every model service and the drift service
     prometheus = f"http://127.0.0.1:{running.base + 201}"

@@ -1,4 +1,5 @@
-"""The local Triton server (services/triton/serve.py, PyTriton) on the fashion_cnn repository.
+"""The local Triton server (services/triton/serve.py, PyTriton) on the fashion_cnn and the
+semantic_search (its sentence encoder) repositories, as one server, like the local stack's.
 
 A real server in its own environment, on free ports, spoken to with tritonclient over HTTP and
 gRPC and checked against ONNX Runtime in this process.
@@ -17,13 +18,15 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+import pandas as pd
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from pipelines.catalog import get_spec
-from pipelines.paths import ROOT, onnx_model
+from pipelines.flavors.retrieval import tokenizer
+from pipelines.paths import ROOT, onnx_model, split_dir
 from pipelines.sources import read_idx
 from pipelines.triton import repository_dir, write_repository
 from tests.conftest import CATALOG
@@ -31,6 +34,7 @@ from tests.conftest import CATALOG
 pytestmark = pytest.mark.slow
 
 MODEL = "fashion_cnn"
+SEARCH = "semantic_search"  # its encoder: token ids in, the sentence embedding out
 PYTHON = ROOT / "services" / "triton" / ".venv" / "bin" / "python"
 SERVE = ROOT / "services" / "triton" / "serve.py"
 STARTUP_S = 180
@@ -68,6 +72,14 @@ def repository(workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 @pytest.fixture(scope="module")
+def search_repository(workspace: Path) -> Path:
+    exported = repository_dir(SEARCH, workspace)
+    if not (exported / SEARCH / "config.pbtxt").is_file():
+        pytest.fail(f"no {exported}: `dvc repro export@{SEARCH}` makes it")
+    return exported
+
+
+@pytest.fixture(scope="module")
 def accuracy_floor(workspace: Path) -> float:
     """The workspace's own floor, less a margin for scoring only N_IMAGES images."""
     floor = get_spec(MODEL, workspace / "params.yaml").floors["accuracy"].min
@@ -92,7 +104,7 @@ class Server:
                 if self.process.poll() is not None:
                     pytest.fail(f"server exited ({self.process.returncode}):\n{self.log_tail()}")
                 try:
-                    if client.is_server_ready() and client.is_model_ready(MODEL):
+                    if all(client.is_model_ready(m) for m in (MODEL, SEARCH)):
                         return time.monotonic() - start
                 except (ConnectionError, InferenceServerException, OSError):
                     pass
@@ -101,12 +113,15 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def server(
+    repository: Path, search_repository: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
     if not PYTHON.exists():
         pytest.fail(f"{PYTHON} is missing: run `make venv` (uv sync --project services/triton)")
     ports = free_ports(3)
     log = tmp_path_factory.mktemp("server") / "serve.log"
     args = [str(PYTHON), str(SERVE), "--repository", str(repository)]
+    args += ["--repository", str(search_repository)]
     for flag, port in zip(("--http-port", "--grpc-port", "--metrics-port"), ports, strict=True):
         args += [flag, str(port)]
     with log.open("wb") as out:
@@ -252,6 +267,34 @@ def test_bad_request_is_a_client_error(
     status = str(info.value.status())
     assert status == "400" if protocol == "http" else status == "StatusCode.INVALID_ARGUMENT"
     assert client.is_model_ready(MODEL)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_search_encoder_matches_onnx_runtime(
+    clients: dict[str, Any], protocol: str, search_repository: Path, workspace: Path
+) -> None:
+    """The client tokenizes (the tokenizer is in the graph's metadata), Triton embeds."""
+    graph = search_repository / SEARCH / "1" / "model.onnx"
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    tok = tokenizer(meta["tokenizer"], int(meta["max_tokens"]))
+    texts = pd.read_parquet(split_dir(SEARCH, workspace) / "test.parquet")["query"].head(8)
+    encoded = tok.encode_batch(texts.tolist())
+    feeds = {
+        "input_ids": np.array([e.ids for e in encoded], np.int64),
+        "attention_mask": np.array([e.attention_mask for e in encoded], np.int64),
+    }
+    module, client = clients[protocol]
+    inputs = []
+    for name, array in feeds.items():
+        tensor = module.InferInput(name, list(array.shape), "INT64")
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    embedding = client.infer(SEARCH, inputs).as_numpy("embedding")
+    (expected,) = session.run(["embedding"], feeds)
+    assert embedding.shape == (8, 384) and embedding.dtype == np.float32
+    np.testing.assert_allclose(embedding, expected, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(embedding, axis=1), 1.0, atol=1e-5)
 
 
 def test_unknown_model_is_a_client_error(clients: dict[str, Any]) -> None:

