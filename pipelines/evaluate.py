@@ -40,20 +40,15 @@ def draw(
     history: list[dict[str, float]] | None,
     out: Path,
     threshold: float | None = None,
-    embedding: np.ndarray | None = None,
-    clusters: Any = None,
-    ranking: pd.DataFrame | None = None,
-    forecast: dict[str, Any] | None = None,
-    search: dict[str, Any] | None = None,
+    views: dict[str, Any] | None = None,
 ) -> list[str]:
     """The plots that fit the task; returns the file names written.
 
-    A segmentation is drawn in the space it clusters (`embedding`), with the search over k
-    its fitted estimator (`clusters`) ran; a recommender's `ranking` is its precision and
-    recall at k against the popularity baseline; a forecast's `forecast` holds its MAPE by
-    month (fixed, walk-forward, seasonal naive) and the first test week; a search index's
-    `search` its recall by nprobe and its results' similarity by rank."""
+    `views`: what a task is drawn from beyond its predictions, as `task_views` gathers it
+    (a segmentation's space and its search over k, a recommender's ranking curve, a
+    forecast's months and first week, a search's recall by nprobe and similarity by rank)."""
     out.mkdir(parents=True, exist_ok=True)
+    views = views or {}
     written: dict[str, Callable[[Path], None]] = {}
     if spec.task == "regression":
         written["residuals.png"] = lambda p: plots.residuals(y, predicted, spec.key, p)
@@ -71,27 +66,24 @@ def draw(
             y, decided(predicted, threshold), names, spec.key, p
         )
     elif spec.task == "forecast":
-        assert forecast is not None
-        written["forecast_week.png"] = lambda p: plots.forecast_week(forecast["week"], spec.key, p)
-        written["mape_by_month.png"] = lambda p: plots.mape_by_month(
-            forecast["by_month"], spec.key, p
-        )
+        written["forecast_week.png"] = lambda p: plots.forecast_week(views["week"], spec.key, p)
+        written["mape_by_month.png"] = lambda p: plots.mape_by_month(views["by_month"], spec.key, p)
     elif spec.task == "retrieval":
-        assert search is not None
         written["recall_by_nprobe.png"] = lambda p: plots.recall_by_nprobe(
-            search["nprobe"], spec.key, p
+            views["nprobe"], spec.key, p
         )
         written["similarity.png"] = lambda p: plots.similarity(
-            search["scores"], search["relevant_by_rank"], spec.key, p
+            views["scores"], views["relevant_by_rank"], spec.key, p
         )
     elif spec.task == "recommendation":
-        assert ranking is not None
         written["ratings.png"] = lambda p: plots.ratings(y, predicted, spec.key, p)
-        written["ranking.png"] = lambda p: plots.ranking(ranking, spec.key, p)
+        written["ranking.png"] = lambda p: plots.ranking(views["ranking"], spec.key, p)
     elif spec.task == "clustering":
-        assert embedding is not None and clusters is not None
         labels = labels_of(spec, predicted, None)
-        written["segments_pca.png"] = lambda p: plots.segments_pca(embedding, labels, spec.key, p)
+        clusters = views["clusters"]
+        written["segments_pca.png"] = lambda p: plots.segments_pca(
+            views["embedding"], labels, spec.key, p
+        )
         written["silhouette_by_k.png"] = lambda p: plots.silhouette_by_k(
             clusters.silhouette_by_k_, clusters.n_clusters_, spec.key, p
         )
@@ -158,27 +150,42 @@ def forecast_report(
     return views, metrics
 
 
+def task_metrics(
+    spec: ModelSpec,
+    project: Any,
+    model: Any,
+    test: pd.DataFrame,
+    y: np.ndarray,
+    predicted: np.ndarray,
+    threshold: float | None,
+    root: Path,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metrics, views): the task's scores, and what its plots are drawn from."""
+    if spec.task == "retrieval":  # judged as a search: against exact search, and exported
+        return retrieval_flavor.search_metrics(model, test, spec, predicted)
+    views: dict[str, Any] = {}
+    embedding = None
+    if spec.task == "clustering":  # judged in the space it clusters, with its own facts
+        embedding = sklearn_flavor.embed(model, test, spec)
+        views = {"embedding": embedding, "clusters": model.steps[-1][1]}
+    metrics = score(spec, y, predicted, threshold, embedding) | fitted_facts(model)
+    if spec.task == "forecast":  # against the seasonal-naive baseline, and walk-forward
+        train = pd.read_parquet(paths.split_dir(spec.key, root) / "train.parquet")
+        views, found = forecast_report(spec, project, model, train, test, predicted)
+        metrics |= found
+    if spec.task == "recommendation":  # the served lists, against popularity
+        views = {"ranking": factors_flavor.ranking_curve(model, test, spec)}
+        metrics |= factors_flavor.ranking_metrics(views["ranking"], model.top_k)
+    return metrics, views
+
+
 def main_work(spec: ModelSpec, root: Path) -> None:
     project = get_project(spec.key)
     model = project.FLAVOR.load(paths.model_dir(spec.key, root), spec)
     test = pd.read_parquet(paths.split_dir(spec.key, root) / "test.parquet")
     y, predicted = encode_target(test, spec), project.FLAVOR.predict(model, test, spec)
     threshold = decision_threshold(model)
-    embedding = None
-    if spec.task == "clustering":  # judged in the space it clusters, with its own facts
-        embedding = sklearn_flavor.embed(model, test, spec)
-    ranking, forecast, search = None, None, None
-    if spec.task == "retrieval":  # judged as a search: against exact search, and exported
-        metrics, search = retrieval_flavor.search_metrics(model, test, spec, predicted)
-    else:
-        metrics = score(spec, y, predicted, threshold, embedding) | fitted_facts(model)
-    if spec.task == "forecast":  # against the seasonal-naive baseline, and walk-forward
-        train = pd.read_parquet(paths.split_dir(spec.key, root) / "train.parquet")
-        forecast, found = forecast_report(spec, project, model, train, test, predicted)
-        metrics |= found
-    if spec.task == "recommendation":  # the served lists, against popularity
-        ranking = factors_flavor.ranking_curve(model, test, spec)
-        metrics |= factors_flavor.ranking_metrics(ranking, model.top_k)
+    metrics, views = task_metrics(spec, project, model, test, y, predicted, threshold, root)
     metrics["test_rows"] = len(test)
     target = paths.metrics_file(spec.key, root)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -188,11 +195,7 @@ def main_work(spec: ModelSpec, root: Path) -> None:
     plots_dir = paths.plots_dir(spec.key, root)
     shutil.rmtree(plots_dir, ignore_errors=True)
     importance = project.FLAVOR.explain(model, test, spec)
-    clusters = model.steps[-1][1] if embedding is not None else None
-    drawn = draw(
-        spec, y, predicted, importance, history, plots_dir, threshold, embedding, clusters,
-        ranking, forecast, search,
-    )  # fmt: skip
+    drawn = draw(spec, y, predicted, importance, history, plots_dir, threshold, views)
     met = floors_met(spec, metrics)
     log.info(
         "%s: %s | floors %s | plots %s",

@@ -99,7 +99,7 @@ def ranking_values(model: Factors, users: np.ndarray) -> tuple[np.ndarray, np.nd
     -inf for items the user rated in training; the popularity for an unknown user."""
     rows = _rows(model, np.asarray(users, np.int64))
     known = rows < len(model.users)
-    seen = model.seen()
+    seen = model.seen
     ranking = np.tile(model.popularity, (len(rows), 1))
     for n in np.flatnonzero(known):
         prefs = model.item_prefs @ model.user_prefs[rows[n]]
@@ -113,13 +113,18 @@ def recommend(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(item columns [N, k], ranking values [N, k], fallback [N]) for each user id."""
     ranking, fallback = ranking_values(model, users)
-    top = np.argsort(-ranking, axis=1, kind="stable")[:, : k or model.top_k]
-    return top, np.take_along_axis(ranking, top, axis=1), fallback
+    return (*top_of(ranking, k or model.top_k), fallback)
+
+
+def top_of(ranking: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(item columns [N, k], their ranking values [N, k]): the k highest of each row."""
+    top = np.argsort(-ranking, axis=1, kind="stable")[:, :k]
+    return top, np.take_along_axis(ranking, top, axis=1)
 
 
 def popular(model: Factors, users: np.ndarray, k: int) -> np.ndarray:
     """The popularity baseline: the k most-rated items each user has not rated yet."""
-    rows, seen, order = _rows(model, users), model.seen(), np.argsort(-model.popularity)
+    rows, seen, order = _rows(model, users), model.seen, np.argsort(-model.popularity)
     out = np.empty((len(rows), k), np.int64)
     for n, row in enumerate(rows):
         rated = set(seen[row].indices) if row < len(model.users) else set()
@@ -148,7 +153,7 @@ def to_onnx(model: Factors, spec: ModelSpec) -> onnx.ModelProto:
         [model.item_factors, model.item_bias[:, None], np.ones((len(model.items), 1))]
     ).T.astype(np.float32)
     prefs = np.vstack([model.user_prefs, np.zeros(kp)]).astype(np.float32)
-    seen = np.vstack([model.seen().toarray(), np.zeros(len(model.items))]).astype(np.uint8)
+    seen = np.vstack([model.seen.toarray(), np.zeros(len(model.items))]).astype(np.uint8)
     user = user_column(spec)
     initializers = [
         _const("user_side", user_side),
@@ -248,9 +253,8 @@ def ranking_curve(
     assert spec.target.item
     liked = test[test[spec.target.column] >= LIKED]
     relevant = liked.groupby(user_column(spec))[spec.target.item].agg(set)
-    users = np.array(
-        [u for u in relevant.index if _rows(model, np.array([u]))[0] < len(model.users)]
-    )
+    candidates = relevant.index.to_numpy(np.int64)
+    users = candidates[_rows(model, candidates) < len(model.users)]
     if not len(users):
         raise ValueError(f"no user known to the model has a held-out rating >= {LIKED}")
     served = model.items[recommend(model, users, up_to)[0]]

@@ -13,6 +13,7 @@ at training time get the most-rated items (popularity), the cold-start fallback.
 
 import time
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import scipy.sparse as sp
@@ -43,7 +44,9 @@ class Factors:
     seen_indices: np.ndarray
     top_k: int
 
+    @cached_property
     def seen(self) -> sp.csr_matrix:
+        """The training pairs as a [U, I] sparse matrix, built once per model."""
         shape = (len(self.users), len(self.items))
         data = np.ones(len(self.seen_indices), np.uint8)
         return sp.csr_matrix((data, self.seen_indices, self.seen_indptr), shape=shape)
