@@ -95,7 +95,16 @@ def render(
     unsupervised = {
         "anomaly": "; fitted without it (unsupervised), it only judges the scores (test split)",
         "clustering": "; never an input: each segment's rate of it is profiled",
+        "retrieval": "; never predicted: it judges relevance (results sharing the query's label)",
     }.get(spec.task, "")
+    artifact = (
+        "The artifact is the sentence encoder as one ONNX graph (its tokenizer in the graph's\n"
+        "metadata), with the FAISS index and the documents registered beside it, each with a\n"
+        "checksum tag; the encoder is checked against PyTorch on every test query at export."
+        if spec.task == "retrieval"
+        else "The artifact is the whole inference pipeline as one ONNX graph (preprocessing "
+        "included), checked\nagainst the native model on every test row at export."
+    )
     return f"""# Model card: {spec.key}
 
 {spec.description}
@@ -123,6 +132,5 @@ Other metrics: {others}.
 ## Registration
 {gate}
 
-The artifact is the whole inference pipeline as one ONNX graph (preprocessing included), checked
-against the native model on every test row at export.
+{artifact}
 """

@@ -66,24 +66,44 @@ def show(key: str, body: dict[str, Any], url: str, positive: str) -> bool:
     return True
 
 
-def triton(key: str, record: dict[str, Any], classes: list[str]) -> bool:
-    """The same image through PyTriton, with tritonclient over HTTP and gRPC."""
+def triton(key: str, record: dict[str, Any], classes: list[str], root: Path = ROOT) -> bool:
+    """The same input through PyTriton, with tritonclient over HTTP and gRPC: an image's
+    label, or a search encoder's embedding (the client tokenizes)."""
     import numpy as np
     import tritonclient.grpc as grpc
     import tritonclient.http as http
 
-    pixels = np.array([record["image"]], dtype=np.uint8)
-    labels = []
+    from pipelines.flavors.retrieval import encoder_inputs, graph_tokenizer
+
+    if "image" in record:
+        feeds = {"image": np.array([record["image"]], dtype=np.uint8)}
+        output = "label"
+    else:
+        (text,) = record.values()
+        feeds = encoder_inputs(graph_tokenizer(paths.onnx_model(key, root)), [text])
+        output = "embedding"
+    answers = []
     for module, port in ((http, TRITON_PORTS["http"]), (grpc, TRITON_PORTS["grpc"])):
-        tensor = module.InferInput("image", list(pixels.shape), "UINT8")
-        tensor.set_data_from_numpy(pixels)
+        tensors = []
+        for name, array in feeds.items():
+            tensor = module.InferInput(
+                name, list(array.shape), "UINT8" if name == "image" else "INT64"
+            )
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
         client = module.InferenceServerClient(f"127.0.0.1:{port}")
-        labels.append(int(client.infer(key, [tensor]).as_numpy("label").reshape(-1)[0]))
+        answers.append(client.infer(key, tensors).as_numpy(output))
+    if output == "label":
+        shown = [classes[int(a.reshape(-1)[0])] for a in answers]
+        same = shown[0] == shown[1]
+    else:
+        shown = [f"embedding of {a.shape[-1]}" for a in answers]
+        same = bool(np.allclose(answers[0], answers[1], atol=1e-5))
     print(
         f"  Triton (PyTriton) HTTP :{TRITON_PORTS['http']} / gRPC :{TRITON_PORTS['grpc']}"
-        f" -> {classes[labels[0]]} / {classes[labels[1]]}"
+        f" -> {shown[0]} / {shown[1]}"
     )
-    return labels[0] == labels[1]
+    return same
 
 
 def main(root: Path = ROOT) -> int:
@@ -99,7 +119,7 @@ def main(root: Path = ROOT) -> int:
             ok &= show(key, as_entities(frame, spec), url, positive)
         if spec.triton is not None:
             try:
-                ok &= triton(key, record, spec.class_names)
+                ok &= triton(key, record, spec.class_names, root)
             except Exception as exc:  # the demo reports, it does not crash
                 print(f"  Triton not answering: {exc}")
                 ok = False

@@ -229,6 +229,22 @@ def tokenizer(definition: str, max_tokens: int) -> Tokenizer:
     return tok
 
 
+def encoder_inputs(tok: Tokenizer, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    """The encoder's own inputs for a batch, padded to its longest text: what a client of
+    the encoder alone (Triton) sends."""
+    encoded = tok.encode_batch(list(texts))
+    return {
+        "input_ids": np.array([e.ids for e in encoded], np.int64),
+        "attention_mask": np.array([e.attention_mask for e in encoded], np.int64),
+    }
+
+
+def graph_tokenizer(graph: Path) -> Tokenizer:
+    """The tokenizer an exported encoder carries in its metadata."""
+    meta = {p.key: p.value for p in onnx.load_model(graph).metadata_props}
+    return tokenizer(meta["tokenizer"], int(meta["max_tokens"]))
+
+
 def save(model: SearchIndex, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     faiss.write_index(model.index, str(directory / INDEX_FILE))
@@ -351,12 +367,7 @@ class RetrievalSession:
         ]
 
     def tokens(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        """The encoder's own inputs for a batch, padded to its longest text."""
-        encoded = self.tokenizer.encode_batch(list(texts))
-        return {
-            "input_ids": np.array([e.ids for e in encoded], np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encoded], np.int64),
-        }
+        return encoder_inputs(self.tokenizer, texts)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """ONNX embeddings [N, dim]: texts tokenized, run in batches of similar length (a

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipelines.paths import ROOT
+from pipelines.paths import ROOT, onnx_model
 from services import monitoring
 from services.examples import as_entities, as_records
 from tests.conftest import CATALOG, KEYS
@@ -181,12 +181,27 @@ def send_traffic(key: str, url: str, trained: Path) -> None:
 
 
 def send_triton(key: str, ports: Ports, trained: Path) -> None:
-    """Batches of 1 and 4 images over OIP v2 to PyTriton."""
+    """Batches of 1 and 4 over OIP v2 to PyTriton: images, or a search encoder's tokens
+    (its client tokenizes, with the tokenizer in the graph's metadata)."""
     import tritonclient.http as http
 
+    from pipelines.flavors.retrieval import encoder_inputs, graph_tokenizer
+
     spec = CATALOG[key]
-    images = [r["image"] for r in as_records(held_out(trained, key, rows=4), spec)]
+    frame = held_out(trained, key, rows=4)
     client = http.InferenceServerClient(f"127.0.0.1:{ports.triton}")
+    if spec.task == "retrieval":
+        tok = graph_tokenizer(onnx_model(key, trained))
+        texts = frame[next(iter(spec.fields))].tolist()
+        for batch in (texts[:1], texts):
+            inputs = []
+            for name, array in encoder_inputs(tok, batch).items():
+                tensor = http.InferInput(name, list(array.shape), "INT64")
+                tensor.set_data_from_numpy(array)
+                inputs.append(tensor)
+            assert client.infer(key, inputs).as_numpy("embedding").shape[0] == len(batch)
+        return
+    images = [r["image"] for r in as_records(frame, spec)]
     for batch in (images[:1], images):
         pixels = np.array(batch, dtype=np.uint8)
         tensor = http.InferInput("image", list(pixels.shape), "UINT8")

@@ -25,7 +25,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from pipelines.catalog import get_spec
-from pipelines.flavors.retrieval import tokenizer
+from pipelines.flavors.retrieval import encoder_inputs, graph_tokenizer
 from pipelines.paths import ROOT, onnx_model, split_dir
 from pipelines.sources import read_idx
 from pipelines.triton import repository_dir, write_repository
@@ -276,14 +276,8 @@ def test_search_encoder_matches_onnx_runtime(
     """The client tokenizes (the tokenizer is in the graph's metadata), Triton embeds."""
     graph = search_repository / SEARCH / "1" / "model.onnx"
     session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
-    meta = session.get_modelmeta().custom_metadata_map
-    tok = tokenizer(meta["tokenizer"], int(meta["max_tokens"]))
     texts = pd.read_parquet(split_dir(SEARCH, workspace) / "test.parquet")["query"].head(8)
-    encoded = tok.encode_batch(texts.tolist())
-    feeds = {
-        "input_ids": np.array([e.ids for e in encoded], np.int64),
-        "attention_mask": np.array([e.attention_mask for e in encoded], np.int64),
-    }
+    feeds = encoder_inputs(graph_tokenizer(graph), texts.tolist())
     module, client = clients[protocol]
     inputs = []
     for name, array in feeds.items():
