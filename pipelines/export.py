@@ -9,7 +9,7 @@ with its tuned threshold if it has one).
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import onnx
@@ -43,9 +43,19 @@ OUTPUT = {
 VECTORS = ("prediction", "score")  # [N, 1] in the graph, [N] natively
 
 
-def onnx_predict(
-    session: ort.InferenceSession | retrieval.RetrievalSession, frame: pd.DataFrame, spec: ModelSpec
-) -> np.ndarray:
+Session: TypeAlias = ort.InferenceSession | retrieval.RetrievalSession
+
+
+def open_session(graph: onnx.ModelProto, spec: ModelSpec, directory: Path) -> Session:
+    """The graph as it is served: a search encoder with its tokenizer before it and the
+    index and documents in `directory` after it; any other graph alone."""
+    if spec.task == "retrieval":
+        return retrieval.session(graph, directory)
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session
+
+
+def onnx_predict(session: Session, frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
     """Probabilities [N, C], values [N], anomaly scores [N], distances to the segments'
     centres [N, k], a recommender's predicted ratings of the frame's (user, item) pairs [N]
     or a search's query embeddings [N, dim] from the exported graph."""
@@ -173,13 +183,7 @@ def main_work(spec: ModelSpec, root: Path) -> None:
         segments = profiles(spec, train, labels_of(spec, flavor.predict(model, train, spec), None))
     graph = describe(flavor.to_onnx(model, spec), spec, decision_threshold(model), segments)
     served: list[Path] = getattr(flavor, "serving_files", lambda _: [])(model)  # beside it
-    session: ort.InferenceSession | retrieval.RetrievalSession
-    if spec.task == "retrieval":  # the tokenizer, the encoder and the index, as served
-        session = retrieval.session(graph, paths.model_dir(spec.key, root))
-    else:
-        session = ort.InferenceSession(
-            graph.SerializeToString(), providers=["CPUExecutionProvider"]
-        )
+    session = open_session(graph, spec, paths.model_dir(spec.key, root))
     native = flavor.predict(model, test, spec)
     worst = check_parity(native, onnx_predict(session, test, spec), spec)
     if spec.task == "recommendation":

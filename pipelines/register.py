@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
 
 import mlflow
 import onnx
@@ -21,9 +21,10 @@ import yaml
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.models import infer_signature
 
-from pipelines import model_card, paths, reference, registry
+from pipelines import export, model_card, paths, reference, registry
 from pipelines.catalog import ModelSpec
 from pipelines.cli import StageError, run_stage
+from pipelines.export import Session
 from pipelines.flavors import factors, retrieval
 from pipelines.log import get_logger
 from pipelines.schema import onnx_feeds
@@ -90,15 +91,9 @@ def load_inputs(
     )
 
 
-Session: TypeAlias = ort.InferenceSession | retrieval.RetrievalSession
-
-
 def open_session(graph: onnx.ModelProto, spec: ModelSpec, root: Path) -> Session:
-    """The graph as served: a search encoder with its tokenizer and index around it."""
-    if spec.task == "retrieval":
-        return retrieval.session(graph, paths.onnx_model(spec.key, root).parent)
-    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session
+    """The graph as served, with what export wrote beside it (a search's index)."""
+    return export.open_session(graph, spec, paths.onnx_model(spec.key, root).parent)
 
 
 def served_files(spec: ModelSpec, root: Path) -> list[Path]:

@@ -25,6 +25,7 @@ KEYS = sorted(CATALOG)
 # Small settings that keep the model tier quick; the pipeline's own floors do not apply to them.
 QUICK_PARAMS = {
     "fashion_cnn": {"channels": [8, 16], "hidden": 32, "epochs": 1, "validation_size": 1000},
+    "semantic_search": {"max_documents": 1000},  # the encoder is as shipped: a smaller corpus
 }
 
 

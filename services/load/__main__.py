@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pipelines.catalog import load_catalog
 from pipelines.paths import ROOT
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -52,7 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default=DEFAULT_HOST, help="the proxy (default: %(default)s)")
-    parser.add_argument("--users", type=int, default=12, help="concurrent users (all models)")
+    models = len(load_catalog())
+    parser.add_argument(
+        "--users",
+        type=int,
+        default=models,
+        help="concurrent users, all models together; at least one per model (default: %(default)s)",
+    )
     parser.add_argument("--spawn-rate", type=float, default=6)
     parser.add_argument("--run-time", default="60s", help="e.g. 30s, 2m")
     parser.add_argument("--data-root", default=str(ROOT), help="where data/split/ is")
@@ -62,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slo-p95-ms", type=float, default=300.0)
     parser.add_argument("--slo-p99-ms", type=float, default=1000.0)
     args, extra = parser.parse_known_args(argv)
+    if args.users < models:  # Locust gives each user one class: some models would get none
+        parser.error(f"--users {args.users}: at least {models}, one per catalog model")
     extra = [a for a in extra if a != "--"]
     Path(args.out).mkdir(parents=True, exist_ok=True)
     print(f"load: {args.users} users for {args.run_time} against {args.host} -> {args.out}")

@@ -17,9 +17,9 @@ def trained(key: str) -> tuple[ModelSpec, Any]:
     spec = quick_spec(key)
     project = get_project(key)
     _, train, _ = prepared(key)
-    model = project.FLAVOR.fit(
-        project.build(spec), train, spec, Path(tempfile.mkdtemp(prefix=f"model-tier-{key}-"))
-    )
+    out = Path(tempfile.mkdtemp(prefix=f"model-tier-{key}-"))
+    model = project.FLAVOR.fit(project.build(spec), train, spec, out)
+    project.FLAVOR.save(model, out)  # as the train stage does (a search's index is read back)
     return spec, model
 
 

@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 
-from pipelines.export import check_parity, onnx_predict
+from pipelines.export import check_parity, describe, onnx_predict, open_session
 from pipelines.models import get_project
 from pipelines.schema import onnx_feeds
 from pipelines.segments import profiles
@@ -256,9 +256,8 @@ def test_onnx_graph_reproduces_the_native_model(key: str) -> None:
     flavor = get_project(key).FLAVOR
     _, _, test = prepared(key)
     sample = test.head(300)
-    session = ort.InferenceSession(
-        flavor.to_onnx(model, spec).SerializeToString(), providers=["CPUExecutionProvider"]
-    )
+    graph = describe(flavor.to_onnx(model, spec), spec)
+    session = open_session(graph, spec, getattr(model, "directory", Path()))  # a search's index
     assert (
         check_parity(flavor.predict(model, sample, spec), onnx_predict(session, sample, spec), spec)
         < 1e-4
@@ -471,3 +470,18 @@ def test_energy_graph_builds_the_same_features_on_unusual_records() -> None:
     flavor = get_project("energy_forecast").FLAVOR
     session = ort.InferenceSession(flavor.to_onnx(model, spec).SerializeToString())
     check_parity(flavor.predict(model, rows, spec), onnx_predict(session, rows, spec), spec)
+
+
+def test_search_finds_a_text_itself_and_texts_on_its_topic() -> None:
+    """Through the served path (tokenizer, ONNX encoder, FAISS): a document's own text finds
+    it first, at similarity ~1, and a query about dogs finds reviews about dogs."""
+    spec, model = trained("semantic_search")
+    graph = describe(get_project("semantic_search").FLAVOR.to_onnx(model, spec), spec)
+    session = open_session(graph, spec, model.directory)
+    own = model.documents.iloc[7]
+    queries = np.array([[own["text"]], ["treats my dog and puppy love to chew"]], dtype=object)
+    ids, texts, scores = session.run(["ids", "texts", "scores"], {"query": queries})
+    assert ids[0, 0] == own["id"] and scores[0, 0] > 0.99
+    about_dogs = [any(w in t.lower() for w in ("dog", "puppy", "pup")) for t in texts[1]]
+    assert sum(about_dogs) >= 8, texts[1]
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first

@@ -140,7 +140,8 @@ def test_load_meets_its_slo_thresholds(
     out = tmp_path / "load"
     command = [
         sys.executable, "-m", "services.load",
-        "--host", running.proxy, "--users", "12", "--spawn-rate", "12", "--run-time", "25s",
+        "--host", running.proxy, "--users", str(len(KEYS)), "--spawn-rate", str(len(KEYS)),
+        "--run-time", "25s",
         "--data-root", str(running.root), "--out", str(out),
     ]  # fmt: skip
     run = subprocess.run(

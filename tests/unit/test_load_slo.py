@@ -2,6 +2,8 @@
 
 from typing import Any
 
+import pytest
+
 from services.load.slo import breaches
 
 LIMITS = {"error_ratio": 0.01, "p95_ms": 300.0, "p99_ms": 1000.0}
@@ -43,3 +45,13 @@ def test_a_single_failure_counts_whatever_the_sample() -> None:
 
 def test_no_traffic_is_a_breach() -> None:
     assert breaches({"total": kind(0)}, LIMITS) == ["total: no request was sent"]
+
+
+def test_load_refuses_fewer_users_than_models(capsys: pytest.CaptureFixture[str]) -> None:
+    """Locust gives each user one class: with fewer users than models, some get no load."""
+    from services.load.__main__ import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["--users", "1", "--run-time", "1s"])
+    assert exited.value.code == 2
+    assert "one per catalog model" in capsys.readouterr().err
