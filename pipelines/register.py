@@ -191,12 +191,10 @@ def register(spec: ModelSpec, root: Path) -> dict[str, Any]:
     tags["onnx_sha256"] = hashlib.sha256(graph.SerializeToString()).hexdigest()
     for path in served_files(spec, root):  # the files served with the graph, by name
         tags[f"{FILE_TAG_PREFIX}{path.name}"] = hashlib.sha256(path.read_bytes()).hexdigest()
-    for tag in ("gate.alias", "gate.reason", "git_commit", "onnx_sha256", *FEAST_TAGS):
+    files = [t for t in tags if t.startswith(FILE_TAG_PREFIX)]
+    for tag in ("gate.alias", "gate.reason", "git_commit", "onnx_sha256", *FEAST_TAGS, *files):
         if tag in tags:
             client.set_model_version_tag(spec.key, version, tag, tags[tag])
-    for tag, value in tags.items():
-        if tag.startswith(FILE_TAG_PREFIX):
-            client.set_model_version_tag(spec.key, version, tag, value)
     client.set_registered_model_alias(spec.key, alias, version)
     log.info("%s: version %s -> @%s (%s)", spec.key, version, alias, reason)
     return {

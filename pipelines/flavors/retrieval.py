@@ -436,7 +436,10 @@ def search_metrics(
     hits = np.where(found >= 0, labels[np.maximum(found, 0)] == own[:, None], False)
     shares = pd.Series(labels).value_counts(normalize=True)
     base = float(np.mean([shares.get(label, 0.0) for label in own]))
-    exported = session(describe_fields(to_onnx(model, spec), spec), model.directory).embed(
+    graph = describe_fields(to_onnx(model, spec), spec)
+    encoder = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    # the fitted index in memory, not read back from disk
+    exported = RetrievalSession(encoder, corpus).embed(
         test[text_field(spec)].fillna("").astype(str).tolist()
     )
     cosine = (exported * queries).sum(axis=1) / (
