@@ -1,7 +1,10 @@
 """k8s/: every overlay builds with kustomize, every object validates against the Kubernetes
-schemas (kubernetes-validate, strict), and the objects keep the platform's rules: probes,
-resources, non-root read-only containers, autoscaling, disruption budgets, network policies."""
+schemas (kubernetes-validate, strict) and an API server's label and annotation syntax, the
+pods Prometheus scrapes carry its annotations, and the objects keep the platform's rules:
+probes, resources, non-root read-only containers, autoscaling, disruption budgets, network
+policies."""
 
+import re
 import shutil
 import subprocess
 from functools import cache
@@ -15,6 +18,7 @@ from pipelines.catalog import load_catalog
 from pipelines.paths import ROOT
 from services import deploy
 from tests.conftest import KEYS
+from tests.k8s_checks import SCRAPE, metadata_problems, scrape_problems
 from tests.unit.test_compose import _normalised, _pinned, services, tool
 
 OVERLAYS = ("local", "gpu", "production")
@@ -89,6 +93,69 @@ def test_the_schema_check_rejects_what_kubernetes_would(tmp_path: Path) -> None:
     )  # fmt: skip
     output = checked.stdout + checked.stderr
     assert "'replica' was unexpected" in output and "'three' is not of type" in output
+
+
+# kubectl apply --dry-run=client --validate=strict would add nothing offline: even a client
+# dry run asks a server for its API groups and OpenAPI document (no cluster here: "failed to
+# download openapi"), and neither checks label syntax, which only the API server does.
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_labels_and_annotations_are_what_an_api_server_accepts(overlay: str) -> None:
+    problems = [
+        f"{o['kind']}/{o['metadata']['name']}{problem}"
+        for o in built(overlay)
+        for problem in metadata_problems(o)
+    ]
+    assert problems == [], "\n".join(problems)
+
+
+def workloads(overlay: str) -> dict[str, dict[str, Any]]:
+    """Every workload, by `Kind/name`."""
+    return {
+        f"{o['kind']}/{o['metadata']['name']}": o for o in built(overlay) if o["kind"] in WORKLOADS
+    }
+
+
+def scraped(overlay: str) -> dict[str, set[str]]:
+    """The k8s Prometheus' jobs -> the workloads whose pods each keeps by component label."""
+    config = yaml.safe_load((ROOT / "k8s" / "base" / "files" / "prometheus.yml").read_text())
+    source = ["__meta_kubernetes_pod_label_app_kubernetes_io_component"]
+    regexes = {
+        job["job_name"]: rule["regex"]
+        for job in config["scrape_configs"]
+        for rule in job["relabel_configs"]
+        if rule.get("action") == "keep" and rule["source_labels"] == source
+    }
+    components = {
+        name: o["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component", "")
+        for name, o in workloads(overlay).items()
+    }
+    return {
+        job: {name for name, component in components.items() if re.fullmatch(regex, component)}
+        for job, regex in regexes.items()
+    }
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_scraped_pod_carries_the_scrape_annotations(overlay: str) -> None:
+    """Prometheus keeps the pods of a job's component, then finds them by their annotations."""
+    jobs = scraped(overlay)
+    assert all(jobs.values()), jobs  # a job that finds no pod scrapes nothing
+    assert {f"Deployment/{deploy.dns(k)}" for k in KEYS} <= jobs["model-services"]
+    assert jobs["triton"] == {"Deployment/triton"} and jobs["drift"] == {"Deployment/drift"}
+    found = workloads(overlay)
+    problems = [
+        f"{name}: {problem}"
+        for name in sorted(set().union(*jobs.values()))
+        for problem in scrape_problems(found[name])
+    ]
+    assert problems == [], "\n".join(problems)
+    # and no pod asks for a scrape that no job makes
+    annotated = {
+        name
+        for name, o in found.items()
+        if SCRAPE + "scrape" in (o["spec"]["template"]["metadata"].get("annotations") or {})
+    }
+    assert annotated <= set().union(*jobs.values())
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
