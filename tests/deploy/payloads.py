@@ -1,0 +1,46 @@
+"""Request bodies from the stack's own test splits, printed as JSON: run inside a container
+that mounts the DVC workspace (`docker-compose exec -T drift python - < payloads.py`).
+
+Per model: `records` (two rows for /predict), `inputs` (the same rows as OIP v2 JSON
+tensors) and `batch` (100 rows, repeated if the split is smaller, for a drift window)."""
+
+import json
+import sys
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipelines import paths
+from pipelines.catalog import load_catalog
+from pipelines.schema import onnx_feeds
+from services.examples import as_records
+
+DATATYPES = {"f": "FP32", "O": "BYTES", "u": "UINT8", "i": "INT64", "b": "BOOL"}
+
+
+def tensor(name: str, array: np.ndarray) -> dict[str, Any]:
+    data = [v.decode() if isinstance(v, bytes) else v for v in array.reshape(-1).tolist()]
+    return {
+        "name": name,
+        "shape": list(array.shape),
+        "datatype": DATATYPES[array.dtype.kind],
+        "data": data,
+    }
+
+
+def bodies() -> dict[str, Any]:
+    out = {}
+    for key, spec in load_catalog().items():
+        test = pd.read_parquet(paths.split_dir(key) / "test.parquet")
+        two = test.head(2)
+        batch = pd.concat([test] * (100 // len(test) + 1)).head(100)
+        out[key] = {
+            "records": as_records(two, spec),
+            "inputs": [tensor(n, a) for n, a in onnx_feeds(two, spec).items()],
+            "batch": as_records(batch, spec),
+        }
+    return out
+
+
+json.dump(bodies(), sys.stdout)
