@@ -102,6 +102,9 @@ RUN install -d -o app -g app /app/data /app/models /app/artifacts /app/reports \
         /app/.dvc/cache /app/.dvc/tmp /app/run /app/state \
     && dvc config --local core.no_scm true \
     && chown app:app /app/.dvc/config.local
+# the commit the image was built from, for the registered versions' lineage (no .git here)
+ARG GIT_COMMIT=unknown
+ENV GIT_COMMIT=${GIT_COMMIT}
 USER 10001:10001
 CMD ["dvc", "repro"]
 

@@ -7,6 +7,7 @@ the current champion on the same test split; any other version becomes `challeng
 
 import hashlib
 import json
+import os
 import subprocess
 import tempfile
 import warnings
@@ -40,18 +41,26 @@ FEAST_TAGS = ("feast.feature_service", "feast.entity")
 FILE_TAG_PREFIX = "sha256."
 
 
+def _git(root: Path, *args: str) -> str | None:
+    """git's output, or None where there is no git or no repository (the trainer image)."""
+    try:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    except FileNotFoundError:
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
 def lineage(key: str, root: Path) -> dict[str, str]:
-    """Git commit and the DVC hashes of this model's data and artifacts, as run tags."""
-    tags = {}
-    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
-    tags["git_commit"] = git.stdout.strip() if git.returncode == 0 else "unknown"
-    dirty = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=no"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-    )
-    tags["git_dirty"] = str(bool(dirty.stdout.strip())).lower()
+    """Git commit and the DVC hashes of this model's data and artifacts, as run tags.
+
+    Without a repository (an image) the commit is the one the image was built from
+    (GIT_COMMIT, a build argument) and whether its tree was clean is unknown."""
+    commit = _git(root, "rev-parse", "HEAD")
+    dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
+    tags = {
+        "git_commit": commit or os.environ.get("GIT_COMMIT") or "unknown",
+        "git_dirty": "unknown" if dirty is None else str(bool(dirty)).lower(),
+    }
     lock = root / "dvc.lock"
     stages = yaml.safe_load(lock.read_text()).get("stages", {}) if lock.exists() else {}
     for stage in ("prepare", "train", "export"):

@@ -1,6 +1,10 @@
 """The deploy tier's fixtures: a Docker engine (started here when none runs), the images
-built from the project's Dockerfile, and the compose stack up for the whole module."""
+built from the project's Dockerfile, and the compose stack up for the whole module.
 
+DEPLOY_KEEP_STACK=1 leaves the stack and the engine running at the end, to look at them
+(`docker-compose -p mlops-deploy-test ... logs`); the next run removes them first."""
+
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -9,6 +13,8 @@ import pytest
 from tests.deploy import engine as docker
 from tests.deploy.images import build_all
 from tests.deploy.stack import ComposeStack, reduced_params
+
+KEEP = os.environ.get("DEPLOY_KEEP_STACK") == "1"
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +37,8 @@ def engine(progress: Callable[[str], None]) -> Iterator[docker.Engine]:
     try:
         yield running
     finally:
-        running.stop()
+        if not KEEP:
+            running.stop()
 
 
 @pytest.fixture(scope="session")
@@ -60,4 +67,5 @@ def stack(
         try:
             running.compose("logs", "--no-color", "--tail", "200", timeout=120)
         finally:
-            running.down("--volumes", "--remove-orphans")
+            if not KEEP:
+                running.down("--volumes", "--remove-orphans")

@@ -101,7 +101,13 @@ def build_all(engine: Engine, progress: Progress) -> dict[str, float]:
     free = shutil.disk_usage(DEPLOY_DIR).free / 2**30
     assert free > MIN_FREE_GIB, f"{free:.0f} GiB free in {DEPLOY_DIR}, {MIN_FREE_GIB} needed"
     base = base_image(engine, progress)
-    args = ["--build-arg", f"PYTHON_IMAGE={base}"]
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    args = [
+        "--build-arg",
+        f"PYTHON_IMAGE={base}",
+        "--build-arg",
+        f"GIT_COMMIT={commit.stdout.strip()}",
+    ]
     if wheel := torch_wheel_image(engine, progress):
         args += ["--build-arg", f"TORCH_WHEEL_SOURCE={wheel}"]
     times = {}
