@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from pipelines.paths import ROOT
+from services.bench.servers import free_port
 from tests.deploy.engine import Engine, compose_command
 from tests.deploy.images import TAG
 from tests.workspace import REDUCED_PARAMS, merge
@@ -23,12 +24,6 @@ FILES = ("docker-compose.yml", "tests/deploy/compose.test.yml")
 FIXED_PORTS = (5000, 6566, 8000, 8001, 8002, 8089, 8200, 9000, 9001, 9090, 9093)
 PAYLOADS = Path(__file__).with_name("payloads.py")
 Progress = Callable[[str], None]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def busy(port: int) -> bool:
