@@ -4,6 +4,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PARAMS = ROOT / "params.yaml"
+HISTORY_NAME = "history.json"  # a network's per-epoch metrics, beside its weights
 
 
 def raw_data(key: str, root: Path = ROOT) -> Path:
@@ -24,6 +25,11 @@ def split_dir(key: str, root: Path = ROOT) -> Path:
 def model_dir(key: str, root: Path = ROOT) -> Path:
     """Native (framework) model: only the pipeline's own stages read it, serving never does."""
     return root / "models" / key
+
+
+def history_file(key: str, root: Path = ROOT) -> Path:
+    """Per-epoch metrics of a network's training (the learning curve), beside its weights."""
+    return model_dir(key, root) / HISTORY_NAME
 
 
 def onnx_model(key: str, root: Path = ROOT) -> Path:

@@ -32,3 +32,10 @@ class Flavor(Protocol):
 
     def explain(self, model: Any, test: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame | None:
         """Feature importance (feature, importance), or None where it does not apply."""
+
+
+def judged_rows(flavor: Flavor, model: Any, test: pd.DataFrame) -> pd.DataFrame:
+    """The test rows evaluate and export judge a model on: all of them, unless its flavor
+    bounds them (`judged(model, test)`: a search's queries in quick runs)."""
+    bound = getattr(flavor, "judged", None)
+    return bound(model, test) if callable(bound) else test

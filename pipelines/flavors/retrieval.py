@@ -62,6 +62,7 @@ class Encoder:
     max_tokens: int = 256  # the encoder's max_seq_length: longer texts are truncated
     batch_size: int = 64
     max_documents: int | None = None  # index only the first n training texts (quick runs)
+    max_queries: int | None = None  # judge on the first n test texts only (quick runs)
 
 
 @dataclass
@@ -257,6 +258,7 @@ def save(model: SearchIndex, directory: Path) -> None:
         "max_tokens": model.encoder.max_tokens,
         "batch_size": model.encoder.batch_size,
         "max_documents": model.encoder.max_documents,
+        "max_queries": model.encoder.max_queries,
     }
     (directory / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")
 
@@ -267,6 +269,12 @@ def load(directory: Path, spec: ModelSpec) -> SearchIndex:
     corpus = Corpus.open(directory)
     embeddings = np.load(directory / EMBEDDINGS_FILE)
     return SearchIndex(encoder, directory, corpus.index, corpus.documents, embeddings)
+
+
+def judged(model: SearchIndex, test: pd.DataFrame) -> pd.DataFrame:
+    """The test texts the search and its export are judged on (all, unless bounded)."""
+    bound = model.encoder.max_queries
+    return test.head(bound) if bound else test
 
 
 def predict(model: SearchIndex, frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:

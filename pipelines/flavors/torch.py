@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipelines import paths
 from pipelines.catalog import ModelSpec
 from pipelines.log import get_logger
 from pipelines.schema import encode_target, images
@@ -20,7 +21,6 @@ from pipelines.settings import get_settings
 
 log = get_logger(__name__)
 WEIGHTS_FILE = "model.pt"  # tensors only: loaded with weights_only=True
-HISTORY_FILE = "history.json"  # per-epoch metrics: the learning curve
 
 
 class PixelsIn(nn.Module):
@@ -89,7 +89,7 @@ def fit(estimator: nn.Module, train: pd.DataFrame, spec: ModelSpec, out: Path) -
     x_val, y_val = model.normalise(pixels[val_idx]), labels[val_idx]
     history = _train_loop(model, x_fit, y_fit, x_val, y_val, p, spec.key)
     out.mkdir(parents=True, exist_ok=True)
-    (out / HISTORY_FILE).write_text(json.dumps(history, indent=1))
+    (out / paths.HISTORY_NAME).write_text(json.dumps(history, indent=1))
     return model
 
 

@@ -29,7 +29,7 @@ def progress(request: pytest.FixtureRequest) -> Callable[[str], None]:
     return say
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped as soon as the tier is done, not at pytest's end
 def engine(progress: Callable[[str], None]) -> Iterator[docker.Engine]:
     if why := docker.why_unavailable():
         pytest.skip(f"the deploy tier needs a Docker engine: {why}")
@@ -41,7 +41,7 @@ def engine(progress: Callable[[str], None]) -> Iterator[docker.Engine]:
             running.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def build_times(engine: docker.Engine, progress: Callable[[str], None]) -> dict[str, float]:
     """Every image of the test stack built (cached layers are reused), seconds per image."""
     return build_all(engine, progress)
