@@ -4,6 +4,7 @@ built from the project's Dockerfile, and the compose stack up for the whole modu
 DEPLOY_KEEP_STACK=1 leaves the stack and the engine running at the end, to look at them
 (`docker-compose -p mlops-deploy-test ... logs`); the next run removes them first."""
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,9 +22,15 @@ KEEP = os.environ.get("DEPLOY_KEEP_STACK") == "1"
 def progress(request: pytest.FixtureRequest) -> Callable[[str], None]:
     """Lines on the terminal while pytest captures output: the tier runs for many minutes."""
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
 
     def say(line: str) -> None:
-        if reporter is not None:
+        if reporter is None:
+            return
+        # pytest points file descriptor 1 at its capture file while fixtures run: the line
+        # would only be shown with a failure
+        paused = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
+        with paused:
             reporter.write_line(f"[deploy] {line}")
 
     return say
