@@ -14,7 +14,7 @@ from pipelines import paths, plots
 from pipelines.catalog import ModelSpec
 from pipelines.cli import run_stage
 from pipelines.flavors import factors as factors_flavor
-from pipelines.flavors import judged_rows
+from pipelines.flavors import judged_test_split
 from pipelines.flavors import retrieval as retrieval_flavor
 from pipelines.flavors import sklearn as sklearn_flavor
 from pipelines.log import get_logger
@@ -182,8 +182,7 @@ def task_metrics(
 def main_work(spec: ModelSpec, root: Path) -> None:
     project = get_project(spec.key)
     model = project.FLAVOR.load(paths.model_dir(spec.key, root), spec)
-    test = pd.read_parquet(paths.split_dir(spec.key, root) / "test.parquet")
-    test = judged_rows(project.FLAVOR, model, test)
+    test = judged_test_split(project.FLAVOR, model, paths.split_dir(spec.key, root))
     y, predicted = encode_target(test, spec), project.FLAVOR.predict(model, test, spec)
     threshold = decision_threshold(model)
     metrics, views = task_metrics(spec, project, model, test, y, predicted, threshold, root)
@@ -191,7 +190,7 @@ def main_work(spec: ModelSpec, root: Path) -> None:
     target = paths.metrics_file(spec.key, root)
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(json.dumps(metrics, indent=2) + "\n")
-    history_file = paths.history_file(spec.key, root)
+    history_file = paths.model_dir(spec.key, root) / paths.HISTORY_NAME
     history = json.loads(history_file.read_text()) if history_file.exists() else None
     plots_dir = paths.plots_dir(spec.key, root)
     shutil.rmtree(plots_dir, ignore_errors=True)

@@ -19,7 +19,7 @@ import pandas as pd
 from pipelines import paths
 from pipelines.catalog import ModelSpec
 from pipelines.cli import StageError, run_stage
-from pipelines.flavors import factors, judged_rows, retrieval
+from pipelines.flavors import factors, judged_test_split, retrieval
 from pipelines.log import get_logger
 from pipelines.metrics import decision_threshold, labels_of
 from pipelines.models import get_project
@@ -176,9 +176,7 @@ def describe(
 def main_work(spec: ModelSpec, root: Path) -> None:
     flavor = get_project(spec.key).FLAVOR
     model = flavor.load(paths.model_dir(spec.key, root), spec)
-    test = judged_rows(
-        flavor, model, pd.read_parquet(paths.split_dir(spec.key, root) / "test.parquet")
-    )
+    test = judged_test_split(flavor, model, paths.split_dir(spec.key, root))
     segments = None
     if spec.task == "clustering":  # profiled on the training split, in the fields' units
         train = pd.read_parquet(paths.split_dir(spec.key, root) / "train.parquet")

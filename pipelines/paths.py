@@ -27,11 +27,6 @@ def model_dir(key: str, root: Path = ROOT) -> Path:
     return root / "models" / key
 
 
-def history_file(key: str, root: Path = ROOT) -> Path:
-    """Per-epoch metrics of a network's training (the learning curve), beside its weights."""
-    return model_dir(key, root) / HISTORY_NAME
-
-
 def onnx_model(key: str, root: Path = ROOT) -> Path:
     """The whole inference pipeline as one ONNX graph: what gets registered and served."""
     return root / "artifacts" / key / "model.onnx"

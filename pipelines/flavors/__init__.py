@@ -34,8 +34,9 @@ class Flavor(Protocol):
         """Feature importance (feature, importance), or None where it does not apply."""
 
 
-def judged_rows(flavor: Flavor, model: Any, test: pd.DataFrame) -> pd.DataFrame:
-    """The test rows evaluate and export judge a model on: all of them, unless its flavor
-    bounds them (`judged(model, test)`: a search's queries in quick runs)."""
+def judged_test_split(flavor: Flavor, model: Any, split: Path) -> pd.DataFrame:
+    """The test rows (split/test.parquet) evaluate and export judge a model on: all of them,
+    unless its flavor bounds them (`judged(model, test)`: a search's queries in quick runs)."""
+    test = pd.read_parquet(split / "test.parquet")
     bound = getattr(flavor, "judged", None)
     return bound(model, test) if callable(bound) else test

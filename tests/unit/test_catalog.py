@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from pipelines.catalog import ModelSpec, UnknownModelError, get_spec, load_params
-from pipelines.flavors import judged_rows, retrieval
+from pipelines.flavors import judged_test_split, retrieval
 from pipelines.models import get_project, is_project
 from pipelines.paths import ROOT
 from tests.conftest import CATALOG, KEYS
@@ -86,13 +86,16 @@ def test_gate_direction_follows_the_floor() -> None:
     assert not CATALOG["house_prices"].higher_is_better
 
 
-def test_a_search_is_judged_on_its_bounded_queries_other_flavors_on_every_row() -> None:
+def test_a_search_is_judged_on_its_bounded_queries_other_flavors_on_every_row(
+    tmp_path: Path,
+) -> None:
     """max_queries (quick runs) bounds the test texts evaluate and export embed, and the
     metrics say how many (test_rows); flavors without a bound are judged on every row."""
     test = pd.DataFrame({"query": [f"text {i}" for i in range(50)]})
+    test.to_parquet(tmp_path / "test.parquet")
     encoder = retrieval.Encoder(Path("."), nlist=4, nprobe=2, max_queries=20)
     model = retrieval.SearchIndex(encoder, Path("."), None, pd.DataFrame(), np.zeros((0, 4)))
-    assert judged_rows(retrieval, model, test).equals(test.head(20))
+    assert judged_test_split(retrieval, model, tmp_path).equals(test.head(20))
     unbounded = replace(model, encoder=replace(encoder, max_queries=None))
-    assert len(judged_rows(retrieval, unbounded, test)) == 50
-    assert judged_rows(get_project("titanic").FLAVOR, object(), test) is test
+    assert len(judged_test_split(retrieval, unbounded, tmp_path)) == 50
+    assert judged_test_split(get_project("titanic").FLAVOR, object(), tmp_path).equals(test)
