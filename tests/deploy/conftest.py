@@ -1,78 +1,73 @@
 """The deploy tier's fixtures: a Docker engine (started here when none runs), the images
 built from the project's Dockerfile, and the compose stack up for the whole module.
 
+They take what tests/deploy/background.py started on a thread of its own when collection
+ended (the tier's tests run last, so that start overlaps the other tiers).
+
 DEPLOY_KEEP_STACK=1 leaves the stack and the engine running at the end, to look at them
 (`docker-compose -p mlops-deploy-test ... logs`); the next run removes them first."""
 
-import contextlib
-import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.deploy import engine as docker
-from tests.deploy.images import build_all
-from tests.deploy.stack import ComposeStack, reduced_params
+from tests.deploy.background import Start, Terminal
+from tests.deploy.stack import ComposeStack
 
-KEEP = os.environ.get("DEPLOY_KEEP_STACK") == "1"
+START = pytest.StashKey[Start]()
+
+
+@pytest.hookimpl(trylast=True)  # after -m/-k deselection and pytest's own reordering
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The tier's tests go last and its start begins now, beside the other tiers."""
+    deploy = [item for item in items if item.get_closest_marker("deploy")]
+    chosen = set(deploy)
+    items[:] = [item for item in items if item not in chosen] + deploy
+    if not deploy or config.option.collectonly or docker.why_unavailable():
+        return
+    start = Start(Terminal())
+    config.stash[START] = start
+    config.add_cleanup(start.finish)
+    start.say(f"engine, images and stack start beside the other tiers; {len(deploy)} tests last")
+    start.begin()
 
 
 @pytest.fixture(scope="session")
-def progress(request: pytest.FixtureRequest) -> Callable[[str], None]:
+def started(request: pytest.FixtureRequest) -> Start:
+    if why := docker.why_unavailable():
+        pytest.skip(f"the deploy tier needs a Docker engine: {why}")
+    start = request.config.stash.get(START, None)
+    assert start is not None, "the deploy tier's start did not begin at collection"
+    return start
+
+
+@pytest.fixture(scope="session")
+def progress(started: Start) -> Callable[[str], None]:
     """Lines on the terminal while pytest captures output: the tier runs for many minutes."""
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-
-    def say(line: str) -> None:
-        if reporter is None:
-            return
-        # pytest points file descriptor 1 at its capture file while fixtures run: the line
-        # would only be shown with a failure
-        paused = capture.global_and_fixture_disabled() if capture else contextlib.nullcontext()
-        with paused:
-            reporter.write_line(f"[deploy] {line}")
-
-    return say
+    return started.say
 
 
 @pytest.fixture(scope="package")  # stopped as soon as the tier is done, not at pytest's end
-def engine(progress: Callable[[str], None]) -> Iterator[docker.Engine]:
-    if why := docker.why_unavailable():
-        pytest.skip(f"the deploy tier needs a Docker engine: {why}")
-    running = docker.start(progress)
+def engine(started: Start) -> Iterator[docker.Engine]:
     try:
-        yield running
+        yield started.engine.result()
     finally:
-        if not KEEP:
-            running.stop()
+        started.close_engine()
 
 
 @pytest.fixture(scope="package")
-def build_times(engine: docker.Engine, progress: Callable[[str], None]) -> dict[str, float]:
+def build_times(engine: docker.Engine, started: Start) -> dict[str, float]:
     """Every image of the test stack built (cached layers are reused), seconds per image."""
-    return build_all(engine, progress)
+    return started.builds.result()
 
 
 @pytest.fixture(scope="module")
 def stack(
-    engine: docker.Engine,
-    build_times: dict[str, float],
-    progress: Callable[[str], None],
-    tmp_path_factory: pytest.TempPathFactory,
+    engine: docker.Engine, build_times: dict[str, float], started: Start
 ) -> Iterator[ComposeStack]:
     """The stack after its first `up`; `down -v` at the end removes it and its volumes."""
-    folder: Path = tmp_path_factory.mktemp("compose")
-    running = ComposeStack(engine, reduced_params(folder), folder / "compose.log", progress)
-    running.down("--volumes", "--remove-orphans")  # a killed session's leftovers
     try:
-        seconds = running.up()
-        progress(f"first up: {seconds:.0f} s (log {running.log})")
-        running.first_up_s = seconds
-        yield running
+        yield started.stack.result()
     finally:
-        try:
-            running.compose("logs", "--no-color", "--tail", "200", timeout=120)
-        finally:
-            if not KEEP:
-                running.down("--volumes", "--remove-orphans")
+        started.close_stack()

@@ -1,9 +1,11 @@
 """docker-compose.yml brought up as a user does, with tests/deploy/compose.test.yml on top."""
 
 import json
+import random
 import secrets
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,15 +15,22 @@ from typing import Any
 import yaml
 
 from pipelines.paths import ROOT
-from services.bench.servers import free_port
 from tests.deploy.engine import Engine, compose_command
 from tests.deploy.images import TAG
 from tests.workspace import REDUCED_PARAMS, merge
 
 PROJECT = "mlops-deploy-test"
 FILES = ("docker-compose.yml", "tests/deploy/compose.test.yml")
-# published on 127.0.0.1 by docker-compose.yml without a variable of their own
-FIXED_PORTS = (5000, 6566, 8000, 8001, 8002, 8089, 8200, 9000, 9001, 9090, 9093)
+# docker-compose.yml's host ports (each published on 127.0.0.1, a default when unset)
+PORT_VARIABLES = (
+    "POSTGRES_PORT", "REDIS_PORT", "MINIO_PORT", "MINIO_CONSOLE_PORT", "MLFLOW_PORT",
+    "FEAST_PORT", "TRITON_HTTP_PORT", "TRITON_GRPC_PORT", "TRITON_METRICS_PORT", "PROXY_PORT",
+    "DRIFT_PORT", "PROMETHEUS_PORT", "ALERTMANAGER_PORT", "GRAFANA_PORT", "LOCUST_PORT",
+)  # fmt: skip
+# Where they are drawn from: below the kernel's ephemeral range (free_port's) and the
+# 20,000-40,000 blocks the host tiers' stacks draw at random, so that none of those takes one
+# between this choice and the `up` that publishes it, minutes later (the tiers run at once)
+PORT_RANGE = (15_000, 19_900)
 PAYLOADS = Path(__file__).with_name("payloads.py")
 Progress = Callable[[str], None]
 
@@ -42,12 +51,22 @@ def reduced_params(folder: Path) -> Path:
     return path
 
 
+def host_ports() -> dict[str, str]:
+    """A free 127.0.0.1 port for each of PORT_VARIABLES, consecutive from a random base."""
+    while True:
+        base = random.randrange(*PORT_RANGE)
+        ports = range(base, base + len(PORT_VARIABLES))
+        if not any(busy(port) for port in ports):
+            return {name: str(port) for name, port in zip(PORT_VARIABLES, ports, strict=True)}
+
+
 @dataclass
 class ComposeStack:
     engine: Engine
     params: Path
     log: Path
     progress: Progress
+    cancelled: threading.Event = field(default_factory=threading.Event)
     env: dict[str, str] = field(default_factory=dict)
     first_up_s: float = 0.0
 
@@ -61,9 +80,7 @@ class ComposeStack:
             MINIO_ROOT_USER="mlops",
             MINIO_ROOT_PASSWORD=secrets.token_urlsafe(16),
             GRAFANA_ADMIN_PASSWORD=secrets.token_urlsafe(16),
-            POSTGRES_PORT=str(free_port()),
-            REDIS_PORT=str(free_port()),
-            PROXY_PORT=str(free_port()),
+            **host_ports(),
             DEPLOY_TEST_PARAMS=str(self.params),
             COMPOSE_HTTP_TIMEOUT="300",  # docker-compose v1's API calls on a loaded machine
         )
@@ -73,9 +90,13 @@ class ComposeStack:
         files = [arg for name in FILES for arg in ("-f", name)]
         return [*(compose_command() or ["docker-compose"]), *files]
 
+    def url(self, port: str) -> str:
+        """http://127.0.0.1:<port> for one of PORT_VARIABLES."""
+        return f"http://127.0.0.1:{self.env[port]}"
+
     @property
     def proxy(self) -> str:
-        return f"http://127.0.0.1:{self.env['PROXY_PORT']}"
+        return self.url("PROXY_PORT")
 
     @property
     def postgres_dsn(self) -> str:
@@ -99,9 +120,9 @@ class ComposeStack:
 
     def up(self, timeout: float = 3600) -> float:
         """`up -d` (it waits for every healthcheck and the trainer); the trainer's latest log
-        line every 30 s meanwhile. Returns the seconds it took."""
-        taken = [p for p in FIXED_PORTS if busy(p)]
-        assert not taken, f"ports the compose file publishes are in use here: {taken}"
+        line every minute meanwhile. Returns the seconds it took; `cancelled` stops it."""
+        taken = {name: self.env[name] for name in PORT_VARIABLES if busy(int(self.env[name]))}
+        assert not taken, f"host ports for the stack are in use here: {taken}"
         started = time.monotonic()
         with self.log.open("a") as out:
             out.write("$ docker-compose up -d --no-build\n")
@@ -110,12 +131,17 @@ class ComposeStack:
                 [*self.command, "up", "-d", "--no-build"], cwd=ROOT, env=self.env,
                 stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
+            said = started
             while process.poll() is None:
                 if time.monotonic() - started > timeout:
                     process.kill()
                     raise TimeoutError(f"docker-compose up took over {timeout} s ({self.log})")
-                time.sleep(30)
-                self.progress(f"up {time.monotonic() - started:5.0f} s: {self.last_line()}")
+                if self.cancelled.wait(5):
+                    process.kill()
+                    raise RuntimeError("docker-compose up cancelled: pytest is ending")
+                if time.monotonic() - said >= 60:
+                    said = time.monotonic()
+                    self.progress(f"up {said - started:5.0f} s: {self.last_line()}")
         if process.returncode != 0:
             raise RuntimeError(f"docker-compose up failed:\n{self.log.read_text()[-6000:]}")
         return time.monotonic() - started

@@ -91,7 +91,7 @@ def test_the_trainer_registered_every_model_in_postgres_with_artifacts_in_s3(
     assert set(aliases) == set(KEYS)
     assert all("champion" in a for a in aliases.values()), aliases
     s3 = boto3.client(
-        "s3", endpoint_url="http://127.0.0.1:9000", region_name="us-east-1",
+        "s3", endpoint_url=stack.url("MINIO_PORT"), region_name="us-east-1",
         aws_access_key_id=stack.env["MINIO_ROOT_USER"],
         aws_secret_access_key=stack.env["MINIO_ROOT_PASSWORD"],
     )  # fmt: skip
@@ -120,14 +120,14 @@ def test_every_model_answers_predict_and_oip_through_the_proxy(
 def test_triton_serves_the_dl_repositories(stack: ComposeStack) -> None:
     served = [k for k, spec in CATALOG.items() if spec.triton is not None]
     for key in served:
-        ready = httpx.get(f"http://127.0.0.1:8000/v2/models/{key}/ready", timeout=30)
+        ready = httpx.get(f"{stack.url('TRITON_HTTP_PORT')}/v2/models/{key}/ready", timeout=30)
         assert ready.status_code == 200, (key, ready.text)
 
 
 def test_prometheus_scrapes_every_target(stack: ComposeStack) -> None:
     deadline = time.monotonic() + 120  # a scrape interval or two after the services came up
     while True:
-        targets = httpx.get("http://127.0.0.1:9090/api/v1/targets", timeout=30).json()
+        targets = httpx.get(f"{stack.url('PROMETHEUS_PORT')}/api/v1/targets", timeout=30).json()
         active = targets["data"]["activeTargets"]
         down = {t["scrapeUrl"]: t["lastError"] for t in active if t["health"] != "up"}
         if not down or time.monotonic() > deadline:
@@ -144,7 +144,7 @@ def test_predictions_land_in_postgres_and_the_drift_service_checks_them(
     for _ in range(3):  # 300 records: above the drift window's minimum (DRIFT_MIN_ROWS=200)
         predict(stack, "titanic", payloads["titanic"]["batch"], request_id="deploy-drift")
     assert logged_predictions(stack, "deploy-drift") == 3
-    run = httpx.post("http://127.0.0.1:8200/models/titanic/run", timeout=300)
+    run = httpx.post(f"{stack.url('DRIFT_PORT')}/models/titanic/run", timeout=300)
     assert run.status_code == 200, run.text[:1000]
     result = run.json()
     assert result["model"] == "titanic" and result["rows"] >= 300, result

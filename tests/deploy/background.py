@@ -1,0 +1,118 @@
+"""The deploy tier's slow start, on a thread of its own beside the other tiers.
+
+Starting the engine, building the images and the first `up` (the trainer's reduced
+`dvc repro` in its container) take about 20 minutes, nearly all of it one process on one
+core, while the host tiers' own `dvc repro` also keeps one core busy. So when collection
+selects the tier, that start begins as soon as collection ends, the tier's tests move to the
+end of the run, and its fixtures only wait for what is not ready yet. Alone
+(`make compose-test`) the fixtures wait at once, as before.
+
+The fixtures own the teardown (`down -v` when the module ends, the engine when the package
+ends); a session that ends before they run (a failure with -x, ^C) cancels the start and
+tears down what it made at pytest's exit.
+"""
+
+import contextlib
+import os
+import shutil
+import tempfile
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.deploy import engine as docker
+from tests.deploy.images import build_all
+from tests.deploy.stack import ComposeStack, reduced_params
+
+KEEP = os.environ.get("DEPLOY_KEEP_STACK") == "1"
+
+
+class Terminal:
+    """Lines on pytest's terminal from any thread while pytest captures the tests' output: a
+    copy of the descriptor made while collection had it (pytest points descriptor 1 at its
+    capture file during each test and fixture)."""
+
+    def __init__(self) -> None:
+        self.fd = os.dup(1)
+        self.lock = threading.Lock()
+
+    def __call__(self, line: str) -> None:
+        with self.lock:
+            os.write(self.fd, f"\n[deploy {time.strftime('%H:%M:%S')}] {line}\n".encode())
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+
+
+@dataclass
+class Start:
+    """The engine, the images and the stack after its first `up`, each a future."""
+
+    say: Terminal
+    folder: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="compose-")))
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    engine: "Future[docker.Engine]" = field(default_factory=Future)
+    builds: "Future[dict[str, float]]" = field(default_factory=Future)
+    stack: "Future[ComposeStack]" = field(default_factory=Future)
+    thread: threading.Thread | None = None
+    made: ComposeStack | None = None  # from before its `up`: a cancelled `up` still goes down
+    stack_closed: bool = False
+    engine_closed: bool = False
+
+    def begin(self) -> "Start":
+        self.thread = threading.Thread(target=self._run, name="deploy-start", daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            engine = docker.start(self.say)
+            self.engine.set_result(engine)
+            self.builds.set_result(build_all(engine, self.say))
+            if self.cancelled.is_set():
+                raise RuntimeError("cancelled: pytest ended before the deploy tier ran")
+            log = self.folder / "compose.log"
+            stack = ComposeStack(engine, reduced_params(self.folder), log, self.say, self.cancelled)
+            self.made = stack
+            stack.down("--volumes", "--remove-orphans")  # a killed session's leftovers
+            stack.first_up_s = stack.up()
+            self.say(f"first up: {stack.first_up_s:.0f} s (log {log})")
+            self.stack.set_result(stack)
+        except BaseException as error:  # handed to whoever waits
+            for future in (self.engine, self.builds, self.stack):
+                if not future.done():
+                    future.set_exception(error)
+
+    def close_stack(self) -> None:
+        """The last lines of every service into the log, then `down -v` (once)."""
+        if self.stack_closed or self.made is None:
+            return
+        self.stack_closed = True
+        try:
+            self.made.compose("logs", "--no-color", "--tail", "200", timeout=120)
+        finally:
+            if not KEEP:
+                self.made.down("--volumes", "--remove-orphans")
+
+    def close_engine(self) -> None:
+        if self.engine_closed or not self.engine.done() or self.engine.exception():
+            return
+        self.engine_closed = True
+        if not KEEP:
+            self.engine.result().stop()
+
+    def finish(self) -> None:
+        """pytest's exit: cancel what is still starting, tear down what the fixtures left."""
+        self.cancelled.set()
+        if self.thread is not None:
+            self.thread.join(timeout=900)  # a build under way finishes first
+        try:
+            self.close_stack()
+        finally:
+            self.close_engine()
+            self.say.close()
+            if not KEEP:
+                shutil.rmtree(self.folder, ignore_errors=True)
