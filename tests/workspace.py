@@ -40,6 +40,13 @@ def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# Thread limits for the workspaces' runs, set for the session when the deploy tier's trainer
+# trains beside them (tests/deploy/background.py): one core each, not two pools on each core
+SHARED_CORES: dict[str, str] = {}
+# `dvc repro` of the whole workspace: 12 minutes alone, over 30 with the trainer beside it
+RUN_TIMEOUT = 3600
+
+
 class Project:
     """The copy, with helpers to edit its catalog and run DVC in it."""
 
@@ -51,6 +58,7 @@ class Project:
             "MLFLOW_ARTIFACT_ROOT": (root / "mlruns" / "artifacts").as_uri(),
             "PATH": f"{BIN}:{os.environ['PATH']}",
             "PYTHONPATH": str(root),
+            **SHARED_CORES,
         }
 
     def params(self) -> dict[str, Any]:
@@ -66,7 +74,12 @@ class Project:
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            list(args), cwd=self.root, env=self.env, capture_output=True, text=True, timeout=1800
+            list(args),
+            cwd=self.root,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
         )
         if check and result.returncode != 0:
             raise AssertionError(

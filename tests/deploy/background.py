@@ -22,11 +22,15 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests import workspace
 from tests.deploy import engine as docker
 from tests.deploy.images import build_all
 from tests.deploy.stack import ComposeStack, reduced_params
 
 KEEP = os.environ.get("DEPLOY_KEEP_STACK") == "1"
+# The trainer's and the host workspace's `dvc repro` each on one core: left to themselves both
+# run two-thread OpenMP and PyTorch pools on the two cores and each took twice as long
+ONE_CORE = {"OMP_NUM_THREADS": "1", "TRAIN_THREADS": "1"}
 
 
 class Terminal:
@@ -63,6 +67,7 @@ class Start:
     engine_closed: bool = False
 
     def begin(self) -> "Start":
+        workspace.SHARED_CORES.update(ONE_CORE)
         self.thread = threading.Thread(target=self._run, name="deploy-start", daemon=True)
         self.thread.start()
         return self
@@ -76,6 +81,7 @@ class Start:
                 raise RuntimeError("cancelled: pytest ended before the deploy tier ran")
             log = self.folder / "compose.log"
             stack = ComposeStack(engine, reduced_params(self.folder), log, self.say, self.cancelled)
+            stack.env.update(ONE_CORE)  # compose.test.yml hands them to the trainer
             self.made = stack
             stack.down("--volumes", "--remove-orphans")  # a killed session's leftovers
             stack.first_up_s = stack.up()
