@@ -87,7 +87,8 @@ class Start:
             stack.first_up_s = stack.up()
             self.say(f"first up: {stack.first_up_s:.0f} s (log {log})")
             self.stack.set_result(stack)
-        except BaseException as error:  # handed to whoever waits
+        except BaseException as error:  # handed to whoever waits, and told at once
+            self.say(f"the start failed: {str(error).strip()[-2000:] or repr(error)}")
             for future in (self.engine, self.builds, self.stack):
                 if not future.done():
                     future.set_exception(error)

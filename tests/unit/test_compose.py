@@ -73,6 +73,23 @@ def test_docker_compose_config_accepts_it_with_the_example_env(profile: str) -> 
     assert "change-me" in resolved["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"]
 
 
+def test_the_deploy_tiers_override_parses_over_it(tmp_path: Path) -> None:
+    """tests/deploy/compose.test.yml, as the deploy tier hands it to docker-compose (a YAML
+    slip there only showed after the images were built, minutes into that tier)."""
+    params = tmp_path / "params.yaml"
+    params.write_text("{}")
+    checked = subprocess.run(
+        [tool("docker-compose"), "--env-file", str(ENV_EXAMPLE), "-f", "docker-compose.yml",
+         "-f", "tests/deploy/compose.test.yml", "config"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", "DEPLOY_TEST_PARAMS": str(params), "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    trainer = yaml.safe_load(checked.stdout)["services"]["trainer"]
+    assert trainer["environment"]["OMP_NUM_THREADS"] == "1"
+    assert f"{params}:/app/params.yaml:ro" in trainer["volumes"]
+
+
 def test_compose_refuses_to_start_without_the_secrets(tmp_path: Path) -> None:
     (tmp_path / "empty.env").write_text("")
     checked = subprocess.run(
