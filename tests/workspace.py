@@ -40,10 +40,7 @@ def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# Thread limits for the workspaces' runs, set for the session when the deploy tier's trainer
-# trains beside them (tests/deploy/background.py): one core each, not two pools on each core
-SHARED_CORES: dict[str, str] = {}
-# `dvc repro` of the whole workspace: 12 minutes alone, over 30 with the trainer beside it
+# `dvc repro` of the whole workspace: 12 minutes alone, 22 on a slow day
 RUN_TIMEOUT = 3600
 
 
@@ -58,7 +55,6 @@ class Project:
             "MLFLOW_ARTIFACT_ROOT": (root / "mlruns" / "artifacts").as_uri(),
             "PATH": f"{BIN}:{os.environ['PATH']}",
             "PYTHONPATH": str(root),
-            **SHARED_CORES,
         }
 
     def params(self) -> dict[str, Any]:

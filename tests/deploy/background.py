@@ -1,11 +1,13 @@
-"""The deploy tier's slow start, on a thread of its own beside the other tiers.
+"""The deploy tier's slow start, on a thread of its own.
 
-Starting the engine, building the images and the first `up` (the trainer's reduced
-`dvc repro` in its container) take about 20 minutes, nearly all of it one process on one
-core, while the host tiers' own `dvc repro` also keeps one core busy. So when collection
-selects the tier, that start begins as soon as collection ends, the tier's tests move to the
-end of the run, and its fixtures only wait for what is not ready yet. Alone
-(`make compose-test`) the fixtures wait at once, as before.
+When collection selects the tier, its tests move to the end of the run and the engine start
+and the image builds begin at once, beside the other tiers (with the build cache that is
+seconds; from nothing, a few minutes of mostly downloads). The first `up` (the trainer's
+reduced `dvc repro`, the 20-odd containers starting) waits until the tier's own fixtures ask
+for it. It ran beside the other tiers once, measured in CI: 20 containers and the local
+stack's 20 processes starting at once on two cores left the compose proxy unhealthy and the
+local stack unready after 10 minutes, and both `dvc repro` runs took twice as long; on two
+cores it gains nothing. Alone (`make compose-test`) the fixtures wait at once, as before.
 
 The fixtures own the teardown (`down -v` when the module ends, the engine when the package
 ends); a session that ends before they run (a failure with -x, ^C) cancels the start and
@@ -22,15 +24,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests import workspace
 from tests.deploy import engine as docker
 from tests.deploy.images import build_all
 from tests.deploy.stack import ComposeStack, reduced_params
 
 KEEP = os.environ.get("DEPLOY_KEEP_STACK") == "1"
-# The trainer's and the host workspace's `dvc repro` each on one core: left to themselves both
-# run two-thread OpenMP and PyTorch pools on the two cores and each took twice as long
-ONE_CORE = {"OMP_NUM_THREADS": "1", "TRAIN_THREADS": "1"}
 
 
 class Terminal:
@@ -53,11 +51,13 @@ class Terminal:
 
 @dataclass
 class Start:
-    """The engine, the images and the stack after its first `up`, each a future."""
+    """The engine, the images and the stack after its first `up`, each a future; the `up`
+    begins when `go` is set (`wanted()`)."""
 
     say: Terminal
     folder: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="compose-")))
     cancelled: threading.Event = field(default_factory=threading.Event)
+    go: threading.Event = field(default_factory=threading.Event)
     engine: "Future[docker.Engine]" = field(default_factory=Future)
     builds: "Future[dict[str, float]]" = field(default_factory=Future)
     stack: "Future[ComposeStack]" = field(default_factory=Future)
@@ -67,7 +67,6 @@ class Start:
     engine_closed: bool = False
 
     def begin(self) -> "Start":
-        workspace.SHARED_CORES.update(ONE_CORE)
         self.thread = threading.Thread(target=self._run, name="deploy-start", daemon=True)
         self.thread.start()
         return self
@@ -77,11 +76,13 @@ class Start:
             engine = docker.start(self.say)
             self.engine.set_result(engine)
             self.builds.set_result(build_all(engine, self.say))
+            while not self.go.wait(5):
+                if self.cancelled.is_set():
+                    break
             if self.cancelled.is_set():
                 raise RuntimeError("cancelled: pytest ended before the deploy tier ran")
             log = self.folder / "compose.log"
             stack = ComposeStack(engine, reduced_params(self.folder), log, self.say, self.cancelled)
-            stack.env.update(ONE_CORE)  # compose.test.yml hands them to the trainer
             self.made = stack
             stack.down("--volumes", "--remove-orphans")  # a killed session's leftovers
             stack.first_up_s = stack.up()
@@ -92,6 +93,11 @@ class Start:
             for future in (self.engine, self.builds, self.stack):
                 if not future.done():
                     future.set_exception(error)
+
+    def wanted(self) -> "Future[ComposeStack]":
+        """The tier's tests have begun: the first `up` may start (once the builds are done)."""
+        self.go.set()
+        return self.stack
 
     def close_stack(self) -> None:
         """The last lines of every service into the log, then `down -v` (once)."""

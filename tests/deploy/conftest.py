@@ -2,7 +2,8 @@
 built from the project's Dockerfile, and the compose stack up for the whole module.
 
 They take what tests/deploy/background.py started on a thread of its own when collection
-ended (the tier's tests run last, so that start overlaps the other tiers).
+ended (the engine and the builds, beside the other tiers; the tier's tests run last, and the
+first `up` begins when they do).
 
 DEPLOY_KEEP_STACK=1 leaves the stack and the engine running at the end, to look at them
 (`docker-compose -p mlops-deploy-test ... logs`); the next run removes them first."""
@@ -20,7 +21,7 @@ START = pytest.StashKey[Start]()
 
 @pytest.hookimpl(trylast=True)  # after -m/-k deselection and pytest's own reordering
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The tier's tests go last and its start begins now, beside the other tiers."""
+    """The tier's tests go last; its engine and builds begin now, beside the other tiers."""
     deploy = [item for item in items if item.get_closest_marker("deploy")]
     chosen = set(deploy)
     items[:] = [item for item in items if item not in chosen] + deploy
@@ -29,7 +30,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     start = Start(Terminal())
     config.stash[START] = start
     config.add_cleanup(start.finish)
-    start.say(f"engine, images and stack start beside the other tiers; {len(deploy)} tests last")
+    start.say(f"engine and images start beside the other tiers; the {len(deploy)} tests go last")
     start.begin()
 
 
@@ -68,6 +69,6 @@ def stack(
 ) -> Iterator[ComposeStack]:
     """The stack after its first `up`; `down -v` at the end removes it and its volumes."""
     try:
-        yield started.stack.result()
+        yield started.wanted().result()
     finally:
         started.close_stack()

@@ -82,12 +82,13 @@ def test_the_deploy_tiers_override_parses_over_it(tmp_path: Path) -> None:
         [tool("docker-compose"), "--env-file", str(ENV_EXAMPLE), "-f", "docker-compose.yml",
          "-f", "tests/deploy/compose.test.yml", "config"],
         capture_output=True, text=True, timeout=120, cwd=ROOT,
-        env={"PATH": "/usr/bin:/bin", "DEPLOY_TEST_PARAMS": str(params), "OMP_NUM_THREADS": "1"},
+        env={"PATH": "/usr/bin:/bin", "DEPLOY_TEST_PARAMS": str(params)},
     )  # fmt: skip
     assert checked.returncode == 0, checked.stderr
-    trainer = yaml.safe_load(checked.stdout)["services"]["trainer"]
-    assert trainer["environment"]["OMP_NUM_THREADS"] == "1"
-    assert f"{params}:/app/params.yaml:ro" in trainer["volumes"]
+    services = yaml.safe_load(checked.stdout)["services"]
+    for name in ("trainer", "drift"):
+        assert f"{params}:/app/params.yaml:ro" in services[name]["volumes"]
+    assert services["grafana"]["profiles"] == ["grafana-not-in-test"]
 
 
 def test_compose_refuses_to_start_without_the_secrets(tmp_path: Path) -> None:
