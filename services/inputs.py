@@ -7,6 +7,7 @@ service accepts exactly what the model was trained on, and says which field is w
 import base64
 import binascii
 import io
+from collections.abc import Collection
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
@@ -102,7 +103,8 @@ def describe_errors(
         # A union reports each branch: name the field, not pydantic's branch labels
         location = [p for p in location if not (isinstance(p, str) and _is_branch_label(p))]
         entry: dict[str, Any] = {
-            "field": ".".join(str(p) for p in location),
+            # a made-up key is echoed, but no longer than a value is
+            "field": ".".join(_plain(p) if isinstance(p, str) else str(p) for p in location),
             "error": error["msg"],
         }
         if error.get("ctx") and error["type"] != "value_error":
@@ -111,6 +113,19 @@ def describe_errors(
             entry["got"] = _plain(error.get("input"))
         out.append(entry)
     return out
+
+
+# The metric label of an error that names no catalog field: a key the client made up, or
+# the record itself (not an object). Client keys as labels would make unbounded series.
+OTHER_FIELD = "?"
+
+
+def metric_field(fields: Collection[str], path: str) -> str:
+    """The label for `serving_invalid_records` of an error at `path` (records.<i>.<name>...):
+    the catalog field's name, or OTHER_FIELD."""
+    parts = path.split(".", 3)
+    name = parts[2] if len(parts) > 2 else ""
+    return name if name in fields else OTHER_FIELD
 
 
 def _is_branch_label(part: str) -> bool:

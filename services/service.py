@@ -20,7 +20,7 @@ from pipelines.settings import get_settings
 from services.accesslog import AccessLog
 from services.entities import EntityRequests
 from services.errors import InputError, field_error
-from services.inputs import describe_errors, record_model, request_model
+from services.inputs import describe_errors, metric_field, record_model, request_model
 from services.metrics import ServiceMetrics
 from services.predlog import PredictionLog, open_sink, record_row, tensor_row
 from services.routing import Models, Route
@@ -82,8 +82,8 @@ class ModelService:
             except ValidationError as exc:
                 invalid[index] = describe_errors(exc, ("records", index))
                 for error in invalid[index]:
-                    name = error["field"].split(".")[2] if error["field"].count(".") > 1 else "?"
-                    self.metrics.record_errors.labels(self.spec.key, name).inc()
+                    name = metric_field(self.spec.fields, error["field"])
+                    self.metrics.child(self.metrics.record_errors, (self.spec.key, name)).inc()
         if not accepted:
             detail = [e for errors in invalid.values() for e in errors]
             raise InputError(400, f"no valid record among {len(records)}", detail)

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from pipelines.catalog import InputField
 from services.examples import to_png
-from services.inputs import describe_errors, record_model, request_model
+from services.inputs import OTHER_FIELD, describe_errors, metric_field, record_model, request_model
 from services.routing import bucket
 from services.store import Artifact, ArtifactRefused, ModelStore, sha256_of
 from services.tensors import (
@@ -54,6 +54,23 @@ def test_errors_name_the_record_and_the_field() -> None:
     with pytest.raises(ValidationError) as caught:
         request.model_validate({"records": [{"tenure": "long"}]})
     assert any(e["field"] == "records.0.tenure" for e in describe_errors(caught.value))
+
+
+def test_made_up_keys_are_no_metric_labels_and_are_echoed_short() -> None:
+    """Only catalog field names label serving_invalid_records: random keys in bodies would
+    otherwise make a new Prometheus series each."""
+    spec = CATALOG["churn"]
+    request = request_model(spec, record_model(spec), max_records=2)
+    made_up = "k" * 5000
+    with pytest.raises(ValidationError) as caught:
+        request.model_validate({"records": [{"tenure": "long", made_up: 1}, 7]})
+    errors = describe_errors(caught.value)
+    labels = {metric_field(spec.fields, e["field"]) for e in errors}
+    assert {"tenure", OTHER_FIELD} <= labels <= {*spec.fields, OTHER_FIELD}  # missing ones too
+    assert max(len(e["field"]) for e in errors) < 100  # the 5,000-character key, cut
+    assert metric_field(spec.fields, "records.3.tenure") == "tenure"
+    assert metric_field(spec.fields, "records.3") == OTHER_FIELD
+    assert metric_field(spec.fields, "body") == OTHER_FIELD
 
 
 def test_images_as_lists_or_png_become_the_same_bytes() -> None:
