@@ -192,6 +192,8 @@ def parse(
     except OverflowError as exc:
         raise field_error(413, "body", str(exc)) from exc
     header, tail = split_body(body, request.headers.get("inference-header-content-length"))
+    if not isinstance(header.get("id", ""), str):  # echoed in the answer
+        raise TensorError("id", f"must be a string, got {header['id']!r:.80}")
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise TensorError(
@@ -260,7 +262,7 @@ def requested_outputs(model: LoadedModel, header: dict[str, Any]) -> tuple[list[
     """(output names to compute, those to return as binary)."""
     available = [o.name for o in model.session.get_outputs()]
     requested = header.get("outputs")
-    all_binary = bool((header.get("parameters") or {}).get("binary_data_output", False))
+    all_binary = bool(_parameters(header, "parameters").get("binary_data_output", False))
     if not requested:  # what /predict answers from (a recommender's ratings only on request)
         served = model.served_outputs
         return served, set(served) if all_binary else set()
@@ -270,12 +272,20 @@ def requested_outputs(model: LoadedModel, header: dict[str, Any]) -> tuple[list[
     for entry in requested:
         name = str(entry.get("name")) if isinstance(entry, dict) else str(entry)
         if name not in available:
-            raise TensorError(f"outputs.{name}", "not an output of this model", available)
+            raise TensorError(f"outputs.{name:.80}", "not an output of this model", available)
         names.append(name)
-        parameters = entry.get("parameters") or {} if isinstance(entry, dict) else {}
+        parameters = _parameters(entry, f"outputs.{name}") if isinstance(entry, dict) else {}
         if parameters.get("binary_data", all_binary):
             binary.add(name)
     return names, binary
+
+
+def _parameters(holder: dict[str, Any], field: str) -> dict[str, Any]:
+    """An OIP `parameters` member: an object, or absent."""
+    parameters = holder.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise TensorError(field, f"parameters must be an object, got {parameters!r:.80}")
+    return parameters
 
 
 def encode(answer: dict[str, Any], blobs: list[bytes]) -> Response:

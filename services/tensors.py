@@ -5,6 +5,7 @@ The binary extension (what `tritonclient.http` sends by default) puts a JSON hea
 """
 
 import json
+import math
 import struct
 import zlib
 from typing import Any
@@ -14,6 +15,10 @@ import orjson
 
 from pipelines.catalog import InputField
 
+# Beyond these a shape is refused before its data is looked at (the data must match it anyway,
+# and a body is bounded by SERVE_MAX_BODY_BYTES): a clear message, not an overflowed product
+MAX_DIMS = 8
+MAX_ELEMENTS = 2**31 - 1
 DATATYPES = {  # OIP datatype -> numpy dtype
     "BOOL": np.bool_,
     "UINT8": np.uint8,
@@ -107,8 +112,8 @@ def _lenient_json(text: bytes) -> Any:
     """JSON with NaN / Infinity, which tritonclient writes for missing floats (as Triton reads)."""
     try:
         return json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise TensorError("body", f"not valid JSON ({exc})") from exc
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # nesting: RecursionError
+        raise TensorError("body", f"not valid JSON ({type(exc).__name__}: {exc})") from exc
 
 
 def _deserialize_bytes(raw: bytes) -> list[bytes]:
@@ -133,16 +138,34 @@ def serialize_bytes(array: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
+def _dimension(value: Any) -> bool:
+    """A non-negative JSON integer (JSON's true is no size, though Python counts it as 1)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def read_input(spec: dict[str, Any], tail: bytes, offset: int) -> tuple[np.ndarray, int]:
     """One request input as an array of its declared datatype and shape; new tail offset."""
-    name = str(spec.get("name", "?"))
+    name = spec.get("name")
+    if not isinstance(name, str):
+        raise TensorError("inputs", f"each input's name must be a string, got {name!r:.80}")
     datatype, shape = spec.get("datatype"), spec.get("shape")
-    if datatype not in DATATYPES:
-        raise TensorError(name, f"unknown datatype {datatype!r}", sorted(DATATYPES))
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise TensorError(name, f"shape must be a list of non-negative integers, got {shape!r}")
-    count = int(np.prod(shape)) if shape else 1
-    size = (spec.get("parameters") or {}).get("binary_data_size")
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
+        raise TensorError(name, f"unknown datatype {datatype!r:.80}", sorted(DATATYPES))
+    if not isinstance(shape, list) or not all(_dimension(d) for d in shape):
+        raise TensorError(name, f"shape must be a list of non-negative integers, got {shape!r:.80}")
+    count = math.prod(shape)  # Python's integers: numpy's int64 product wraps to 0 or less
+    if count > MAX_ELEMENTS or len(shape) > MAX_DIMS:
+        raise TensorError(
+            name, f"shape {shape} is over the limit ({MAX_DIMS} dims, {MAX_ELEMENTS} elements)"
+        )
+    parameters = spec.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise TensorError(name, f"parameters must be an object, got {parameters!r:.80}")
+    size = parameters.get("binary_data_size")
+    if size is not None and not _dimension(size):
+        raise TensorError(
+            name, f"binary_data_size must be a non-negative integer, got {size!r:.80}"
+        )
     try:
         if size is not None:
             raw = tail[offset : offset + int(size)]
@@ -177,7 +200,15 @@ def _numeric(array: np.ndarray, datatype: str, name: str) -> np.ndarray:
         array = np.array([np.nan if v is None else v for v in array], dtype=np.float64)
     elif array.dtype.kind not in "biuf":
         raise TensorError(name, f"{datatype} data must be numbers, got {array.dtype.kind!r} data")
-    return array.astype(DATATYPES[datatype])
+    target = np.dtype(DATATYPES[datatype])
+    if target.kind in "biu" and array.dtype.kind == "f":  # a cast would make NaN int64's minimum
+        if np.isnan(array).any():
+            raise TensorError(name, f"null or NaN is no {datatype} value", "FP32/FP64 for NaN")
+        if target.kind in "iu" and array.size:
+            info = np.iinfo(target.name)
+            if array.min() < info.min or array.max() > info.max:
+                raise TensorError(name, f"values outside {datatype}'s range")
+    return array.astype(target)
 
 
 def to_feed(name: str, field: InputField, array: np.ndarray, datatype: str) -> np.ndarray:

@@ -132,12 +132,48 @@ def test_bytes_tensors_round_trip() -> None:
         ({"name": "x", "datatype": "FP32", "shape": "2", "data": [1]}, "shape must be"),
         ({"name": "x", "datatype": "FP32", "shape": [1], "data": ["a"]}, "must be numbers"),
         ({"name": "x", "datatype": "FP32", "shape": [1]}, "neither data"),
+        # int64's product of these wraps to 0: an empty tensor would have passed
+        ({"name": "x", "datatype": "FP32", "shape": [2**62, 2**62], "data": []}, "over the limit"),
+        ({"name": "x", "datatype": "FP32", "shape": [10**12], "data": []}, "over the limit"),
+        ({"name": "x", "datatype": "FP32", "shape": [1] * 9, "data": [1]}, "over the limit"),
+        ({"name": "x", "datatype": "FP32", "shape": [True], "data": [1]}, "shape must be"),
+        ({"name": "x", "datatype": "INT64", "shape": [2], "data": [1, None]}, "no INT64 value"),
+        ({"name": "x", "datatype": "INT64", "shape": [1], "data": [2**70]}, "outside INT64"),
+        ({"name": "x", "datatype": "INT32", "shape": [1], "data": [1e300]}, "outside INT32"),
+        ({"name": "x", "datatype": "FP32", "shape": [1], "parameters": [1]}, "must be an object"),
+        (
+            {
+                "name": "x",
+                "datatype": "FP32",
+                "shape": [1],
+                "parameters": {"binary_data_size": "8"},
+            },
+            "binary_data_size must be",
+        ),
     ],
 )
 def test_malformed_tensors_are_named(spec: dict[str, object], words: str) -> None:
     with pytest.raises(TensorError, match=words) as caught:
         read_input(spec, b"", 0)
     assert caught.value.field == "x"
+
+
+def test_an_input_without_a_string_name_is_named() -> None:
+    with pytest.raises(TensorError, match="name must be a string") as caught:
+        read_input({"name": {"a": 1}, "datatype": "FP32", "shape": [1], "data": [1]}, b"", 0)
+    assert caught.value.field == "inputs"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"inputs":' + b"[" * 100_000 + b"]" * 100_000 + b"}", b'{"a":' * 5000 + b"1" + b"}" * 5000],
+)
+def test_deeply_nested_bodies_are_a_named_error(body: bytes) -> None:
+    """orjson stops at 1,024 levels; the lenient reader (NaN) behind it must not raise
+    RecursionError (it was a 500)."""
+    with pytest.raises(TensorError, match="not valid JSON") as caught:
+        split_body(body, None)
+    assert caught.value.field == "body"
 
 
 def test_feeds_are_checked_against_their_field() -> None:
