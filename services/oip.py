@@ -21,6 +21,7 @@ from services.tensors import (
     TensorError,
     decompress,
     encode_outputs,
+    parameters_of,
     read_input,
     split_body,
     to_feed,
@@ -262,7 +263,7 @@ def requested_outputs(model: LoadedModel, header: dict[str, Any]) -> tuple[list[
     """(output names to compute, those to return as binary)."""
     available = [o.name for o in model.session.get_outputs()]
     requested = header.get("outputs")
-    all_binary = bool(_parameters(header, "parameters").get("binary_data_output", False))
+    all_binary = bool(parameters_of(header, "parameters").get("binary_data_output", False))
     if not requested:  # what /predict answers from (a recommender's ratings only on request)
         served = model.served_outputs
         return served, set(served) if all_binary else set()
@@ -274,18 +275,10 @@ def requested_outputs(model: LoadedModel, header: dict[str, Any]) -> tuple[list[
         if name not in available:
             raise TensorError(f"outputs.{name:.80}", "not an output of this model", available)
         names.append(name)
-        parameters = _parameters(entry, f"outputs.{name}") if isinstance(entry, dict) else {}
+        parameters = parameters_of(entry, f"outputs.{name}") if isinstance(entry, dict) else {}
         if parameters.get("binary_data", all_binary):
             binary.add(name)
     return names, binary
-
-
-def _parameters(holder: dict[str, Any], field: str) -> dict[str, Any]:
-    """An OIP `parameters` member: an object, or absent."""
-    parameters = holder.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise TensorError(field, f"parameters must be an object, got {parameters!r:.80}")
-    return parameters
 
 
 def encode(answer: dict[str, Any], blobs: list[bytes]) -> Response:

@@ -143,6 +143,15 @@ def _dimension(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def parameters_of(holder: dict[str, Any], field: str) -> dict[str, Any]:
+    """An OIP `parameters` member (of the request, an input or an output): an object, or
+    absent."""
+    parameters = holder.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise TensorError(field, f"parameters must be an object, got {parameters!r:.80}")
+    return parameters
+
+
 def read_input(spec: dict[str, Any], tail: bytes, offset: int) -> tuple[np.ndarray, int]:
     """One request input as an array of its declared datatype and shape; new tail offset."""
     name = spec.get("name")
@@ -158,10 +167,7 @@ def read_input(spec: dict[str, Any], tail: bytes, offset: int) -> tuple[np.ndarr
         raise TensorError(
             name, f"shape {shape} is over the limit ({MAX_DIMS} dims, {MAX_ELEMENTS} elements)"
         )
-    parameters = spec.get("parameters") or {}
-    if not isinstance(parameters, dict):
-        raise TensorError(name, f"parameters must be an object, got {parameters!r:.80}")
-    size = parameters.get("binary_data_size")
+    size = parameters_of(spec, name).get("binary_data_size")
     if size is not None and not _dimension(size):
         raise TensorError(
             name, f"binary_data_size must be a non-negative integer, got {size!r:.80}"

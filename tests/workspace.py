@@ -40,8 +40,8 @@ def merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-# `dvc repro` of the whole workspace: 12 minutes alone, 22 on a slow day
-RUN_TIMEOUT = 3600
+# `dvc repro` of the whole workspace: 11-12 minutes alone, 22 on a slow day
+RUN_TIMEOUT = 1800
 
 
 class Project:

@@ -76,9 +76,7 @@ class Start:
             engine = docker.start(self.say)
             self.engine.set_result(engine)
             self.builds.set_result(build_all(engine, self.say))
-            while not self.go.wait(5):
-                if self.cancelled.is_set():
-                    break
+            self.go.wait()  # set by the tier's first test, or by finish()
             if self.cancelled.is_set():
                 raise RuntimeError("cancelled: pytest ended before the deploy tier ran")
             log = self.folder / "compose.log"
@@ -120,6 +118,7 @@ class Start:
     def finish(self) -> None:
         """pytest's exit: cancel what is still starting, tear down what the fixtures left."""
         self.cancelled.set()
+        self.go.set()  # a start still waiting for its tests ends now
         if self.thread is not None:
             self.thread.join(timeout=900)  # a build under way finishes first
         try:
