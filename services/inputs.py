@@ -5,16 +5,47 @@ service accepts exactly what the model was trained on, and says which field is w
 """
 
 import base64
-import binascii
 import io
+import math
+import struct
 from collections.abc import Collection
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+)
 
 from pipelines.catalog import InputField, ModelSpec
 
 MAX_TEXT = 20_000  # characters of one text field; longer is an input error, not a slow request
+MAX_KEY = 128  # characters of an entity key (ids, not text)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# The chunks that decoding reads. The others are metadata the model never sees, and Pillow
+# inflates the compressed ones (zTXt, iTXt, iCCP) up to 64 MiB an image: 400 PNGs of 27 KB
+# of text chunks in one body took 25 s to serve, 0.3 s with those chunks left unread
+PIXEL_CHUNKS = (b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND")
+
+
+def utf8_text(value: Any) -> Any:
+    """Text that can be stored and sent on: a lone surrogate (JSON's "\\ud800") is a str
+    that no UTF-8 encoder takes, so the prediction log or Redis would fail on it (a 500)."""
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"not valid UTF-8 text: lone surrogate at position {exc.start}"
+            ) from exc
+    return value
+
+
+UTF8 = BeforeValidator(utf8_text)  # on every string type, before its own checks
 
 
 def _image_type(field: InputField) -> Any:
@@ -25,8 +56,13 @@ def _image_type(field: InputField) -> Any:
     nested = Annotated[list[row], Field(min_length=height, max_length=height)]
     png = Annotated[
         str,
-        Field(min_length=8, description=f"base64-encoded {height}x{width} grey-scale PNG"),
+        Field(
+            min_length=8,
+            max_length=_png_length(height, width),
+            description=f"base64-encoded {height}x{width} grey-scale PNG",
+        ),
         AfterValidator(lambda text: _decode_png(text, height, width)),
+        UTF8,
     ]
 
     def to_bytes(value: list[list[int]] | bytes) -> bytes:
@@ -35,20 +71,49 @@ def _image_type(field: InputField) -> Any:
     return Annotated[nested | png, AfterValidator(to_bytes)]
 
 
+def _png_length(height: int, width: int) -> int:
+    """The most base64 characters a height x width PNG takes: checked before decoding."""
+    # Generous: the widest pixels (16-bit RGBA, 8 bytes) stored uncompressed with a filter
+    # byte a row, zlib's 5 bytes a stored block, 16 KiB for the other chunks an editor may
+    # write (stripped unread); 4 base64 characters for 3 bytes. 28x28: 30,252 characters
+    pixels = height * (1 + width * 8)
+    stored = pixels + 5 * (pixels // 65_535 + 1)
+    return 4 * math.ceil((stored + 16 * 1024) / 3)
+
+
 def _decode_png(text: str, height: int, width: int) -> bytes:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         raw = base64.b64decode(text, validate=True)
-        image = Image.open(io.BytesIO(raw))
-        image.load()
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, or characters outside ASCII
         raise ValueError(f"not valid base64 ({exc})") from exc
-    except (UnidentifiedImageError, ValueError, OSError) as exc:
-        raise ValueError("base64 decodes to bytes that are not an image (PNG expected)") from exc
-    if image.size != (width, height):
-        raise ValueError(f"image is {image.size[0]}x{image.size[1]}, expected {width}x{height}")
-    return image.convert("L").tobytes()
+    pixels = _still_png(raw, height, width)
+    try:
+        return Image.open(io.BytesIO(pixels), formats=("PNG",)).convert("L").tobytes()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"not a valid PNG ({type(exc).__name__}: {exc})") from exc
+
+
+def _still_png(raw: bytes, height: int, width: int) -> bytes:
+    """The PNG's chunks that decoding reads, once its header says it is one still image of
+    height x width; ValueError otherwise."""
+    if len(raw) < 24 or not raw.startswith(PNG_SIGNATURE) or raw[12:16] != b"IHDR":
+        start = f"they start {raw[:8]!r}"  # a GIF's or JPEG's header says which it is
+        raise ValueError(f"base64 decodes to bytes that are not an image (PNG expected; {start})")
+    size = struct.unpack_from(">II", raw, 16)
+    if size != (width, height):
+        raise ValueError(f"image is {size[0]}x{size[1]}, expected {width}x{height}")
+    kept, offset = [PNG_SIGNATURE], len(PNG_SIGNATURE)
+    while offset + 8 <= len(raw):
+        length, kind = struct.unpack_from(">I4s", raw, offset)
+        end = offset + 12 + length  # length, type, data, CRC
+        if kind == b"acTL":
+            raise ValueError("animated PNG: send a single still image")
+        if kind in PIXEL_CHUNKS:
+            kept.append(raw[offset:end])
+        offset = end
+    return b"".join(kept)
 
 
 def _series_type(field: InputField) -> Any:
@@ -67,10 +132,10 @@ def _field_type(field: InputField) -> Any:
         kind = float if field.type == "float" else int
         base: Any = Annotated[kind, Field(ge=field.min, le=field.max, allow_inf_nan=False)]
     elif field.type == "category" and field.values:
-        base = Literal[tuple(field.values)]
+        base = Annotated[Literal[tuple(field.values)], UTF8]
     else:  # a required text must say something (as on the OIP route)
         shortest = 1 if field.type == "text" and not field.nullable else 0
-        base = Annotated[str, Field(min_length=shortest, max_length=MAX_TEXT)]
+        base = Annotated[str, Field(min_length=shortest, max_length=MAX_TEXT), UTF8]
     return base | None if field.nullable else base
 
 
@@ -134,6 +199,8 @@ def _is_branch_label(part: str) -> bool:
 
 def _plain(value: Any) -> Any:
     """Something JSON can carry, short enough for an error message."""
+    if isinstance(value, str) and not value.isascii():  # a lone surrogate, escaped: the
+        value = value.encode(errors="backslashreplace").decode()  # answer's JSON must encode
     if isinstance(value, str | int | float | bool) or value is None:
         return value if not isinstance(value, str) or len(value) <= 80 else value[:77] + "..."
     text = repr(value)
@@ -143,7 +210,7 @@ def _plain(value: Any) -> Any:
 def entity_model(spec: ModelSpec) -> type[BaseModel]:
     """One entity row of a Feast-backed entry: its join key plus the request-time fields."""
     assert spec.features is not None
-    key = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[\w.:-]+$")]
+    key = Annotated[str, Field(min_length=1, max_length=MAX_KEY, pattern=r"^[\w.:-]+$"), UTF8]
     definitions: dict[str, Any] = {
         spec.features.entity: (key, Field(..., description=f"the {spec.features.entity}"))
     }
