@@ -15,6 +15,12 @@ the next requests gather for the commit after it.
     SERVE_PREDICTION_LOG=sqlite:///run/predictions.sqlite     (default; relative to the root)
     SERVE_PREDICTION_LOG=postgresql://user@host:5432/mlops     (production)
     SERVE_PREDICTION_LOG=off
+
+Bounded: a request's inputs over SERVE_PREDICTION_LOG_MAX_BYTES are stored as a marker per
+record (outputs kept); Postgres connections give up after their timeout (connect, statement,
+lock wait), so a stuck database is a 503, not a hang; the drift service reads a window
+bounded in records and bytes, and deletes by age and count (`prune`) in short batches,
+since the services' database role may only INSERT (infra/postgres/init.sql).
 """
 
 import asyncio
@@ -23,9 +29,11 @@ import concurrent.futures
 import contextlib
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
+from collections.abc import Generator, Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,7 +58,18 @@ COLUMNS = (
     "outputs",
 )
 DEFAULT_URL = "sqlite:///run/predictions.sqlite"  # the services' and the drift service's
-BUSY_TIMEOUT_MS = 5000  # several workers (or services) share one SQLite file: wait, not fail
+# A commit waits this long at most (SERVE_PREDICTION_LOG_TIMEOUT_S): on SQLite, the busy
+# timeout, as several workers (or services) share one file: wait, not fail
+WRITE_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 30.0  # the drift service's reads and deletes (DRIFT_LOG_TIMEOUT_S)
+# a request's inputs + outputs JSON (SERVE_PREDICTION_LOG_MAX_BYTES): 1000 records of ~1 KiB
+MAX_ROW_BYTES = 2**20
+WINDOW_MAX_BYTES = 64 * 2**20  # the JSON a drift window reads (DRIFT_WINDOW_MAX_BYTES)
+PRUNE_BATCH = 5000  # rows per DELETE: each is a short transaction, whatever the backlog
+FETCH = 200  # rows per round trip (Postgres) or fetchmany (SQLite) of the drift reader
+# A record whose inputs were over the cap: {TRUNCATED: its JSON size}. No request field can
+# carry this name (pydantic fields never start with an underscore)
+TRUNCATED = "_truncated"
 
 
 class PredictionLogUnavailable(RuntimeError):
@@ -65,10 +84,11 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-def table_sql(key: str) -> list[str]:
-    """The table and its index; `key` is the id column's type (SQLite and Postgres differ)."""
-    return [
-        f"""CREATE TABLE IF NOT EXISTS predictions (
+def table_sql(key: str) -> dict[str, str]:
+    """The table and its indexes, by name; `key` is the id column's type (SQLite and Postgres
+    differ). infra/postgres/init.sql holds the same for Postgres."""
+    return {
+        "predictions": f"""CREATE TABLE IF NOT EXISTS predictions (
             id {key},
             ts DOUBLE PRECISION NOT NULL,
             request_id TEXT NOT NULL,
@@ -81,8 +101,63 @@ def table_sql(key: str) -> list[str]:
             inputs TEXT NOT NULL,
             outputs TEXT NOT NULL
         )""",
-        "CREATE INDEX IF NOT EXISTS predictions_model_id ON predictions (model, id)",
-    ]
+        # the drift window: a model's latest rows
+        "predictions_model_id": (
+            "CREATE INDEX IF NOT EXISTS predictions_model_id ON predictions (model, id)"
+        ),
+        # retention by age: the oldest rows first, without a scan
+        "predictions_ts": "CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts)",
+    }
+
+
+def connect_options(url: str, timeout_s: float) -> dict[str, Any]:
+    """libpq parameters that bound a connection by `timeout_s`: connecting, any statement,
+    any lock wait, and a network gone silent (keepalives, unacknowledged data). What the
+    URL sets itself wins (its `-c` options come later)."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    given = conninfo_to_dict(url)
+    ms = max(1, round(timeout_s * 1000))
+    seconds = math.ceil(timeout_s)
+    defaults: dict[str, Any] = {
+        "connect_timeout": max(2, seconds),  # libpq's least
+        "keepalives_idle": seconds,
+        "keepalives_interval": 1,
+        "keepalives_count": 3,
+        "tcp_user_timeout": ms,
+    }
+    options = f"-c statement_timeout={ms} -c lock_timeout={ms} {given.get('options', '')}"
+    return {k: v for k, v in defaults.items() if k not in given} | {"options": options.strip()}
+
+
+def connect_postgres(url: str, timeout_s: float, **kwargs: Any) -> Any:
+    """A connection that gives up after `timeout_s` (connect_options)."""
+    import psycopg
+
+    return psycopg.connect(url, **connect_options(url, timeout_s), **kwargs)
+
+
+def create_table(db: Any) -> None:
+    """The table and its indexes, on a fresh database. Where init.sql made the table (the
+    services' role may only INSERT, not create), no DDL is attempted."""
+    import psycopg
+
+    ddl = table_sql("BIGSERIAL PRIMARY KEY")
+    query = "SELECT name FROM unnest(%s::text[]) AS name WHERE to_regclass(name) IS NULL"
+    missing = {name for (name,) in db.execute(query, (list(ddl),))}
+    if "predictions" not in missing:
+        if missing:  # an older table: its owner adds them (CREATE INDEX CONCURRENTLY)
+            log.warning("prediction log: %s missing: see infra/postgres/init.sql", sorted(missing))
+        return
+    try:
+        with db.transaction():
+            for name, statement in ddl.items():
+                if name in missing:
+                    db.execute(statement)
+    except psycopg.errors.InsufficientPrivilege:  # fine if another one made it meanwhile
+        (table,) = db.execute("SELECT to_regclass('predictions')").fetchone()
+        if table is None:
+            raise
 
 
 def sqlite_path(url: str) -> Path:
@@ -96,13 +171,13 @@ class SQLiteSink:
 
     inline = True
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, timeout_s: float = WRITE_TIMEOUT_S) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self.db.execute(f"PRAGMA busy_timeout = {round(timeout_s * 1000)}")
         self.db.execute("PRAGMA journal_mode = WAL")
         self.db.execute("PRAGMA synchronous = NORMAL")
-        for statement in table_sql("INTEGER PRIMARY KEY"):
+        for statement in table_sql("INTEGER PRIMARY KEY").values():
             self.db.execute(statement)
         marks = ", ".join("?" * len(COLUMNS))
         self.insert = f"INSERT INTO predictions ({', '.join(COLUMNS)}) VALUES ({marks})"
@@ -124,21 +199,24 @@ class SQLiteSink:
 
 
 class PostgresSink:
-    """COPY of each group of rows in one transaction; reconnects once if the link broke."""
+    """COPY of each group of rows in one transaction; reconnects once if the link broke. A
+    commit slower than `timeout_s` (a lock held, the server stuck) fails: the requests get a
+    503 instead of waiting."""
 
     inline = False
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, timeout_s: float = WRITE_TIMEOUT_S) -> None:
         self.url = url
+        self.timeout_s = timeout_s
         self.db: Any = None  # connected at the first write: a service starts while it is down
 
     def _connect(self) -> Any:
-        import psycopg
-
-        db = psycopg.connect(self.url, autocommit=True, connect_timeout=5)
-        with db.transaction():
-            for statement in table_sql("BIGSERIAL PRIMARY KEY"):
-                db.execute(statement)
+        db = connect_postgres(self.url, self.timeout_s, autocommit=True)
+        try:
+            create_table(db)
+        except BaseException:
+            db.close()
+            raise
         return db
 
     def write(self, rows: list[Row]) -> None:
@@ -160,14 +238,14 @@ class PostgresSink:
             self.db.close()
 
 
-def open_sink(url: str) -> Sink | None:
-    """The sink a URL names, or None for `off`."""
+def open_sink(url: str, timeout_s: float = WRITE_TIMEOUT_S) -> Sink | None:
+    """The sink a URL names, or None for `off`; a commit gives up after `timeout_s`."""
     if url in ("", "off"):
         return None
     if url.startswith("sqlite:///"):
-        return SQLiteSink(sqlite_path(url))
+        return SQLiteSink(sqlite_path(url), timeout_s)
     if url.startswith(("postgresql://", "postgres://")):
-        return PostgresSink(url)
+        return PostgresSink(url, timeout_s)
     raise ValueError(f"prediction log {url!r}: expected sqlite:///<path>, postgresql://... or off")
 
 
@@ -249,12 +327,26 @@ def tensor_row(
     return (*head, size, dumps(list(range(size))), dumps(inputs), dumps(predictions))
 
 
+def capped(row: Row, max_bytes: int) -> Row:
+    """The row, or where its inputs and outputs exceed `max_bytes` of JSON (0: no cap), the
+    row with each record's inputs replaced by {TRUNCATED: their size}: the outputs are kept,
+    and the drift window skips those records."""
+    if not max_bytes or len(row[8]) + len(row[9]) <= max_bytes:
+        return row
+    markers = [{TRUNCATED: len(dumps(record))} for record in loads(row[8])]
+    log.info("prediction log: request %s: inputs over the cap, stored as markers", row[1])
+    return (*row[:8], dumps(markers), row[9])
+
+
 class PredictionLog:
     """Group commit on the event loop: `await append(rows)` returns once the rows are stored."""
 
-    def __init__(self, sink: Sink | None, on_flush: Any = None) -> None:
+    def __init__(
+        self, sink: Sink | None, on_flush: Any = None, max_bytes: int = MAX_ROW_BYTES
+    ) -> None:
         self.sink = sink
         self.on_flush = on_flush  # (predictions, seconds, error | None): the service's metrics
+        self.max_bytes = max_bytes  # a row's inputs + outputs JSON; more: inputs as markers
         self._pending: list[Row] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._busy = False
@@ -310,9 +402,10 @@ class PredictionLog:
         assert self.sink is not None
         start = time.perf_counter()
         try:
+            rows = [capped(row, self.max_bytes) for row in rows]
             with self._lock:
                 self.sink.write(rows)
-        except Exception as exc:  # sqlite3 / psycopg errors: the waiting requests get a 503
+        except Exception as exc:  # sqlite3 / psycopg errors, timeouts: the requests get a 503
             return time.perf_counter() - start, exc
         return time.perf_counter() - start, None
 
@@ -353,39 +446,144 @@ class PredictionLog:
         self.sink.close()
 
 
-def read_window(
-    url: str, model: str, records: int, since: float
-) -> list[tuple[float, str, dict[str, Any], dict[str, Any]]]:
-    """The latest `records` served predictions of `model` logged after `since` (unix time),
-    oldest first: (ts, version, inputs, prediction). Shadow rows are not traffic."""
-    query = (
-        "SELECT ts, version, inputs, outputs FROM predictions "
-        "WHERE model = {0} AND route <> 'shadow' AND ts >= {0} ORDER BY id DESC LIMIT {0}"
-    )  # each row holds at least one record: `records` rows are always enough
-    if url.startswith("sqlite:///"):
-        path = sqlite_path(url)
-        if not path.exists():
-            return []
-        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-            db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            try:
-                found = db.execute(query.format("?"), (model, since, records)).fetchall()
-            except sqlite3.OperationalError as exc:
-                if "no such table" not in str(exc):  # nothing served yet
-                    raise
-                return []
-    else:
-        import psycopg
+Window = list[tuple[float, str, dict[str, Any], dict[str, Any]]]
+Rows = Generator[tuple[float, str, str, str], None, None]  # ts, version, inputs, outputs
+WINDOW_QUERY = (
+    "SELECT ts, version, inputs, outputs FROM predictions "
+    "WHERE model = {0} AND route <> 'shadow' AND ts >= {0} ORDER BY id DESC"
+)
 
-        with psycopg.connect(url, connect_timeout=5) as db:
-            try:
-                found = db.execute(query.format("%s"), (model, since, records)).fetchall()
-            except psycopg.errors.UndefinedTable:  # nothing served yet
-                return []
-    out: list[tuple[float, str, dict[str, Any], dict[str, Any]]] = []
-    for ts, version, inputs, outputs in found:  # newest first
+
+def _sqlite_rows(path: Path, params: tuple[Any, ...], timeout_s: float) -> Rows:
+    if not path.exists():  # nothing served yet
+        return
+    with contextlib.closing(
+        sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=timeout_s)
+    ) as db:
+        try:
+            cursor = db.execute(WINDOW_QUERY.format("?"), params)
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):  # nothing served yet
+                return
+            raise PredictionLogUnavailable(f"reading the prediction log: {exc}") from exc
+        while batch := cursor.fetchmany(FETCH):
+            yield from batch
+
+
+def _postgres_rows(url: str, params: tuple[Any, ...], timeout_s: float) -> Rows:
+    """Through a server-side cursor: FETCH rows at a time, as they are consumed."""
+    import psycopg
+
+    try:
+        with connect_postgres(url, timeout_s) as db:
+            (table,) = db.execute("SELECT to_regclass('predictions')").fetchone()
+            if table is None:  # nothing served yet
+                return
+            with db.cursor(name="drift_window") as cursor:
+                cursor.execute(WINDOW_QUERY.format("%s"), params)
+                while batch := cursor.fetchmany(FETCH):
+                    yield from batch
+    except psycopg.OperationalError as exc:  # unreachable, or a statement or lock timeout
+        raise PredictionLogUnavailable(
+            f"reading the prediction log: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _newest_records(
+    rows: Iterable[tuple[float, str, str, str]], records: int, max_bytes: int
+) -> Window:
+    """Records from rows newest first, until `records` of them or `max_bytes` of JSON."""
+    out: Window = []
+    used = skipped = 0
+    for ts, version, inputs, outputs in rows:
+        used += len(inputs) + len(outputs)
+        if used > max_bytes:
+            log.info("drift window: %d bytes read, %d records kept: at the budget", used, len(out))
+            break
         pairs = list(zip(loads(inputs), loads(outputs), strict=True))
-        out += [(ts, version, i, o) for i, o in reversed(pairs)]
+        kept = [(ts, version, i, o) for i, o in reversed(pairs) if TRUNCATED not in i]
+        skipped += len(pairs) - len(kept)
+        out += kept
         if len(out) >= records:
             break
-    return list(reversed(out[:records]))
+    if skipped:
+        log.info("drift window: %d records skipped: their inputs were over the cap", skipped)
+    return out[:records]
+
+
+def read_window(
+    url: str,
+    model: str,
+    records: int,
+    since: float,
+    max_bytes: int = WINDOW_MAX_BYTES,
+    timeout_s: float = READ_TIMEOUT_S,
+) -> Window:
+    """The latest `records` served predictions of `model` logged after `since` (unix time),
+    oldest first: (ts, version, inputs, prediction). Rows are read newest first and streamed,
+    up to `max_bytes` of JSON; shadow rows are not traffic, and records whose inputs were over
+    the cap have none to compare. PredictionLogUnavailable: unreachable or too slow."""
+    params = (model, since)
+    if url.startswith("sqlite:///"):
+        rows = _sqlite_rows(sqlite_path(url), params, timeout_s)
+    else:
+        rows = _postgres_rows(url, params, timeout_s)
+    with contextlib.closing(rows):  # stopping early closes the cursor and the connection
+        return list(reversed(_newest_records(rows, records, max_bytes)))
+
+
+def _delete_oldest(db: Any, mark: str, column: str, below: float, batch: int) -> int:
+    """DELETE the rows whose `column` (ts or id) is below `below`, oldest first, `batch` rows
+    per statement (each its own transaction); the number deleted."""
+    statement = (
+        f"DELETE FROM predictions WHERE id IN (SELECT id FROM predictions "
+        f"WHERE {column} < {mark} ORDER BY {column} LIMIT {mark})"
+    )
+    total = 0
+    while True:
+        started = time.perf_counter()
+        deleted = int(db.execute(statement, (below, batch)).rowcount)
+        total += deleted
+        if deleted < batch:
+            return total
+        time.sleep(time.perf_counter() - started)  # as long again: the writers get their turn
+
+
+def prune(
+    url: str,
+    max_age_s: float,
+    max_rows: int,
+    *,
+    now: float | None = None,
+    batch: int = PRUNE_BATCH,
+    timeout_s: float = READ_TIMEOUT_S,
+) -> int:
+    """Delete the rows older than `max_age_s` and those beyond the newest `max_rows` (0: no
+    limit), in transactions of at most `batch` rows, so a backlog never holds a long lock;
+    the number deleted. For the drift service: the model services may only INSERT."""
+    if (not max_age_s and not max_rows) or url in ("", "off"):
+        return 0
+    if url.startswith("sqlite:///"):
+        path = sqlite_path(url)
+        if not path.exists():  # nothing served yet
+            return 0
+        # autocommit: each DELETE is its own transaction
+        db: Any = sqlite3.connect(
+            f"file:{path}?mode=rw", uri=True, timeout=timeout_s, isolation_level=None
+        )
+        mark, exists = "?", "SELECT count(*) FROM sqlite_master WHERE name = 'predictions'"
+    else:
+        db = connect_postgres(url, timeout_s, autocommit=True)
+        mark, exists = "%s", "SELECT count(to_regclass('predictions'))"
+    with contextlib.closing(db):
+        if not db.execute(exists).fetchone()[0]:  # nothing served yet
+            return 0
+        deleted = 0
+        if max_age_s:
+            cutoff = (time.time() if now is None else now) - max_age_s
+            deleted += _delete_oldest(db, mark, "ts", cutoff, batch)
+        if max_rows:  # the oldest row kept: a walk of max_rows entries of the primary key
+            query = f"SELECT id FROM predictions ORDER BY id DESC LIMIT 1 OFFSET {mark}"
+            if (kept := db.execute(query, (max_rows - 1,)).fetchone()) is not None:
+                deleted += _delete_oldest(db, mark, "id", kept[0], batch)
+        return deleted

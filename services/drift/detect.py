@@ -20,7 +20,7 @@ import pandas as pd
 from pipelines import reference
 from pipelines.catalog import ModelSpec
 from services.drift.settings import DriftSettings
-from services.predlog import read_window, score_label
+from services.predlog import prune, read_window, score_label
 
 
 class EmptyWindow(ValueError):
@@ -87,8 +87,13 @@ def champion_reference(tracking_uri: str, model: str) -> tuple[str, pd.DataFrame
 def window(spec: ModelSpec, settings: DriftSettings, now: float) -> pd.DataFrame:
     """The logged traffic in the drift view, with the prediction columns; `ts` kept aside."""
     found = read_window(
-        settings.prediction_log, spec.key, settings.window_rows, now - settings.window_s
-    )
+        settings.prediction_log,
+        spec.key,
+        settings.window_rows,
+        now - settings.window_s,
+        max_bytes=settings.window_max_bytes,
+        timeout_s=settings.log_timeout_s,
+    )  # PredictionLogUnavailable: the run fails, saying why
     if len(found) < settings.min_rows:
         raise EmptyWindow(
             f"{spec.key}: {len(found)} logged predictions in the last {settings.window_s:g} s; "
@@ -103,6 +108,16 @@ def window(spec: ModelSpec, settings: DriftSettings, now: float) -> pd.DataFrame
         view[reference.PREDICTED_LABEL] = [label for _, label in scored]
     view.attrs["ts"] = (found[0][0], found[-1][0])
     return view
+
+
+def prune_log(settings: DriftSettings) -> int:
+    """The prediction log's retention (DRIFT_LOG_RETENTION_S, DRIFT_LOG_MAX_ROWS): rows deleted."""
+    return prune(
+        settings.prediction_log,
+        settings.log_retention_s,
+        settings.log_max_rows,
+        timeout_s=settings.log_timeout_s,
+    )
 
 
 def _dataset(frame: pd.DataFrame, columns: reference.Columns) -> Any:
