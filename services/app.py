@@ -10,14 +10,14 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route
 
 from pipelines.catalog import get_spec
-from services import oip
+from services import auth, oip
 from services.errors import InputError
 from services.guard import Guard
 from services.predlog import PredictionLogUnavailable
@@ -51,7 +51,11 @@ async def keep_loaded(service: ModelService) -> None:
     frozen = service.models.ready
     while not (interval == 0 and service.models.ready):
         await asyncio.sleep(min(interval or 5.0, 5.0) if not service.models.ready else interval)
-        await run_in_threadpool(service.models.reload)
+        try:
+            await run_in_threadpool(service.models.reload)
+        except Exception:  # reload() records its own failures; this loop must never end
+            log.exception("%s: the reload loop failed; retrying", service.spec.key)
+            continue
         if service.models.ready and not frozen:
             freeze_heap()
             frozen = True
@@ -138,6 +142,8 @@ def add_routes(app: FastAPI, service: ModelService) -> None:
                 "model": service.spec.key,
                 "versions": service.models.versions(),
             }
+            if service.models.problem:  # serving the loaded versions; the last reload failed
+                body["reload_problem"] = service.models.problem
             if service.spec.features:  # entity keys: served, or why not (records still are)
                 body["features"] = (
                     service.entities.online.describe()
@@ -153,9 +159,10 @@ def add_routes(app: FastAPI, service: ModelService) -> None:
         body, content_type = service.metrics.render()
         return Response(body, media_type=content_type)
 
-    @app.post("/admin/reload")
+    @app.post("/admin/reload", dependencies=[Depends(auth.bearer(service.admin))])
     async def reload() -> Response:
-        """Follow the registry's aliases now instead of at the next poll (this worker)."""
+        """Follow the registry's aliases now instead of at the next poll (this worker); needs
+        SERVE_ADMIN_TOKEN as a bearer token."""
         versions = await run_in_threadpool(service.models.reload)
         return json_response(
             {"versions": versions, "problem": service.models.problem or None},

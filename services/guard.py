@@ -1,9 +1,10 @@
-"""ASGI middleware in front of the routes: request ids, limits, accounting.
+"""ASGI middleware in front of the routes: request ids, credentials, limits, accounting.
 
 Pure ASGI (no BaseHTTPMiddleware) because it sits on every request's hot path. For the
-inference routes it refuses what is over the limits before any parsing (413 for the body,
-429 past the in-flight limit), then times and counts the answer by model, version, alias
-and status code, and logs one line with the request id.
+inference routes it refuses what is over the limits before any parsing (401 without one of
+SERVE_API_KEYS where they are set, 413 for the body, 429 past the in-flight limit), then
+times and counts the answer by model, version, alias and status code, and logs one line with
+the request id.
 """
 
 import re
@@ -13,6 +14,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.auth import challenge, presented
 from services.responses import error_response
 from services.service import ModelService
 
@@ -41,11 +43,15 @@ def _behind_prefix(scope: Scope) -> Scope:
     return scope
 
 
-def _request_id(scope: Scope) -> str:
+def _header(scope: Scope, wanted: bytes) -> str | None:
     for name, value in scope["headers"]:
-        if name == b"x-request-id" and value:
-            return str(value.decode("latin-1"))[:128]
-    return uuid.uuid4().hex
+        if name == wanted:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _request_id(scope: Scope) -> str:
+    return (_header(scope, b"x-request-id") or uuid.uuid4().hex)[:128]
 
 
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
@@ -129,7 +135,13 @@ class Guard:
     async def _guarded(
         self, scope: Scope, receive: Receive, send: Send, state: dict[str, Any]
     ) -> None:
-        settings = self.service.settings
+        settings, keys = self.service.settings, self.service.api_keys
+        if keys:
+            token = presented(_header(scope, b"authorization"))
+            if token is None or not keys.allows(token):
+                header = [(b"www-authenticate", challenge(keys.scope).encode())]
+                await _refuse(send, 401, "missing or wrong API key (SERVE_API_KEYS)", header)
+                return
         if self.inflight >= settings.max_concurrency:
             await _refuse(
                 send,

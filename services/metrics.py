@@ -129,6 +129,12 @@ class ServiceMetrics:
             multiprocess_mode="livemax",
             **reg,
         )
+        self.reloads = Counter(
+            "serving_model_reloads",
+            "Registry polls and POST /admin/reload: ok, or failed (the loaded versions stay)",
+            ["model", "outcome"],
+            **reg,
+        )
         self.log_rows = Counter(
             "serving_prediction_log_rows",
             "Predictions stored in the prediction log",

@@ -76,19 +76,29 @@ def rules(target: Path, fast: bool = False) -> Path:
     return target
 
 
-def alertmanager_config(drift: int | str, fast: bool = False) -> dict[str, Any]:
-    """infra/alertmanager/alertmanager.yml with its webhooks on the drift service: a local
-    port, or a "host:port" (compose, k8s)."""
+def alertmanager_config(
+    drift: int | str, webhook_token: Path | str, fast: bool = False
+) -> dict[str, Any]:
+    """infra/alertmanager/alertmanager.yml with its webhooks on the drift service (a local
+    port, or a "host:port" in compose and k8s), authenticated with the bearer token in the
+    file `webhook_token` (the drift service's DRIFT_WEBHOOK_TOKEN)."""
     text = (INFRA / "alertmanager" / "alertmanager.yml").read_text()
     address = drift if isinstance(drift, str) else f"127.0.0.1:{drift}"
     config: dict[str, Any] = yaml.safe_load(text.replace(f"127.0.0.1:{DRIFT_PORT}", address))
+    for receiver in config["receivers"]:
+        for hook in receiver.get("webhook_configs", []):
+            hook["http_config"]["authorization"]["credentials_file"] = str(webhook_token)
     if fast:
         config["route"]["group_wait"] = "1s"
     return config
 
 
 def write(
-    folder: Path, ports: Mapping[int, int | str], drift_port: int, fast: bool = False
+    folder: Path,
+    ports: Mapping[int, int | str],
+    drift_port: int,
+    webhook_token: Path,
+    fast: bool = False,
 ) -> tuple[Path, Path]:
     """(prometheus.yml, alertmanager.yml) in `folder`, with the rules beside them."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -96,6 +106,6 @@ def write(
     config = prometheus_config(ports, rules(folder / "rules", fast), fast)
     prometheus.write_text(yaml.safe_dump(config, sort_keys=False))
     alertmanager = folder / "alertmanager.yml"
-    am = alertmanager_config(drift_port, fast)
+    am = alertmanager_config(drift_port, webhook_token, fast)
     alertmanager.write_text(yaml.safe_dump(am, sort_keys=False))
     return prometheus, alertmanager

@@ -68,14 +68,26 @@ class Models:
                     raise ArtifactRefused(f"the registry has no {self.spec.key}@champion")
                 wants_challenger = self.settings.challenger_mode != "off"
                 challenger = self._load("challenger") if wants_challenger else None
-            except (RegistryUnavailable, ArtifactRefused) as exc:
-                self.problem = str(exc)
+            except Exception as exc:  # any failure: logged, counted, /readyz says it, retried
+                expected = isinstance(exc, RegistryUnavailable | ArtifactRefused)
+                self.problem = str(exc) if expected else f"{type(exc).__name__}: {exc}"
                 state = f"still serving v{self.champion.version}" if self.champion else "NOT READY"
-                log.error("%s: model not loaded: %s (%s)", self.spec.key, exc, state)
+                log.error(
+                    "%s: model not loaded: %s (%s)",
+                    self.spec.key,
+                    self.problem,
+                    state,
+                    exc_info=not expected,  # a bug or a broken artifact: its traceback
+                )
+                self._count("failed")
                 return self.versions()
             self._swap(champion, challenger)
             self.problem = ""
+            self._count("ok")
             return self.versions()
+
+    def _count(self, outcome: str) -> None:
+        self.metrics.child(self.metrics.reloads, (self.spec.key, outcome)).inc()
 
     def _swap(self, champion: LoadedModel, challenger: LoadedModel | None) -> None:
         for old, new in ((self.champion, champion), (self.challenger, challenger)):

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pipelines.catalog import ModelSpec
 from pipelines.settings import get_settings
+from services import auth
 from services.accesslog import AccessLog
 from services.entities import EntityRequests
 from services.errors import InputError, field_error
@@ -40,6 +41,12 @@ class ModelService:
     def __init__(self, spec: ModelSpec, settings: ServeSettings) -> None:
         self.spec, self.settings = spec, settings
         self.record_model = record_model(spec)
+        self.api_keys = auth.Tokens.from_settings(
+            "inference", settings.api_keys, settings.api_keys_file, name="SERVE_API_KEYS"
+        )
+        self.admin = auth.Tokens.from_settings(
+            "admin", settings.admin_token, settings.admin_token_file, name="SERVE_ADMIN_TOKEN"
+        )
         self.request_model = request_model(spec, self.record_model, settings.max_records)
         self.metrics = ServiceMetrics(spec.task)
         self.access_log = AccessLog()
@@ -47,7 +54,11 @@ class ModelService:
             get_settings().mlflow_tracking_uri, settings.cache_dir, settings.registry_timeout_s
         )
         self.models = Models(spec, settings, store, self.metrics)
-        self.prediction_log = PredictionLog(open_sink(settings.prediction_log), self._logged)
+        self.prediction_log = PredictionLog(
+            open_sink(settings.prediction_log, settings.prediction_log_timeout_s),
+            self._logged,
+            max_bytes=settings.prediction_log_max_bytes,
+        )
         for counter in (self.metrics.log_rows, self.metrics.log_errors):  # 0, so increase() sees
             self.metrics.child(counter, (spec.key,))  # the first error
         self.entities: EntityRequests | None = None

@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipelines.paths import ROOT
@@ -48,3 +48,15 @@ class ServeSettings(BaseSettings):
     graceful_timeout_s: float = Field(
         default=30.0, gt=0
     )  # SIGTERM: wait this long for in-flight work
+    # Credentials (services.auth): bearer tokens, comma-separated, or the _file holding them
+    # one per line (a mounted secret). Inference is open unless api_keys are set; POST
+    # /admin/reload needs admin_token (refused while none is set)
+    api_keys: SecretStr | None = None
+    api_keys_file: Path | None = None
+    admin_token: SecretStr | None = None
+    admin_token_file: Path | None = None
+    # Bounds of the prediction log: a request's inputs + outputs over max_bytes of JSON keep
+    # their outputs, the inputs become {"_truncated": <bytes>} per record (0: no cap); a commit
+    # (Postgres: connecting, the statement, a lock wait) slower than timeout_s is a 503
+    prediction_log_max_bytes: int = Field(default=predlog.MAX_ROW_BYTES, ge=0)
+    prediction_log_timeout_s: float = Field(default=predlog.WRITE_TIMEOUT_S, gt=0)

@@ -28,11 +28,15 @@ import httpx
 from pipelines import paths
 from pipelines.catalog import ModelSpec, load_catalog
 from pipelines.paths import ROOT
-from services import deploy, monitoring
+from services import auth, deploy, monitoring
 
 # Where the stack keeps pids and logs, and its ports: overridable so tests run a second stack
 RUN_DIR = Path(os.environ.get("STACK_RUN_DIR", ROOT / "run"))
 STATE = RUN_DIR / "stack.json"
+# The stack's credentials (services.auth), made on its first start: the model services' and
+# the drift service's admin token, and Alertmanager's for the drift service's webhooks
+ADMIN_TOKEN_FILE = RUN_DIR / "secrets" / "admin-token"
+WEBHOOK_TOKEN_FILE = RUN_DIR / "secrets" / "webhook-token"
 BASE_PORT = int(os.environ.get("STACK_BASE_PORT", "8101"))
 _TRITON = int(os.environ.get("STACK_TRITON_PORT", "8000"))
 TRITON_PORTS = {"http": _TRITON, "grpc": _TRITON + 1, "metrics": _TRITON + 2}
@@ -78,6 +82,8 @@ def monitoring_processes(root: Path) -> list[dict[str, Any]]:
                 "DRIFT_PREDICTION_LOG": prediction_log(),
                 "DRIFT_STATE_DIR": str(RUN_DIR / "drift"),
                 "DRIFT_WORKSPACE": str(root),  # the DVC project a drift alert retrains
+                "DRIFT_ADMIN_TOKEN_FILE": str(ADMIN_TOKEN_FILE),
+                "DRIFT_WEBHOOK_TOKEN_FILE": str(WEBHOOK_TOKEN_FILE),
             },
             "url": f"http://127.0.0.1:{DRIFT_PORT}",
             "ready": "/readyz",
@@ -178,6 +184,7 @@ def plan(root: Path = ROOT) -> list[dict[str, Any]]:
                 "env": {
                     "SERVE_FEATURE_ROOT": str(root),  # Feast-backed: root's online store
                     "SERVE_PREDICTION_LOG": prediction_log(),
+                    "SERVE_ADMIN_TOKEN_FILE": str(ADMIN_TOKEN_FILE),
                 },
                 "url": f"http://127.0.0.1:{port}",
                 "ready": "/readyz",
@@ -238,7 +245,9 @@ def up(root: Path = ROOT) -> int:
         print("cleaning up after a stack that did not stop cleanly")
         down(root)
     (RUN_DIR / "logs").mkdir(parents=True, exist_ok=True)
-    monitoring.write(RUN_DIR / "monitoring", default_ports(), DRIFT_PORT)
+    for token in (ADMIN_TOKEN_FILE, WEBHOOK_TOKEN_FILE):
+        auth.local_token(token)
+    monitoring.write(RUN_DIR / "monitoring", default_ports(), DRIFT_PORT, WEBHOOK_TOKEN_FILE)
     proxy_config()
     started = []
     for process in plan(root):

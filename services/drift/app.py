@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -24,10 +24,12 @@ from starlette.concurrency import run_in_threadpool
 
 from pipelines.catalog import load_catalog
 from pipelines.settings import get_settings
+from services import auth
 from services.drift import detect, pages
 from services.drift.metrics import DriftMetrics
-from services.drift.retrain import Job, Retrainer
+from services.drift.retrain import Job, Retrainer, RetrainingOff
 from services.drift.settings import DriftSettings
+from services.predlog import PredictionLogUnavailable
 
 log = logging.getLogger("services.drift")
 EVENTS = 200  # recent events kept for the index page and GET /events
@@ -71,6 +73,15 @@ class Drift:
         self.problems: dict[str, str] = {}  # the last run's outcome when it gave no verdict
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENTS)
         self.retrainer = Retrainer(settings, self._job_changed)
+        self.admin = auth.Tokens.from_settings(
+            "admin", settings.admin_token, settings.admin_token_file, name="DRIFT_ADMIN_TOKEN"
+        )
+        self.webhook = auth.Tokens.from_settings(
+            "webhook",
+            settings.webhook_token,
+            settings.webhook_token_file,
+            name="DRIFT_WEBHOOK_TOKEN",
+        )
         self._run_lock = threading.Lock()  # one Evidently run at a time (CPU and memory)
 
     def event(self, kind: str, model: str | None, message: str) -> None:
@@ -118,9 +129,23 @@ class Drift:
         )
         return result
 
+    def prune_log(self) -> int:
+        """The prediction log's retention, once: rows deleted (a failure: the next turn)."""
+        started = time.perf_counter()
+        try:
+            deleted = detect.prune_log(self.settings)
+        except Exception as exc:  # sqlite3 / psycopg errors, timeouts
+            self.event("retention", None, f"pruning the prediction log failed: {exc!r}")
+            return 0
+        seconds = time.perf_counter() - started
+        log.info("prediction log: %d rows pruned (retention) in %.2f s", deleted, seconds)
+        return deleted
+
     async def schedule(self) -> None:
-        """Every model, every schedule_s seconds (a failed run is retried at the next turn)."""
+        """Every model, every schedule_s seconds (a failed run is retried at the next turn),
+        after the prediction log's retention."""
         while True:
+            await run_in_threadpool(self.prune_log)
             for model in self.specs:
                 with contextlib.suppress(Exception):  # already counted and recorded
                     await run_in_threadpool(self.check, model)
@@ -149,7 +174,13 @@ ModelName = Annotated[str, PathParam(description="catalog key")]
 
 
 def add_routes(app: FastAPI, drift: Drift) -> None:
-    @app.get("/", response_class=HTMLResponse)
+    # Everything but the probes and /metrics shows logged data or changes state: a credential
+    # (services.auth). Pages also take Basic for browsers; POSTs only a bearer token
+    read = [Depends(auth.reader(drift.admin))]
+    act = [Depends(auth.bearer(drift.admin))]
+    hook = [Depends(auth.bearer(drift.webhook, drift.admin))]
+
+    @app.get("/", response_class=HTMLResponse, dependencies=read)
     async def index() -> str:
         """Every model's last verdict, the retraining jobs and the recent events."""
         return pages.index(drift)
@@ -169,7 +200,7 @@ def add_routes(app: FastAPI, drift: Drift) -> None:
         """Prometheus gauges: drift per model and feature, window rows, runs, retraining."""
         return Response(generate_latest(drift.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/models")
+    @app.get("/models", dependencies=read)
     async def models() -> dict[str, Any]:
         """The last result (or why there is none) of every watched model."""
         return {
@@ -179,7 +210,7 @@ def add_routes(app: FastAPI, drift: Drift) -> None:
             for key in drift.specs
         }
 
-    @app.get("/models/{model}")
+    @app.get("/models/{model}", dependencies=read)
     async def last_result(model: ModelName) -> dict[str, Any]:
         """The model's last drift result."""
         drift.spec(model)
@@ -190,7 +221,7 @@ def add_routes(app: FastAPI, drift: Drift) -> None:
             )
         return drift.results[model].as_dict()
 
-    @app.post("/models/{model}/run")
+    @app.post("/models/{model}/run", dependencies=act)
     async def run_now(model: ModelName) -> dict[str, Any]:
         """Run the drift check now: 422 when the window holds too few predictions."""
         drift.spec(model)
@@ -198,13 +229,13 @@ def add_routes(app: FastAPI, drift: Drift) -> None:
             result = await run_in_threadpool(drift.check, model)
         except detect.EmptyWindow as exc:
             raise HTTPException(422, str(exc)) from exc
-        except detect.NoReference as exc:
-            raise HTTPException(503, str(exc)) from exc
+        except (detect.NoReference, PredictionLogUnavailable) as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "30"}) from exc
         except Exception as exc:  # ours, not the caller's: said plainly (and logged)
             raise HTTPException(500, f"drift run failed: {drift.problems[model]}") from exc
         return result.as_dict()
 
-    @app.get("/models/{model}/report", response_class=HTMLResponse)
+    @app.get("/models/{model}/report", response_class=HTMLResponse, dependencies=read)
     async def report(model: ModelName) -> FileResponse:
         """The last run's Evidently report."""
         drift.spec(model)
@@ -212,19 +243,22 @@ def add_routes(app: FastAPI, drift: Drift) -> None:
             raise HTTPException(404, f"no report for {model} yet; POST /models/{model}/run")
         return FileResponse(drift.results[model].report, media_type="text/html")
 
-    @app.post("/models/{model}/retrain", status_code=202)
+    @app.post("/models/{model}/retrain", status_code=202, dependencies=act)
     async def retrain(model: ModelName) -> dict[str, Any]:
         """Start a gated retraining of the model by hand (joins one already under way)."""
         drift.spec(model)
-        job, new = drift.retrainer.submit(model, "requested by an operator")
+        try:
+            job, new = drift.retrainer.submit(model, "requested by an operator")
+        except RetrainingOff as exc:
+            raise HTTPException(409, str(exc)) from exc
         return {"job": job.as_dict(), "new": new}
 
-    @app.get("/retraining")
+    @app.get("/retraining", dependencies=read)
     async def jobs() -> list[dict[str, Any]]:
         """Retraining jobs, newest first."""
         return [job.as_dict() for job in drift.retrainer.recent()]
 
-    @app.get("/retraining/{job_id}")
+    @app.get("/retraining/{job_id}", dependencies=read)
     async def job(job_id: str) -> dict[str, Any]:
         """One job, with the end of its log."""
         found = drift.retrainer.jobs.get(job_id)
@@ -234,12 +268,12 @@ def add_routes(app: FastAPI, drift: Drift) -> None:
         tail = path.read_text(errors="replace")[-8000:] if path.exists() else ""
         return found.as_dict() | {"log_tail": tail}
 
-    @app.get("/events")
+    @app.get("/events", dependencies=read)
     async def events() -> list[dict[str, Any]]:
         """What happened, newest first: runs, alerts, jobs."""
         return list(drift.events)
 
-    @app.post("/alerts", status_code=202)
+    @app.post("/alerts", status_code=202, dependencies=hook)
     async def alerts(notification: Notification) -> Response:
         """Alertmanager's webhook: a firing alert with `action=retrain` retrains its model."""
         started, refused = [], []
@@ -262,7 +296,7 @@ def add_routes(app: FastAPI, drift: Drift) -> None:
         body = {"retraining": started, "refused": refused}
         return Response(orjson.dumps(body), status, media_type="application/json")
 
-    @app.post("/alerts/log")
+    @app.post("/alerts/log", dependencies=hook)
     async def alert_log(notification: Notification) -> dict[str, int]:
         """Alertmanager's webhook for every other alert: recorded as events."""
         for alert in notification.alerts:

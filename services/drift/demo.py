@@ -29,7 +29,7 @@ from pipelines import paths
 from pipelines.catalog import ModelSpec, get_spec
 from pipelines.paths import ROOT
 from pipelines.settings import get_settings
-from services import monitoring
+from services import auth, monitoring
 from services.drift.processes import Process, free_port, started
 from services.examples import as_records
 
@@ -71,16 +71,24 @@ def binary(*names: str) -> str:
 
 
 @contextlib.contextmanager
-def stack(model: str, workspace: Path, folder: Path) -> Iterator[dict[str, str]]:
-    """The four processes, ready; stopped on the way out. Yields their base URLs."""
+def stack(
+    model: str, workspace: Path, folder: Path
+) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
+    """The four processes, ready; stopped on the way out. Yields their base URLs and the
+    drift service's credential (an Authorization header)."""
     ports = {name: free_port() for name in ("model", "drift", "prometheus", "am")}
+    admin, webhook = folder / "secrets" / "admin-token", folder / "secrets" / "webhook-token"
+    headers = {"Authorization": f"Bearer {auth.local_token(admin)}"}
+    auth.local_token(webhook)
     log = f"sqlite:///{folder / 'predictions.sqlite'}"
     mapped = {
         monitoring.model_port(model): ports["model"],
         monitoring.DRIFT_PORT: ports["drift"],
         monitoring.ALERTMANAGER_PORT: ports["am"],
     }
-    prometheus_file, alertmanager_file = monitoring.write(folder, mapped, ports["drift"], fast=True)
+    prometheus_file, alertmanager_file = monitoring.write(
+        folder, mapped, ports["drift"], webhook, fast=True
+    )
     python = sys.executable
     processes = [
         Process("model", [python, "-m", "services.serve", model, "--port", str(ports["model"])],
@@ -91,7 +99,8 @@ def stack(model: str, workspace: Path, folder: Path) -> Iterator[dict[str, str]]
                 {"DRIFT_PREDICTION_LOG": log, "DRIFT_MODELS": json.dumps([model]),
                  "DRIFT_SCHEDULE_S": "5", "DRIFT_WINDOW_ROWS": str(WINDOW),
                  "DRIFT_MIN_ROWS": str(WINDOW // 2), "DRIFT_STATE_DIR": str(folder / "drift"),
-                 "DRIFT_WORKSPACE": str(workspace)}),
+                 "DRIFT_WORKSPACE": str(workspace), "DRIFT_ADMIN_TOKEN_FILE": str(admin),
+                 "DRIFT_WEBHOOK_TOKEN_FILE": str(webhook)}),
         Process("prometheus", [binary("prometheus"), f"--config.file={prometheus_file}",
                                f"--storage.tsdb.path={folder / 'tsdb'}",
                                f"--web.listen-address=127.0.0.1:{ports['prometheus']}"],
@@ -104,7 +113,7 @@ def stack(model: str, workspace: Path, folder: Path) -> Iterator[dict[str, str]]
                 ports["am"], "/-/ready"),
     ]  # fmt: skip
     with started(processes, folder / "logs", say) as urls:
-        yield urls
+        yield urls, headers
 
 
 def traffic(spec: ModelSpec, workspace: Path, seed: int, shifted: bool) -> list[dict[str, Any]]:
@@ -137,12 +146,13 @@ def wait_for(what: str, check: Any, deadline: float, pause: float = 1.0) -> Any:
 
 def demo(spec: ModelSpec, workspace: Path, folder: Path) -> int:
     model = spec.key
-    with stack(model, workspace, folder) as urls:
+    with stack(model, workspace, folder) as (urls, headers):
+        drift = urls["drift"], headers
         t0, deadline = time.monotonic(), time.monotonic() + TIMEOUT_S
         say(f"1. calm: {WINDOW} records like the training data -> {model}", t0)
         send(urls["model"], traffic(spec, workspace, seed=1, shifted=False))
         sent = time.time()
-        calm = wait_for("a calm verdict", lambda: _verdict(urls["drift"], model, sent), deadline)
+        calm = wait_for("a calm verdict", lambda: _verdict(drift, model, sent), deadline)
         say(
             f"   drift service: {_describe(calm)}; alert {alert_state(urls['prometheus'], model)}",
             t0,
@@ -155,23 +165,29 @@ def demo(spec: ModelSpec, workspace: Path, folder: Path) -> int:
             if (now := alert_state(urls["prometheus"], model)) != state:
                 state = now
                 say(f"   Prometheus: {ALERT}{{model={model}}} is {state}", t0)
-            if (last := _verdict(urls["drift"], model)) and last["dataset_drifted"]:
+            if (last := _verdict(drift, model)) and last["dataset_drifted"]:
                 say(f"   drift service: {_describe(last)}", t0)
             time.sleep(1)
         say("3. Alertmanager -> webhook -> drift service: retraining", t0)
-        job = wait_for("the retraining job", lambda: _job(urls["drift"], model), deadline)
+        job = wait_for("the retraining job", lambda: _job(drift, model), deadline)
         say(f"   job {job['id']}: {job['command']} (in {workspace})", t0)
-        job = wait_for("its end", lambda: _job(urls["drift"], model, done=True), deadline, 2)
+        job = wait_for("its end", lambda: _job(drift, model, done=True), deadline, 2)
         say(f"   job {job['state']}: version {job['version']} -> @{job['alias']}", t0)
         say(f"   gate: {job['gate']}", t0)
         say(f"4. the registry: {_registry(model)}", t0)
-        say(f"   every step: {urls['drift']}/ (events, jobs, report); logs in {folder}", t0)
+        token = folder / "secrets" / "admin-token"
+        say(f"   every step: {urls['drift']}/ (events, jobs, report; token in {token})", t0)
+        say(f"   logs in {folder}", t0)
         return 0 if job["state"] in ("promoted", "challenger") else 1
 
 
-def _verdict(drift: str, model: str, since: float = 0.0) -> dict[str, Any] | None:
+Drift = tuple[str, dict[str, str]]  # the drift service's URL and credential
+
+
+def _verdict(drift: Drift, model: str, since: float = 0.0) -> dict[str, Any] | None:
     """The model's last drift result, if it ran at or after `since` (unix time)."""
-    response = httpx.get(f"{drift}/models/{model}")
+    url, headers = drift
+    response = httpx.get(f"{url}/models/{model}", headers=headers)
     found = response.json() if response.status_code == 200 else None
     return found if found and found["ran_at"] >= since else None
 
@@ -182,8 +198,10 @@ def _describe(result: dict[str, Any]) -> str:
     return f"{verdict}, {len(drifted)}/{len(result['features'])} features ({', '.join(drifted)})"
 
 
-def _job(drift: str, model: str, done: bool = False) -> dict[str, Any] | None:
-    jobs = [j for j in httpx.get(f"{drift}/retraining").json() if j["model"] == model]
+def _job(drift: Drift, model: str, done: bool = False) -> dict[str, Any] | None:
+    url, headers = drift
+    every = httpx.get(f"{url}/retraining", headers=headers).json()
+    jobs = [job for job in every if job["model"] == model]
     if not jobs or (done and jobs[0]["state"] in ("queued", "running")):
         return None
     return dict(jobs[0])

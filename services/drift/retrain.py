@@ -3,21 +3,26 @@
 `dvc repro --force register@<model>` re-runs the model's stages on what its sources hold
 now, and `register`'s quality gate decides: the new version becomes `champion` only if it
 meets the floors and is not worse than the champion, otherwise `challenger`. DVC locks the
-workspace, so jobs run one after another; an alert for a model whose job is already queued
-or running joins that job. Each job's output goes to its own log file.
+workspace, so jobs run one after another, and a lock file in the workspace keeps a second
+drift service (a replica, or one started by hand) from running beside them; an alert for a
+model whose job is already queued or running joins that job. Each job's output goes to its
+own log file; a job past DRIFT_RETRAIN_TIMEOUT_S is stopped with its whole process group.
 """
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import queue
 import shlex
+import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +33,12 @@ from services.drift.settings import DriftSettings
 log = logging.getLogger("services.drift.retrain")
 KEEP = 100  # jobs remembered (and shown) per service
 ACTIVE = ("queued", "running")
+LOCK = ".retraining.lock"  # in the workspace: one retraining at a time, whoever starts it
+STOP_GRACE_S = 30  # SIGTERM to SIGKILL for a timed-out job's process group
+
+
+class RetrainingOff(RuntimeError):
+    """DRIFT_RETRAIN=off: no route and no alert starts a retraining."""
 
 
 @dataclass
@@ -81,6 +92,8 @@ class Retrainer:
 
     def submit(self, model: str, reason: str) -> tuple[Job, bool]:
         """(the job, whether it is new): an active job of the same model absorbs the request."""
+        if self.settings.retrain == "off":
+            raise RetrainingOff("retraining is off (DRIFT_RETRAIN=off)")
         with self._lock:
             for job in self.jobs.values():
                 if job.model == model and job.state in ACTIVE:
@@ -124,26 +137,26 @@ class Retrainer:
         env = os.environ | {
             "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
         }
-        with open(job.log_file, "ab") as output:
+        timeout = self.settings.retrain_timeout_s
+        with open(job.log_file, "ab") as output, workspace_lock(workspace, timeout, output):
             output.write(f"$ {job.command}   (in {workspace})\n".encode())
             output.flush()
+            child = subprocess.Popen(
+                shlex.split(job.command),
+                cwd=workspace,
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group: a timeout stops all of it
+            )
             try:
-                done = subprocess.run(
-                    shlex.split(job.command),
-                    cwd=workspace,
-                    env=env,
-                    stdout=output,
-                    stderr=subprocess.STDOUT,
-                    timeout=self.settings.retrain_timeout_s,
-                    check=False,
-                )
+                job.returncode = child.wait(timeout)
             except subprocess.TimeoutExpired:
-                job.state = "failed"
-                job.gate = f"timed out after {self.settings.retrain_timeout_s:g} s"
+                stop_group(child)
+                job.state, job.gate = "failed", f"timed out after {timeout:g} s"
                 return
-        job.returncode = done.returncode
-        if done.returncode != 0:
-            job.state, job.gate = "failed", f"exit status {done.returncode}: see {job.log_file}"
+        if job.returncode != 0:
+            job.state, job.gate = "failed", f"exit status {job.returncode}: see {job.log_file}"
             return
         if not record.exists() or record.stat().st_mtime <= before:
             job.state, job.gate = "failed", f"the command did not register a version ({record})"
@@ -162,3 +175,40 @@ class Retrainer:
 
     def close(self) -> None:
         self._queue.put(None)
+
+
+@contextlib.contextmanager
+def workspace_lock(workspace: Path, timeout: float, output: Any) -> Iterator[None]:
+    """An exclusive flock on the workspace's lock file, waited for up to `timeout` seconds
+    (TimeoutError after); the kernel drops it if the service dies."""
+    with open(workspace / LOCK, "a") as handle:
+        deadline = time.monotonic() + timeout
+        said = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{workspace / LOCK} held for {timeout:g} s") from None
+                if not said:
+                    output.write(b"waiting for another retraining in this workspace\n")
+                    output.flush()
+                    said = True
+                time.sleep(1)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def stop_group(child: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the child's process group, SIGKILL after STOP_GRACE_S."""
+    for sig, wait in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 5)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, sig)
+        try:
+            child.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue

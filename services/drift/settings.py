@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipelines.paths import ROOT
@@ -47,3 +47,21 @@ class DriftSettings(BaseSettings):
     retrain_command: str = "dvc repro --force register@{model}"
     workspace: Path = ROOT
     retrain_timeout_s: float = Field(default=3600, gt=0)
+    # Credentials (services.auth), as a token or the _file holding it: admin_token for every
+    # route but the probes and /metrics; webhook_token for Alertmanager's POST /alerts*
+    # (admin_token works there too). Routes needing one are refused while none is set
+    admin_token: SecretStr | None = None
+    admin_token_file: Path | None = None
+    webhook_token: SecretStr | None = None
+    webhook_token_file: Path | None = None
+    # The prediction log's retention, enforced here at each schedule turn (the model services
+    # may only INSERT): rows older than log_retention_s and beyond the newest log_max_rows
+    # are deleted in short batches; 0 keeps them forever
+    log_retention_s: float = Field(default=30 * 24 * 3600, ge=0)
+    log_max_rows: int = Field(default=1_000_000, ge=0)
+    # The window's reader streams the log newest first and stops at window_rows records or
+    # this much JSON, whichever comes first
+    window_max_bytes: int = Field(default=predlog.WINDOW_MAX_BYTES, ge=1)
+    # Reading and pruning the log (Postgres: connecting, each statement, a lock wait): slower
+    # is a failed run
+    log_timeout_s: float = Field(default=predlog.READ_TIMEOUT_S, gt=0)

@@ -51,6 +51,11 @@ class Ports:
         self.base = random.randint(20_000, 40_000)  # beside a stack a developer may run
         self.triton = self.base + 100  # HTTP, gRPC, metrics
         self.drift = self.base + 200  # the stack's Prometheus and Alertmanager: +201, +202
+        self.run_dir = Path()  # the stack's STACK_RUN_DIR, once up
+
+    def admin_token(self) -> str:
+        """The drift service's token, which the stack made on its first start."""
+        return (self.run_dir / "secrets" / "admin-token").read_text().strip()
 
     def service(self, key: str) -> str:
         return f"http://127.0.0.1:{self.base + list(CATALOG).index(key)}"
@@ -107,6 +112,7 @@ def ports(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Itera
         "STACK_FEAST_PORT": str(ports.drift + 4),
         "DRIFT_MIN_ROWS": "10",  # a few rounds of test traffic make a window
     }
+    ports.run_dir = folder / "run"
     try:
         stack("up", env, registry.trained)
         yield ports
@@ -262,8 +268,11 @@ def traffic(prometheus: str, ports: Ports, registry: Registry) -> dict[str, floa
         for key in TRITON_KEYS:
             send_triton(key, ports, registry.trained)
         time.sleep(2)
+    admin = {"Authorization": f"Bearer {ports.admin_token()}"}
     for key in KEYS:  # a drift run per model on what was logged (the schedule's is 300 s)
-        response = httpx.post(f"http://127.0.0.1:{ports.drift}/models/{key}/run", timeout=120)
+        response = httpx.post(
+            f"http://127.0.0.1:{ports.drift}/models/{key}/run", headers=admin, timeout=120
+        )
         assert response.status_code == 200, response.text[:500]
     sent = time.monotonic() - start
     recorded = wait_for(

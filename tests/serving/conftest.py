@@ -136,8 +136,13 @@ class TrackingServer:
         self.log.close()
 
 
+ADMIN_TOKEN = "test-admin-token-0123456789"  # every test service's SERVE_ADMIN_TOKEN
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
 class Service:
-    """`python -m services.serve <key>` as a subprocess, with its log kept in a file."""
+    """`python -m services.serve <key>` as a subprocess, with its log kept in a file;
+    `headers` go with each post() and get() (a credential)."""
 
     def __init__(self, key: str, registry_uri: str, folder: Path, **settings: str) -> None:
         self.key, self.folder = key, folder
@@ -154,9 +159,11 @@ class Service:
                 "SERVE_FEATURE_ROOT": str(folder / "no-feature-store"),
                 "SERVE_PREDICTION_LOG": f"sqlite:///{folder / 'predictions.sqlite'}",
                 "PYTHONPATH": str(ROOT),
+                "SERVE_ADMIN_TOKEN": ADMIN_TOKEN,
             }
             | {f"SERVE_{k.upper()}": v for k, v in settings.items()}
         )
+        self.headers: dict[str, str] = {}
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, command: list[str] | None = None, workers: int = 1) -> "Service":
@@ -223,7 +230,12 @@ class Service:
         return code
 
     def post(self, path: str, body: Any, **kwargs: Any) -> httpx.Response:
+        kwargs.setdefault("headers", self.headers)
         return httpx.post(self.url + path, json=body, timeout=60, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        kwargs.setdefault("headers", self.headers)
+        return httpx.get(self.url + path, timeout=60, **kwargs)
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,7 @@
-"""The drift service over HTTP: verdicts on real logged traffic, its contract, its gauges."""
+"""The drift service over HTTP: verdicts on real logged traffic, its contract, its gauges,
+its credentials."""
 
+import base64
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,10 +15,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipelines import paths
 from services.examples import as_records
 from tests.conftest import CATALOG
-from tests.serving.conftest import Registry, Service, serve
+from tests.serving.conftest import ADMIN, ADMIN_TOKEN, Registry, Service, serve
 
 pytestmark = pytest.mark.slow
 WINDOW = 300
+WEBHOOK_TOKEN = "test-webhook-token-0123456789"
 
 
 def shifted(frame: pd.DataFrame) -> pd.DataFrame:
@@ -61,7 +64,10 @@ def stack(
         "DRIFT_MIN_ROWS": "100",
         "DRIFT_STATE_DIR": str(tmp_path / "drift"),
         "DRIFT_RETRAIN": "off",
+        "DRIFT_ADMIN_TOKEN": ADMIN_TOKEN,
+        "DRIFT_WEBHOOK_TOKEN": WEBHOOK_TOKEN,
     }
+    drift.headers = ADMIN
     drift.start([sys.executable, "-m", "services.drift", "--port", str(drift.port)])
     started.append(drift)
     drift.wait()
@@ -105,10 +111,10 @@ def test_drift_is_found_in_shifted_traffic_and_not_in_unshifted(
     assert found[("drift_feature_score", age)] == alarm["features"]["age"]["score"]
     assert found[("drift_window_rows", (("model", "titanic"),))] == WINDOW
     assert found[("drift_runs_total", (("model", "titanic"), ("outcome", "ok")))] == 2.0
-    report = httpx.get(drift.url + "/models/titanic/report")
+    report = drift.get("/models/titanic/report")
     assert report.status_code == 200 and report.headers["content-type"].startswith("text/html")
     assert "Drifted Columns" in report.text and "fare" in report.text
-    index = httpx.get(drift.url + "/").text
+    index = drift.get("/").text
     assert "DRIFT" in index and 'href="models/titanic/report"' in index
 
 
@@ -120,9 +126,9 @@ def test_bad_requests_get_clear_4xx_answers(stack: tuple[Service, Service]) -> N
     empty = drift.post("/models/churn/run", None)  # nothing of churn was served
     assert empty.status_code == 422
     assert "0 logged predictions" in empty.json()["detail"] and "DRIFT_MIN_ROWS" in empty.text
-    assert httpx.get(drift.url + "/models/churn").status_code == 404
-    assert httpx.get(drift.url + "/models/churn/report").status_code == 404
-    assert httpx.get(drift.url + "/retraining/none").status_code == 404
+    assert drift.get("/models/churn").status_code == 404
+    assert drift.get("/models/churn/report").status_code == 404
+    assert drift.get("/retraining/none").status_code == 404
     bad_hook = drift.post("/alerts", {"alerts": [{"status": "burning"}]})
     assert bad_hook.status_code == 422 and "status" in bad_hook.text
     wrong_model = {"status": "firing", "labels": {"action": "retrain", "model": "nope"}}
@@ -133,3 +139,45 @@ def test_bad_requests_get_clear_4xx_answers(stack: tuple[Service, Service]) -> N
     found = gauges(drift)
     assert found[("drift_runs_total", (("model", "churn"), ("outcome", "empty_window")))] == 1.0
     assert found[("retraining_runs_total", (("model", "churn"), ("outcome", "failed")))] == 0.0
+
+
+READS = ["/", "/models", "/models/titanic", "/models/titanic/report", "/retraining",
+         "/retraining/none", "/events"]  # fmt: skip
+ACTIONS = ["/models/titanic/run", "/models/titanic/retrain"]
+HOOKS = ["/alerts", "/alerts/log"]
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def basic(token: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"me:{token}".encode()).decode()}
+
+
+def test_every_route_but_the_probes_needs_its_credential(stack: tuple[Service, Service]) -> None:
+    _, drift = stack
+    nobody, wrong = {}, bearer("wrong-token-0123456789")
+    hook_body = {"alerts": [{"status": "resolved", "labels": {"alertname": "X"}}]}
+    for path in READS:
+        for headers in (nobody, wrong, bearer(WEBHOOK_TOKEN), basic("wrong-token-0123456789")):
+            answer = drift.get(path, headers=headers)
+            assert answer.status_code == 401, (path, headers, answer.text)
+            assert "Basic" in answer.headers["www-authenticate"]  # a browser asks for it
+        for headers in (ADMIN, basic(ADMIN_TOKEN)):  # Basic too: the pages open in a browser
+            assert drift.get(path, headers=headers).status_code not in (401, 403), path
+    for path in ACTIONS:
+        for headers in (nobody, wrong, bearer(WEBHOOK_TOKEN), basic(ADMIN_TOKEN)):
+            answer = drift.post(path, None, headers=headers)  # never Basic: no cross-site POST
+            assert answer.status_code == 401, (path, headers, answer.text)
+            assert answer.headers["www-authenticate"].startswith('Bearer realm="admin"')
+    # the kill switch (DRIFT_RETRAIN=off here) holds on the operator's route too
+    off = drift.post("/models/titanic/retrain", None)
+    assert off.status_code == 409 and "DRIFT_RETRAIN=off" in off.json()["detail"]
+    for path in HOOKS:
+        for headers in (nobody, wrong, basic(WEBHOOK_TOKEN)):
+            assert drift.post(path, hook_body, headers=headers).status_code == 401, path
+        for headers in (bearer(WEBHOOK_TOKEN), ADMIN):
+            assert drift.post(path, hook_body, headers=headers).status_code in (200, 202), path
+    for path in ("/livez", "/readyz", "/metrics"):
+        assert drift.get(path, headers=nobody).status_code == 200, path

@@ -16,7 +16,16 @@ import pytest
 
 from services.examples import as_records
 from tests.conftest import CATALOG
-from tests.serving.conftest import Registry, Service, TrackingServer, free_port, held_out, serve
+from tests.serving.conftest import (
+    ADMIN,
+    ADMIN_TOKEN,
+    Registry,
+    Service,
+    TrackingServer,
+    free_port,
+    held_out,
+    serve,
+)
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -90,9 +99,55 @@ def test_alias_move_is_picked_up_on_reload(
     body = {"records": records(own_registry, "house_prices", 1)}
     assert service.post("/predict", body).json()["version"] == "1"
     moved = own_registry.copy_version("house_prices", "champion")
-    reloaded = httpx.post(service.url + "/admin/reload", timeout=60).json()
+    reloaded = service.post("/admin/reload", None, headers=ADMIN).json()
     assert reloaded["versions"]["champion"] == moved
     assert service.post("/predict", body).json()["version"] == moved
+
+
+API_KEYS = ("client-one-key-0123456789", "client-two-key-0123456789")
+
+
+def test_inference_takes_api_keys_where_set_and_reload_only_the_admin_token(
+    started: list[Service], own_registry: Registry, tmp_path: Path
+) -> None:
+    service = serve(started, "titanic", own_registry.uri, tmp_path, api_keys=",".join(API_KEYS))
+    body = {"records": records(own_registry, "titanic", 1)}
+    tensor = {"inputs": [{"name": "age", "shape": [1], "datatype": "FP32", "data": [30.0]}]}
+    infer = "/v2/models/titanic/infer"
+    wrong = {"Authorization": "Bearer wrong-key-0123456789"}
+    for path, payload in (("/predict", body), (infer, tensor)):
+        for headers in ({}, wrong, {"Authorization": f"Basic {API_KEYS[0]}"}):
+            refused = service.post(path, payload, headers=headers)
+            assert refused.status_code == 401, (path, headers, refused.text)
+            assert refused.headers["www-authenticate"].startswith('Bearer realm="inference"')
+            assert "SERVE_API_KEYS" in refused.json()["detail"]
+        for key in API_KEYS:
+            answer = service.post(path, payload, headers={"Authorization": f"Bearer {key}"})
+            assert answer.status_code != 401, (path, answer.text)
+    second = service.post("/predict", body, headers={"Authorization": f"Bearer {API_KEYS[1]}"})
+    assert second.json()["predictions"]
+    # an inference key is no admin credential, and the admin token is no inference key
+    for headers in ({}, wrong, {"Authorization": f"Bearer {API_KEYS[0]}"}):
+        assert service.post("/admin/reload", None, headers=headers).status_code == 401
+    assert service.post("/admin/reload", None, headers=ADMIN).status_code == 200
+    assert service.post("/predict", body, headers=ADMIN).status_code == 401
+    for path in ("/livez", "/readyz", "/metrics", "/openapi.json"):
+        assert service.get(path).status_code == 200, path
+    # the 401s were counted like any answer, before the body was read
+    metrics = service.get("/metrics").text
+    assert re.search(r'route="/predict".*code="401"', metrics)
+
+
+def test_without_an_admin_token_reload_is_disabled_and_inference_is_open(
+    started: list[Service], own_registry: Registry, tmp_path: Path
+) -> None:
+    service = serve(started, "titanic", own_registry.uri, tmp_path, admin_token="")
+    body = {"records": records(own_registry, "titanic", 1)}
+    assert service.post("/predict", body).status_code == 200  # no SERVE_API_KEYS: open
+    for headers in ({}, ADMIN):
+        disabled = service.post("/admin/reload", None, headers=headers)
+        assert disabled.status_code == 403 and "no credential is set" in disabled.json()["detail"]
+    assert ADMIN_TOKEN not in service.log()
 
 
 def test_split_sends_the_configured_share_to_the_challenger(

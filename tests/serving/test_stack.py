@@ -128,8 +128,34 @@ def test_the_proxy_routes_every_model_and_names_unknown_ones(
         unknown = client.post("/models/nope/predict", json={"records": []})
         assert unknown.status_code == 404
         assert all(key in unknown.json()["detail"] for key in KEYS)
-        assert client.get("/drift/models").status_code == 200
         assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_the_proxy_publishes_no_admin_route_and_the_drift_pages_need_the_token(
+    stack: tuple[Stack, subprocess.CompletedProcess[str]],
+) -> None:
+    running, _ = stack
+    token = (Path(running.env["STACK_RUN_DIR"]) / "secrets" / "admin-token").read_text().strip()
+    admin = {"Authorization": f"Bearer {token}"}
+    with httpx.Client(base_url=running.proxy, timeout=30) as client:
+        hidden = [
+            ("/models/titanic/admin/reload", None),
+            ("/models/titanic/%61dmin/reload", None),
+            ("/models//titanic/admin/reload", None),
+            ("/drift/models/titanic/run", None),
+            ("/drift/models/titanic/retrain", None),
+            ("/drift/alerts", {"alerts": []}),
+            ("/drift/alerts/log", {"alerts": []}),
+        ]
+        for path, body in hidden:  # not even with the right credential
+            answer = client.post(path, json=body, headers=admin)
+            assert answer.status_code == 404 and "not published" in answer.text, path
+        assert client.get("/drift/models").status_code == 401
+        assert client.get("/drift/models", headers=admin).status_code == 200
+        # and behind the proxy, the services themselves still take it
+        titanic = f"http://127.0.0.1:{running.base + list(CATALOG).index('titanic')}"
+        direct = httpx.post(f"{titanic}/admin/reload", headers=admin, timeout=60)
+        assert direct.status_code == 200, direct.text
 
 
 def test_load_meets_its_slo_thresholds(

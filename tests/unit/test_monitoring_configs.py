@@ -14,7 +14,8 @@ from tests.unit.test_prometheus import promtool
 def test_configs_on_other_ports_pass_promtool_and_amtool(tmp_path: Path, fast: bool) -> None:
     titanic = monitoring.model_port("titanic")
     ports = {titanic: 18102, monitoring.DRIFT_PORT: 18200, monitoring.ALERTMANAGER_PORT: 19093}
-    prometheus, alertmanager = monitoring.write(tmp_path, ports, 18200, fast)
+    token = tmp_path / "secrets" / "webhook-token"
+    prometheus, alertmanager = monitoring.write(tmp_path, ports, 18200, token, fast)
     checked = promtool("check", "config", str(prometheus))  # its rule files too
     assert checked.returncode == 0, checked.stdout + checked.stderr
     checked = amtool("check-config", str(alertmanager))
@@ -26,7 +27,19 @@ def test_configs_on_other_ports_pass_promtool_and_amtool(tmp_path: Path, fast: b
     }
     # only what runs is scraped: no ModelServiceDown for the services a demo does not start
     assert targets == {"model-services": ["127.0.0.1:18102"], "drift": ["127.0.0.1:18200"]}
-    assert "127.0.0.1:18200/alerts" in alertmanager.read_text()
+    hooks = [
+        hook
+        for receiver in yaml.safe_load(alertmanager.read_text())["receivers"]
+        for hook in receiver.get("webhook_configs", [])
+    ]
+    assert {hook["url"] for hook in hooks} == {
+        "http://127.0.0.1:18200/alerts",
+        "http://127.0.0.1:18200/alerts/log",
+    }
+    # every webhook authenticates to the drift service with the token in the stack's file
+    assert {str(hook["http_config"]["authorization"]["credentials_file"]) for hook in hooks} == {
+        str(token)
+    }
     rules = yaml.safe_load((tmp_path / "rules" / "monitoring.yml").read_text())
     waits = {r["for"] for g in rules["groups"] for r in g["rules"] if "for" in r}
     assert (waits == {"5s"}) == fast
