@@ -46,8 +46,13 @@ DRIFT_PORT = monitoring.DRIFT_PORT
 TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": monitoring.TRITON_METRICS_PORT}
 TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.10-py3"
 PROXY_PORT = 8080
+# The proxy's per-client-address limit on inference (nginx limit_req): requests/s and burst
+PROXY_RATE, PROXY_BURST = 1000, 2000
 FEAST_PORT = 6566
 LOCUST_PORT = 8089
+# Alertmanager's bearer token for the drift service's webhooks: a mounted secret (compose:
+# the `secrets` volume; k8s: the platform Secret's WEBHOOK_TOKEN)
+WEBHOOK_TOKEN_FILE = "/etc/alertmanager-secrets/webhook-token"
 
 
 def dns(key: str) -> str:
@@ -153,6 +158,8 @@ def nginx_conf(
         temp=temp,
         access_log=access_log,
         workers=workers,
+        rate=PROXY_RATE,
+        burst=PROXY_BURST,
     )
 
 
@@ -207,7 +214,7 @@ def compose_prometheus() -> str:
 
 
 def compose_alertmanager() -> str:
-    config = monitoring.alertmanager_config(f"drift:{DRIFT_PORT}")
+    config = monitoring.alertmanager_config(f"drift:{DRIFT_PORT}", WEBHOOK_TOKEN_FILE)
     return _yaml(config, "infra/alertmanager/alertmanager.yml")
 
 

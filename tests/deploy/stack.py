@@ -80,6 +80,10 @@ class ComposeStack:
             MINIO_ROOT_USER="mlops",
             MINIO_ROOT_PASSWORD=secrets.token_urlsafe(16),
             GRAFANA_ADMIN_PASSWORD=secrets.token_urlsafe(16),
+            PREDICTIONS_WRITER_PASSWORD=secrets.token_urlsafe(16),
+            PREDICTIONS_DRIFT_PASSWORD=secrets.token_urlsafe(16),
+            ADMIN_TOKEN=secrets.token_urlsafe(16),
+            WEBHOOK_TOKEN=secrets.token_urlsafe(16),
             **host_ports(),
             DEPLOY_TEST_PARAMS=str(self.params),
             COMPOSE_HTTP_TIMEOUT="300",  # docker-compose v1's API calls on a loaded machine

@@ -22,7 +22,7 @@ HEALTHY = {
     *KEYS, "postgres", "redis", "minio", "mlflow", "feast", "triton", "proxy", "drift",
     "prometheus", "alertmanager", "locust",
 }  # fmt: skip
-ONE_SHOT = {"trainer", "minio-init"}
+ONE_SHOT = {"secrets", "trainer", "minio-init"}
 
 
 def registered(stack: ComposeStack) -> dict[str, dict[str, str]]:
@@ -144,12 +144,45 @@ def test_predictions_land_in_postgres_and_the_drift_service_checks_them(
     for _ in range(3):  # 300 records: above the drift window's minimum (DRIFT_MIN_ROWS=200)
         predict(stack, "titanic", payloads["titanic"]["batch"], request_id="deploy-drift")
     assert logged_predictions(stack, "deploy-drift") == 3
-    run = httpx.post(f"{stack.url('DRIFT_PORT')}/models/titanic/run", timeout=300)
+    drift, admin = stack.url("DRIFT_PORT"), bearer(stack.env["ADMIN_TOKEN"])
+    assert httpx.post(f"{drift}/models/titanic/run", timeout=60).status_code == 401
+    run = httpx.post(f"{drift}/models/titanic/run", headers=admin, timeout=300)
     assert run.status_code == 200, run.text[:1000]
     result = run.json()
     assert result["model"] == "titanic" and result["rows"] >= 300, result
-    report = httpx.get(f"{stack.proxy}/drift/models/titanic/report", timeout=60)
+    report = httpx.get(f"{stack.proxy}/drift/models/titanic/report", headers=admin, timeout=60)
     assert report.status_code == 200 and "<html" in report.text.lower()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_admin_routes_need_their_tokens_and_the_proxy_publishes_none(stack: ComposeStack) -> None:
+    admin, wrong = bearer(stack.env["ADMIN_TOKEN"]), bearer("wrong-token-0123456789")
+    for path in ("/models/titanic/admin/reload", "/drift/models/titanic/retrain", "/drift/alerts"):
+        hidden = httpx.post(f"{stack.proxy}{path}", json={"alerts": []}, headers=admin, timeout=30)
+        assert hidden.status_code == 404 and "not published" in hidden.text, path
+    drift = stack.url("DRIFT_PORT")
+    for headers in ({}, wrong):
+        assert httpx.get(f"{drift}/events", headers=headers, timeout=30).status_code == 401
+        proxied = httpx.get(f"{stack.proxy}/drift/events", headers=headers, timeout=30)
+        assert proxied.status_code == 401
+    # Alertmanager reaches the drift service's webhook with its token (the secrets service's
+    # file): an alert posted to Alertmanager shows up among the drift service's events
+    name = f"DeployTest{uuid.uuid4().hex[:8]}"
+    alert = [{"labels": {"alertname": name, "model": "titanic"},
+              "annotations": {"summary": "deploy test"}}]  # fmt: skip
+    sent = httpx.post(f"{stack.url('ALERTMANAGER_PORT')}/api/v2/alerts", json=alert, timeout=30)
+    assert sent.status_code == 200, sent.text
+    deadline, texts = time.monotonic() + 120, []
+    while time.monotonic() < deadline:
+        events = httpx.get(f"{drift}/events", headers=admin, timeout=30).json()
+        texts = [event["text"] for event in events]
+        if any(name in text for text in texts):
+            break
+        time.sleep(3)
+    assert any(name in text for text in texts), texts[:10]
 
 
 def test_a_second_up_serves_from_the_persisted_volumes(

@@ -69,8 +69,47 @@ def test_docker_compose_config_accepts_it_with_the_example_env(profile: str) -> 
         env={"PATH": "/usr/bin:/bin", "COMPOSE_PROFILES": profile},
     )  # fmt: skip
     assert checked.returncode == 0, checked.stderr
-    resolved = yaml.safe_load(checked.stdout)
-    assert "change-me" in resolved["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"]
+    assert "services" in yaml.safe_load(checked.stdout)
+
+
+def test_compose_refuses_to_start_on_the_example_values(tmp_path: Path) -> None:
+    """The `secrets` service runs first; with .env.example's values its own command (run here
+    on the environment docker-compose resolves for it) exits 1 naming each secret."""
+    checked = subprocess.run(
+        [tool("docker-compose"), "--env-file", str(ENV_EXAMPLE), "config"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, env={"PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    resolved = yaml.safe_load(checked.stdout)["services"]
+    check = resolved["secrets"]
+    secrets = {"POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "GRAFANA_ADMIN_PASSWORD",
+               "PREDICTIONS_WRITER_PASSWORD", "PREDICTIONS_DRIFT_PASSWORD", "ADMIN_TOKEN",
+               "WEBHOOK_TOKEN"}  # fmt: skip
+    assert set(check["environment"]) == secrets and secrets <= set(check["command"])
+    command = [sys.executable, *check["command"][1:]]
+    refused = subprocess.run(
+        command, capture_output=True, text=True, timeout=60, cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", **check["environment"]},
+    )  # fmt: skip
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    for name in secrets:
+        assert f"{name} holds the example value" in refused.stderr
+    # real values pass, and the webhook token is written for Alertmanager (its user's, 0400)
+    target = tmp_path / "webhook-token"
+    real = {name: f"{name.lower()}-{'x' * 16}" for name in secrets}
+    command = [arg.replace("/secrets/webhook-token", str(target)) for arg in command]
+    passed = subprocess.run(
+        command, capture_output=True, text=True, timeout=60, cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin", **real},
+    )  # fmt: skip
+    assert passed.returncode == 0, passed.stderr
+    assert target.read_text() == real["WEBHOOK_TOKEN"] and target.stat().st_mode & 0o777 == 0o400
+    assert check["user"] == "65534:65534"  # Alertmanager's user (both images run as nobody)
+    # the stores and the programs not of this project start after the check; every other
+    # service waits for one of the stores
+    for name in ("postgres", "minio", "alertmanager", "grafana"):
+        assert resolved[name]["depends_on"]["secrets"]["condition"] == (
+            "service_completed_successfully"
+        ), name
 
 
 def test_the_deploy_tiers_override_parses_over_it(tmp_path: Path) -> None:
@@ -107,6 +146,11 @@ def test_no_credential_is_written_in_the_compose_file() -> None:
         for value in re.findall(rf"^\s*{name}:\s*(\S+)", text, re.M):
             assert value.startswith("${"), f"{name} is written out: {value}"
     assert "change-me" not in text
+    # nor in a command line (visible to every process of the host): in the environment only
+    for name, service in services().items():
+        command = " ".join(map(str, service.get("command", []) or []))
+        for secret in ("PASSWORD", "TOKEN", "SECRET"):
+            assert f"{secret}}}" not in command, f"{name}'s command carries a {secret}"
 
 
 def test_every_interpolated_variable_is_documented_or_defaulted() -> None:
@@ -149,11 +193,12 @@ def test_named_volumes_are_declared_and_dependencies_exist() -> None:
             if condition["condition"] == "service_healthy":
                 assert "healthcheck" in target, f"{dependency} has no healthcheck for {name}"
             if condition["condition"] == "service_completed_successfully":
-                assert "restart" not in target, f"one-shot {dependency} must not restart"
+                restart = target.get("restart", "no")
+                assert restart == "no", f"one-shot {dependency} must not restart"
 
 
 def test_long_running_services_have_healthchecks_and_local_only_ports() -> None:
-    one_shot = {"minio-init", "trainer"}
+    one_shot = {"secrets", "minio-init", "trainer"}
     for name, service in services().items():
         if name not in one_shot | {"locust"}:
             assert "healthcheck" in service, f"{name} has no healthcheck"
