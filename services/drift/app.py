@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import Depends, FastAPI, HTTPException
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi import Path as PathParam
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipelines.catalog import load_catalog
 from pipelines.settings import get_settings
@@ -29,28 +31,73 @@ from services.drift import detect, pages
 from services.drift.metrics import DriftMetrics
 from services.drift.retrain import Job, Retrainer, RetrainingOff
 from services.drift.settings import DriftSettings
+from services.inputs import UTF8
 from services.predlog import PredictionLogUnavailable
 
 log = logging.getLogger("services.drift")
 EVENTS = 200  # recent events kept for the index page and GET /events
+MAX_BODY_BYTES = 2**20  # Alertmanager's notifications are a few KiB; the routes take no more
+
+
+class BodyLimit:
+    """A 413 for a body over `limit` bytes, declared or streamed, before a route (or its
+    credential check: FastAPI reads the body first) holds it in memory."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        chunks, size, more = [], 0, True
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        too_big = declared.isdigit() and int(declared) > self.limit
+        while more and not too_big:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            too_big, more = size > self.limit, message.get("more_body", False)
+        if too_big:
+            detail = {"detail": f"body over {self.limit} bytes"}
+            await Response(orjson.dumps(detail), 413, media_type="application/json")(
+                scope, receive, send
+            )
+            return
+        body, sent = b"".join(chunks), False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if sent:
+                return await receive()  # the client's disconnect, when it comes
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+# What an alert carries ends up in the events (pages, GET /events): valid text, bounded
+Text = Annotated[str, UTF8, Field(max_length=1000)]
 
 
 class Alert(BaseModel):
     """One alert of an Alertmanager webhook (the fields this service reads)."""
 
     status: Literal["firing", "resolved"]
-    labels: dict[str, str]
-    annotations: dict[str, str] = {}
-    startsAt: str = ""  # Alertmanager's names
-    fingerprint: str = ""
+    labels: dict[Text, Text]
+    annotations: dict[Text, Text] = {}
+    startsAt: Text = ""  # Alertmanager's names
+    fingerprint: Text = ""
 
 
 class Notification(BaseModel):
     """Alertmanager's webhook body (version 4)."""
 
-    receiver: str = ""
-    status: str = ""
-    alerts: list[Alert]
+    receiver: Text = ""
+    status: Text = ""
+    alerts: list[Alert] = Field(max_length=1000)
 
 
 class Drift:
@@ -167,10 +214,26 @@ def create_app(settings: DriftSettings | None = None) -> FastAPI:
     app = FastAPI(title="drift service", description=__doc__, lifespan=lifespan)
     app.state.drift = drift
     add_routes(app, drift)
+    app.add_middleware(BodyLimit, limit=MAX_BODY_BYTES)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> Response:
+        """FastAPI's 422 without echoing the input: a lone surrogate in it (or in a key, which
+        is in `loc`) would fail the answer's encoding (a 500)."""
+        errors = [
+            {"loc": [_printable(part) for part in error["loc"]], "msg": error["msg"]}
+            for error in exc.errors()[:20]
+        ]
+        return Response(orjson.dumps({"detail": errors}), 422, media_type="application/json")
+
     return app
 
 
 ModelName = Annotated[str, PathParam(description="catalog key")]
+
+
+def _printable(part: Any) -> Any:
+    return part.encode(errors="backslashreplace").decode()[:80] if isinstance(part, str) else part
 
 
 def add_routes(app: FastAPI, drift: Drift) -> None:

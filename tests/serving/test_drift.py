@@ -181,3 +181,36 @@ def test_every_route_but_the_probes_needs_its_credential(stack: tuple[Service, S
             assert drift.post(path, hook_body, headers=headers).status_code in (200, 202), path
     for path in ("/livez", "/readyz", "/metrics"):
         assert drift.get(path, headers=nobody).status_code == 200, path
+
+
+def test_hostile_bodies_get_4xx_and_leave_the_service_serving(
+    stack: tuple[Service, Service],
+) -> None:
+    _, drift = stack
+    json_headers = ADMIN | {"content-type": "application/json"}
+
+    def chunks() -> Iterator[bytes]:
+        yield from (b"x" * 2**17 for _ in range(50))  # 6.5 MB, no Content-Length
+
+    def alert(labels: bytes) -> bytes:
+        return b'{"alerts": [{"status": "firing", "labels": ' + labels + b"}]}"
+
+    sent = [
+        ("/alerts", b"x" * (2 * 2**20), {}),  # over the limit before any credential check
+        ("/alerts", chunks(), ADMIN),
+        ("/alerts", b"[" * 100_000 + b"]" * 100_000, json_headers),
+        ("/alerts", alert(b'{"x": "\xff\xfe"}'), json_headers),  # not UTF-8
+        ("/alerts/log", alert(b'{"\\ud800": "x"}'), json_headers),  # lone surrogates
+        ("/alerts/log", alert(b'{"a": "\\udfff"}'), json_headers),
+        ("/alerts/log", alert(b'{"a": 1' + b"0" * 5000 + b"}"), json_headers),
+        ("/alerts/log", b'{"alerts": [' + b'{"status": "firing", "labels": {}}, ' * 1001 + b"{}]}",
+         json_headers),
+    ]  # fmt: skip
+    for path, body, headers in sent:
+        answer = httpx.post(drift.url + path, content=body, headers=headers, timeout=60)
+        assert 400 <= answer.status_code < 500, (path, answer.status_code, answer.text[:300])
+    refused = httpx.get(drift.url + "/events", headers={"Authorization": b"Basic \xff\xfe"})
+    assert refused.status_code == 401
+    # nothing of it reached the events: the pages still render
+    assert drift.get("/events").status_code == 200 and drift.get("/").status_code == 200
+    assert "Traceback" not in drift.log()
