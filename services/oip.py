@@ -211,6 +211,9 @@ def parse(
         if name not in known:
             raise TensorError(name, "not an input of this model", sorted(known))
         arrays[name] = (array, str(entry["datatype"]))
+    if offset != len(tail):  # the client lays the tensors out otherwise than it says
+        extra = len(tail) - offset
+        raise TensorError("body", f"{extra} bytes after the binary tensors ({offset} declared)")
     sizes = {a.shape[0] if a.ndim else 1 for a, _ in arrays.values()}
     if len(sizes) != 1:
         raise TensorError("inputs", f"batch sizes differ between inputs: {sorted(sizes)}")
@@ -238,8 +241,14 @@ def _entity_rows(
     """One entity row per element: the key (decoded) and the request fields sent with it."""
     columns: dict[str, list[Any]] = {}
     for name, (array, _) in arrays.items():
-        values = array.reshape(len(array), -1)[:, 0].tolist()
-        columns[name] = [v.decode() if isinstance(v, bytes) else v for v in values]
+        if array.ndim not in (1, 2) or array.size != len(array):  # a scalar, or a row of values
+            raise TensorError(name, f"shape {list(array.shape)}", "[N] or [N, 1]")
+        try:
+            columns[name] = [
+                v.decode() if isinstance(v, bytes) else v for v in array.ravel().tolist()
+            ]
+        except UnicodeDecodeError as exc:  # a binary BYTES tensor's element
+            raise TensorError(name, "not UTF-8 text") from exc
     return [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]
 
 

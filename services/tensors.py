@@ -6,6 +6,7 @@ The binary extension (what `tritonclient.http` sends by default) puts a JSON hea
 
 import json
 import math
+import re
 import struct
 import zlib
 from typing import Any
@@ -86,6 +87,8 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
         raise TensorError("body", f"not valid {encoding} data ({exc})") from exc
     if len(out) > limit:
         raise OverflowError(f"decompressed body is over {limit} bytes")
+    if not inflater.eof:  # zlib takes a cut-off stream quietly: it would be an empty body
+        raise TensorError("body", f"not valid {encoding} data (the stream is cut off)")
     return out
 
 
@@ -93,7 +96,8 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
     """(JSON header, binary tail)."""
     size = len(body)
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > size:
+        # isdigit() alone takes "²" (a latin-1 header byte), which int() refuses
+        if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > size:
             raise TensorError(
                 "Inference-Header-Content-Length",
                 f"{header_length!r} is not a length within the {size}-byte body",
@@ -108,12 +112,25 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], 
     return header, body[size:]
 
 
+# A surrogate escape: "\ud83d\ude00" is one character, a lone "\ud800" is a str that no
+# UTF-8 encoder takes (echoed in an answer or logged, it was a 500)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def _lenient_json(text: bytes) -> Any:
-    """JSON with NaN / Infinity, which tritonclient writes for missing floats (as Triton reads)."""
+    """JSON with NaN / Infinity, which tritonclient writes for missing floats (as Triton reads).
+
+    orjson refuses what json takes: invalid or UTF-16 text (json.loads guesses the encoding
+    and passes encoded surrogates), lone surrogate escapes; refused here too."""
     try:
-        return json.loads(text)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # nesting: RecursionError
+        value = json.loads(text.decode())
+        if _SURROGATE_ESCAPE.search(text):
+            json.dumps(value, ensure_ascii=False).encode()
+    except UnicodeEncodeError as exc:
+        raise TensorError("body", f"not valid UTF-8 text: a lone surrogate ({exc.reason})") from exc
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError; nesting: RecursionError
         raise TensorError("body", f"not valid JSON ({type(exc).__name__}: {exc})") from exc
+    return value
 
 
 def _deserialize_bytes(raw: bytes) -> list[bytes]:
@@ -186,17 +203,27 @@ def read_input(spec: dict[str, Any], tail: bytes, offset: int) -> tuple[np.ndarr
             data = spec.get("data")
             if data is None:
                 raise TensorError(name, "has neither data nor parameters.binary_data_size")
+            if not isinstance(data, list):
+                raise TensorError(name, f"data must be a JSON array, got {type(data).__name__}")
             array = np.array(data, dtype=object if datatype == "BYTES" else None)
             array = array.reshape(-1)
-            if datatype != "BYTES":
-                array = _numeric(array, datatype, name)
-    except (ValueError, TypeError) as exc:
+            array = _text(array, name) if datatype == "BYTES" else _numeric(array, datatype, name)
+    except (ValueError, TypeError, OverflowError) as exc:  # Overflow: 10**400, no double
         if isinstance(exc, TensorError):
             raise
         raise TensorError(name, f"data does not fit datatype {datatype} ({exc})") from exc
     if array.size != count:
         raise TensorError(name, f"shape {shape} needs {count} elements, data has {array.size}")
     return array.reshape(shape), offset
+
+
+def _text(array: np.ndarray, name: str) -> np.ndarray:
+    """BYTES elements in JSON are strings (as Triton takes them): str() of a number, a null or
+    a nested list would be served as text."""
+    for value in array:
+        if not isinstance(value, str):
+            raise TensorError(name, f"BYTES data must be strings, got {value!r:.80}")
+    return array
 
 
 def _numeric(array: np.ndarray, datatype: str, name: str) -> np.ndarray:
