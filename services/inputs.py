@@ -25,6 +25,7 @@ from pipelines.catalog import InputField, ModelSpec
 
 MAX_TEXT = 20_000  # characters of one text field; longer is an input error, not a slow request
 MAX_KEY = 128  # characters of an entity key (ids, not text)
+FLOAT32_MAX = 3.4028234663852886e38
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # The chunks that decoding reads. The others are metadata the model never sees, and Pillow
 # inflates the compressed ones (zTXt, iTXt, iCCP) up to 64 MiB an image: 400 PNGs of 27 KB
@@ -119,8 +120,19 @@ def _still_png(raw: bytes, height: int, width: int) -> bytes:
 def _series_type(field: InputField) -> Any:
     """A list of exactly `shape[0]` finite numbers within the field's bounds."""
     (length,) = field.shape or [0]
-    value = Annotated[float, Field(ge=field.min, le=field.max, allow_inf_nan=False)]
+    value: Any = _number(field, float)
     return Annotated[list[value], Field(min_length=length, max_length=length)]
+
+
+def _number(field: InputField, kind: type) -> Any:
+    """A finite number within the field's bounds, or where the catalog sets none, within
+    what the graph's tensor holds: float32's range (1e39 would be inf in the graph) and, for
+    integers, 2^53 (exact as a double; 10**400 is no int64)."""
+    limit = FLOAT32_MAX if kind is float else 2**53
+    low = field.min if field.min is not None else -limit
+    high = field.max if field.max is not None else limit
+    finite = False if kind is float else None  # an int is finite; checking one overflowed
+    return Annotated[kind, Field(ge=low, le=high, allow_inf_nan=finite)]
 
 
 def _field_type(field: InputField) -> Any:
@@ -129,8 +141,7 @@ def _field_type(field: InputField) -> Any:
     if field.type == "series":
         return _series_type(field)
     if field.type in ("float", "int"):
-        kind = float if field.type == "float" else int
-        base: Any = Annotated[kind, Field(ge=field.min, le=field.max, allow_inf_nan=False)]
+        base: Any = _number(field, float if field.type == "float" else int)
     elif field.type == "category" and field.values:
         base = Annotated[Literal[tuple(field.values)], UTF8]
     else:  # a required text must say something (as on the OIP route)
