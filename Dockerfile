@@ -76,8 +76,10 @@ RUN --mount=type=cache,target=/root/.cache/uv --mount=type=secret,id=ca-certific
 FROM base AS runtime
 COPY --from=runtime-venv /opt/venv /opt/venv
 COPY . /app
-# the only writable paths (read-only root file system): the model cache (a volume), /tmp
-RUN install -d -o app -g app /var/cache/serving
+# the only writable paths (read-only root file system): the model cache (a volume), /tmp;
+# /secrets: compose's `secrets` volume takes this owner (Alertmanager's user) and mode
+RUN install -d -o app -g app /var/cache/serving \
+    && install -d -o 65534 -g 65534 -m 0700 /secrets
 ENV SERVE_CACHE_DIR=/var/cache/serving \
     SERVE_HOST=0.0.0.0 \
     SERVE_PORT=8100 \

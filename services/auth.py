@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.write:
         name, _, path = item.partition("=")
         target = Path(path)
+        target.unlink(missing_ok=True)  # the last up's, read-only
         target.write_text(os.environ[name])
         target.chmod(0o400)
     print(f"secrets checked: {', '.join(args.names)}")
