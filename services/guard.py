@@ -15,6 +15,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.auth import challenge, presented
+from services.bodies import read_body, replay
 from services.responses import error_response
 from services.service import ModelService
 
@@ -52,38 +53,6 @@ def _header(scope: Scope, wanted: bytes) -> str | None:
 
 def _request_id(scope: Scope) -> str:
     return (_header(scope, b"x-request-id") or uuid.uuid4().hex)[:128]
-
-
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes | None:
-    """The whole body, or None as soon as it is over `limit` bytes."""
-    for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit() and int(value) > limit:
-            return None
-    chunks, size, more = [], 0, True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        more = message.get("more_body", False)
-    return b"".join(chunks)
-
-
-def _replay(body: bytes) -> Receive:
-    sent = False
-
-    async def receive() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return {"type": "http.disconnect"}
-
-    return receive
 
 
 async def _refuse(send: Send, status: int, message: str, headers: list[Any]) -> None:
@@ -153,12 +122,12 @@ class Guard:
         self.inflight += 1
         self.gauge.inc()
         try:
-            body = await _read_body(scope, receive, settings.max_body_bytes)
+            body = await read_body(scope, receive, settings.max_body_bytes)
             if body is None:
                 await _refuse(send, 413, f"body over {settings.max_body_bytes} bytes", [])
                 return
             state["body"] = body
-            await self.app(scope, _replay(body), send)
+            await self.app(scope, replay(body), send)
         finally:
             self.inflight -= 1
             self.gauge.dec()

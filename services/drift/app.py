@@ -22,11 +22,12 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipelines.catalog import load_catalog
 from pipelines.settings import get_settings
 from services import auth
+from services.bodies import read_body, replay
 from services.drift import detect, pages
 from services.drift.metrics import DriftMetrics
 from services.drift.retrain import Job, Retrainer, RetrainingOff
@@ -50,32 +51,14 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        chunks, size, more = [], 0, True
-        declared = dict(scope["headers"]).get(b"content-length", b"0")
-        too_big = declared.isdigit() and int(declared) > self.limit
-        while more and not too_big:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunks.append(message.get("body", b""))
-            size += len(chunks[-1])
-            too_big, more = size > self.limit, message.get("more_body", False)
-        if too_big:
+        body = await read_body(scope, receive, self.limit)
+        if body is None:
             detail = {"detail": f"body over {self.limit} bytes"}
             await Response(orjson.dumps(detail), 413, media_type="application/json")(
                 scope, receive, send
             )
             return
-        body, sent = b"".join(chunks), False
-
-        async def replay() -> Message:
-            nonlocal sent
-            if sent:
-                return await receive()  # the client's disconnect, when it comes
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        await self.app(scope, replay, send)
+        await self.app(scope, replay(body), send)
 
 
 # What an alert carries ends up in the events (pages, GET /events): valid text, bounded
