@@ -127,7 +127,7 @@ class Guard:
                 await _refuse(send, 413, f"body over {settings.max_body_bytes} bytes", [])
                 return
             state["body"] = body
-            await self.app(scope, replay(body), send)
+            await self.app(scope, replay(body, receive), send)
         finally:
             self.inflight -= 1
             self.gauge.dec()

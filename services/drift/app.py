@@ -58,7 +58,7 @@ class BodyLimit:
                 scope, receive, send
             )
             return
-        await self.app(scope, replay(body), send)
+        await self.app(scope, replay(body, receive), send)
 
 
 # What an alert carries ends up in the events (pages, GET /events): valid text, bounded

@@ -200,4 +200,5 @@ def test_a_second_up_serves_from_the_persisted_volumes(
     for key in KEYS:
         assert predict(stack, key, payloads[key]["records"], "deploy-again")["model"] == key
     assert logged_predictions(stack, "deploy-again") == len(KEYS)
-    assert all(health(c) in (None, "healthy") for c in stack.containers().values())
+    states = {name: health(c) for name, c in stack.containers().items()}
+    assert all(state in (None, "healthy") for state in states.values()), states

@@ -1,0 +1,59 @@
+"""The body-reading middlewares replay the body and then pass the connection's own messages on:
+a response that waits for the client to go away must not be told it went (over real HTTP)."""
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse
+from starlette.routing import Route
+
+from services.drift.app import BodyLimit
+
+SIZE = 4 * 2**20  # the size of a drift report: the response outlives the replayed body
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    report = tmp_path_factory.mktemp("report") / "report.html"
+    report.write_bytes(b"x" * SIZE)
+
+    async def page(request: Request) -> FileResponse:
+        return FileResponse(report, media_type="text/html")
+
+    async def echo(request: Request) -> JSONResponse:
+        return JSONResponse({"size": len(await request.body())})
+
+    app = Starlette(routes=[Route("/report", page), Route("/echo", echo, methods=["POST"])])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = uvicorn.Config(BodyLimit(app, 2**20), port=port, log_level="warning")
+    served = uvicorn.Server(config)
+    thread = threading.Thread(target=served.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not served.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    served.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_a_file_response_behind_the_body_limit_arrives_whole(server: str) -> None:
+    for _ in range(3):
+        response = httpx.get(f"{server}/report", timeout=30)
+        assert response.status_code == 200 and len(response.content) == SIZE
+
+
+def test_the_replayed_body_reaches_the_route_and_a_large_one_is_refused(server: str) -> None:
+    assert httpx.post(f"{server}/echo", content=b"y" * 1000, timeout=30).json() == {"size": 1000}
+    refused = httpx.post(f"{server}/echo", content=b"y" * (2**20 + 1), timeout=30)
+    assert refused.status_code == 413 and "body over" in refused.json()["detail"]
