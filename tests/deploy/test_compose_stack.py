@@ -185,6 +185,21 @@ def test_admin_routes_need_their_tokens_and_the_proxy_publishes_none(stack: Comp
     assert any(name in text for text in texts), texts[:10]
 
 
+def test_mlflow_asks_for_an_account_and_the_services_only_read(stack: ComposeStack) -> None:
+    mlflow = stack.url("MLFLOW_PORT")
+    models = f"{mlflow}/api/2.0/mlflow/registered-models"
+    reader = ("reader", stack.env["MLFLOW_READER_PASSWORD"])
+    for auth in (None, ("reader", "wrong-password-0123456789")):
+        assert httpx.get(f"{models}/search", auth=auth, timeout=30).status_code == 401
+    found = httpx.get(f"{models}/get", params={"name": "titanic"}, auth=reader, timeout=30)
+    assert found.status_code == 200, found.text[:500]
+    alias = {"name": "titanic", "alias": "deploy-test", "version": "1"}
+    moved = httpx.post(f"{models}/alias", json=alias, auth=reader, timeout=30)
+    assert moved.status_code == 403, moved.text[:500]
+    admin = ("admin", stack.env["MLFLOW_ADMIN_PASSWORD"])
+    assert httpx.get(f"{models}/search", auth=admin, timeout=30).status_code == 200
+
+
 def test_a_second_up_serves_from_the_persisted_volumes(
     stack: ComposeStack, payloads: dict[str, Any]
 ) -> None:
