@@ -15,7 +15,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.auth import challenge, presented
-from services.bodies import read_body, replay
+from services.bodies import BodyRefused, Budget, read_body, replay
 from services.responses import error_response
 from services.service import ModelService
 
@@ -71,6 +71,7 @@ class Guard:
     def __init__(self, app: ASGIApp, service: ModelService) -> None:
         self.app, self.service = app, service
         self.inflight = 0
+        self.bodies = Budget(service.settings.max_body_bytes_in_flight)
         self.gauge = service.metrics.inflight.labels(service.spec.key)
         self.access_log = service.access_log
 
@@ -121,14 +122,17 @@ class Guard:
             return
         self.inflight += 1
         self.gauge.inc()
+        reservation = self.bodies.reservation()
         try:
-            body = await read_body(scope, receive, settings.max_body_bytes)
-            if body is None:
-                await _refuse(send, 413, f"body over {settings.max_body_bytes} bytes", [])
+            try:
+                body = await read_body(scope, receive, settings.max_body_bytes, reservation)
+            except BodyRefused as refused:
+                await _refuse(send, refused.status, refused.message, refused.headers)
                 return
             state["body"] = body
             await self.app(scope, replay(body, receive), send)
         finally:
+            reservation.release()
             self.inflight -= 1
             self.gauge.dec()
 

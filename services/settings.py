@@ -3,7 +3,7 @@
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pipelines.paths import ROOT
@@ -26,6 +26,8 @@ class ServeSettings(BaseSettings):
     max_records: int = Field(default=1000, ge=1)  # records per /predict request; more is a 413
     max_body_bytes: int = Field(default=16 * 2**20, ge=1024)  # larger bodies are a 413
     max_concurrency: int = Field(default=64, ge=1)  # in-flight requests per worker; more is a 429
+    # Bytes of request bodies a worker holds at once (at least max_body_bytes); more is a 503
+    max_body_bytes_in_flight: int = Field(default=64 * 2**20, ge=1024)
     timeout_s: float = Field(default=10.0, gt=0)  # inference slower than this is a 504
     # Batches up to this size run on the event loop (no thread hop); larger ones in a thread
     inline_max_records: int = Field(default=16, ge=0)
@@ -60,3 +62,12 @@ class ServeSettings(BaseSettings):
     # (Postgres: connecting, the statement, a lock wait) slower than timeout_s is a 503
     prediction_log_max_bytes: int = Field(default=predlog.MAX_ROW_BYTES, ge=0)
     prediction_log_timeout_s: float = Field(default=predlog.WRITE_TIMEOUT_S, gt=0)
+
+    @model_validator(mode="after")
+    def _a_body_fits_the_budget(self) -> "ServeSettings":
+        if self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise ValueError(
+                f"SERVE_MAX_BODY_BYTES_IN_FLIGHT ({self.max_body_bytes_in_flight}) is under "
+                f"SERVE_MAX_BODY_BYTES ({self.max_body_bytes}): no body that large would ever fit"
+            )
+        return self

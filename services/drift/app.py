@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from pipelines.catalog import load_catalog
 from pipelines.settings import get_settings
 from services import auth
-from services.bodies import read_body, replay
+from services.bodies import BodyRefused, read_body, replay
 from services.drift import detect, pages
 from services.drift.metrics import DriftMetrics
 from services.drift.retrain import Job, Retrainer, RetrainingOff
@@ -51,10 +51,11 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        body = await read_body(scope, receive, self.limit)
-        if body is None:
-            detail = {"detail": f"body over {self.limit} bytes"}
-            await Response(orjson.dumps(detail), 413, media_type="application/json")(
+        try:
+            body = await read_body(scope, receive, self.limit)
+        except BodyRefused as refused:
+            detail = {"detail": refused.message}
+            await Response(orjson.dumps(detail), refused.status, media_type="application/json")(
                 scope, receive, send
             )
             return

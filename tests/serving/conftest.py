@@ -233,6 +233,10 @@ class Service:
         kwargs.setdefault("headers", self.headers)
         return httpx.post(self.url + path, json=body, timeout=60, **kwargs)
 
+    def post_bytes(self, path: str, body: bytes) -> httpx.Response:
+        headers = {**self.headers, "content-type": "application/json"}
+        return httpx.post(self.url + path, content=body, headers=headers, timeout=60)
+
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
         kwargs.setdefault("headers", self.headers)
         return httpx.get(self.url + path, timeout=60, **kwargs)

@@ -1,9 +1,11 @@
 """Loading, outages, alias moves, champion / challenger, limits and shutdown, one service each."""
 
+import json
 import os
 import re
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -253,6 +255,41 @@ def test_overload_is_429_and_never_5xx(
     for thread in threads:
         thread.join(120)
     assert 429 in codes and 200 in codes and max(codes) < 500, codes
+
+
+def padded(body: dict[str, Any], size: int) -> bytes:
+    """`body` as JSON of exactly `size` bytes (whitespace after it)."""
+    raw = json.dumps(body).encode()
+    return raw + b" " * (size - len(raw))
+
+
+def test_bodies_in_flight_are_bounded_in_bytes(
+    started: list[Service], registry: Registry, tmp_path: Path
+) -> None:
+    """A slow upload that declared most of SERVE_MAX_BODY_BYTES_IN_FLIGHT holds its share: the
+    next large body is a fast 503 with Retry-After, a small one is still served, and the share
+    comes back when the upload ends."""
+    limit = str(2**20)
+    service = serve(started, "titanic", registry.uri, tmp_path,
+                    max_body_bytes=limit, max_body_bytes_in_flight=limit)  # fmt: skip
+    body = {"records": records(registry, "titanic", 2)}
+    slow_body, large = padded(body, 900_000), padded(body, 200_000)
+    port = int(service.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as slow:
+        head = (f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+                f"\r\nContent-Length: {len(slow_body)}\r\n\r\n")  # fmt: skip
+        slow.sendall(head.encode() + slow_body[:1000])
+        deadline = time.monotonic() + 30
+        while (refused := service.post_bytes("/predict", large)).status_code != 503:
+            assert time.monotonic() < deadline, refused.text  # the slow one not read yet
+            time.sleep(0.2)
+        assert refused.headers["retry-after"] == "1"
+        assert "bytes of request bodies in flight" in refused.json()["error"]
+        assert service.post("/predict", body).status_code == 200  # small bodies still fit
+        slow.sendall(slow_body[1000:])
+        answer = slow.recv(65536).decode("latin-1")
+        assert answer.startswith("HTTP/1.1 200"), answer[:500]
+    assert service.post_bytes("/predict", large).status_code == 200  # the share came back
 
 
 def test_metrics_add_up_over_workers(

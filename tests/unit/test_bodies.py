@@ -1,6 +1,7 @@
 """The body-reading middlewares replay the body and then pass the connection's own messages on:
 a response that waits for the client to go away must not be told it went (over real HTTP)."""
 
+import asyncio
 import socket
 import threading
 import time
@@ -13,7 +14,9 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Route
+from starlette.types import Message, Receive, Scope
 
+from services.bodies import BodyRefused, Budget, read_body
 from services.drift.app import BodyLimit
 
 SIZE = 4 * 2**20  # the size of a drift report: the response outlives the replayed body
@@ -57,3 +60,56 @@ def test_the_replayed_body_reaches_the_route_and_a_large_one_is_refused(server: 
     assert httpx.post(f"{server}/echo", content=b"y" * 1000, timeout=30).json() == {"size": 1000}
     refused = httpx.post(f"{server}/echo", content=b"y" * (2**20 + 1), timeout=30)
     assert refused.status_code == 413 and "body over" in refused.json()["detail"]
+
+
+def chunks(*parts: bytes) -> Receive:
+    """An ASGI connection sending `parts` as one body (more_body between them)."""
+    messages = [
+        {"type": "http.request", "body": part, "more_body": i < len(parts) - 1}
+        for i, part in enumerate(parts)
+    ]
+
+    async def receive() -> Message:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    return receive
+
+
+def scope(length: int | None = None) -> Scope:
+    headers = [] if length is None else [(b"content-length", str(length).encode())]
+    return {"type": "http", "headers": headers}
+
+
+def test_a_worker_holds_at_most_its_budget_of_bodies() -> None:
+    budget = Budget(1000)
+    first, second = budget.reservation(), budget.reservation()
+    # a declared length takes its share before a byte is read
+    body = asyncio.run(read_body(scope(600), chunks(b"x" * 300, b"y" * 300), 800, first))
+    assert len(body) == 600 and budget.held == 600
+    with pytest.raises(BodyRefused) as refused:  # 600 + 500 > 1000: fast, nothing read
+        asyncio.run(read_body(scope(500), chunks(), 800, second))
+    assert refused.value.status == 503 and (b"retry-after", b"1") in refused.value.headers
+    assert budget.held == 600 and second.bytes == 0
+    # a body without a length takes its share chunk by chunk
+    with pytest.raises(BodyRefused) as refused:
+        asyncio.run(read_body(scope(), chunks(b"a" * 300, b"b" * 300), 800, second))
+    assert refused.value.status == 503 and second.bytes == 300
+    second.release()
+    first.release()
+    assert budget.held == 0
+    small = budget.reservation()
+    assert asyncio.run(read_body(scope(), chunks(b"a" * 300, b"b" * 300), 800, small)) == (
+        b"a" * 300 + b"b" * 300
+    )
+    small.release()
+
+
+def test_a_body_over_the_limit_is_a_413_declared_or_not() -> None:
+    budget = Budget(10_000)
+    reservation = budget.reservation()
+    for length in (801, None):
+        with pytest.raises(BodyRefused) as refused:
+            asyncio.run(read_body(scope(length), chunks(b"x" * 500, b"x" * 301), 800, reservation))
+        assert refused.value.status == 413 and "body over 800 bytes" in refused.value.message
+    reservation.release()
+    assert budget.held == 0
