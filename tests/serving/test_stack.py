@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import orjson
 import pandas as pd
 import pytest
 
@@ -18,6 +19,13 @@ from pipelines.paths import ROOT
 from services.examples import as_entities
 from tests.conftest import CATALOG, KEYS
 from tests.serving.conftest import Registry, as_records, inherited_environment
+from tests.serving.test_hostile import (
+    binary_cases,
+    check,
+    predict_cases,
+    tensor_cases,
+    valid_inputs,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -161,6 +169,21 @@ def test_the_proxy_publishes_no_admin_route_and_the_drift_pages_need_the_token(
         titanic = f"http://127.0.0.1:{running.base + list(CATALOG).index('titanic')}"
         direct = httpx.post(f"{titanic}/admin/reload", headers=admin, timeout=60)
         assert direct.status_code == 200, direct.text
+
+
+def test_the_hostile_corpus_through_the_proxy_gets_4xx_and_leaves_it_serving(
+    stack: tuple[Stack, subprocess.CompletedProcess[str]], trained: Path
+) -> None:
+    """test_hostile.py's cheap corpus (/predict, OIP JSON and binary) sent through nginx: the
+    proxy passes each refusal on (or makes its own JSON 4xx), never a 5xx, and still serves."""
+    running, _ = stack
+    for key in ("titanic", "fashion_cnn", "review_sentiment"):
+        record, feeds = valid_inputs(trained, key)
+        cases = [*predict_cases(key, record), *tensor_cases(key, feeds), *binary_cases(feeds)]
+        valid = orjson.dumps({"records": [record]})
+        with httpx.Client(base_url=f"{running.proxy}/models/{key}", timeout=60) as client:
+            problems = [f"{c.name}: {p}" for c in cases for p in check(client, key, c, valid)]
+        assert not problems, f"{key} through the proxy:\n" + "\n".join(problems)
 
 
 def test_load_meets_its_slo_thresholds(
