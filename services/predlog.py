@@ -86,7 +86,8 @@ class Sink(Protocol):
 
 def table_sql(key: str) -> dict[str, str]:
     """The table and its indexes, by name; `key` is the id column's type (SQLite and Postgres
-    differ). infra/postgres/init.sql holds the same for Postgres."""
+    differ). `make manifests` writes them into infra/postgres/init.sql for Postgres, whose
+    model services' role may not run DDL."""
     return {
         "predictions": f"""CREATE TABLE IF NOT EXISTS predictions (
             id {key},
