@@ -14,6 +14,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
 from pipelines.catalog import get_spec
@@ -180,6 +181,12 @@ def add_routes(app: FastAPI, service: ModelService) -> None:
 
 
 def add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        # unmatched paths (404), methods (405), credentials (401, 403): the contract's shape
+        headers = dict(exc.headers) if exc.headers else None
+        return error_response(exc.status_code, str(exc.detail), headers=headers)
+
     @app.exception_handler(InputError)
     async def input_error(_: Request, exc: InputError) -> Response:
         return error_response(exc.status, exc.message, exc.detail)

@@ -490,10 +490,7 @@ def error_of(response: httpx.Response) -> str:
     """The `error` of a JSON error answer ("" if none)."""
     if response.headers.get("content-type") != "application/json":
         return ""
-    body = response.json()
-    # A path no route matches gets Starlette's own 404 body, {"detail": "Not Found"}
-    fallback = body.get("detail") if response.status_code == 404 else ""
-    return str(body.get("error") or fallback or "")
+    return str(response.json().get("error") or "")
 
 
 def check(client: httpx.Client, key: str, case: Case, valid: bytes) -> list[str]:

@@ -152,7 +152,7 @@ def test_without_an_admin_token_reload_is_disabled_and_inference_is_open(
     assert service.post("/predict", body).status_code == 200  # no SERVE_API_KEYS: open
     for headers in ({}, ADMIN):
         disabled = service.post("/admin/reload", None, headers=headers)
-        assert disabled.status_code == 403 and "no credential is set" in disabled.json()["detail"]
+        assert disabled.status_code == 403 and "no credential is set" in disabled.json()["error"]
     assert ADMIN_TOKEN not in service.log()
 
 
