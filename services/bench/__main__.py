@@ -3,8 +3,9 @@
     python -m services.bench [--duration 10] [--models titanic churn] [--quick]
 
 Every server runs one worker pinned to CPU 0 (`taskset -c 0`), wrk one thread pinned to CPU 1,
-all on 127.0.0.1: the bare FastAPI floor with the same request model, the lean service,
-`mlflow models serve` and the BentoML service. Writes reports/bench/serving.{md,json}.
+all on 127.0.0.1: the bare FastAPI floor with the same request model, the anchor (a
+hand-written FastAPI + ONNX Runtime app on the same graph), the lean service, `mlflow models
+serve` and the BentoML service. Writes reports/bench/serving.{md,json}.
 """
 
 import argparse
@@ -95,13 +96,18 @@ def bench_model(bench: Bench, key: str, tabular: bool) -> None:
         Result(key, "floor", 1), bench.server(f"floor-{key}", floor, "/readyz", {}),
         "/predict", one, CONNECTIONS,
     )  # fmt: skip
+    cache = str(bench.scratch / "cache")
+    anchor = [python, "-m", "services.bench.anchor", key, "--port", "{port}", "--cache", cache]
+    start_anchor = bench.server(f"anchor-{key}", anchor, "/readyz", {})
+    bench.measure(Result(key, "anchor", 1), start_anchor, "/predict", one, CONNECTIONS)
     lean = [python, "-m", "services.serve", key, "--port", "{port}", "--workers", "1"]
     start_lean = bench.server(f"lean-{key}", lean, "/readyz", {})
     bench.measure(Result(key, "lean", 1), start_lean, "/predict", one, CONNECTIONS)
     if tabular:
         many = bodies.records_body(spec, bodies.BATCH, bench.scratch)
-        result = Result(key, "lean", bodies.BATCH)
-        bench.measure(result, start_lean, "/predict", many, (BATCH_CONNECTIONS,))
+        for name, start in (("anchor", start_anchor), ("lean", start_lean)):
+            result = Result(key, name, bodies.BATCH)
+            bench.measure(result, start, "/predict", many, (BATCH_CONNECTIONS,))
     if key in MLFLOW_MODELS:
         mlflow = [
             *(str(servers.BIN / "mlflow"), "models", "serve", "-m", f"models:/{key}@champion"),

@@ -17,6 +17,7 @@ PACKAGES = (
     "orjson", "onnxruntime", "bentoml", "mlflow",
 )  # fmt: skip
 FLOOR_SHARE, P99_MS, MLFLOW_TIMES, BATCH_ROWS_S = 0.70, 20.0, 3.0, 100_000.0
+ANCHOR_TIMES = 1.0  # the service at least as fast as the hand-written app on the same graph
 
 
 @dataclass
@@ -58,6 +59,7 @@ def checks(results: list[Result], models: list[str], tabular: list[str]) -> list
             continue
         for other, times, name in (
             ("floor", FLOOR_SHARE, f">= {FLOOR_SHARE:.0%} of floor req/s"),
+            ("anchor", ANCHOR_TIMES, f">= {ANCHOR_TIMES:g}x the hand-written anchor's req/s"),
             ("mlflow", MLFLOW_TIMES, f">= {MLFLOW_TIMES:g}x mlflow req/s"),
         ):
             base = _find(results, model, other, 1)
@@ -78,6 +80,12 @@ def checks(results: list[Result], models: list[str], tabular: list[str]) -> list
         if model in tabular:
             batch = _find(results, model, "lean", 1000)
             rows = max((p.rps * 1000 for p in batch.points), default=0.0) if batch else 0.0
+            anchor = _find(results, model, "anchor", 1000)
+            if anchor and anchor.points:
+                by_hand = max(p.rps * 1000 for p in anchor.points)
+                name = f"1000-row batch >= {ANCHOR_TIMES:g}x the anchor's rows/s"
+                measured = f"{rows:,.0f} vs {by_hand:,.0f} rows/s ({rows / by_hand:.2f}x)"
+                out.append(Check(model, name, measured, rows >= ANCHOR_TIMES * by_hand))
             ok = rows >= BATCH_ROWS_S
             out.append(
                 Check(
@@ -118,16 +126,21 @@ def machine() -> dict[str, Any]:
     }
 
 
-def _row(result: Result, point: Point | None, floor: Result | None) -> str:
+def _share(point: Point, base: Result | None) -> str:
+    other = base.at(point.connections) if base and not base.error else None
+    return f"{point.rps / other.rps:.0%}" if other else ""
+
+
+def _row(result: Result, point: Point | None, floor: Result | None, anchor: Result | None) -> str:
     name = f"{result.server}" + (f" ({result.note})" if result.note else "")
     if point is None:
-        return f"| {result.model} | {name} | - | ERROR: {result.error.splitlines()[0][:80]} | | | |"
-    base = floor.at(point.connections) if floor and not floor.error else None
-    share = f"{point.rps / base.rps:.0%}" if base else ""
+        error = result.error.splitlines()[0][:80] if result.error else "no measurement"
+        return f"| {result.model} | {name} | - | ERROR: {error} | | | | |"
     rate = point.rps * result.records
     return (
         f"| {result.model} | {name} | {point.connections} | {rate:,.0f} | "
-        f"{point.p50_ms:.2f} | {point.p99_ms:.2f} | {share} |"
+        f"{point.p50_ms:.2f} | {point.p99_ms:.2f} | {_share(point, floor)} | "
+        f"{_share(point, anchor)} |"
     )
 
 
@@ -155,13 +168,14 @@ def markdown(results: list[Result], found: list[Check], info: dict[str, Any]) ->
             "",
             f"## {records} record{'s' if records > 1 else ''} per request",
             "",
-            f"| model | server | conn | {unit} | p50 ms | p99 ms | of floor |",
-            "|---|---|--:|--:|--:|--:|--:|",
+            f"| model | server | conn | {unit} | p50 ms | p99 ms | of floor | of anchor |",
+            "|---|---|--:|--:|--:|--:|--:|--:|",
         ]
         for result in (r for r in results if r.records == records):
             floor = _find(results, result.model, "floor", 1) if records == 1 else None
+            anchor = _find(results, result.model, "anchor", records)
             points: list[Point | None] = [*result.points] or [None]
-            lines += [_row(result, point, floor) for point in points]
+            lines += [_row(result, point, floor, anchor) for point in points]
     lines += ["", "## Targets", "", "| model | target | measured | result |", "|---|---|---|---|"]
     lines += [
         f"| {c.model} | {c.name} | {c.measured} | {'PASS' if c.passed else 'FAIL'} |" for c in found

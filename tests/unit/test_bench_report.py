@@ -1,0 +1,42 @@
+"""make bench's targets and table from a run's numbers: the anchor column and its checks."""
+
+from services.bench.report import Result, checks, markdown
+from services.bench.wrk import Point
+
+
+def point(connections: int, rps: float) -> Point:
+    return Point(connections, 10.0, int(rps * 10), rps, 1.0, 1.5, 2.0, 4.0, 9.0)
+
+
+def run(lean: float, anchor: float, rows: float, anchor_rows: float) -> list[Result]:
+    return [
+        Result("titanic", "floor", 1, [point(16, 10_000), point(64, 10_000)]),
+        Result("titanic", "anchor", 1, [point(16, anchor), point(64, anchor)]),
+        Result("titanic", "lean", 1, [point(16, lean), point(64, lean)]),
+        Result("titanic", "anchor", 1000, [point(4, anchor_rows / 1000)]),
+        Result("titanic", "lean", 1000, [point(4, rows / 1000)]),
+    ]
+
+
+def verdicts(results: list[Result]) -> dict[str, bool]:
+    return {c.name: c.passed for c in checks(results, ["titanic"], ["titanic"])}
+
+
+def test_the_service_must_be_at_least_as_fast_as_the_anchor() -> None:
+    faster = verdicts(run(lean=8_000, anchor=7_000, rows=120_000, anchor_rows=110_000))
+    assert faster[">= 1x the hand-written anchor's req/s"]
+    assert faster["1000-row batch >= 1x the anchor's rows/s"]
+    slower = verdicts(run(lean=6_000, anchor=7_000, rows=90_000, anchor_rows=110_000))
+    assert not slower[">= 1x the hand-written anchor's req/s"]
+    assert not slower["1000-row batch >= 1x the anchor's rows/s"]
+    assert not slower["1000-row batch >= 100,000 rows/s"]
+
+
+def test_the_table_shows_each_server_as_a_share_of_the_floor_and_the_anchor() -> None:
+    results = run(lean=8_000, anchor=7_000, rows=120_000, anchor_rows=100_000)
+    found = checks(results, ["titanic"], ["titanic"])
+    info = {"date": "d", "cpu_model": "c", "nproc": 2, "pinning": "p", "duration_s": 10,
+            "load_before": "0", "load_after": "0"}  # fmt: skip
+    table = markdown(results, found, info)
+    assert "| titanic | lean | 16 | 8,000 | 1.00 | 4.00 | 80% | 114% |" in table
+    assert "| titanic | lean | 4 | 120,000 | 1.00 | 4.00 |  | 120% |" in table
