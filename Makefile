@@ -88,9 +88,10 @@ serve-triton: ## Triton's HTTP/gRPC protocol for fashion_cnn and semantic_search
 drift-demo: ## Shifted traffic for titanic until the drift alert fires, the webhook retrains it through the gate (Prometheus + Alertmanager + drift service, real)
 	$(RUN) python -m services.drift.demo
 
-bench: ## Serving benchmark (wrk): floor vs services vs BentoML vs mlflow models serve, then the Feast feature layer and the prediction log -> reports/bench/
+bench: ## Serving benchmark (wrk): floor vs anchor (hand-written FastAPI + ONNX Runtime) vs services vs BentoML vs mlflow models serve, the graphs alone (ORT's profiler), then the Feast feature layer and the prediction log -> reports/bench/
 	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(RUN) python -m services.bench
+	$(RUN) python -m services.bench.graphs
 	$(RUN) python -m services.bench.features
 	$(RUN) python -m services.bench.predlog
 	$(RUN) python -m services.bench.drift
