@@ -91,4 +91,6 @@ def run(url: str, body: Path, connections: int, seconds: float) -> Point:
     point = parse(done.stdout, connections, seconds)
     if point.errors:
         raise WrkError(f"{url} at {connections} connections: {point.errors}\n{done.stdout}")
+    if point.requests == 0:  # every request outlasted the run: no rate to report, not a zero
+        raise WrkError(f"{url} at {connections} connections: no request completed in {duration}")
     return point
