@@ -12,7 +12,6 @@ none (the service at least as fast). uvicorn runs as the floor does.
 
 import argparse
 import os
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +22,12 @@ from fastapi.responses import Response
 from pipelines.catalog import get_spec
 from pipelines.settings import get_settings
 from services.app import NO_TELEMETRY
+from services.bench.floor import run_factory
 from services.inputs import record_model, request_model
 from services.runtime import LoadedModel, load
-from services.serve import log_config
 from services.store import ModelStore
 
 
-@cache
 def champion(key: str, cache_dir: Path) -> LoadedModel:
     artifact = ModelStore(get_settings().mlflow_tracking_uri, cache_dir).fetch(key, "champion")
     if artifact is None:
@@ -64,8 +62,6 @@ def app() -> FastAPI:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import uvicorn
-
     parser = argparse.ArgumentParser(prog="python -m services.bench.anchor", description=__doc__)
     parser.add_argument("model", help="catalog key (params.yaml models:)")
     parser.add_argument("--host", default="127.0.0.1")
@@ -76,16 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ["BENCH_ANCHOR_MODEL"] = args.model
     cache_dir = args.cache or Path(os.environ.get("SERVE_CACHE_DIR", ".serving-cache"))
     os.environ["BENCH_ANCHOR_CACHE"] = str(cache_dir)
-    uvicorn.run(
-        "services.bench.anchor:app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=1,
-        log_config=log_config(),
-        access_log=False,
-        server_header=False,
-    )
+    run_factory("services.bench.anchor:app", args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -48,9 +48,24 @@ def app() -> FastAPI:
     return create_app(os.environ["BENCH_FLOOR_MODEL"])
 
 
-def main(argv: list[str] | None = None) -> None:
+def run_factory(factory: str, host: str, port: int) -> None:
+    """uvicorn as services.serve runs it (one worker, access log off), on an app factory: the
+    floor's and the anchor's."""
     import uvicorn
 
+    uvicorn.run(
+        factory,
+        factory=True,
+        host=host,
+        port=port,
+        workers=1,
+        log_config=log_config(),
+        access_log=False,
+        server_header=False,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m services.bench.floor", description=__doc__)
     parser.add_argument("model", help="catalog key (params.yaml models:)")
     parser.add_argument("--host", default="127.0.0.1")
@@ -58,16 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     get_spec(args.model)
     os.environ["BENCH_FLOOR_MODEL"] = args.model
-    uvicorn.run(
-        "services.bench.floor:app",
-        factory=True,
-        host=args.host,
-        port=args.port,
-        workers=1,
-        log_config=log_config(),
-        access_log=False,
-        server_header=False,
-    )
+    run_factory("services.bench.floor:app", args.host, args.port)
 
 
 if __name__ == "__main__":
