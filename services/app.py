@@ -62,6 +62,20 @@ async def keep_loaded(service: ModelService) -> None:
             frozen = True
 
 
+LAG_PROBE_S = 0.1
+
+
+async def probe_loop_lag(service: ModelService) -> None:
+    """Every 100 ms, how late the loop ran a sleep's wake-up: the queueing of the process
+    (requests waiting behind other requests' work, or for a CPU), as a histogram."""
+    loop = asyncio.get_running_loop()
+    observe = service.metrics.child(service.metrics.loop_lag, (service.spec.key,)).observe
+    while True:
+        due = loop.time() + LAG_PROBE_S
+        await asyncio.sleep(LAG_PROBE_S)
+        observe(max(0.0, loop.time() - due))
+
+
 def create_app(model: str, settings: ServeSettings | None = None) -> FastAPI:
     settings = settings or ServeSettings(model=model)
     service = ModelService(get_spec(model), settings)
@@ -77,6 +91,7 @@ def create_app(model: str, settings: ServeSettings | None = None) -> FastAPI:
         tasks = [
             asyncio.create_task(keep_loaded(service)),
             asyncio.create_task(service.access_log.run()),
+            asyncio.create_task(probe_loop_lag(service)),
         ]
         yield
         for task in tasks:

@@ -2,9 +2,16 @@
 
 Pure ASGI (no BaseHTTPMiddleware) because it sits on every request's hot path. For the
 inference routes it refuses what is over the limits before any parsing (401 without one of
-SERVE_API_KEYS where they are set, 413 for the body, 429 past the in-flight limit), then
-times and counts the answer by model, version, alias and status code, and logs one line with
-the request id.
+SERVE_API_KEYS where they are set, 503 for a request that queued past SERVE_QUEUE_TIMEOUT_S,
+429 past the in-flight limit, 413 for the body), then times and counts the answer by model,
+version, alias and status code, and logs one line with the request id.
+
+Queueing: the proxy stamps each request with X-Request-Start (`t=<unix seconds>`, nginx's
+$msec). Under overload the requests wait for the worker in the sockets and in the event
+loop's queue, where no in-flight count sees them; one that has already waited longer than
+SERVE_QUEUE_TIMEOUT_S gets a 503 with Retry-After before any work is spent on it, so a
+backlog drains in microseconds per request instead of growing: the answers stay fast and
+the clients are told to come back.
 """
 
 import re
@@ -51,6 +58,20 @@ def _header(scope: Scope, wanted: bytes) -> str | None:
     return None
 
 
+def queued_s(scope: Scope, now: float) -> float:
+    """How long the request waited since the proxy stamped it (X-Request-Start: t=<unix
+    seconds>, or the bare number); 0 without a stamp or with one from the future."""
+    stamp = _header(scope, b"x-request-start")
+    if not stamp:
+        return 0.0
+    try:
+        started = float(stamp.removeprefix("t="))
+    except ValueError:
+        return 0.0
+    waited = now - started
+    return waited if 0 < waited < 3600 else 0.0
+
+
 def _request_id(scope: Scope) -> str:
     return (_header(scope, b"x-request-id") or uuid.uuid4().hex)[:128]
 
@@ -73,6 +94,9 @@ class Guard:
         self.inflight = 0
         self.bodies = Budget(service.settings.max_body_bytes_in_flight)
         self.gauge = service.metrics.inflight.labels(service.spec.key)
+        shed, key = service.metrics.shed, service.spec.key
+        self.shed = service.metrics.child(shed, (key, "queue"))
+        self.busy = service.metrics.child(shed, (key, "inflight"))
         self.access_log = service.access_log
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -112,7 +136,19 @@ class Guard:
                 header = [(b"www-authenticate", challenge(keys.scope).encode())]
                 await _refuse(send, 401, "missing or wrong API key (SERVE_API_KEYS)", header)
                 return
+        waited = queued_s(scope, time.time()) if settings.queue_timeout_s else 0.0
+        if waited > settings.queue_timeout_s:
+            self.shed.inc()
+            await _refuse(
+                send,
+                503,
+                f"over capacity: the request queued {waited * 1000:.0f} ms, more than "
+                f"SERVE_QUEUE_TIMEOUT_S ({settings.queue_timeout_s:g} s): retry",
+                [(b"retry-after", b"1")],
+            )
+            return
         if self.inflight >= settings.max_concurrency:
+            self.busy.inc()
             await _refuse(
                 send,
                 429,

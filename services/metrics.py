@@ -7,7 +7,10 @@ champion from the challenger.
 """
 
 import os
+import time
 from collections import Counter as Tally
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prometheus_client import (
@@ -167,6 +170,29 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS,
             **reg,
         )
+        self.phase = Histogram(
+            "serving_request_phase_seconds",
+            "Time a /predict request spends in each phase: parse (body to records), inference "
+            "(tensors, the graph, the answers), log (waiting for its prediction-log commit)",
+            ["model", "phase"],
+            buckets=LATENCY_BUCKETS,
+            **reg,
+        )
+        self.loop_lag = Histogram(
+            "serving_event_loop_lag_seconds",
+            "How late a probe scheduled on the event loop every 100 ms ran: the time any "
+            "request waited behind other work (queueing) in the process",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            **reg,
+        )
+        self.shed = Counter(
+            "serving_shed_requests",
+            "Requests refused unworked because the service is over capacity, by reason (queue: "
+            "waited past SERVE_QUEUE_TIMEOUT_S; inflight: past SERVE_MAX_CONCURRENCY)",
+            ["model", "reason"],
+            **reg,
+        )
         self.inflight = Gauge(
             "serving_inflight_requests",
             "Requests being processed",
@@ -184,6 +210,15 @@ class ServiceMetrics:
         # One labels() lookup per distinct label, not per record (a 1000-record batch)
         for label, count in Tally(labels).items():
             self.child(self.labels, (model, version, alias, label)).inc(count)
+
+    @contextmanager
+    def timed(self, model: str, phase: str) -> Iterator[None]:
+        """Observe the block's duration as `phase` of a request (serving_request_phase_seconds)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.child(self.phase, (model, phase)).observe(time.perf_counter() - start)
 
     def child(self, metric: Any, labels: tuple[str, ...]) -> Any:
         """metric.labels(*labels), remembered (labels() takes a lock and builds a key)."""

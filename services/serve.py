@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         log_config=log_config(),
         access_log=False,
         timeout_graceful_shutdown=int(defaults.graceful_timeout_s),
+        timeout_keep_alive=int(defaults.keepalive_s),
         server_header=False,
     )
 

@@ -141,10 +141,11 @@ class ModelService:
             return await self.predict_entities(body, request_id)
         if self.features_problem and EntityRequests.markers(self.spec) & set(self._object(body)):
             raise InputError(503, self.features_problem, [])
-        if len(body) > PARSE_INLINE_BYTES:  # a big batch must not stall the event loop
-            accepted, invalid = await run_in_threadpool(self.parse, body)
-        else:
-            accepted, invalid = self.parse(body)
+        with self.metrics.timed(self.spec.key, "parse"):
+            if len(body) > PARSE_INLINE_BYTES:  # a big batch must not stall the event loop
+                accepted, invalid = await run_in_threadpool(self.parse, body)
+            else:
+                accepted, invalid = self.parse(body)
         return await self.answer(accepted, invalid, request_id)
 
     async def predict_entities(
@@ -194,11 +195,12 @@ class ModelService:
         route = self.models.route(request_id)
         model = route.serving
         records = [record for _, record in accepted]
-        result = await self.run(lambda: model.run(model.feeds(records)), len(records))
-        self.observe(model, result, len(records) + len(invalid), "/predict")
-        answers: list[Any] = [None] * (len(accepted) + len(invalid))
-        for (index, _), prediction in zip(accepted, model.format(result), strict=True):
-            answers[index] = prediction
+        with self.metrics.timed(self.spec.key, "inference"):
+            result = await self.run(lambda: model.run(model.feeds(records)), len(records))
+            self.observe(model, result, len(records) + len(invalid), "/predict")
+            answers: list[Any] = [None] * (len(accepted) + len(invalid))
+            for (index, _), prediction in zip(accepted, model.format(result), strict=True):
+                answers[index] = prediction
         for index, errors in invalid.items():
             answers[index] = {"error": errors}
         response: dict[str, Any] = {
@@ -223,7 +225,9 @@ class ModelService:
     async def log_records(self, answer: dict[str, Any], records: list[BaseModel]) -> None:
         """Store a /predict answer's predictions; returns once they are committed."""
         if self.prediction_log.enabled:
-            await self.prediction_log.append([record_row(answer, records, "/predict", time.time())])
+            with self.metrics.timed(self.spec.key, "log"):
+                row = record_row(answer, records, "/predict", time.time())
+                await self.prediction_log.append([row])
 
     async def log_tensors(
         self,

@@ -12,14 +12,21 @@ Each user sends its model's test-split rows (services/load/payloads.py) as:
 command line picks models. At the end, the SLO thresholds (--slo-*) are checked on every
 request kind of every model (its percentiles once it has the samples to define them) and on
 the total: a breach is the run's exit status 1.
+
+Pacing: by default a user waits 50-250 ms between requests (a closed loop: a slow stack gets
+fewer requests). `--user-rate R` paces each user at R requests/s whatever the answers' times,
+so N users offer N x R requests/s (services/load/capacity.py's steps). A shed answer (429 or
+503 with Retry-After) is a failure named "shed"; the report counts answers by status code and
+whether each shed said when to retry.
 """
 
 import json
 import random
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from locust import FastHttpUser, between, events, tag
+from locust import FastHttpUser, constant_pacing, events, tag
 from locust.env import Environment
 from locust.stats import StatsEntry
 
@@ -28,6 +35,7 @@ from services.load import slo
 from services.load.payloads import pool
 
 BATCH = 10
+SHED = (429, 503)  # over capacity: the client is told to come back (Retry-After)
 
 
 def _arguments(parser: Any) -> None:
@@ -46,6 +54,10 @@ def _arguments(parser: Any) -> None:
     parser.add_argument("--slo-p95-ms", type=float, default=300.0, env_var="LOAD_SLO_P95_MS")
     parser.add_argument("--slo-p99-ms", type=float, default=1000.0, env_var="LOAD_SLO_P99_MS")
     parser.add_argument(
+        "--user-rate", type=float, default=0.0, env_var="LOAD_USER_RATE",
+        help="requests/s each user sends whatever the answers' times (0: 50-250 ms pauses)",
+    )  # fmt: skip
+    parser.add_argument(
         "--slo-report", default="", env_var="LOAD_SLO_REPORT",
         help="write the thresholds and the measured values here (JSON)",
     )  # fmt: skip
@@ -59,11 +71,16 @@ class ModelUser(FastHttpUser):
 
     abstract = True
     key = ""
-    wait_time = between(0.05, 0.25)
+
+    def wait_time(self) -> float:
+        if self.pacing is None:
+            return self.rng.uniform(0.05, 0.25)
+        return float(self.pacing(self))
 
     def on_start(self) -> None:
         options = self.environment.parsed_options
         self.rng = random.Random()
+        self.pacing = constant_pacing(1 / options.user_rate) if options.user_rate > 0 else None
         self.spec = load_catalog()[self.key]
         self.pool = pool(self.key, Path(options.data_root).resolve())
         self.base = options.path_template.format(key=self.key)
@@ -73,7 +90,9 @@ class ModelUser(FastHttpUser):
         with self.client.post(
             f"{self.base}/predict", json=body, name=name, catch_response=True
         ) as response:
-            if response.status_code != 200:
+            if response.status_code in SHED:
+                response.failure(f"shed: HTTP {response.status_code}")
+            elif response.status_code != 200:
                 response.failure(f"HTTP {response.status_code}: {response.text[:200]}")
             elif len(response.json()["predictions"]) != expected:
                 response.failure(f"{expected} predictions expected")
@@ -102,6 +121,8 @@ class ModelUser(FastHttpUser):
         ) as response:  # fmt: skip
             if response.status_code == 400 and field in response.text:
                 response.success()
+            elif response.status_code in SHED:
+                response.failure(f"shed: HTTP {response.status_code}")
             else:
                 response.failure(f"expected 400 naming {field}, got {response.status_code}")
 
@@ -118,15 +139,51 @@ def _user_class(key: str) -> type[ModelUser]:
 globals().update({cls.__name__: cls for cls in map(_user_class, load_catalog())})
 
 
+# Answers by status code ("0": no answer: a refused or broken connection), and sheds
+# (429/503) by whether they carried Retry-After; counted since the last reset of the stats
+STATUSES: Counter[str] = Counter()
+
+
+def _count(response: Any = None, **_: Any) -> None:
+    code = getattr(response, "status_code", 0) or 0
+    STATUSES[str(code)] += 1
+    if code in SHED:
+        retry = (response.headers or {}).get("retry-after")
+        STATUSES[f"{code} with Retry-After" if retry else f"{code} without Retry-After"] += 1
+
+
+def _clear_on_reset(environment: Environment, **_: Any) -> None:
+    """--reset-stats: the count starts with the full load, as Locust's statistics do."""
+    if environment.reset_stats:
+        environment.events.spawning_complete.add_listener(lambda **_: STATUSES.clear())
+
+
+events.request.add_listener(_count)  # type: ignore[no-untyped-call]
+events.init.add_listener(_clear_on_reset)  # type: ignore[no-untyped-call]
+
+
 def _measured(entry: StatsEntry) -> dict[str, float]:
     return {
         "requests": entry.num_requests,
         "failures": entry.num_failures,
         "error_ratio": entry.num_failures / entry.num_requests if entry.num_requests else 0.0,
+        "p50_ms": entry.get_response_time_percentile(0.5) or 0.0,
         "p95_ms": entry.get_response_time_percentile(0.95) or 0.0,
         "p99_ms": entry.get_response_time_percentile(0.99) or 0.0,
+        "max_ms": entry.max_response_time or 0.0,
         "rps": entry.total_rps,
     }
+
+
+def _per_model(environment: Environment) -> dict[str, dict[str, float]]:
+    """Every request kind of a model merged: the model's own percentiles."""
+    merged: dict[str, StatsEntry] = {}
+    for entry in environment.stats.entries.values():
+        key = entry.name.split(" ", 1)[0]
+        if key not in merged:
+            merged[key] = StatsEntry(environment.stats, key, "", use_response_times_cache=False)
+        merged[key].extend(entry)
+    return {key: _measured(entry) for key, entry in sorted(merged.items())}
 
 
 def check_slo(environment: Environment) -> list[str]:
@@ -147,7 +204,10 @@ def check_slo(environment: Environment) -> list[str]:
         report = {
             "thresholds": limits,
             "min_samples": slo.MIN_SAMPLES,
+            "user_rate": options.user_rate,
             "results": results,
+            "models": _per_model(environment),
+            "statuses": dict(sorted(STATUSES.items())),
             "breaches": breaches,
         }
         Path(options.slo_report).parent.mkdir(parents=True, exist_ok=True)

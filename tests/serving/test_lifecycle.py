@@ -257,6 +257,30 @@ def test_overload_is_429_and_never_5xx(
     assert 429 in codes and 200 in codes and max(codes) < 500, codes
 
 
+def test_a_request_queued_past_the_limit_is_shed_fast(
+    started: list[Service], registry: Registry, tmp_path: Path
+) -> None:
+    """The proxy stamps X-Request-Start; one that waited past SERVE_QUEUE_TIMEOUT_S is a 503
+    with Retry-After and no work, counted as shed; a fresh, absent or garbled stamp is served."""
+    service = serve(started, "titanic", registry.uri, tmp_path, queue_timeout_s="0.2")
+    body = {"records": records(registry, "titanic", 2)}
+    stale = service.post("/predict", body, headers={"X-Request-Start": f"t={time.time() - 2:.3f}"})
+    assert stale.status_code == 503, stale.text
+    assert stale.headers["retry-after"] == "1"
+    assert "queued" in stale.json()["error"] and "SERVE_QUEUE_TIMEOUT_S" in stale.json()["error"]
+    for stamp in (f"t={time.time():.3f}", "", "t=yesterday", f"{time.time() + 60:.3f}"):
+        answer = service.post("/predict", body, headers={"X-Request-Start": stamp})
+        assert answer.status_code == 200, (stamp, answer.text)
+    text = httpx.get(service.url + "/metrics").text
+    assert re.search(r'serving_shed_requests_total\{model="titanic",reason="queue"\} 1\.0', text)
+    for phase in ("parse", "inference", "log"):  # where a request's time went
+        count = re.search(
+            rf'serving_request_phase_seconds_count\{{model="titanic",phase="{phase}"\}} (\S+)', text
+        )
+        assert count and float(count.group(1)) == 4.0, phase
+    assert re.search(r'serving_event_loop_lag_seconds_count\{model="titanic"\} [1-9]', text)
+
+
 def padded(body: dict[str, Any], size: int) -> bytes:
     """`body` as JSON of exactly `size` bytes (whitespace after it)."""
     raw = json.dumps(body).encode()

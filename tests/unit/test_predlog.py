@@ -3,6 +3,7 @@
 import asyncio
 import base64
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,19 +29,27 @@ from services.predlog import (
 
 
 class Counting(SQLiteSink):
-    """A real SQLite sink that remembers how many commits it made."""
+    """A real SQLite sink that remembers how many commits it made (on the loop or not)."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.commits: list[int] = []
+        self.waited: list[int] = []  # commits made by the thread, which waits for the lock
 
     def write(self, rows: list[Row]) -> None:
         super().write(rows)
         self.commits.append(len(rows))
+        self.waited.append(len(rows))
+
+    def write_now(self, rows: list[Row]) -> bool:
+        stored = super().write_now(rows)
+        if stored:
+            self.commits.append(len(rows))
+        return stored
 
 
 class Failing(SQLiteSink):
-    def write(self, rows: list[Row]) -> None:
+    def _insert(self, db: sqlite3.Connection, rows: list[Row]) -> None:
         raise sqlite3.OperationalError("disk I/O error")
 
 
@@ -72,6 +81,52 @@ def test_requests_answered_in_one_loop_turn_share_one_commit(tmp_path: Path) -> 
     assert len(rows) == 51
     assert {r["request_id"] for r in rows} == {f"r{i}" for i in range(50)} | {"late"}
     assert set(rows[0]) == {"id", *COLUMNS}
+
+
+def test_a_lock_held_elsewhere_waits_in_the_thread_not_on_the_loop(tmp_path: Path) -> None:
+    """Another process's transaction holds the file's write lock: the commit waits for it in
+    the log's thread while the event loop goes on serving; it lands once the lock is free."""
+    sink = Counting(tmp_path / "log.sqlite")
+    other = sqlite3.connect(tmp_path / "log.sqlite", isolation_level=None)
+    log = PredictionLog(sink)
+    ticks = 0
+
+    async def traffic() -> None:
+        nonlocal ticks
+        other.execute("BEGIN IMMEDIATE")  # the write lock, as another service's commit
+        stored = asyncio.create_task(log.append([row("r1")]))
+        for _ in range(20):  # the loop is free while the commit waits
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not stored.done()
+        other.execute("COMMIT")
+        await asyncio.wait_for(stored, 5)
+
+    asyncio.run(traffic())
+    assert ticks == 20 and sink.waited == [1] and sink.commits == [1]
+    assert sink.db.execute("SELECT request_id FROM predictions").fetchall() == [("r1",)]
+
+
+def test_checkpoints_run_in_the_thread_never_on_the_loop(tmp_path: Path) -> None:
+    """The loop's connection never checkpoints (milliseconds of copying and fsync); the log's
+    thread does, every CHECKPOINT_ROWS rows committed."""
+    sink = Counting(tmp_path / "log.sqlite")
+    sink.CHECKPOINT_ROWS = 50
+    threads: list[str] = []
+    checkpoint = sink.maintain
+    sink.maintain = lambda: (threads.append(threading.current_thread().name), checkpoint())[-1]
+    log = PredictionLog(sink)
+
+    async def traffic() -> None:
+        for i in range(100):
+            await log.append([row(f"r{i}", records=5)])
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.2)
+
+    asyncio.run(traffic())
+    assert sink.waited == [] and len(sink.commits) == 100  # every commit on the loop
+    assert sink.now.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+    assert len(threads) == 2 and all(name.startswith("prediction-log") for name in threads)
 
 
 def test_a_failed_commit_refuses_every_waiting_request(tmp_path: Path) -> None:

@@ -1,0 +1,66 @@
+"""The rated capacity's arithmetic and verdicts (services/load/capacity.py) on synthetic steps."""
+
+from services.load.capacity import Step, judge, judge_overload, markdown, pacing, rated
+
+
+def step(rate: float, p99: float = 20.0, failures: int = 0, achieved: float | None = None,
+         **statuses: int) -> Step:  # fmt: skip
+    return Step(
+        rate=rate, users=13, user_rate=rate / 13, seconds=20,
+        achieved=rate if achieved is None else achieved, requests=int(rate * 20),
+        failures=failures, p50_ms=p99 / 4, p95_ms=p99 / 2, p99_ms=p99, max_ms=p99 * 2,
+        statuses={"200": int(rate * 20), **{k.replace("_", " "): v for k, v in statuses.items()}},
+    )  # fmt: skip
+
+
+def test_pacing_offers_the_rate_with_a_whole_number_of_users_per_model() -> None:
+    users, per_user = pacing(500, 13)
+    assert users % 13 == 0 and users * per_user == 500
+    assert per_user <= 4.0  # a user never paced faster than 250 ms apart
+    assert pacing(10, 13) == (13, 10 / 13)  # at least one user per model
+
+
+def test_a_step_passes_only_fast_complete_and_without_failures() -> None:
+    assert judge(step(300), 50) == []
+    assert judge(step(300, p99=80), 50) == ["p99 80 ms > 50 ms"]
+    assert "2 failed requests" in judge(step(300, failures=2), 50)[0]
+    # the closed loop's trap: a slow stack answers fewer requests than were offered
+    assert judge(step(300, achieved=250), 50) == ["achieved 250 req/s of 300 offered"]
+
+
+def test_the_rating_is_the_last_pass_before_the_first_failure() -> None:
+    steps = [step(100), step(200), step(300, p99=70), step(400)]
+    for s in steps:
+        s.passed = not judge(s, 50)
+    assert rated(steps) == 200  # a lucky pass past the knee does not count
+    assert rated([step(100, p99=90)]) == 0
+
+
+def test_overload_must_shed_fast_and_say_when_to_retry() -> None:
+    shed = step(900, p99=300, failures=400, **{"503": 400, "503 with Retry-After": 400})
+    assert judge_overload(shed, 1000) == []
+    slow = step(900, p99=700)  # max 1400 ms
+    assert judge_overload(slow, 1000) == ["the slowest answer took 1400 ms > 1000 ms"]
+    broken = step(900, **{"502": 3, "429": 5, "429 without Retry-After": 5})
+    assert judge_overload(broken, 1000) == [
+        "answers that are not sheds: {'502': 3}",
+        "5 429s without Retry-After",
+    ]
+
+
+def test_the_report_names_the_rating_and_every_step() -> None:
+    steps = [step(100), step(200, p99=70)]
+    for s in steps:
+        s.why = judge(s, 50)
+        s.passed = not s.why
+    confirm = step(100)
+    confirm.models = {
+        "titanic": {"rps": 7.7, "p50_ms": 3, "p99_ms": 12, "max_ms": 30, "failures": 0}
+    }
+    text = markdown({
+        "rated": 100, "p99_ms": 50, "models": 13, "steps": [vars(s) for s in steps],
+        "confirm": vars(confirm), "overload": None,
+    })  # fmt: skip
+    assert "Rated: **100 requests/s**" in text and "8 per model" in text
+    assert "| 200 | 200 |" in text and "p99 70 ms > 50 ms" in text
+    assert "| titanic | 7.7 | 3 | 12 | 30 | 0 |" in text
