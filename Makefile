@@ -7,7 +7,7 @@ UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 RUN = $(UV) run --frozen
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: help all setup system-packages venv repro registry serve stop status metrics plots test test-fast compose-test bench serve-triton drift-demo load manifests validate-deploy lint clean
+.PHONY: help all setup system-packages venv repro registry serve stop status metrics plots test test-fast compose-test bench serve-triton drift-demo load load-smoke manifests validate-deploy lint clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -96,9 +96,13 @@ bench: ## Serving benchmark (wrk): floor vs anchor (hand-written FastAPI + ONNX 
 	$(RUN) python -m services.bench.predlog
 	$(RUN) python -m services.bench.drift
 
-load: ## Locust, headless, against the local stack (started if it is not up): SLO thresholds, reports in reports/load/
+load: ## The stack's rated capacity (started if it is not up): Locust step ramp to p99 <= 50 ms, the rated rate held, an overload run; reports/load/capacity.*
 	$(RUN) python -m services.stack up
-	$(RUN) python -m services.load
+	$(RUN) python -m services.load.capacity
+
+load-smoke: ## A short Locust run of every scenario against the local stack, SLO thresholds checked (CI's form of make load)
+	$(RUN) python -m services.stack up
+	$(RUN) python -m services.load --run-time 25s
 
 manifests: ## Regenerate docker-compose.yml, the proxy config and k8s/ from params.yaml and infra/ (services/deploy.py)
 	$(RUN) python -m services.deploy

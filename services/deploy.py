@@ -172,9 +172,27 @@ def service_addresses() -> dict[str, str]:
     }
 
 
+# Each model's requests/s per pod for its HPA, as `make load --publish` measured it; a model
+# not measured yet scales on this (and on CPU)
+CAPACITY = TEMPLATES / "capacity.json"
+DEFAULT_HPA_RPS = 100
+
+
+def hpa_targets() -> dict[str, int]:
+    measured = json.loads(CAPACITY.read_text())["models"] if CAPACITY.exists() else {}
+    return {key: measured.get(key, {}).get("hpa_rps", DEFAULT_HPA_RPS) for key in load_catalog()}
+
+
 def _models() -> list[dict[str, Any]]:
+    targets = hpa_targets()
     return [
-        {"key": key, "dns": dns(key), "command": model_command(key), "port": MODEL_PORT}
+        {
+            "key": key,
+            "dns": dns(key),
+            "command": model_command(key),
+            "port": MODEL_PORT,
+            "hpa_rps": targets[key],
+        }
         for key in load_catalog()
     ]
 

@@ -48,6 +48,18 @@ class OnlineFeatures:
                 for feature in projection.features:
                     self.view_of[feature.name] = projection.name
 
+    def warm(self) -> None:
+        """One read of an unknown key: Feast's first read imports and builds what it needs
+        (0.8 s quiet, 1.7 s under load, measured), which the first client would wait for."""
+        from feast import ValueType
+
+        (entity,) = [e for e in self.store.list_entities() if e.join_key == self.entity]
+        numeric = entity.value_type not in (ValueType.STRING, ValueType.BYTES)
+        row: dict[str, Any] = {self.entity: 0 if numeric else ""}
+        for name in self.request_fields:
+            row[name] = 0 if self.spec.fields[name].type in ("int", "float") else ""
+        self.fetch([row])
+
     def fetch(self, rows: list[dict[str, Any]]) -> list[Fetched]:
         """Each row's features (join key and request fields in, features out), in order."""
         response = self.store.get_online_features(

@@ -9,10 +9,10 @@ a batch costs one insert, not one per record.
 
 Commits are grouped: the requests answered in one turn of the event loop share one commit,
 so under load a commit costs a fraction of a request. SQLite (WAL) commits on the event
-loop (a hundred microseconds) when the file's write lock is free, and otherwise in a thread
-that waits for it, so another process's commit never stalls this one's loop; the WAL's
-checkpoints (copying it into the database, milliseconds) run in that thread too, never on
-the loop. Postgres commits in a thread (a network round trip), while the next requests
+loop (a hundred microseconds) when the file's write lock is free, and otherwise tries again
+a fraction of a millisecond later, so another process's commit never stalls this one's
+loop; the WAL's checkpoints (copying it into the database, milliseconds) run in a thread,
+never on the loop. Postgres commits in a thread (a network round trip), while the next requests
 gather for the commit after it.
 
     SERVE_PREDICTION_LOG=sqlite:///run/predictions.sqlite     (default; relative to the root)
@@ -80,13 +80,15 @@ class PredictionLogUnavailable(RuntimeError):
 
 
 class Sink(Protocol):
-    inline: bool  # try write_now() on the event loop first (local and fast)
+    inline: bool  # commit with write_now() on the event loop (local and fast), or in a thread
+    timeout_s: float  # how long a commit may wait for the store
 
     def write(self, rows: list[Row]) -> None:
         """Commit, waiting for the store as long as its timeout allows (in a thread)."""
 
     def write_now(self, rows: list[Row]) -> bool:
-        """Commit without waiting: False, with nothing written, where the store is busy."""
+        """Commit without waiting: False, with nothing written, where the store is busy
+        (another process's commit holds the lock)."""
 
     def maintain(self) -> None:
         """Housekeeping that may wait (in the thread), asked for by needs_maintenance."""
@@ -183,17 +185,18 @@ class SQLiteSink:
     """WAL mode: a commit is an append to the WAL file, which a crash of the process keeps
     (the kernel has it); `synchronous=NORMAL` skips the fsync that only power loss needs.
 
-    Two connections: the event loop's never waits (busy timeout 0) and never checkpoints
-    (the copy of the WAL into the database, with its fsync, took up to 40 ms on the loop
-    with 13 services sharing the file); the thread's waits up to `timeout_s` for a lock
-    another process holds, and checkpoints every CHECKPOINT_ROWS rows (PASSIVE: it never
-    blocks a writer), which also bounds the WAL file."""
+    Two connections: the event loop's never waits (busy timeout 0: PredictionLog tries
+    again shortly while another process holds the lock) and never checkpoints (the copy of
+    the WAL into the database, with its fsync, took up to 40 ms on the loop with 13 services
+    sharing the file); the thread's checkpoints every CHECKPOINT_ROWS rows (PASSIVE: it
+    never blocks a writer), which also bounds the WAL file, and writes at close."""
 
     inline = True
     CHECKPOINT_ROWS = 2000
 
     def __init__(self, path: Path, timeout_s: float = WRITE_TIMEOUT_S) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        self.timeout_s = timeout_s
         self.db = self._connect(path, timeout_s)
         for statement in table_sql("INTEGER PRIMARY KEY").values():
             self.db.execute(statement)
@@ -398,6 +401,11 @@ def capped(row: Row, max_bytes: int) -> Row:
     return (*row[:8], dumps(markers), row[9])
 
 
+# Pauses between tries of a commit on the loop while another process holds the lock (~0.1 ms
+# per commit): short first, since the lock is usually free again at once
+RETRY_S = (0.0002, 0.0005, 0.001, 0.002, 0.005)
+
+
 class PredictionLog:
     """Group commit on the event loop: `await append(rows)` returns once the rows are stored."""
 
@@ -449,20 +457,44 @@ class PredictionLog:
         self._pending, self._waiters = [], []
         assert self.sink is not None and self._loop is not None
         if self.sink.inline:
-            start = time.perf_counter()
-            try:
-                stored = self.sink.write_now(self._capped(rows))
-            except Exception as exc:  # sqlite3 errors: the requests get a 503
-                self._done(waiters, rows, time.perf_counter() - start, exc)
-                return
-            if stored:
-                self._done(waiters, rows, time.perf_counter() - start, None)
-                if self.sink.needs_maintenance:
-                    self._loop.run_in_executor(self._executor(), self._maintain)
-                return
+            self._write_now(self._capped(rows), waiters, time.perf_counter(), 0)
+            return
         self._busy = True
         future = self._loop.run_in_executor(self._executor(), self._write, rows)
         future.add_done_callback(lambda f: self._done(waiters, rows, *f.result()))
+
+    def _write_now(
+        self, rows: list[Row], waiters: list[asyncio.Future[None]], start: float, tries: int
+    ) -> None:
+        """Commit on the loop; while another process holds the lock, try again a little later
+        (the loop serves meanwhile, and the rows that arrive join this commit) until the
+        timeout. A thread would wait in SQLite's busy handler instead, whose sleeps (1, 2, 5,
+        10 ms...) and the GIL's hand-overs cost a request ~8 ms on average under load."""
+        assert self.sink is not None and self._loop is not None
+        try:
+            stored = self.sink.write_now(rows)
+        except Exception as exc:  # sqlite3 errors: the requests get a 503
+            self._done(waiters, rows, time.perf_counter() - start, exc)
+            return
+        waited = time.perf_counter() - start
+        if stored:
+            self._done(waiters, rows, waited, None)
+            if self.sink.needs_maintenance:
+                self._loop.run_in_executor(self._executor(), self._maintain)
+        elif waited > self.sink.timeout_s:
+            locked = TimeoutError(f"the log's write lock stayed taken for {waited:.1f} s")
+            self._done(waiters, rows, waited, locked)
+        else:
+            self._busy = True  # what arrives meanwhile waits for this commit
+            delay = RETRY_S[min(tries, len(RETRY_S) - 1)]
+            self._loop.call_later(delay, self._retry, rows, waiters, start, tries + 1)
+
+    def _retry(
+        self, rows: list[Row], waiters: list[asyncio.Future[None]], start: float, tries: int
+    ) -> None:
+        rows, waiters = rows + self._capped(self._pending), waiters + self._waiters
+        self._pending, self._waiters = [], []
+        self._write_now(rows, waiters, start, tries)
 
     def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._thread is None:

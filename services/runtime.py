@@ -203,6 +203,11 @@ def load(spec: ModelSpec, artifact: Artifact) -> LoadedModel:
         )
     served: ort.InferenceSession | retrieval.RetrievalSession = session
     if spec.task == "retrieval":  # text in: the tokenizer before the graph, the index after
+        import faiss  # the search's own dependency (the retrieval flavor imports it anyway)
+
+        # one query is tiny, as for the graph's single thread: FAISS's OpenMP team would spin
+        # on every core after each search, taking them from every other process on the machine
+        faiss.omp_set_num_threads(1)
         try:
             served = retrieval.RetrievalSession(session, retrieval.Corpus.open(artifact.directory))
         except (OSError, RuntimeError, ValueError) as exc:  # faiss raises RuntimeError

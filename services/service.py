@@ -77,6 +77,10 @@ class ModelService:
             log.error("%s: %s; entity-keyed requests get 503", spec.key, self.features_problem)
             return
         self.entities = EntityRequests(spec, online, self.metrics)
+        try:
+            online.warm()
+        except Exception as exc:  # the requests will say what is wrong; starting goes on
+            log.warning("%s: warming the online store failed: %s", spec.key, exc)
 
     def parse(self, body: bytes) -> tuple[list[tuple[int, BaseModel]], dict[int, Any]]:
         """(index, record) of the valid records and field errors of the others."""

@@ -13,6 +13,7 @@ run/logs/ and their pids to run/stack.json.
 """
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -48,6 +49,8 @@ ALERTMANAGER_PORT = int(
 FEAST_PORT = int(os.environ.get("STACK_FEAST_PORT", str(deploy.FEAST_PORT)))
 PROXY_PORT = int(os.environ.get("STACK_PROXY_PORT", str(deploy.PROXY_PORT)))
 TRITON_PYTHON = ROOT / "services" / "triton" / ".venv" / "bin" / "python"
+# background work's scheduling priority (nice): the drift service's checks
+BACKGROUND_NICE = 10
 # every process imports its libraries at once: on 2 busy cores that can take minutes
 READY_TIMEOUT_S = float(os.environ.get("STACK_READY_TIMEOUT_S", "300"))
 
@@ -87,6 +90,10 @@ def monitoring_processes(root: Path) -> list[dict[str, Any]]:
             },
             "url": f"http://127.0.0.1:{DRIFT_PORT}",
             "ready": "/readyz",
+            # its checks (every model's window through Evidently: most of a core for seconds
+            # every 5 minutes) yield the CPU to the model services: compose and k8s give it
+            # its own CPU limits instead
+            "nice": BACKGROUND_NICE,
         }
     ]
     processes.append(
@@ -252,6 +259,7 @@ def up(root: Path = ROOT) -> int:
     started = []
     for process in plan(root):
         log = (RUN_DIR / "logs" / f"{process['name']}.log").open("ab")
+        nice = process.get("nice", 0)
         child = subprocess.Popen(
             process["command"],
             cwd=ROOT,
@@ -259,6 +267,7 @@ def up(root: Path = ROOT) -> int:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=functools.partial(os.nice, nice) if nice else None,
         )
         started.append(process | {"pid": child.pid})
     STATE.write_text(json.dumps(started, indent=2) + "\n")

@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "reports" / "load"))
     parser.add_argument("--tags", nargs="*", default=[], help="only these scenarios")
     parser.add_argument("--slo-error-ratio", type=float, default=0.01)
-    parser.add_argument("--slo-p95-ms", type=float, default=300.0)
-    parser.add_argument("--slo-p99-ms", type=float, default=1000.0)
+    parser.add_argument("--slo-p95-ms", type=float, default=50.0)
+    parser.add_argument("--slo-p99-ms", type=float, default=50.0)
     args, extra = parser.parse_known_args(argv)
     if args.users < models:  # Locust gives each user one class: some models would get none
         parser.error(f"--users {args.users}: at least {models}, one per catalog model")

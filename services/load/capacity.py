@@ -5,6 +5,8 @@ and an overload run above it (the shedding's proof). What `make load` runs.
     python -m services.load.capacity                         # ramp, confirm, overload
     python -m services.load.capacity --start 100 --step 100 --step-time 20s
     python -m services.load.capacity --confirm-only 400      # hold 400 req/s: pass or not
+    python -m services.load.capacity --overload-only 600     # 600 req/s: does it shed well?
+    python -m services.load.capacity --publish               # and write infra/deploy/capacity.json
 
 Each step is one headless Locust run (services/load/locustfile.py) whose users are paced
 (`--user-rate`): N users at R/N requests/s each offer R requests/s whatever the answers'
@@ -21,13 +23,19 @@ than queues: no answer slower than --overload-max-ms, no 5xx other than 503, no 
 connection, and every 429/503 says when to retry (Retry-After).
 
 Locust runs on the same machine as the stack and takes CPU from it: each step records the
-share of a core Locust used. Writes reports/load/capacity.{json,md,png} and each run's own
-Locust reports under reports/load/capacity/.
+cores Locust used and, for the local stack (run/stack.json), every process's: a model
+service's CPU milliseconds per request give its requests/s per core, the scaling rule the
+k8s HPA targets use. Writes reports/load/capacity.{json,md,png} and each run's own Locust
+reports under reports/load/capacity/. --publish also writes infra/deploy/capacity.json, the
+rating `make manifests` turns into each model's HPA target: its requests/s per core times the
+share of the machine's CPU that was busy at the rated rate (the utilisation at which p99 was
+still <= 50 ms), so that a pod scales out before its tail does.
 """
 
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -37,6 +45,7 @@ from typing import Any
 
 from pipelines.catalog import load_catalog
 from pipelines.paths import ROOT
+from services.deploy import CAPACITY as PUBLISHED
 from services.load.__main__ import DEFAULT_HOST, LOCUSTFILE
 
 MAX_USER_RATE = 4.0  # requests/s per user: a pause of 250 ms, well above the 50 ms target
@@ -61,6 +70,7 @@ class Step:
     p99_ms: float = 0.0
     max_ms: float = 0.0
     locust_cpu: float = 0.0  # cores Locust itself used
+    cpu: dict[str, float] = field(default_factory=dict)  # cores each stack process used
     statuses: dict[str, int] = field(default_factory=dict)
     models: dict[str, dict[str, float]] = field(default_factory=dict)
     passed: bool = False
@@ -108,6 +118,40 @@ def judge_overload(step: Step, max_ms: float) -> list[str]:
     return why
 
 
+def per_core(step: Step) -> dict[str, dict[str, float]]:
+    """Each model service's CPU per request in this run and the requests/s one core of it
+    serves (at 100% busy: the HPA targets take a share of it)."""
+    rule = {}
+    for key, measured in step.models.items():
+        cores, rps = step.cpu.get(key), measured["rps"]
+        if cores and rps:
+            cpu_ms = cores / rps * 1000
+            rule[key] = {"cpu_ms": round(cpu_ms, 3), "rps_per_core": round(1000 / cpu_ms)}
+    return rule
+
+
+def busy_share(step: Step) -> float:
+    """The share of the machine's cores the stack and Locust kept busy during the run."""
+    return min(1.0, (sum(step.cpu.values()) + step.locust_cpu) / (os.cpu_count() or 1))
+
+
+def published(result: dict[str, Any]) -> dict[str, Any]:
+    """What infra/deploy/capacity.json keeps: the rating and each model's HPA target."""
+    confirm = Step(**result["confirm"])
+    share = round(busy_share(confirm), 2)  # as published: the targets follow from it
+    return {
+        "measured_by": "python -m services.load.capacity --publish (make load)",
+        "machine": f"{os.cpu_count()} cores, the local stack and Locust together",
+        "p99_ms": result["p99_ms"],
+        "rated_rps": result["rated"],
+        "busy_share": share,
+        "models": {
+            key: {**cost, "hpa_rps": max(1, math.floor(cost["rps_per_core"] * share))}
+            for key, cost in per_core(confirm).items()
+        },
+    }
+
+
 def rated(steps: list[Step]) -> float:
     """The highest passing rate below the first failing one (0: none passed)."""
     best = 0.0
@@ -121,6 +165,29 @@ def rated(steps: list[Step]) -> float:
 def _cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+def stack_processes() -> dict[str, int]:
+    """The local stack's processes by name (run/stack.json), where that stack is up."""
+    state = Path(os.environ.get("STACK_RUN_DIR", ROOT / "run")) / "stack.json"
+    if not state.exists():
+        return {}
+    return {p["name"]: p["pid"] for p in json.loads(state.read_text())}
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU time so far of each process and its children (workers), by name."""
+    import psutil
+
+    seconds = {}
+    for name, pid in pids.items():
+        try:
+            process = psutil.Process(pid)
+            family = [process, *process.children(recursive=True)]
+            seconds[name] = sum(p.cpu_times().user + p.cpu_times().system for p in family)
+        except psutil.Error:  # gone: nothing to count
+            continue
+    return seconds
 
 
 def run_step(args: argparse.Namespace, rate: float, seconds: int, name: str) -> Step:
@@ -141,9 +208,17 @@ def run_step(args: argparse.Namespace, rate: float, seconds: int, name: str) -> 
         "--slo-report", str(out / "slo.json"), "--csv", str(out / "locust"),
         "--html", str(out / "locust.html"),
     ]  # fmt: skip
-    before = _cpu()
+    pids = stack_processes()
+    before, stack_before = _cpu(), cpu_seconds(pids)
     subprocess.run(command, cwd=ROOT, check=False, capture_output=True, timeout=seconds + 120)
-    cpu = (_cpu() - before) / (seconds + WARMUP_S)
+    elapsed = seconds + WARMUP_S
+    cpu = (_cpu() - before) / elapsed
+    stack_after = cpu_seconds(pids)
+    stack_cpu = {
+        name: round((stack_after[name] - stack_before[name]) / elapsed, 3)
+        for name in stack_after
+        if name in stack_before
+    }
     report = json.loads((out / "slo.json").read_text())
     total = report["results"]["total"]
     return Step(
@@ -159,6 +234,7 @@ def run_step(args: argparse.Namespace, rate: float, seconds: int, name: str) -> 
         p99_ms=total["p99_ms"],
         max_ms=total["max_ms"],
         locust_cpu=round(cpu, 2),
+        cpu=stack_cpu,
         statuses=report["statuses"],
         models=report["models"],
     )
@@ -251,14 +327,25 @@ def markdown(result: dict[str, Any]) -> str:
             f"{s.achieved:.0f} achieved, p50 {s.p50_ms:.0f} ms, p99 {s.p99_ms:.0f} ms, "
             f"max {s.max_ms:.0f} ms; answers by status: {s.statuses}",
             "",
-            "| model | req/s | p50 ms | p99 ms | max ms | failed |",
-            "|---|---:|---:|---:|---:|---:|",
+            "| model | req/s | p50 ms | p99 ms | max ms | failed | CPU ms/request "
+            "| req/s per core |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
         ]
-        lines += [
-            f"| {key} | {m['rps']:.1f} | {m['p50_ms']:.0f} | {m['p99_ms']:.0f} "
-            f"| {m['max_ms']:.0f} | {m['failures']:.0f} |"
-            for key, m in s.models.items()
-        ]
+        rule = per_core(s)
+        for key, m in s.models.items():
+            cost = rule.get(key, {})
+            lines.append(
+                f"| {key} | {m['rps']:.1f} | {m['p50_ms']:.0f} | {m['p99_ms']:.0f} "
+                f"| {m['max_ms']:.0f} | {m['failures']:.0f} | {cost.get('cpu_ms', '')} "
+                f"| {cost.get('rps_per_core', '')} |"
+            )
+        others = {name: cores for name, cores in s.cpu.items() if name not in s.models}
+        if others or s.locust_cpu:
+            used = ", ".join(f"{name} {cores:.2f}" for name, cores in sorted(others.items()))
+            lines += [
+                "",
+                f"Cores used besides the model services: Locust {s.locust_cpu:.2f}, {used}.",
+            ]
     return "\n".join(lines) + "\n"
 
 
@@ -277,8 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", default=str(ROOT), help="where data/split/ is")
     parser.add_argument("--out", default=str(ROOT / "reports" / "load"))
     parser.add_argument("--p99-ms", type=float, default=50.0, help="the latency target")
-    parser.add_argument("--start", type=float, default=100.0, help="first offered rate, req/s")
-    parser.add_argument("--step", type=float, default=100.0, help="added per step, req/s")
+    parser.add_argument("--start", type=float, default=50.0, help="first offered rate, req/s")
+    parser.add_argument("--step", type=float, default=50.0, help="added per step, req/s")
     parser.add_argument("--max-rate", type=float, default=5000.0)
     parser.add_argument("--step-time", type=seconds, default=20, dest="step_seconds")
     parser.add_argument("--past", type=int, default=1, help="failing steps to run (the knee)")
@@ -287,11 +374,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overload", type=float, default=2.0, help="x the rated rate; 0: none")
     parser.add_argument("--overload-time", type=seconds, default=30, dest="overload_seconds")
     parser.add_argument("--overload-max-ms", type=float, default=1000.0)
+    parser.add_argument("--overload-only", type=float, default=0.0, help="one overload run")
+    parser.add_argument("--publish", action="store_true", help=f"write {PUBLISHED.name}")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     models = len(load_catalog())
 
+    if args.overload_only:
+        over = run_step(args, args.overload_only, args.overload_seconds, "overload")
+        over.why = judge_overload(over, args.overload_max_ms)
+        over.passed = not over.why
+        _show(over, "overload")
+        (out / "overload.json").write_text(json.dumps(asdict(over), indent=2) + "\n")
+        return 0 if over.passed else 1
     steps = [] if args.confirm_only else ramp(args)
     rating = args.confirm_only or rated(steps)
     result: dict[str, Any] = {
@@ -300,14 +396,22 @@ def main(argv: list[str] | None = None) -> int:
     }  # fmt: skip
     ok = rating > 0
     if rating:
-        confirm = run_step(args, rating, args.confirm_seconds, "rated")
-        confirm.why = judge(confirm, args.p99_ms)
-        confirm.passed = not confirm.why
-        _show(confirm, "rated")
+        # the rating must hold for longer than a step: where it does not (a ramp's lucky
+        # step at the knee), the step below is tried, twice at most
+        for _ in range(1 if args.confirm_only else 3):
+            confirm = run_step(args, rating, args.confirm_seconds, "rated")
+            confirm.why = judge(confirm, args.p99_ms)
+            confirm.passed = not confirm.why
+            _show(confirm, "rated")
+            if confirm.passed or rating - args.step < args.start:
+                break
+            rating -= args.step
+        rating = result["rated"] = rating if confirm.passed else 0.0
         result["confirm"] = asdict(confirm)
+        result["per_core"] = per_core(confirm)
         ok = ok and confirm.passed
         if args.overload:
-            over = run_step(args, rating * args.overload, args.overload_seconds, "overload")
+            over = run_step(args, confirm.rate * args.overload, args.overload_seconds, "overload")
             over.why = judge_overload(over, args.overload_max_ms)
             over.passed = not over.why
             _show(over, "overload")
@@ -320,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     (out / f"{name}.md").write_text(markdown(result))
     if steps:
         plot(steps, rating, args.p99_ms, out / f"{name}.png")
+    if args.publish and ok:
+        PUBLISHED.write_text(json.dumps(published(result), indent=2) + "\n")
+        print(f"published {PUBLISHED.relative_to(ROOT)}: `make manifests` sets the HPA targets")
     print(
         f"rated capacity: {rating:.0f} req/s ({rating / models:.0f} per model) -> {out}/{name}.md"
     )

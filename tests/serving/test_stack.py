@@ -189,13 +189,15 @@ def test_the_hostile_corpus_through_the_proxy_gets_4xx_and_leaves_it_serving(
 def test_load_meets_its_slo_thresholds(
     stack: tuple[Stack, subprocess.CompletedProcess[str]], tmp_path: Path
 ) -> None:
-    """`make load` on the stack, bounded: a user class per model, every scenario."""
+    """`make load-smoke` on the stack, bounded: a user class per model, every scenario. The
+    thresholds are the smoke's, not the rating's (p99 50 ms at a paced rate: `make load`):
+    here the stack shares two cores with pytest and Locust's unpaced users."""
     running, _ = stack
     out = tmp_path / "load"
     command = [
         sys.executable, "-m", "services.load",
         "--host", running.proxy, "--users", str(len(KEYS)), "--spawn-rate", str(len(KEYS)),
-        "--run-time", "25s",
+        "--run-time", "25s", "--slo-p95-ms", "300", "--slo-p99-ms", "1000",
         "--data-root", str(running.root), "--out", str(out),
     ]  # fmt: skip
     run = subprocess.run(
@@ -208,7 +210,9 @@ def test_load_meets_its_slo_thresholds(
     results = report["results"]
     for key in KEYS:
         sent = {name for name in results if name.startswith(f"POST {key} ")}
-        expected = {f"POST {key} /predict", f"POST {key} /predict [10]"}
+        expected = {f"POST {key} /predict"}
+        if CATALOG[key].task != "retrieval":  # a search is asked one query at a time
+            expected.add(f"POST {key} /predict [10]")
         assert expected <= sent, f"{key}: {sorted(sent)}"
         if CATALOG[key].features:
             assert f"POST {key} /predict [entity]" in sent
@@ -217,6 +221,31 @@ def test_load_meets_its_slo_thresholds(
     assert results["total"]["requests"] > 100
     assert (out / "locust.html").stat().st_size > 10_000
     assert (out / "locust_stats.csv").read_text().count("\n") > len(KEYS)
+
+
+def test_past_its_capacity_the_stack_sheds_fast_and_never_fails(
+    stack: tuple[Stack, subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    """`make load`'s overload run: 450 requests/s offered (this machine rates 200 quiet,
+    reports/load/capacity.md) by Poisson-paced users for 15 s. Every answer comes within
+    1 s; what is not served is a 429/503 with Retry-After, never a 5xx else, a refused
+    connection or a 502 from a live service."""
+    running, _ = stack
+    out = tmp_path / "load"
+    command = [
+        sys.executable, "-m", "services.load.capacity", "--overload-only", "450",
+        "--overload-time", "15s", "--host", running.proxy,
+        "--data-root", str(running.root), "--out", str(out),
+    ]  # fmt: skip
+    run = subprocess.run(
+        command, cwd=ROOT, env=running.env, capture_output=True, text=True, timeout=240
+    )
+    assert (out / "overload.json").exists(), run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads((out / "overload.json").read_text())
+    assert run.returncode == 0 and result["passed"], (result["why"], result["statuses"])
+    assert result["max_ms"] < 1000 and result["requests"] > 3000
+    codes = {code for code in result["statuses"] if code.isdigit()}
+    assert codes <= {"200", "400", "429", "503"}, result["statuses"]
 
 
 def test_stack_stops_cleanly(stack: tuple[Stack, subprocess.CompletedProcess[str]]) -> None:

@@ -195,6 +195,9 @@ def test_every_model_has_a_service_an_hpa_and_a_pdb(overlay: str) -> None:
         metrics = {m["type"]: m for m in hpas[name]["spec"]["metrics"]}
         assert metrics["Resource"]["resource"]["name"] == "cpu"
         assert metrics["Pods"]["pods"]["metric"]["name"] == "serving_requests_per_second"
+        # the measured rating (make load --publish), not a number typed in
+        target = metrics["Pods"]["pods"]["target"]["averageValue"]
+        assert target == str(deploy.hpa_targets()[key]), (key, target)
         assert pdbs[name]["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": name}
     if overlay == "production":
         assert all(deployments[deploy.dns(k)]["spec"]["replicas"] >= 2 for k in KEYS)

@@ -1,6 +1,11 @@
 """The rated capacity's arithmetic and verdicts (services/load/capacity.py) on synthetic steps."""
 
-from services.load.capacity import Step, judge, judge_overload, markdown, pacing, rated
+import json
+import math
+
+from pipelines.catalog import load_catalog
+from services.deploy import CAPACITY, hpa_targets
+from services.load.capacity import Step, judge, judge_overload, markdown, pacing, per_core, rated
 
 
 def step(rate: float, p99: float = 20.0, failures: int = 0, achieved: float | None = None,
@@ -64,3 +69,18 @@ def test_the_report_names_the_rating_and_every_step() -> None:
     assert "Rated: **100 requests/s**" in text and "8 per model" in text
     assert "| 200 | 200 |" in text and "p99 70 ms > 50 ms" in text
     assert "| titanic | 7.7 | 3 | 12 | 30 | 0 |" in text
+    confirm.cpu = {"titanic": 0.077, "proxy": 0.2}
+    assert per_core(confirm) == {"titanic": {"cpu_ms": 10.0, "rps_per_core": 100}}
+
+
+def test_the_published_rating_covers_every_model_and_sets_its_hpa() -> None:
+    """infra/deploy/capacity.json is a measurement (make load --publish), kept consistent:
+    every catalog model has its CPU per request and an HPA target derived from it."""
+    rating = json.loads(CAPACITY.read_text())
+    assert rating["rated_rps"] > 0 and rating["p99_ms"] == 50
+    assert 0 < rating["busy_share"] <= 1
+    assert set(rating["models"]) == set(load_catalog())
+    for key, cost in rating["models"].items():
+        assert cost["rps_per_core"] == round(1000 / cost["cpu_ms"]), key
+        assert cost["hpa_rps"] == max(1, math.floor(cost["rps_per_core"] * rating["busy_share"]))
+    assert hpa_targets() == {key: cost["hpa_rps"] for key, cost in rating["models"].items()}

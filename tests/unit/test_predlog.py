@@ -83,9 +83,10 @@ def test_requests_answered_in_one_loop_turn_share_one_commit(tmp_path: Path) -> 
     assert set(rows[0]) == {"id", *COLUMNS}
 
 
-def test_a_lock_held_elsewhere_waits_in_the_thread_not_on_the_loop(tmp_path: Path) -> None:
-    """Another process's transaction holds the file's write lock: the commit waits for it in
-    the log's thread while the event loop goes on serving; it lands once the lock is free."""
+def test_a_lock_held_elsewhere_is_tried_again_without_blocking_the_loop(tmp_path: Path) -> None:
+    """Another process's transaction holds the file's write lock: the commit is tried again
+    shortly while the event loop goes on serving; it lands once the lock is free, with the
+    rows that arrived meanwhile in the same commit."""
     sink = Counting(tmp_path / "log.sqlite")
     other = sqlite3.connect(tmp_path / "log.sqlite", isolation_level=None)
     log = PredictionLog(sink)
@@ -98,13 +99,26 @@ def test_a_lock_held_elsewhere_waits_in_the_thread_not_on_the_loop(tmp_path: Pat
         for _ in range(20):  # the loop is free while the commit waits
             await asyncio.sleep(0.01)
             ticks += 1
-        assert not stored.done()
+        later = asyncio.create_task(log.append([row("r2")]))
+        await asyncio.sleep(0.01)
+        assert not stored.done() and not later.done()
         other.execute("COMMIT")
-        await asyncio.wait_for(stored, 5)
+        await asyncio.wait_for(asyncio.gather(stored, later), 5)
 
     asyncio.run(traffic())
-    assert ticks == 20 and sink.waited == [1] and sink.commits == [1]
-    assert sink.db.execute("SELECT request_id FROM predictions").fetchall() == [("r1",)]
+    assert ticks == 20 and sink.waited == [] and sink.commits == [2]
+    rows = sink.db.execute("SELECT request_id FROM predictions ORDER BY id").fetchall()
+    assert rows == [("r1",), ("r2",)]
+
+
+def test_a_lock_held_past_the_timeout_refuses_the_requests(tmp_path: Path) -> None:
+    sink = SQLiteSink(tmp_path / "log.sqlite", timeout_s=0.1)
+    other = sqlite3.connect(tmp_path / "log.sqlite", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    log = PredictionLog(sink)
+    with pytest.raises(PredictionLogUnavailable, match="write lock stayed taken"):
+        asyncio.run(log.append([row("r1")]))
+    other.execute("ROLLBACK")
 
 
 def test_checkpoints_run_in_the_thread_never_on_the_loop(tmp_path: Path) -> None:
