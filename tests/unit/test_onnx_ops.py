@@ -111,6 +111,34 @@ def test_anomaly_graph_scores_and_decides_as_the_detector() -> None:
     assert not any("raw_label" in node.output for node in graph.graph.node)  # pruned
 
 
+@pytest.mark.parametrize("max_features", [1.0, 0.5])
+def test_isolation_forest_is_one_tree_ensemble_with_sklearns_scores(max_features: float) -> None:
+    """Our converter: every tree in one TreeEnsembleRegressor whose leaves hold sklearn's own
+    path lengths (skl2onnx's builds ~27 nodes per tree), the same scores and decisions, also
+    where each tree sees a subset of the columns."""
+    rng = np.random.default_rng(1)
+    x = np.vstack([rng.normal(size=(400, 5)), rng.normal(5, 1, size=(25, 5))]).astype(np.float32)
+    detector = IsolationForest(
+        n_estimators=50, max_features=max_features, contamination=0.05, random_state=0
+    ).fit(x)
+    onnx_ops.register()
+    graph = to_onnx(
+        detector,
+        initial_types=[("x", FloatTensorType([None, 5]))],
+        target_opset={"": 18, "ai.onnx.ml": 3},
+        final_types=[
+            ("raw_label", Int64TensorType([None, 1])),
+            (RAW_SCORES, FloatTensorType([None, 1])),
+        ],
+    )
+    ops = [node.op_type for node in graph.graph.node]
+    assert ops.count("TreeEnsembleRegressor") == 1 and len(ops) < 12, ops
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    label, decision = session.run(None, {"x": x})
+    np.testing.assert_allclose(decision.ravel(), detector.decision_function(x), atol=1e-5)
+    assert (label.ravel() == detector.predict(x)).all()
+
+
 def test_silhouette_kmeans_finds_the_blobs_and_numbers_them_by_position() -> None:
     rng = np.random.default_rng(0)
     centres = np.array([[8.0, 0.0], [0.0, 0.0], [4.0, 6.0]])
