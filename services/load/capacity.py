@@ -210,7 +210,12 @@ def run_step(args: argparse.Namespace, rate: float, seconds: int, name: str) -> 
     ]  # fmt: skip
     pids = stack_processes()
     before, stack_before = _cpu(), cpu_seconds(pids)
-    subprocess.run(command, cwd=ROOT, check=False, capture_output=True, timeout=seconds + 120)
+    (out / "slo.json").unlink(missing_ok=True)  # an earlier run's must not pass for this one
+    run = subprocess.run(
+        command, cwd=ROOT, check=False, capture_output=True, text=True, timeout=seconds + 120
+    )
+    if not (out / "slo.json").exists():
+        raise RuntimeError(f"Locust wrote no report (exit {run.returncode}):\n{run.stderr[-3000:]}")
     elapsed = seconds + WARMUP_S
     cpu = (_cpu() - before) / elapsed
     stack_after = cpu_seconds(pids)
