@@ -237,7 +237,7 @@ class SQLiteSink:
             code = getattr(exc, "sqlite_errorcode", None)
             if code not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                 raise
-            return False  # the lock is another connection's: the thread waits for it
+            return False  # another connection holds the lock: PredictionLog tries again
         self.unchecked += len(rows)
         return True
 
@@ -418,6 +418,7 @@ class PredictionLog:
         self._pending: list[Row] = []
         self._waiters: list[asyncio.Future[None]] = []
         self._busy = False
+        self._maintaining = False  # a maintenance job is queued or running in the thread
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
         self._lock = threading.Lock()  # shadow rows arrive from BentoML/Starlette threads
@@ -479,7 +480,8 @@ class PredictionLog:
         waited = time.perf_counter() - start
         if stored:
             self._done(waiters, rows, waited, None)
-            if self.sink.needs_maintenance:
+            if self.sink.needs_maintenance and not self._maintaining:
+                self._maintaining = True  # one job at a time, however many commits pass
                 self._loop.run_in_executor(self._executor(), self._maintain)
         elif waited > self.sink.timeout_s:
             locked = TimeoutError(f"the log's write lock stayed taken for {waited:.1f} s")
@@ -511,6 +513,8 @@ class PredictionLog:
                 self.sink.maintain()
         except Exception as exc:  # the next one tries again; writes are unaffected
             log.warning("prediction log: maintenance failed: %s", exc)
+        finally:
+            self._maintaining = False
 
     def _write(self, rows: list[Row]) -> tuple[float, Exception | None]:
         assert self.sink is not None

@@ -245,6 +245,12 @@ def run_step(args: argparse.Namespace, rate: float, seconds: int, name: str) -> 
     )
 
 
+def _judged(step: Step, why: list[str], label: str) -> None:
+    """Give the step its verdict and print it."""
+    step.why, step.passed = why, not why
+    _show(step, label)
+
+
 def _show(step: Step, label: str) -> None:
     verdict = "pass" if step.passed else "FAIL: " + "; ".join(step.why)
     print(
@@ -261,9 +267,7 @@ def ramp(args: argparse.Namespace) -> list[Step]:
     rate, failing = float(args.start), 0
     while rate <= args.max_rate and failing <= args.past:
         step = run_step(args, rate, args.step_seconds, f"step-{rate:.0f}")
-        step.why = judge(step, args.p99_ms)
-        step.passed = not step.why
-        _show(step, "step")
+        _judged(step, judge(step, args.p99_ms), "step")
         steps.append(step)
         failing += not step.passed
         rate += args.step
@@ -388,9 +392,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.overload_only:
         over = run_step(args, args.overload_only, args.overload_seconds, "overload")
-        over.why = judge_overload(over, args.overload_max_ms)
-        over.passed = not over.why
-        _show(over, "overload")
+        _judged(over, judge_overload(over, args.overload_max_ms), "overload")
         (out / "overload.json").write_text(json.dumps(asdict(over), indent=2) + "\n")
         return 0 if over.passed else 1
     steps = [] if args.confirm_only else ramp(args)
@@ -405,9 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         # step at the knee), the step below is tried, twice at most
         for _ in range(1 if args.confirm_only else 3):
             confirm = run_step(args, rating, args.confirm_seconds, "rated")
-            confirm.why = judge(confirm, args.p99_ms)
-            confirm.passed = not confirm.why
-            _show(confirm, "rated")
+            _judged(confirm, judge(confirm, args.p99_ms), "rated")
             if confirm.passed or rating - args.step < args.start:
                 break
             rating -= args.step
@@ -417,9 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         ok = ok and confirm.passed
         if args.overload:
             over = run_step(args, confirm.rate * args.overload, args.overload_seconds, "overload")
-            over.why = judge_overload(over, args.overload_max_ms)
-            over.passed = not over.why
-            _show(over, "overload")
+            _judged(over, judge_overload(over, args.overload_max_ms), "overload")
             result["overload"] = asdict(over)
             ok = ok and over.passed
     else:
