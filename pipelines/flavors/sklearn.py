@@ -18,7 +18,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 
 from pipelines.catalog import UNSUPERVISED, ModelSpec
-from pipelines.flavors import onnx_ops
+from pipelines.flavors import onnx_ops, sparse_text
 from pipelines.log import get_logger
 from pipelines.metrics import decision_threshold
 from pipelines.models.forecasting import FEATURES, DayAheadForecaster, forecast_onnx
@@ -157,6 +157,7 @@ def to_onnx(model: Any, spec: ModelSpec) -> onnx.ModelProto:
         options=options,
         final_types=final_types,
     )
+    graph = sparse_text.sparsify(graph)  # TF-IDF + a logistic output: per token, not dense
     if spec.task == "anomaly":
         threshold = decision_threshold(model)
         assert threshold is not None, "an outlier detector has an offset_ once fitted"
