@@ -20,7 +20,7 @@ from starlette.routing import Route
 from pipelines.catalog import get_spec
 from services import auth, oip
 from services.errors import InputError
-from services.guard import Guard
+from services.guard import Endpoint, Guard
 from services.predlog import PredictionLogUnavailable
 from services.responses import error_response, json_response
 from services.service import ModelService
@@ -109,14 +109,15 @@ def create_app(model: str, settings: ServeSettings | None = None) -> FastAPI:
         telemetry=NO_TELEMETRY,
     )
     app.state.service = service
-    add_routes(app, service)
+    direct = add_routes(app, service)
     oip.add_routes(app, service)
     add_error_handlers(app)
-    app.add_middleware(Guard, service=service)
+    app.add_middleware(Guard, service=service, direct=direct, handlers=app.exception_handlers)
     return app
 
 
-def add_routes(app: FastAPI, service: ModelService) -> None:
+def add_routes(app: FastAPI, service: ModelService) -> dict[str, Endpoint]:
+    """The routes; returns those the guard calls directly (path: handler)."""
     schema = service.request_model.model_json_schema(ref_template="#/components/schemas/{model}")
     definitions = schema.pop("$defs", {})
     body_doc = {
@@ -140,8 +141,9 @@ def add_routes(app: FastAPI, service: ModelService) -> None:
             )
         return json_response(answer, background=task)
 
-    # FastAPI documents /predict (OpenAPI, /docs); this plain Starlette route in front of it
-    # serves it without FastAPI's per-request dependency solving, which the handler never uses
+    # FastAPI documents /predict (OpenAPI, /docs); the guard calls the handler itself (no
+    # dependency solving, which it never uses, nor Starlette's router), and this plain route
+    # in front answers what the guard passes on (a 405 for another method)
     app.router.routes.insert(0, Route("/predict", predict, methods=["POST"]))
 
     @app.get("/livez")
@@ -193,6 +195,7 @@ def add_routes(app: FastAPI, service: ModelService) -> None:
         return document
 
     app.openapi = openapi  # type: ignore[method-assign]
+    return {"/predict": predict}
 
 
 def add_error_handlers(app: FastAPI) -> None:

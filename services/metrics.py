@@ -9,8 +9,7 @@ champion from the challenger.
 import os
 import time
 from collections import Counter as Tally
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import (
@@ -49,6 +48,22 @@ VALUE_BUCKETS = tuple(m * 10.0**e for e in range(-3, 8) for m in (1, 2, 5))
 
 def multiprocess() -> bool:
     return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+
+class Timed:
+    """A histogram observation of a block's duration: a plain context manager, since
+    @contextmanager's generator costs more than the observation on the request path."""
+
+    __slots__ = ("histogram", "start")
+
+    def __init__(self, histogram: Any) -> None:
+        self.histogram, self.start = histogram, 0.0
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *_: object) -> None:
+        self.histogram.observe(time.perf_counter() - self.start)
 
 
 class ServiceMetrics:
@@ -211,14 +226,18 @@ class ServiceMetrics:
         for label, count in Tally(labels).items():
             self.child(self.labels, (model, version, alias, label)).inc(count)
 
-    @contextmanager
-    def timed(self, model: str, phase: str) -> Iterator[None]:
+    def timed(self, model: str, phase: str) -> "Timed":
         """Observe the block's duration as `phase` of a request (serving_request_phase_seconds)."""
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.child(self.phase, (model, phase)).observe(time.perf_counter() - start)
+        return Timed(self.child(self.phase, (model, phase)))
+
+    def live_gauge(self, gauge: Any, read: Callable[[], float]) -> bool:
+        """Let `gauge` read its value from `read` at each scrape (False: nothing to count per
+        request); True in multiprocess mode, where the workers' files hold the value and
+        the caller keeps counting with inc() and dec()."""
+        if multiprocess():
+            return True
+        gauge.set_function(read)
+        return False
 
     def child(self, metric: Any, labels: tuple[str, ...]) -> Any:
         """metric.labels(*labels), remembered (labels() takes a lock and builds a key)."""

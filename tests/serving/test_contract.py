@@ -198,6 +198,26 @@ def test_body_over_the_limit_is_413(services: dict[str, Service]) -> None:
     assert response.status_code == 413
 
 
+def test_predict_takes_only_post_and_counts_what_is_in_flight(
+    services: dict[str, Service], trained: Path
+) -> None:
+    """The guard answers POST /predict itself; other methods still reach the router's 405
+    (in the contract's shape), and the in-flight gauge reads the guard's count at scrape."""
+    service = services["titanic"]
+    for method in ("GET", "PUT", "DELETE"):
+        response = httpx.request(method, service.url + "/predict")
+        assert response.status_code == 405, method
+        assert response.json()["error"] == "Method Not Allowed"
+        assert response.headers["x-request-id"]
+    records = as_records(held_out(trained, "titanic", 2), CATALOG["titanic"])
+    assert service.post("/predict", {"records": records}).status_code == 200
+    text = httpx.get(service.url + "/metrics").text
+    assert 'serving_inflight_requests{model="titanic"} 0.0' in text
+    phases = ("parse", "inference", "log")
+    for phase in phases:
+        assert f'serving_request_phase_seconds_count{{model="titanic",phase="{phase}"}}' in text
+
+
 def test_unknown_model_is_404(services: dict[str, Service]) -> None:
     response = httpx.post(services["titanic"].url + "/v2/models/churn/infer", json={"inputs": []})
     assert response.status_code == 404
