@@ -357,10 +357,20 @@ def score_label(prediction: dict[str, Any]) -> tuple[float | None, str | None]:
     return None, prediction.get("label")
 
 
+def logged(prediction: dict[str, Any]) -> dict[str, Any]:
+    """A prediction as stored: search results by document id and score, without the
+    document's text (a copy of the corpus of the version that answered; ~10 KB a query, its
+    commit took longer than the rest of the request's work but the encoding)."""
+    if "results" not in prediction:
+        return prediction
+    kept = [{k: v for k, v in r.items() if k != "text"} for r in prediction["results"]]
+    return prediction | {"results": kept}
+
+
 def record_row(answer: dict[str, Any], records: list[BaseModel], route: str, now: float) -> Row:
     """The row of a /predict answer: the valid records and their predictions (errors have
     none), with their positions in the request."""
-    served = [(i, p) for i, p in enumerate(answer["predictions"]) if "error" not in p]
+    served = [(i, logged(p)) for i, p in enumerate(answer["predictions"]) if "error" not in p]
     return (
         now,
         answer["request_id"],
@@ -387,7 +397,8 @@ def tensor_row(
     }
     size = len(predictions)
     inputs = [{name: values[i] for name, values in columns.items()} for i in range(size)]
-    return (*head, size, dumps(list(range(size))), dumps(inputs), dumps(predictions))
+    stored = [logged(p) for p in predictions]
+    return (*head, size, dumps(list(range(size))), dumps(inputs), dumps(stored))
 
 
 def capped(row: Row, max_bytes: int) -> Row:

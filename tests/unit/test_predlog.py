@@ -224,6 +224,24 @@ def test_a_record_row_pairs_each_valid_record_with_its_prediction() -> None:
     assert orjson.loads(row[9]) == [answer["predictions"][0], answer["predictions"][2]]
 
 
+def test_search_results_are_logged_by_document_id_and_score() -> None:
+    results = [{"product": "B001", "text": "great coffee " * 200, "score": 0.8}]
+    answer = {
+        "request_id": "q1",
+        "model": "semantic_search",
+        "version": "2",
+        "alias": "champion",
+        "predictions": [{"results": results}, {"results": []}],
+    }
+    row = record_row(answer, [Record(age=1, sex="x"), Record(age=2, sex="y")], "/predict", 1.0)
+    assert orjson.loads(row[9]) == [
+        {"results": [{"product": "B001", "score": 0.8}]},
+        {"results": []},
+    ]
+    assert answer["predictions"][0]["results"][0]["text"]  # the answer itself is untouched
+    assert score_label(orjson.loads(row[9])[0]) == (0.8, None)  # what the drift view reads
+
+
 def test_score_and_label_of_every_prediction_shape() -> None:
     assert score_label({"value": 12.5}) == (12.5, None)
     assert score_label({"label": "1", "probability": 0.7}) == (0.7, "1")
