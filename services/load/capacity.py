@@ -125,8 +125,8 @@ def per_core(step: Step) -> dict[str, dict[str, float]]:
     for key, measured in step.models.items():
         cores, rps = step.cpu.get(key), measured["rps"]
         if cores and rps:
-            cpu_ms = cores / rps * 1000
-            rule[key] = {"cpu_ms": round(cpu_ms, 3), "rps_per_core": round(1000 / cpu_ms)}
+            cpu_ms = round(cores / rps * 1000, 3)  # the rate from the published figure
+            rule[key] = {"cpu_ms": cpu_ms, "rps_per_core": round(1000 / cpu_ms)}
     return rule
 
 
