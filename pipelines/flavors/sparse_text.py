@@ -44,15 +44,8 @@ def _start(graph: onnx.GraphProto) -> int | None:
     return None
 
 
-def _chain(graph: onnx.GraphProto) -> list[onnx.NodeProto] | None:
-    start = _start(graph)
-    return None if start is None else [graph.node[start + i] for i in range(4)]
-
-
-def convertible(graph: onnx.ModelProto) -> bool:
-    nodes = _chain(graph.graph)
-    if nodes is None:
-        return False
+def convertible(nodes: list[onnx.NodeProto]) -> bool:
+    """Whether the chain's settings are the ones the sparse graph computes."""
     vectorizer, _, normalizer, linear = (_attrs(n) for n in nodes)
     counts = list(vectorizer["ngram_counts"])
     return (
@@ -76,10 +69,14 @@ def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
 def sparsify(model: onnx.ModelProto) -> onnx.ModelProto:
     """The same model with the dense chain replaced (see the module); unchanged if it does
     not match."""
-    if not convertible(model):
-        return model
     graph = model.graph
-    vectorizer_node, mul_node, _, linear_node = _chain(graph) or []
+    position = _start(graph)
+    if position is None:
+        return model
+    chain = [graph.node[position + i] for i in range(4)]
+    if not convertible(chain):
+        return model
+    vectorizer_node, mul_node, _, linear_node = chain
     vectorizer, linear = _attrs(vectorizer_node), _attrs(linear_node)
     idf_name = next(i for i in mul_node.input if i != vectorizer_node.output[0])
     initializers = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
@@ -228,8 +225,6 @@ def sparsify(model: onnx.ModelProto) -> onnx.ModelProto:
         helper.make_node("Greater", ["st_p1", "st_half"], ["st_positive"]),
         helper.make_node("Cast", ["st_positive"], [linear_node.output[0]], to=TensorProto.INT64),
     ]
-    position = _start(graph)
-    assert position is not None
     before = [graph.node[i] for i in range(position)]
     after = [graph.node[i] for i in range(position + 4, len(graph.node))]
     rebuilt = [onnx.NodeProto() for _ in range(len(before) + len(nodes) + len(after))]
