@@ -98,6 +98,7 @@ def create_app(model: str, settings: ServeSettings | None = None) -> FastAPI:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)  # the last access-log flush
         await service.prediction_log.close()
+        service.stop_inference()
 
     app = FastAPI(
         title=f"{model} model service",

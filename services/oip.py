@@ -167,7 +167,7 @@ def add_routes(app: FastAPI, service: ModelService) -> None:
         else:
             feeds = _feeds(service, arrays, size)
         wanted, binary = requested_outputs(model, header)
-        result = await service.run(model.run, size, feeds, wanted)
+        result = await service.infer(model.run, size, feeds, wanted)
         service.observe(model, result, size, "/v2/infer")
         request.state.served = (model.version, model.alias)
         await service.log_tensors(model, feeds, result, request.state.request_id)

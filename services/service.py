@@ -5,6 +5,7 @@ object, so the contract cannot differ between them.
 """
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 from collections.abc import Callable
@@ -61,6 +62,7 @@ class ModelService:
         )
         for counter in (self.metrics.log_rows, self.metrics.log_errors):  # 0, so increase() sees
             self.metrics.child(counter, (spec.key,))  # the first error
+        self._inference: concurrent.futures.ThreadPoolExecutor | None = None
         self.entities: EntityRequests | None = None
         self.features_problem = ""  # why entity-keyed requests cannot be served, if they can't
         if spec.features:
@@ -132,10 +134,29 @@ class ModelService:
         return records
 
     async def run(self, work: Callable[..., T], size: int, *args: Any) -> T:
-        """Small batches on the event loop; large ones in a thread, bounded by the timeout."""
+        """I/O (feature lookups): small batches on the event loop; large ones in a thread,
+        bounded by the timeout."""
         if size <= self.settings.inline_max_records:
             return work(*args)
         return await asyncio.wait_for(run_in_threadpool(work, *args), self.settings.timeout_s)
+
+    def stop_inference(self) -> None:
+        """At shutdown: batches still in line are dropped (their requests are gone)."""
+        if self._inference is not None:
+            self._inference.shutdown(wait=False, cancel_futures=True)
+
+    async def infer(self, work: Callable[..., T], size: int, *args: Any) -> T:
+        """Inference: small batches on the event loop; large ones in the inference threads
+        (`inference_threads`, one by default), in line, bounded by the timeout: a batch
+        still waiting when it passes is cancelled, not run for a client that got its 504."""
+        if size <= self.settings.inline_max_records:
+            return work(*args)
+        if self._inference is None:
+            self._inference = concurrent.futures.ThreadPoolExecutor(
+                self.settings.inference_threads, "inference"
+            )
+        future = asyncio.get_running_loop().run_in_executor(self._inference, work, *args)
+        return await asyncio.wait_for(future, self.settings.timeout_s)
 
     async def predict(
         self, body: bytes, request_id: str
@@ -200,7 +221,7 @@ class ModelService:
         model = route.serving
         records = [record for _, record in accepted]
         with self.metrics.timed(self.spec.key, "inference"):
-            result = await self.run(lambda: model.run(model.feeds(records)), len(records))
+            result = await self.infer(lambda: model.run(model.feeds(records)), len(records))
             self.observe(model, result, len(records) + len(invalid), "/predict")
             answers: list[Any] = [None] * (len(accepted) + len(invalid))
             for (index, _), prediction in zip(accepted, model.format(result), strict=True):
@@ -230,7 +251,8 @@ class ModelService:
         """Store a /predict answer's predictions; returns once they are committed."""
         if self.prediction_log.enabled:
             with self.metrics.timed(self.spec.key, "log"):
-                row = record_row(answer, records, "/predict", time.time())
+                max_bytes = self.prediction_log.max_bytes
+                row = record_row(answer, records, "/predict", time.time(), max_bytes)
                 await self.prediction_log.append([row])
 
     async def log_tensors(
@@ -283,6 +305,7 @@ class ModelService:
             records,
             "shadow",
             time.time(),
+            self.prediction_log.max_bytes,
         )
         self.prediction_log.append_threadsafe([row])  # after the response: nothing to hold up
         shadow_log.info(

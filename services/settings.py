@@ -36,8 +36,12 @@ class ServeSettings(BaseSettings):
     # Idle keep-alive connections stay open this long: longer than the proxy keeps its own
     # idle upstream connections (60 s), so the service never closes one the proxy reuses
     keepalive_s: float = Field(default=75.0, gt=0)
-    # Batches up to this size run on the event loop (no thread hop); larger ones in a thread
+    # Batches up to this size run on the event loop (no thread hop); larger ones in the
+    # worker's inference threads, this many (ONNX Runtime runs each on one core: two 1000-row
+    # batches at once in two threads on one core took twice as long each as one after the
+    # other, the cache thrashed; a batch that waits in line is cancelled at the timeout)
     inline_max_records: int = Field(default=16, ge=0)
+    inference_threads: int = Field(default=1, ge=1, le=64)
     challenger_mode: Literal["off", "split", "shadow"] = "off"
     challenger_share: float = Field(
         default=0.1, ge=0, le=1

@@ -30,6 +30,7 @@ class Result:
     points: list[Point] = field(default_factory=list)
     error: str = ""
     note: str = ""
+    rounds: dict[int, list[float]] = field(default_factory=dict)  # req/s of each round, by conn
 
     def at(self, connections: int) -> Point | None:
         return next((p for p in self.points if p.connections == connections), None)
@@ -152,11 +153,18 @@ NOTES = [
     "Runtime (one thread) and the answer. The services do more than the anchor (request ids, "
     "limits, metrics, an access log, the prediction log's commit before the answer) in about "
     "the same time: the guard calls the handler itself, past FastAPI's dependency solving and "
-    "Starlette's router, and parses with pydantic's validate_json. Between two runs on this "
-    "machine a model's ratio to the anchor moved by up to 0.15 (titanic at 16 connections: "
-    "1.12 then 0.97), so a ratio within a few percent of 1.0 is a tie. Their share of "
+    "Starlette's router, and parses with pydantic's validate_json. Measured one after the other, a "
+    "model's ratio to the anchor moved by up to 0.15 between two runs on this machine "
+    "(titanic at 16 connections: 1.12 then 0.97): the floor, the anchor and the service are "
+    "now up together and measured in turn, in rounds of alternating order, each point the "
+    "median round (its rate and latencies; serving.json has every round's rate). Their share of "
     "the floor falls as the model grows (ONNX Runtime alone: ~24 us a titanic record, ~154 us "
     "a house_prices record with 73 inputs, ~9 ms a search query's encoding).",
+    "1000-row batches run in the service's one inference thread, one after the other: in "
+    "threads of their own (anyio's pool) four at once on one core took 131 ms each where one "
+    "takes 62 (review_sentiment; the caches thrash), and the service was 0.91x the anchor, "
+    "which runs them on the event loop. Their scores reach the histogram in one numpy pass "
+    "(services/metrics.py observe_many: 1000 observe() calls took ~4 ms).",
     "1000-row batches: house_prices is bound by its tree ensemble (84% of its graph's time, "
     "~62k rows/s for the graph alone), review_sentiment by ONNX Runtime's regex tokenizer "
     "(its TF-IDF + logistic graph is sparse, pipelines/flavors/sparse_text.py: ~18k rows/s "
@@ -169,7 +177,9 @@ def markdown(results: list[Result], found: list[Check], info: dict[str, Any]) ->
         "# Serving benchmark",
         "",
         f"{info['date']}, {info['cpu_model']}, nproc {info['nproc']}; {info['pinning']}; "
-        f"{info['duration_s']:g} s per point after a warm-up; load average before/after: "
+        f"{info['duration_s']:g} s per wrk run after a warm-up; floor, anchor and service "
+        f"measured in turn, {info.get('rounds', 1)} round(s), the median shown; "
+        "load average before/after: "
         f"{info['load_before']} / {info['load_after']}.",
     ]
     for records, unit in ((1, "req/s"), (1000, "rows/s")):

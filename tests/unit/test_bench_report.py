@@ -40,3 +40,13 @@ def test_the_table_shows_each_server_as_a_share_of_the_floor_and_the_anchor() ->
     table = markdown(results, found, info)
     assert "| titanic | lean | 16 | 8,000 | 1.00 | 4.00 | 80% | 114% |" in table
     assert "| titanic | lean | 4 | 120,000 | 1.00 | 4.00 |  | 120% |" in table
+
+
+def test_a_compared_point_is_the_median_round_whole() -> None:
+    from services.bench.__main__ import median_point
+
+    rounds = [point(16, 5_000), point(16, 9_000), point(16, 7_000)]
+    rounds[2].p99_ms = 3.25  # the median round's own latency, not another round's
+    chosen = median_point(rounds)
+    assert (chosen.rps, chosen.p99_ms) == (7_000, 3.25)
+    assert median_point([point(16, 4_000)]).rps == 4_000

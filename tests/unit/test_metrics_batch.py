@@ -1,0 +1,61 @@
+"""A batch's scores counted in one pass give the exposition that observe() one by one gives."""
+
+import math
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.metrics import ONE_BY_ONE, observe_many
+
+BOUNDS = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def exposition(values: list[float], batch: bool) -> dict[str, float]:
+    """Each sample (bucket counts, count, sum) but the creation time."""
+    text = raw(values, batch).decode()
+    return {
+        f"{sample.name}{sorted(sample.labels.items())}": sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.name.endswith("_created")
+    }
+
+
+def same(values: list[float]) -> None:
+    batch, one_by_one = exposition(values, batch=True), exposition(values, batch=False)
+    assert batch.keys() == one_by_one.keys()
+    for name, value in one_by_one.items():  # the sum's order of additions differs
+        assert batch[name] == pytest.approx(value, rel=1e-12, nan_ok=True), name
+
+
+def raw(values: list[float], batch: bool) -> bytes:
+    registry = CollectorRegistry()
+    histogram = Histogram("score", "a score", ["model"], buckets=BOUNDS, registry=registry)
+    child = histogram.labels("titanic")
+    if batch:
+        observe_many(child, values)
+    else:
+        for value in values:
+            child.observe(value)
+    return generate_latest(registry)
+
+
+def test_a_batch_lands_in_the_buckets_observe_would_put_it_in() -> None:
+    rng = np.random.default_rng(7)
+    values = [*rng.uniform(-0.2, 1.2, 1000).tolist(), *BOUNDS, 0.0, 1.0, -math.inf, math.inf]
+    assert len(values) > ONE_BY_ONE  # the one-pass branch
+    same(values)
+
+
+def test_bounds_nan_and_small_batches_as_observe() -> None:
+    edges = [0.1, 0.1, 0.25, 0.9, 0.9000001, 5.0, 0.0, 0.5, 0.75, 0.2]
+    same(edges)
+    same(edges[:3])  # one by one
+    # NaN: counted in no bucket, its sum NaN, as observe() does
+    with_nan = [*edges, math.nan]
+    same(with_nan)
+    samples = exposition(with_nan, batch=True)
+    assert samples["score_count[('model', 'titanic')]"] == 10
+    assert math.isnan(samples["score_sum[('model', 'titanic')]"])
