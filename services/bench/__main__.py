@@ -13,6 +13,7 @@ reports/bench/serving.{md,json}.
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 import tempfile
@@ -36,6 +37,7 @@ CONNECTIONS = (16, 64)
 SEARCH_CONNECTIONS = (1, 16)
 BATCH_CONNECTIONS = 4  # enough to keep one worker busy; more only queues
 MLFLOW_MODELS = ("titanic", "house_prices")
+MIN_REQUESTS, MAX_RUN_S = 100, 30.0  # per wrk run of servers compared
 BENTO_MODELS = ("titanic",)
 
 
@@ -45,6 +47,16 @@ def log(message: str) -> None:
 
 def label(result: Result) -> str:
     return f"{result.model} / {result.server}" + (f" ({result.note})" if result.note else "")
+
+
+def run_seconds(duration: float, warm_rps: list[float]) -> float:
+    """Long enough for MIN_REQUESTS requests of the slowest server (up to MAX_RUN_S): wrk's
+    rate is whole requests over whole seconds, so 15 requests of a 1000-row energy_forecast
+    batch in 5 s moved its rate in steps of 7%."""
+    slowest = min(warm_rps, default=0.0)
+    if slowest <= 0:
+        return duration
+    return float(min(MAX_RUN_S, max(duration, math.ceil(MIN_REQUESTS / slowest))))
 
 
 def median_point(points: list[Point]) -> Point:
@@ -91,6 +103,7 @@ class Bench:
         median throughput. A server that fails is left out of the later rounds."""
         rounds = self.rounds if rounds is None else rounds
         runs: dict[int, dict[int, list[Point]]] = {}
+        warm: list[float] = []  # each server's req/s in its warm-up
         with contextlib.ExitStack() as stack:
             urls: dict[int, str] = {}
             for index, (result, start) in enumerate(contenders):
@@ -99,12 +112,15 @@ class Bench:
                 try:
                     url = stack.enter_context(start()) + url_path
                     servers.check_post(url, body.read_bytes())
-                    wrk.run(url, body, connections[0], self.warmup)
+                    warm.append(wrk.run(url, body, connections[0], self.warmup).rps)
                 except (servers.ServerError, wrk.WrkError) as exc:
                     fail(result, exc)
                     continue
                 urls[index] = url
                 runs[index] = {count: [] for count in connections}
+            seconds = run_seconds(self.duration, warm)
+            if seconds > self.duration:
+                log(f"{seconds:.0f} s per run: at least {MIN_REQUESTS} requests each")
             for turn in range(rounds):
                 order = sorted(urls, reverse=turn % 2 == 1)
                 for index, count in ((i, c) for i in order for c in connections):
@@ -112,7 +128,7 @@ class Bench:
                     if result.error:
                         continue
                     try:
-                        runs[index][count].append(wrk.run(urls[index], body, count, self.duration))
+                        runs[index][count].append(wrk.run(urls[index], body, count, seconds))
                     except wrk.WrkError as exc:
                         fail(result, exc)
         for index, by_count in runs.items():

@@ -50,3 +50,12 @@ def test_a_compared_point_is_the_median_round_whole() -> None:
     chosen = median_point(rounds)
     assert (chosen.rps, chosen.p99_ms) == (7_000, 3.25)
     assert median_point([point(16, 4_000)]).rps == 4_000
+
+
+def test_runs_are_long_enough_for_a_hundred_requests_of_the_slowest() -> None:
+    from services.bench.__main__ import MAX_RUN_S, run_seconds
+
+    assert run_seconds(5.0, [5_000.0, 4_000.0]) == 5.0  # single records: plenty
+    assert run_seconds(5.0, [14.0, 15.0]) == 8.0  # 1000-review batches: ceil(100 / 14)
+    assert run_seconds(5.0, [3.0, 2.9]) == MAX_RUN_S  # energy_forecast's: capped
+    assert run_seconds(5.0, []) == 5.0
