@@ -73,6 +73,7 @@ FETCH = 200  # rows per round trip (Postgres) or fetchmany (SQLite) of the drift
 # A record whose inputs were over the cap: {TRUNCATED: its JSON size}. No request field can
 # carry this name (pydantic fields never start with an underscore)
 TRUNCATED = "_truncated"
+MARKED = f'[{{"{TRUNCATED}":'  # how a row's inputs JSON starts once its records are markers
 
 
 class PredictionLogUnavailable(RuntimeError):
@@ -381,12 +382,8 @@ def record_row(
     served = [(i, logged(p)) for i, p in enumerate(answer["predictions"]) if "error" not in p]
     inputs = [record.__dict__ for record in records]
     inputs_json, outputs_json = dumps(inputs), dumps([p for _, p in served])
-    if max_bytes and len(inputs_json) + len(outputs_json) > max_bytes:
-        inputs_json = dumps([{TRUNCATED: len(dumps(record))} for record in inputs])
-        log.info(
-            "prediction log: request %s: inputs over the cap, stored as markers",
-            answer["request_id"],
-        )
+    if _over(inputs_json, outputs_json, max_bytes):
+        inputs_json = _markers(inputs, answer["request_id"])
     return (
         now,
         answer["request_id"],
@@ -417,15 +414,25 @@ def tensor_row(
     return (*head, size, dumps(list(range(size))), dumps(inputs), dumps(stored))
 
 
+def _over(inputs_json: str, outputs_json: str, max_bytes: int) -> bool:
+    return bool(max_bytes) and len(inputs_json) + len(outputs_json) > max_bytes
+
+
+def _markers(inputs: list[Any], request_id: str) -> str:
+    """The inputs JSON of records over the cap: {TRUNCATED: each record's JSON size}."""
+    log.info("prediction log: request %s: inputs over the cap, stored as markers", request_id)
+    return dumps([{TRUNCATED: len(dumps(record))} for record in inputs])
+
+
 def capped(row: Row, max_bytes: int) -> Row:
     """The row, or where its inputs and outputs exceed `max_bytes` of JSON (0: no cap), the
     row with each record's inputs replaced by {TRUNCATED: their size}: the outputs are kept,
-    and the drift window skips those records."""
-    if not max_bytes or len(row[8]) + len(row[9]) <= max_bytes:
+    and the drift window skips those records. A row whose records are markers already
+    (record_row marks them from the records, without parsing the JSON back) stays as it is:
+    its outputs alone may be over the cap, and the markers keep the records' own sizes."""
+    if not _over(row[8], row[9], max_bytes) or row[8].startswith(MARKED):
         return row
-    markers = [{TRUNCATED: len(dumps(record))} for record in loads(row[8])]
-    log.info("prediction log: request %s: inputs over the cap, stored as markers", row[1])
-    return (*row[:8], dumps(markers), row[9])
+    return (*row[:8], _markers(loads(row[8]), row[1]), row[9])
 
 
 # Pauses between tries of a commit on the loop while another process holds the lock (~0.1 ms

@@ -27,6 +27,7 @@ from services.predlog import (
     open_sink,
     prune,
     read_window,
+    record_row,
 )
 from tests.conftest import CATALOG
 
@@ -128,6 +129,26 @@ def test_a_row_over_the_cap_keeps_its_outputs_and_marks_each_record() -> None:
     assert small[:8] == big[:8] and small[9] == big[9]
     sizes = [len(dumps({"age": i, "note": "x" * 100})) for i in range(3)]
     assert orjson.loads(small[8]) == [{TRUNCATED: size} for size in sizes]
+
+
+def test_records_marked_from_the_records_are_not_marked_again() -> None:
+    from pydantic import BaseModel
+
+    class Record(BaseModel):
+        age: int
+        note: str
+
+    records: list[BaseModel] = [Record(age=i, note="x" * 100) for i in range(3)]
+    answer = {
+        "request_id": "big", "model": "titanic", "version": "3", "alias": "champion",
+        "predictions": [{"value": "y" * 300} for _ in records],
+    }  # fmt: skip
+    marked = record_row(answer, records, "/predict", 1.0, max_bytes=200)
+    sizes = [len(dumps(record.__dict__)) for record in records]
+    assert orjson.loads(marked[8]) == [{TRUNCATED: size} for size in sizes]
+    # its outputs alone are over the cap: the log's flush keeps the records' own sizes
+    assert capped(marked, 200) is marked
+    assert capped(record_row(answer, records, "/predict", 1.0), 200)[8] == marked[8]
 
 
 def test_the_log_stores_rows_over_the_cap_as_markers(log_file: Path) -> None:
