@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,13 +75,46 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _mismatched(folder: Path, files: tuple[tuple[str, str], ...]) -> list[str]:
-    """The files beside the graph that are missing or differ from their checksums."""
-    return [
-        name
-        for name, checksum in files
-        if not (folder / name).exists() or sha256_of(folder / name) != checksum
-    ]
+# A checksum computed by this process stands while the file's inode, size, modification and
+# change times stay as they were, for an hour at most: the registry poll asks every minute
+# whether the cached version is intact, and hashing a search's 86 MB graph again took ~60 ms
+# of the CPU that serves requests (a request during it took twice as long). As git does for
+# "racily clean" files, a file changed less than SETTLE_S before it was hashed is hashed
+# again: a rewrite within one tick of the filesystem's clock would keep its times
+RECHECK_S, SETTLE_S = 3600.0, 1.0
+
+
+class Checksums:
+    """sha256 of files, remembered by their stat until they change (or RECHECK_S pass)."""
+
+    def __init__(
+        self, recheck_s: float = RECHECK_S, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.recheck_s, self.clock = recheck_s, clock
+        self._known: dict[Path, tuple[tuple[int, int, int, int], float, str]] = {}
+
+    def __call__(self, path: Path) -> str:
+        st = path.stat()
+        key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        known, now = self._known.get(path), self.clock()
+        if known is not None and known[0] == key and now - known[1] < self.recheck_s:
+            return known[2]
+        digest = sha256_of(path)
+        if len(self._known) >= 256:  # versions come and go: forget the old ones now and then
+            self._known.clear()
+        if now - max(st.st_mtime_ns, st.st_ctime_ns) / 1e9 > SETTLE_S:
+            self._known[path] = (key, now, digest)
+        else:  # changed just now: a change within the same clock tick would keep the times
+            self._known.pop(path, None)
+        return digest
+
+    def mismatched(self, folder: Path, files: tuple[tuple[str, str], ...]) -> list[str]:
+        """The files beside the graph that are missing or differ from their checksums."""
+        return [
+            name
+            for name, checksum in files
+            if not (folder / name).exists() or self(folder / name) != checksum
+        ]
 
 
 class ModelStore:
@@ -89,6 +123,7 @@ class ModelStore:
     def __init__(self, tracking_uri: str, cache_dir: Path, timeout_s: float = 5.0) -> None:
         self.tracking_uri = tracking_uri
         self.cache_dir = cache_dir
+        self.sha256 = Checksums()  # of the cached copies, checked at every fetch
         # An unreachable server must fail in seconds, not after MLflow's minutes of retries
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(1, timeout_s))))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -154,8 +189,8 @@ class ModelStore:
         if (
             path.exists()
             and expected
-            and sha256_of(path) == expected
-            and not _mismatched(path.parent, files)
+            and self.sha256(path) == expected
+            and not self.sha256.mismatched(path.parent, files)
         ):
             log.info("%s@%s: version %s already cached", model, alias, version)
         else:
@@ -170,7 +205,7 @@ class ModelStore:
             model,
             alias,
             version,
-            expected or sha256_of(path),
+            expected or self.sha256(path),
             path,
             self._metrics(record.run_id),
             "registry",
@@ -255,14 +290,14 @@ class ModelStore:
         path = self.cache_dir / model / f"v{manifest['version']}" / MODEL_FILE
         if not path.exists():
             raise ArtifactRefused(f"refusing the local copy of {model}@{alias}: {path} is missing")
-        actual = sha256_of(path)
+        actual = self.sha256(path)
         if actual != manifest["sha256"]:
             raise ArtifactRefused(
                 f"refusing the local copy of {model} v{manifest['version']}: {path} has sha256 "
                 f"{actual[:12]}... but was saved as {manifest['sha256'][:12]}... (corrupted)"
             )
         files = tuple(sorted(manifest.get("files", {}).items()))
-        bad = _mismatched(path.parent, files)
+        bad = self.sha256.mismatched(path.parent, files)
         if bad:
             raise ArtifactRefused(
                 f"refusing the local copy of {model} v{manifest['version']}: {bad} "

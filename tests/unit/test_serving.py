@@ -1,7 +1,9 @@
 """Serving code without servers: request models, OIP tensors, the checksummed cache, routing."""
 
 import json
+import os
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -10,10 +12,11 @@ import pytest
 from pydantic import ValidationError
 
 from pipelines.catalog import InputField
+from services import store as store_module
 from services.examples import to_png
 from services.inputs import OTHER_FIELD, describe_errors, metric_field, record_model, request_model
 from services.routing import bucket
-from services.store import Artifact, ArtifactRefused, ModelStore, sha256_of
+from services.store import Artifact, ArtifactRefused, Checksums, ModelStore, sha256_of
 from services.tensors import (
     TensorError,
     decompress,
@@ -285,6 +288,55 @@ def test_files_served_beside_the_graph_are_checked_too(tmp_path: Path) -> None:
     (folder / "index.faiss").unlink()
     with pytest.raises(ArtifactRefused, match=r"index\.faiss"):
         store.cached("semantic_search", "champion")
+
+
+def counted_hashing(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The files the store hashes from now on, in order."""
+    hashed: list[Path] = []
+
+    def sha256_of(path: Path) -> str:
+        hashed.append(path)
+        return store_module.hashlib.sha256(path.read_bytes()).hexdigest()
+
+    monkeypatch.setattr(store_module, "sha256_of", sha256_of)
+    return hashed
+
+
+def test_checksums_are_remembered_until_the_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The registry poll's check of the cached copy hashes a settled file once; a rewrite
+    (same size), a replacement or the hour's recheck hashes it again."""
+    hashed = counted_hashing(monkeypatch)
+    now = [time.time() + 10]  # the file looks settled: written 10 s ago
+    checksums = Checksums(clock=lambda: now[0])
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"graph one")
+    first = checksums(path)
+    assert checksums(path) == first and len(hashed) == 1
+    time.sleep(0.05)  # past the filesystem clock's tick
+    path.write_bytes(b"graph two")
+    assert checksums(path) == sha256_of(path) != first and len(hashed) == 2
+    replacement = tmp_path / "new.onnx"
+    replacement.write_bytes(b"graph two")
+    os.replace(replacement, path)  # same bytes, another inode
+    assert checksums(path) == sha256_of(path) and len(hashed) == 3
+    now[0] += store_module.RECHECK_S
+    assert checksums(path) == sha256_of(path) and len(hashed) == 4
+
+
+def test_a_file_hashed_as_it_was_written_is_not_remembered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rewrite within the filesystem clock's tick keeps the file's times: a checksum taken
+    within SETTLE_S of the last change is not trusted later (git's "racily clean" rule)."""
+    hashed = counted_hashing(monkeypatch)
+    checksums = Checksums()
+    path = tmp_path / "model.onnx"
+    path.write_bytes(b"graph one")
+    checksums(path)
+    path.write_bytes(b"graph 1ne")  # at once: possibly the same mtime and ctime
+    assert checksums(path) == sha256_of(path) and len(hashed) == 2
 
 
 def test_bentoml_timeout_middleware_fix_keeps_504_and_cancels_timers() -> None:
