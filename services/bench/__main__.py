@@ -77,6 +77,7 @@ class Bench:
         self.duration, self.warmup, self.scratch = duration, warmup, scratch
         self.rounds = rounds
         self.results: list[Result] = []
+        self.comparisons = 0  # compare() calls so far: the rounds a ratio may pair
 
     def measure(
         self,
@@ -98,9 +99,10 @@ class Bench:
         rounds: int | None = None,
     ) -> None:
         """Servers compared with each other: all up at once (idle ones cost nothing), measured
-        in turn, `rounds` times, the order reversed every other round so that a drift of the
-        machine's speed (other tenants) falls on each alike; each point is the round with the
-        median throughput. A server that fails is left out of the later rounds."""
+        in turn at each connection count, `rounds` times, the order reversed every other round
+        so that a drift of the machine's speed (other tenants) falls on each alike; each point
+        is the round with the median throughput, and the report pairs their rounds
+        (report.ratio). A server that fails is left out of the later rounds."""
         rounds = self.rounds if rounds is None else rounds
         runs: dict[int, dict[int, list[Point]]] = {}
         warm: list[float] = []  # each server's req/s in its warm-up
@@ -121,9 +123,12 @@ class Bench:
             seconds = run_seconds(self.duration, warm)
             if seconds > self.duration:
                 log(f"{seconds:.0f} s per run: at least {MIN_REQUESTS} requests each")
+            self.comparisons += 1
+            for index in urls:
+                contenders[index][0].compared = self.comparisons if len(urls) > 1 else 0
             for turn in range(rounds):
                 order = sorted(urls, reverse=turn % 2 == 1)
-                for index, count in ((i, c) for i in order for c in connections):
+                for count, index in ((c, i) for c in connections for i in order):
                     result = contenders[index][0]
                     if result.error:
                         continue

@@ -1,6 +1,6 @@
 """make bench's targets and table from a run's numbers: the anchor column and its checks."""
 
-from services.bench.report import Result, checks, markdown
+from services.bench.report import Result, checks, markdown, ratio
 from services.bench.wrk import Point
 
 
@@ -59,3 +59,30 @@ def test_runs_are_long_enough_for_a_hundred_requests_of_the_slowest() -> None:
     assert run_seconds(5.0, [14.0, 15.0]) == 8.0  # 1000-review batches: ceil(100 / 14)
     assert run_seconds(5.0, [3.0, 2.9]) == MAX_RUN_S  # energy_forecast's: capped
     assert run_seconds(5.0, []) == 5.0
+
+
+def test_ratios_pair_the_rounds_of_one_comparison() -> None:
+    """Servers measured in the same rounds compare round by round (the median of the rounds'
+    ratios): a busy round counts once for both, whichever server's median round it was."""
+    anchor = Result("semantic_search", "anchor", 1, [point(1, 116)], compared=1)
+    lean = Result("semantic_search", "lean", 1, [point(1, 108)], compared=1)
+    anchor.rounds[1] = [121, 122, 101, 107, 116]
+    lean.rounds[1] = [117, 123, 102, 108, 107]
+    paired = ratio(lean, anchor, 1)
+    assert paired == 123 / 122  # rounds 0.97, 1.01, 1.01, 1.01, 0.92: not 108 / 116 = 0.93
+    assert verdict_pairs(lean, anchor)
+    alone = Result("semantic_search", "mlflow", 1, [point(1, 50)])  # another comparison
+    alone.rounds[1] = [50.0]
+    assert ratio(lean, alone, 1) == 108 / 50
+    lean.compared = 2  # not the same rounds: the points
+    assert ratio(lean, anchor, 1) == 108 / 116
+    lean.compared, lean.rounds[1] = 1, [117, 123]  # a server that failed in round 3
+    assert ratio(lean, anchor, 1) == 108 / 116
+    assert ratio(lean, Result("x", "anchor", 1), 1) is None
+
+
+def verdict_pairs(lean: Result, anchor: Result) -> bool:
+    floor = Result(lean.model, "floor", 1, [point(1, 5_000)], compared=lean.compared)
+    floor.rounds[1] = [5_000.0] * len(lean.rounds[1])
+    found = checks([floor, anchor, lean], [lean.model], [])
+    return next(c.passed for c in found if c.name == ">= 1x the hand-written anchor's req/s")
