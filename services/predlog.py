@@ -453,6 +453,7 @@ class PredictionLog:
         self._waiters: list[asyncio.Future[None]] = []
         self._busy = False
         self._turn = False  # a commit went at once in this turn of the loop
+        self._solo = True  # the last group commit carried one request: commit at once
         self._maintaining = False  # a maintenance job is queued or running in the thread
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
@@ -465,15 +466,18 @@ class PredictionLog:
     async def append(self, rows: list[Row]) -> None:
         """Store the rows (with whatever else arrived in this turn of the loop), then return.
 
-        The first request of a turn commits at once, without waiting for the next turn (a
-        task's suspension and two turns: ~30 us of a request at concurrency one); those
-        that run later in the same turn came with it (their connections were read in the
-        same poll), so they wait and share the next commit."""
+        While requests come one at a time (the last group commit carried one), the first
+        request of a turn commits at once, without waiting for the next turn (a task's
+        suspension and two turns: ~30 us of a request at concurrency one); those that run
+        later in the same turn came with it (their connections were read in the same poll),
+        so they wait and share the next commit. Under load (groups of several) every request
+        waits for the group: one commit per turn, not two."""
         if self.sink is None or not rows:
             return
         loop = self._loop = self._loop or asyncio.get_running_loop()
         waiter = loop.create_future()
-        if self.sink.inline and not (self._busy or self._pending or self._turn):
+        alone = self._solo and not (self._busy or self._pending or self._turn)
+        if alone and self.sink.inline:
             self._turn = True
             loop.call_soon(self._next_turn)
             self._write_now(self._capped(rows), [waiter], time.perf_counter(), 0)
@@ -505,6 +509,7 @@ class PredictionLog:
             return
         rows, waiters = self._pending, self._waiters
         self._pending, self._waiters = [], []
+        self._solo = len(waiters) <= 1
         assert self.sink is not None and self._loop is not None
         if self.sink.inline:
             self._write_now(self._capped(rows), waiters, time.perf_counter(), 0)

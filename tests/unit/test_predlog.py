@@ -67,21 +67,26 @@ def stored(path: Path) -> list[dict[str, Any]]:
 
 def test_requests_answered_in_one_loop_turn_share_one_commit(tmp_path: Path) -> None:
     """The first request of a turn commits at once (nothing to wait for at concurrency one);
-    the others of that turn share the next commit; a request of a later turn commits at once."""
+    the others of that turn share the next commit. After a group of several (load), the next
+    request waits for a group too; after a group of one, requests commit at once again."""
     sink = Counting(tmp_path / "log.sqlite")
     flushes: list[tuple[int, Exception | None]] = []
     log = PredictionLog(sink, lambda rows, seconds, error: flushes.append((rows, error)))
 
     async def traffic() -> None:
         await asyncio.gather(*(log.append([row(f"r{i}", records=2)]) for i in range(50)))
-        await log.append([row("late")])
+        # still under load: both wait for one commit (not the first at once, then the other)
+        await asyncio.gather(log.append([row("a")]), log.append([row("b")]))
+        await log.append([row("late")])  # a group of one: the load is over
+        await log.append([row("later")])
 
     asyncio.run(traffic())
-    assert sink.commits == [1, 49, 1]  # rows: one per request
-    assert flushes == [(2, None), (98, None), (1, None)]  # predictions
+    assert sink.commits == [1, 49, 2, 1, 1]  # rows: one per request
+    assert flushes == [(2, None), (98, None), (2, None), (1, None), (1, None)]  # predictions
     rows = stored(tmp_path / "log.sqlite")
-    assert len(rows) == 51
-    assert {r["request_id"] for r in rows} == {f"r{i}" for i in range(50)} | {"late"}
+    assert len(rows) == 54
+    last = {"a", "b", "late", "later"}
+    assert {r["request_id"] for r in rows} == {f"r{i}" for i in range(50)} | last
     assert set(rows[0]) == {"id", *COLUMNS}
 
 
