@@ -123,7 +123,7 @@ class ModelStore:
     def __init__(self, tracking_uri: str, cache_dir: Path, timeout_s: float = 5.0) -> None:
         self.tracking_uri = tracking_uri
         self.cache_dir = cache_dir
-        self.sha256 = Checksums()  # of the cached copies, checked at every fetch
+        self.checksums = Checksums()  # of the cached copies, checked at every fetch
         # An unreachable server must fail in seconds, not after MLflow's minutes of retries
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(1, timeout_s))))
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -189,8 +189,8 @@ class ModelStore:
         if (
             path.exists()
             and expected
-            and self.sha256(path) == expected
-            and not self.sha256.mismatched(path.parent, files)
+            and self.checksums(path) == expected
+            and not self.checksums.mismatched(path.parent, files)
         ):
             log.info("%s@%s: version %s already cached", model, alias, version)
         else:
@@ -205,7 +205,7 @@ class ModelStore:
             model,
             alias,
             version,
-            expected or self.sha256(path),
+            expected or self.checksums(path),
             path,
             self._metrics(record.run_id),
             "registry",
@@ -290,14 +290,14 @@ class ModelStore:
         path = self.cache_dir / model / f"v{manifest['version']}" / MODEL_FILE
         if not path.exists():
             raise ArtifactRefused(f"refusing the local copy of {model}@{alias}: {path} is missing")
-        actual = self.sha256(path)
+        actual = self.checksums(path)
         if actual != manifest["sha256"]:
             raise ArtifactRefused(
                 f"refusing the local copy of {model} v{manifest['version']}: {path} has sha256 "
                 f"{actual[:12]}... but was saved as {manifest['sha256'][:12]}... (corrupted)"
             )
         files = tuple(sorted(manifest.get("files", {}).items()))
-        bad = self.sha256.mismatched(path.parent, files)
+        bad = self.checksums.mismatched(path.parent, files)
         if bad:
             raise ArtifactRefused(
                 f"refusing the local copy of {model} v{manifest['version']}: {bad} "
