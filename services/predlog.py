@@ -118,12 +118,12 @@ def table_sql(key: str) -> dict[str, str]:
             inputs TEXT NOT NULL,
             outputs TEXT NOT NULL
         )""",
-        # the drift window: a model's latest rows
+        # the drift window: a model's latest rows. Retention needs no index of its own: it
+        # deletes by id (commit order), the age's boundary found by a walk from the oldest
+        # row (`prune`); a second index cost every commit a page (a third of its writes)
         "predictions_model_id": (
             "CREATE INDEX IF NOT EXISTS predictions_model_id ON predictions (model, id)"
         ),
-        # retention by age: the oldest rows first, without a scan
-        "predictions_ts": "CREATE INDEX IF NOT EXISTS predictions_ts ON predictions (ts)",
     }
 
 
@@ -201,6 +201,7 @@ class SQLiteSink:
         self.db = self._connect(path, timeout_s)
         for statement in table_sql("INTEGER PRIMARY KEY").values():
             self.db.execute(statement)
+        self.db.execute("DROP INDEX IF EXISTS predictions_ts")  # an earlier version's file
         self.now = self._connect(path, 0)
         self.now.execute("PRAGMA wal_autocheckpoint = 0")
         marks = ", ".join("?" * len(COLUMNS))
@@ -704,12 +705,12 @@ def read_window(
         return list(reversed(_newest_records(rows, records, max_bytes)))
 
 
-def _delete_oldest(db: Any, mark: str, column: str, below: float, batch: int) -> int:
-    """DELETE the rows whose `column` (ts or id) is below `below`, oldest first, `batch` rows
-    per statement (each its own transaction); the number deleted."""
+def _delete_below(db: Any, mark: str, below: int, batch: int) -> int:
+    """DELETE the rows whose id is below `below`, oldest first, `batch` rows per statement
+    (each its own transaction); the number deleted."""
     statement = (
         f"DELETE FROM predictions WHERE id IN (SELECT id FROM predictions "
-        f"WHERE {column} < {mark} ORDER BY {column} LIMIT {mark})"
+        f"WHERE id < {mark} ORDER BY id LIMIT {mark})"
     )
     total = 0
     while True:
@@ -719,6 +720,18 @@ def _delete_oldest(db: Any, mark: str, column: str, below: float, batch: int) ->
         if deleted < batch:
             return total
         time.sleep(time.perf_counter() - started)  # as long again: the writers get their turn
+
+
+def _age_boundary(db: Any, mark: str, cutoff: float) -> int | None:
+    """The id of the oldest row logged at or after `cutoff`: the rows below it go. A walk of
+    the primary key from the oldest row, as long as the rows to delete (no index on ts); a
+    row committed late (its clock older than a row before it) waits for the next prune, and
+    no row younger than the cutoff is ever below the boundary. None: nothing logged."""
+    query = f"SELECT id FROM predictions WHERE ts >= {mark} ORDER BY id LIMIT 1"
+    if (found := db.execute(query, (cutoff,)).fetchone()) is not None:
+        return int(found[0])
+    (newest,) = db.execute("SELECT max(id) FROM predictions").fetchone()
+    return None if newest is None else int(newest) + 1  # every row is older
 
 
 def prune(
@@ -753,9 +766,10 @@ def prune(
         deleted = 0
         if max_age_s:
             cutoff = (time.time() if now is None else now) - max_age_s
-            deleted += _delete_oldest(db, mark, "ts", cutoff, batch)
+            if (boundary := _age_boundary(db, mark, cutoff)) is not None:
+                deleted += _delete_below(db, mark, boundary, batch)
         if max_rows:  # the oldest row kept: a walk of max_rows entries of the primary key
             query = f"SELECT id FROM predictions ORDER BY id DESC LIMIT 1 OFFSET {mark}"
             if (kept := db.execute(query, (max_rows - 1,)).fetchone()) is not None:
-                deleted += _delete_oldest(db, mark, "id", kept[0], batch)
+                deleted += _delete_below(db, mark, kept[0], batch)
         return deleted

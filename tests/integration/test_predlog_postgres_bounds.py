@@ -134,7 +134,7 @@ def test_the_services_role_may_only_insert(urls: Urls) -> None:
         "UPDATE predictions SET model = 'x'",
         "TRUNCATE predictions",
         "CREATE TABLE other (x int)",
-        "DROP INDEX predictions_ts",
+        "DROP INDEX predictions_model_id",
     ):
         assert refused(urls.writer, statement), statement
 
@@ -171,7 +171,7 @@ def test_an_owner_on_a_fresh_database_creates_the_table_and_its_indexes() -> Non
                     "SELECT indexname FROM pg_indexes WHERE tablename = 'predictions'"
                 )
             }
-        assert indexes == {"predictions_pkey", "predictions_model_id", "predictions_ts"}
+        assert indexes == {"predictions_pkey", "predictions_model_id"}
 
 
 class Locked:

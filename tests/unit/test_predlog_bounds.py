@@ -113,13 +113,31 @@ def test_prune_runs_while_a_service_writes(log_file: Path) -> None:
     assert stored(log_file) == ["new"]
 
 
-def test_the_table_has_an_index_for_the_age_retention(log_file: Path) -> None:
+def test_the_age_keeps_a_row_committed_late_and_never_deletes_a_young_one(
+    log_file: Path,
+) -> None:
+    # commit order (id) and clocks disagree: "late" was stamped at 2 but committed after "young"
+    url = fill(
+        log_file,
+        [row("a", ts=1.0), row("young", ts=8.0), row("late", ts=2.0), row("b", ts=9.0)],
+    )
+    assert prune(url, max_age_s=5, max_rows=0, now=10.0) == 1  # the rows before "young"
+    assert stored(log_file) == ["young", "late", "b"]  # "late" waits for a later boundary
+    assert prune(url, max_age_s=0.5, max_rows=0, now=10.0) == 3  # every row older: all go
+    assert stored(log_file) == []
+
+
+def test_retention_walks_the_primary_key_and_commits_touch_one_index(log_file: Path) -> None:
     fill(log_file, [])
     with contextlib.closing(sqlite3.connect(log_file)) as db:
         plan = db.execute(
-            "EXPLAIN QUERY PLAN SELECT id FROM predictions WHERE ts < 5 ORDER BY ts LIMIT 10"
+            "EXPLAIN QUERY PLAN SELECT id FROM predictions WHERE ts >= 5 ORDER BY id LIMIT 1"
         ).fetchall()
-    assert "predictions_ts" in str(plan)
+        indexes = db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'predictions'"
+        ).fetchall()
+    assert "TEMP B-TREE" not in str(plan)  # no sort: the rowid order itself
+    assert indexes == [("predictions_model_id",)]  # the drift window's; no second per commit
 
 
 def test_a_row_over_the_cap_keeps_its_outputs_and_marks_each_record() -> None:

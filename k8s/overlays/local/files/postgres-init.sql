@@ -73,7 +73,9 @@ CREATE TABLE IF NOT EXISTS predictions (
     outputs TEXT NOT NULL
 );
 CREATE INDEX CONCURRENTLY IF NOT EXISTS predictions_model_id ON predictions (model, id);
-CREATE INDEX CONCURRENTLY IF NOT EXISTS predictions_ts ON predictions (ts);
+-- a table made by an earlier version: retention deletes by id now, and this index cost
+-- every commit a page
+DROP INDEX CONCURRENTLY IF EXISTS predictions_ts;
 
 GRANT CONNECT ON DATABASE :"predictions_db" TO :"writer_role", :"drift_role";
 GRANT USAGE ON SCHEMA public TO :"writer_role", :"drift_role";
