@@ -38,19 +38,36 @@ class Result:
         return next((p for p in self.points if p.connections == connections), None)
 
 
+def round_ratios(result: Result, base: Result, connections: int) -> list[float]:
+    """`result`'s rate over `base`'s in each round both ran, when measured in the same rounds
+    (a round's runs are back to back: the machine as it was then); rounds pair by their
+    order, and a server in fewer rounds (the floor: the first FLOOR_ROUNDS) pairs with those.
+    Empty when measured apart."""
+    mine, theirs = result.rounds.get(connections), base.rounds.get(connections)
+    if not (result.compared and result.compared == base.compared and mine and theirs):
+        return []
+    return [a / b for a, b in zip(mine, theirs, strict=False) if b]
+
+
 def ratio(result: Result, base: Result, connections: int) -> float | None:
     """`result`'s rate over `base`'s at `connections`. Measured in the same rounds: the median
-    of the rounds' ratios, each from two runs back to back on the machine as it was then (in
-    one run of the search, with rounds at 101-108 req/s on a busier machine and 116-123 on a
-    quieter one, the anchor's median round was a quiet one and the service's a busy one: the
-    ratio of the medians said 0.93x, the rounds' ratios 0.92-1.01x, median 1.01x). Otherwise
-    the ratio of their points."""
-    mine, theirs = result.rounds.get(connections), base.rounds.get(connections)
-    paired = result.compared and result.compared == base.compared
-    if paired and mine and theirs and len(mine) == len(theirs) and all(theirs):
-        return statistics.median(a / b for a, b in zip(mine, theirs, strict=True))
+    of the rounds' ratios (in one run of the search, with rounds at 101-108 req/s on a busier
+    machine and 116-123 on a quieter one, the anchor's median round was a quiet one and the
+    service's a busy one: the ratio of the medians said 0.93x, the rounds' ratios 0.92-1.01x,
+    median 1.01x). Otherwise the ratio of their points."""
+    if paired := round_ratios(result, base, connections):
+        return statistics.median(paired)
     point, other = result.at(connections), base.at(connections)
     return point.rps / other.rps if point and other and other.rps else None
+
+
+def spread(ratios: list[float]) -> float:
+    """The interquartile range of the rounds' ratios over their median: the noise a median
+    of them carries (0 with fewer than four rounds: too few to tell)."""
+    if len(ratios) < 4:
+        return 0.0
+    low, _, high = statistics.quantiles(ratios, n=4, method="inclusive")
+    return (high - low) / statistics.median(ratios)
 
 
 @dataclass
@@ -90,7 +107,10 @@ def checks(results: list[Result], models: list[str], tabular: list[str]) -> list
                 for p in lean.points
                 if (r := ratio(lean, base, p.connections)) is not None
             }
-            text = ", ".join(f"{r:.2f} ({c} conn)" for c, r in sorted(ratios.items()))
+            text = ", ".join(
+                f"{r:.2f} ({c} conn{_range(round_ratios(lean, base, c))})"
+                for c, r in sorted(ratios.items())
+            )
             out.append(Check(model, name, text, bool(ratios) and min(ratios.values()) >= times))
         # at the fewest connections measured: 16, or one for the search (~9 ms a query)
         point = min(lean.points, key=lambda p: p.connections, default=None)
@@ -103,12 +123,14 @@ def checks(results: list[Result], models: list[str], tabular: list[str]) -> list
             anchor = _find(results, model, "anchor", 1000)
             if batch and anchor and anchor.points:
                 by_hand = max(p.rps * 1000 for p in anchor.points)
-                times = min(
-                    (r for p in batch.points if (r := ratio(batch, anchor, p.connections))),
-                    default=0.0,
-                )
+                times, worst = min(
+                    ((r, p.connections) for p in batch.points
+                     if (r := ratio(batch, anchor, p.connections))),
+                    default=(0.0, 0),
+                )  # fmt: skip
                 name = f"1000-row batch >= {ANCHOR_TIMES:g}x the anchor's rows/s"
-                measured = f"{rows:,.0f} vs {by_hand:,.0f} rows/s ({times:.2f}x)"
+                middle = _range(round_ratios(batch, anchor, worst))
+                measured = f"{rows:,.0f} vs {by_hand:,.0f} rows/s ({times:.2f}x{middle})"
                 out.append(Check(model, name, measured, times >= ANCHOR_TIMES))
             ok = rows >= BATCH_ROWS_S
             out.append(
@@ -120,6 +142,14 @@ def checks(results: list[Result], models: list[str], tabular: list[str]) -> list
                 )
             )
     return out
+
+
+def _range(ratios: list[float]) -> str:
+    """The middle half of the rounds' ratios, where there are enough to have one."""
+    if len(ratios) < 4:
+        return ""
+    low, _, high = statistics.quantiles(ratios, n=4, method="inclusive")
+    return f"; rounds {low:.2f}-{high:.2f}"
 
 
 def machine() -> dict[str, Any]:

@@ -1,6 +1,12 @@
 """make bench's targets and table from a run's numbers: the anchor column and its checks."""
 
-from services.bench.report import Result, checks, markdown, ratio
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from services.bench.report import Result, checks, markdown, ratio, spread
 from services.bench.wrk import Point
 
 
@@ -76,8 +82,8 @@ def test_ratios_pair_the_rounds_of_one_comparison() -> None:
     assert ratio(lean, alone, 1) == 108 / 50
     lean.compared = 2  # not the same rounds: the points
     assert ratio(lean, anchor, 1) == 108 / 116
-    lean.compared, lean.rounds[1] = 1, [117, 123]  # a server that failed in round 3
-    assert ratio(lean, anchor, 1) == 108 / 116
+    lean.compared, lean.rounds[1] = 1, [117, 123]  # in two rounds: those two pair
+    assert ratio(lean, anchor, 1) == (117 / 121 + 123 / 122) / 2
     assert ratio(lean, Result("x", "anchor", 1), 1) is None
 
 
@@ -86,3 +92,65 @@ def verdict_pairs(lean: Result, anchor: Result) -> bool:
     floor.rounds[1] = [5_000.0] * len(lean.rounds[1])
     found = checks([floor, anchor, lean], [lean.model], [])
     return next(c.passed for c in found if c.name == ">= 1x the hand-written anchor's req/s")
+
+
+def test_the_spread_of_the_rounds_is_their_middle_half_over_the_median() -> None:
+    assert spread([1.0, 1.1, 0.9]) == 0.0  # three rounds: too few to tell
+    assert spread([0.9, 1.0, 1.0, 1.0, 1.1]) == 0.0  # one round off each way: the middle half
+    assert round(spread([0.8, 0.9, 1.0, 1.1, 1.2]), 6) == 0.2
+    lean = Result("titanic", "lean", 1, [point(16, 100)], compared=1)
+    anchor = Result("titanic", "anchor", 1, [point(16, 100)], compared=1)
+    lean.rounds[16], anchor.rounds[16] = [90, 100, 100, 100, 110], [100.0] * 5
+    found = checks([anchor, lean], ["titanic"], [])
+    measured = next(c.measured for c in found if c.name.startswith(">= 1x"))
+    assert measured == "1.00 (16 conn; rounds 1.00-1.00)"
+
+
+def test_a_comparison_runs_the_floor_briefly_and_a_noisy_pair_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The schedule: the floor in the first FLOOR_ROUNDS rounds, the anchor and the service in
+    every round, back to back at each count, the order reversed every other round; a pair
+    whose rounds' ratios spread past NOISY runs as many rounds again."""
+    from services.bench import __main__ as bench_main
+
+    played: list[tuple[str, int]] = []
+    rates = {"floor": [1000.0], "anchor": [100.0], "lean": [100.0, 80.0, 120.0, 100.0]}
+
+    def run(url: str, body: Path, count: int, seconds: float) -> Point:
+        name = url.split("/")[2]
+        played.append((name, count))
+        series = rates[name]
+        return point(count, series[len(played) % len(series)])
+
+    monkeypatch.setattr(bench_main.wrk, "run", run)
+    monkeypatch.setattr(bench_main.servers, "check_post", lambda url, body: None)
+    body = tmp_path / "body.json"
+    body.write_text("{}")
+
+    def starter(name: str) -> Any:
+        return lambda: contextlib.nullcontext(f"http://{name}")
+
+    def compare(lean_rates: list[float]) -> list[tuple[str, int]]:
+        rates["lean"] = lean_rates
+        played.clear()
+        bench = bench_main.Bench(3.0, 1.0, tmp_path, rounds=4)
+        trio = [(Result("titanic", n, 1), starter(n)) for n in ("floor", "anchor", "lean")]
+        bench.compare(trio, "/predict", body, (16, 64), brief=1)
+        return played[3:]  # after the warm-ups
+
+    steady = compare([100.0])
+    floor_runs = [r for r in steady if r[0] == "floor"]
+    assert floor_runs == [("floor", 16), ("floor", 64)] * bench_main.FLOOR_ROUNDS
+    first = [("floor", 16), ("anchor", 16), ("lean", 16), ("floor", 64), ("anchor", 64),
+             ("lean", 64)]  # fmt: skip
+    assert steady[:6] == first
+    second = [("lean", 16), ("anchor", 16), ("floor", 16), ("lean", 64), ("anchor", 64),
+              ("floor", 64)]  # fmt: skip
+    assert steady[6:12] == second
+    assert len(steady) == 3 * 3 * 2 + 1 * 2 * 2  # three rounds of three, one of two
+    noisy = compare([60.0, 100.0, 140.0])
+    assert noisy[: len(steady)] == steady
+    assert noisy[len(steady):] == [("anchor", 16), ("lean", 16), ("anchor", 64), ("lean", 64),
+                                   ("lean", 16), ("anchor", 16), ("lean", 64), ("anchor", 64)
+                                   ] * 2  # fmt: skip
