@@ -67,13 +67,16 @@ LAG_PROBE_S = 0.1
 
 async def probe_loop_lag(service: ModelService) -> None:
     """Every 100 ms, how late the loop ran a sleep's wake-up: the queueing of the process
-    (requests waiting behind other requests' work, or for a CPU), as a histogram."""
+    (requests waiting behind other requests' work, or for a CPU), as a histogram; then the
+    requests' metrics, kept meanwhile in plain lists (ServiceMetrics.defer), are flushed."""
     loop = asyncio.get_running_loop()
-    observe = service.metrics.child(service.metrics.loop_lag, (service.spec.key,)).observe
+    metrics = service.metrics
+    lag = metrics.child(metrics.loop_lag, (service.spec.key,))
     while True:
         due = loop.time() + LAG_PROBE_S
         await asyncio.sleep(LAG_PROBE_S)
-        observe(max(0.0, loop.time() - due))
+        lag.observe(max(0.0, loop.time() - due))
+        metrics.flush()  # the requests' observations since the last probe (defer)
 
 
 def create_app(model: str, settings: ServeSettings | None = None) -> FastAPI:
@@ -88,6 +91,7 @@ def create_app(model: str, settings: ServeSettings | None = None) -> FastAPI:
         await run_in_threadpool(service.models.reload)
         if service.models.ready:
             freeze_heap()
+        service.metrics.defer()  # this thread runs the loop: its requests' metrics
         tasks = [
             asyncio.create_task(keep_loaded(service)),
             asyncio.create_task(service.access_log.run()),
@@ -97,6 +101,7 @@ def create_app(model: str, settings: ServeSettings | None = None) -> FastAPI:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)  # the last access-log flush
+        service.metrics.flush()
         await service.prediction_log.close()
         service.stop_inference()
 

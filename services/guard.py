@@ -218,8 +218,8 @@ class Guard:
         version, alias = state.get("served", ("", ""))
         code = str(status)
         metrics, labels = self.service.metrics, (self.service.spec.key, version, alias, route, code)
-        metrics.child(metrics.requests, labels).inc()
-        metrics.child(metrics.latency, labels).observe(seconds)
+        metrics.inc(metrics.child(metrics.requests, labels))
+        metrics.observe(metrics.child(metrics.latency, labels), seconds)
         self.access_log.write(
             f"request_id={state['request_id']} route={route} code={code} "
             f"model={self.service.spec.key} version={version} alias={alias} "

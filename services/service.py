@@ -241,11 +241,12 @@ class ModelService:
 
     def _logged(self, predictions: int, seconds: float, error: Exception | None) -> None:
         key = (self.spec.key,)
-        self.metrics.child(self.metrics.log_flush, key).observe(seconds)
+        metrics = self.metrics
+        metrics.observe(metrics.child(metrics.log_flush, key), seconds)
         if error is None:
-            self.metrics.child(self.metrics.log_rows, key).inc(predictions)
+            metrics.inc(metrics.child(metrics.log_rows, key), predictions)
         else:
-            self.metrics.child(self.metrics.log_errors, key).inc()
+            metrics.inc(metrics.child(metrics.log_errors, key))
 
     async def log_records(self, answer: dict[str, Any], records: list[BaseModel]) -> None:
         """Store a /predict answer's predictions; returns once they are committed."""
@@ -275,7 +276,7 @@ class ModelService:
 
     def observe(self, model: LoadedModel, result: dict[str, Any], size: int, path: str) -> None:
         scores, labels = model.summary(result)
-        self.metrics.child(self.metrics.batch, (model.name, path)).observe(size)
+        self.metrics.observe(self.metrics.child(self.metrics.batch, (model.name, path)), size)
         self.metrics.observe_predictions(model.name, model.version, model.alias, scores, labels)
 
     def score_shadow(
