@@ -275,11 +275,17 @@ def main(argv: list[str] | None = None) -> int:
         bench = Bench(duration, float(max(1, round(duration / 3))), Path(scratch), rounds)
         prefetch(args.models, bench.scratch / "cache")
         os.environ["SERVE_CACHE_DIR"] = str(bench.scratch / "cache")
-        # The services run as deployed, prediction log included (its cost: services.bench.predlog)
-        os.environ["SERVE_PREDICTION_LOG"] = f"sqlite:///{bench.scratch / 'predictions.sqlite'}"
         try:
             for key in args.models:
+                # The services run as deployed, prediction log included (its cost:
+                # services.bench.predlog), each model's in an empty file, deleted after: one
+                # file for the whole run grew by hundreds of MB a model, so that each model
+                # wrote to a bigger one than the model before, and the scratch disk held all
+                log_file = bench.scratch / f"predictions-{key}.sqlite"
+                os.environ["SERVE_PREDICTION_LOG"] = f"sqlite:///{log_file}"
                 bench_model(bench, key, key in tabular)
+                for part in log_file.parent.glob(f"{log_file.name}*"):  # with -wal, -shm
+                    part.unlink()
         except KeyboardInterrupt:
             log("interrupted: every server is stopped; no report written")
             return 130

@@ -231,8 +231,9 @@ def markdown(results: list[Result], found: list[Check], info: dict[str, Any]) ->
         "",
         f"{info['date']}, {info['cpu_model']}, nproc {info['nproc']}; {info['pinning']}; "
         f"{info['duration_s']:g} s per wrk run after a warm-up; floor, anchor and service "
-        f"measured in turn, {info.get('rounds', 1)} round(s), the median round shown, "
-        "the ratios the median of the rounds' ratios; "
+        f"measured in turn, {info.get('rounds', 1)} round(s) (the floor at most three; a "
+        "noisy pair as many again), the median round shown, the ratios the median of the "
+        "rounds' ratios; "
         "load average before/after: "
         f"{info['load_before']} / {info['load_after']}.",
     ]
