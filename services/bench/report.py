@@ -61,13 +61,20 @@ def ratio(result: Result, base: Result, connections: int) -> float | None:
     return point.rps / other.rps if point and other and other.rps else None
 
 
+def middle_half(ratios: list[float]) -> tuple[float, float] | None:
+    """The rounds' ratios' quartiles, where there are enough rounds (four) to have them."""
+    if len(ratios) < 4:
+        return None
+    low, _, high = statistics.quantiles(ratios, n=4, method="inclusive")
+    return low, high
+
+
 def spread(ratios: list[float]) -> float:
     """The interquartile range of the rounds' ratios over their median: the noise a median
     of them carries (0 with fewer than four rounds: too few to tell)."""
-    if len(ratios) < 4:
+    if (quartiles := middle_half(ratios)) is None:
         return 0.0
-    low, _, high = statistics.quantiles(ratios, n=4, method="inclusive")
-    return (high - low) / statistics.median(ratios)
+    return (quartiles[1] - quartiles[0]) / statistics.median(ratios)
 
 
 @dataclass
@@ -146,10 +153,8 @@ def checks(results: list[Result], models: list[str], tabular: list[str]) -> list
 
 def _range(ratios: list[float]) -> str:
     """The middle half of the rounds' ratios, where there are enough to have one."""
-    if len(ratios) < 4:
-        return ""
-    low, _, high = statistics.quantiles(ratios, n=4, method="inclusive")
-    return f"; rounds {low:.2f}-{high:.2f}"
+    quartiles = middle_half(ratios)
+    return f"; rounds {quartiles[0]:.2f}-{quartiles[1]:.2f}" if quartiles else ""
 
 
 def machine() -> dict[str, Any]:
