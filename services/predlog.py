@@ -7,8 +7,10 @@ response leaves, so an acknowledged prediction survives a SIGTERM or a crash (ki
 the service; the drift service reads the same table. A row per request, not per record:
 a batch costs one insert, not one per record.
 
-Commits are grouped: the requests answered in one turn of the event loop share one commit,
-so under load a commit costs a fraction of a request. SQLite (WAL) commits on the event
+Commits are grouped: the requests in flight share one commit, so under load a commit costs a
+fraction of a request. A group's commit waits while each turn of the event loop brings it
+more requests (at most GROUP_WAIT_S after its first, or GROUP_MAX requests), and goes as soon
+as a turn brings none: the loop never idles for it. SQLite (WAL) commits on the event
 loop (a hundred microseconds) when the file's write lock is free, and otherwise tries again
 a fraction of a millisecond later, so another process's commit never stalls this one's
 loop; the WAL's checkpoints (copying it into the database, milliseconds) run in a thread,
@@ -436,6 +438,12 @@ def capped(row: Row, max_bytes: int) -> Row:
     return (*row[:8], _markers(loads(row[8]), row[1]), row[9])
 
 
+# A group's commit waits for more requests at most this long after its first request, or
+# until it holds this many: with 16 connections, groups of all 16 instead of ~5.5 (one commit
+# a turn) took customer_segments from 0.95x to 1.02x the anchor (make bench)
+GROUP_WAIT_S = 0.005
+GROUP_MAX = 256
+
 # Pauses between tries of a commit on the loop while another process holds the lock (~0.1 ms
 # per commit): short first, since the lock is usually free again at once
 RETRY_S = (0.0002, 0.0005, 0.001, 0.002, 0.005)
@@ -455,6 +463,8 @@ class PredictionLog:
         self._busy = False
         self._turn = False  # a commit went at once in this turn of the loop
         self._solo = True  # the last group commit carried one request: commit at once
+        self._opened = 0.0  # when the pending group's first request came (perf_counter)
+        self._seen = 0  # the group's requests when _flush last looked
         self._maintaining = False  # a maintenance job is queued or running in the thread
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: concurrent.futures.ThreadPoolExecutor | None = None
@@ -465,14 +475,14 @@ class PredictionLog:
         return self.sink is not None
 
     async def append(self, rows: list[Row]) -> None:
-        """Store the rows (with whatever else arrived in this turn of the loop), then return.
+        """Store the rows (with the other requests in flight), then return.
 
         While requests come one at a time (the last group commit carried one), the first
         request of a turn commits at once, without waiting for the next turn (a task's
         suspension and two turns: ~30 us of a request at concurrency one); those that run
         later in the same turn came with it (their connections were read in the same poll),
         so they wait and share the next commit. Under load (groups of several) every request
-        waits for the group: one commit per turn, not two."""
+        waits for the group, which grows while the loop's turns bring it more (_flush)."""
         if self.sink is None or not rows:
             return
         loop = self._loop = self._loop or asyncio.get_running_loop()
@@ -487,11 +497,20 @@ class PredictionLog:
         self._pending.extend(rows)
         self._waiters.append(waiter)
         if not self._busy and len(self._waiters) == 1:
+            self._opened = time.perf_counter()
             loop.call_soon(self._flush)
         await waiter
 
     def _next_turn(self) -> None:
         self._turn = False
+
+    def _growing(self, waiting: int) -> bool:
+        """The group gained requests since the last look, and may wait for more."""
+        return (
+            waiting != self._seen
+            and waiting < GROUP_MAX
+            and time.perf_counter() - self._opened < GROUP_WAIT_S
+        )
 
     def append_threadsafe(self, rows: list[Row]) -> None:
         """From another thread, without waiting (shadow predictions: nothing to acknowledge)."""
@@ -506,12 +525,23 @@ class PredictionLog:
             self._flush()
 
     def _flush(self) -> None:
+        """Commit the pending rows, unless the last turn brought the group more requests
+        (then look again after the next turn). Every request in flight reaches its commit
+        in a turn or two, so under load one commit carries them all: with 16 connections,
+        groups of 16 rows instead of ~5.5, a third of the commits, each ~1.6x as long; and
+        the loop does each phase (parse, predict, commit, answer) for all of them in a row."""
         if self._busy or not self._pending:
             return
+        assert self.sink is not None and self._loop is not None
+        waiting = len(self._waiters)
+        if self._growing(waiting):
+            self._seen = waiting
+            self._loop.call_soon(self._flush)
+            return
+        self._seen = 0
         rows, waiters = self._pending, self._waiters
         self._pending, self._waiters = [], []
         self._solo = len(waiters) <= 1
-        assert self.sink is not None and self._loop is not None
         if self.sink.inline:
             self._write_now(self._capped(rows), waiters, time.perf_counter(), 0)
             return

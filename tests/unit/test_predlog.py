@@ -12,6 +12,7 @@ import orjson
 import pytest
 from pydantic import BaseModel
 
+from services import predlog
 from services.predlog import (
     COLUMNS,
     PredictionLog,
@@ -88,6 +89,55 @@ def test_requests_answered_in_one_loop_turn_share_one_commit(tmp_path: Path) -> 
     last = {"a", "b", "late", "later"}
     assert {r["request_id"] for r in rows} == {f"r{i}" for i in range(50)} | last
     assert set(rows[0]) == {"id", *COLUMNS}
+
+
+def arriving(log: PredictionLog, count: int) -> Any:
+    """Requests in flight reaching their commit one turn of the loop after another (as the
+    connections of a loaded service do): request i appends i turns after the first."""
+
+    async def request(i: int) -> None:
+        for _ in range(i):
+            await asyncio.sleep(0)
+        await log.append([row(f"r{i}")])
+
+    return asyncio.gather(*(request(i) for i in range(count)))
+
+
+def test_a_group_waits_while_each_turn_brings_it_more_requests(tmp_path: Path) -> None:
+    """Under load, a group's commit goes once a turn of the loop brings it no more requests:
+    ten requests reaching their commit in ten successive turns share one commit, not ten."""
+    sink = Counting(tmp_path / "log.sqlite")
+    log = PredictionLog(sink)
+
+    async def traffic() -> None:
+        await asyncio.gather(*(log.append([row(f"w{i}")]) for i in range(3)))  # under load
+        await arriving(log, 10)
+        await arriving(log, 1)  # a turn with nothing new: the lone request commits
+
+    asyncio.run(traffic())
+    assert sink.commits == [1, 2, 10, 1]
+    assert len(stored(tmp_path / "log.sqlite")) == 14
+
+
+def test_a_group_stops_growing_at_its_size_and_age_bounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GROUP_MAX requests, or GROUP_WAIT_S after its first: a steady stream of requests
+    cannot hold a commit (and the requests waiting for it) back."""
+    sink = Counting(tmp_path / "log.sqlite")
+    log = PredictionLog(sink)
+
+    async def traffic() -> None:
+        await asyncio.gather(*(log.append([row(f"w{i}")]) for i in range(3)))
+        monkeypatch.setattr(predlog, "GROUP_MAX", 4)
+        await arriving(log, 10)
+        monkeypatch.setattr(predlog, "GROUP_MAX", 256)
+        monkeypatch.setattr(predlog, "GROUP_WAIT_S", 0.0)
+        await arriving(log, 10)
+
+    asyncio.run(traffic())
+    assert sink.commits[:5] == [1, 2, 4, 4, 2]  # by size
+    assert sum(sink.commits[5:]) == 10 and max(sink.commits[5:]) == 1  # no wait at all
 
 
 def test_a_lock_held_elsewhere_is_tried_again_without_blocking_the_loop(tmp_path: Path) -> None:
