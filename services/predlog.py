@@ -71,6 +71,7 @@ READ_TIMEOUT_S = 30.0  # the drift service's reads and deletes (DRIFT_LOG_TIMEOU
 MAX_ROW_BYTES = 2**20
 WINDOW_MAX_BYTES = 64 * 2**20  # the JSON a drift window reads (DRIFT_WINDOW_MAX_BYTES)
 PRUNE_BATCH = 5000  # rows per DELETE: each is a short transaction, whatever the backlog
+WAL_LIMIT_BYTES = 64 * 2**20  # SQLite's WAL file: checkpointed past this, truncated back to it
 FETCH = 200  # rows per round trip (Postgres) or fetchmany (SQLite) of the drift reader
 # A record whose inputs were over the cap: {TRUNCATED: its JSON size}. No request field can
 # carry this name (pydantic fields never start with an underscore)
@@ -191,11 +192,14 @@ class SQLiteSink:
     Two connections: the event loop's never waits (busy timeout 0: PredictionLog tries
     again shortly while another process holds the lock) and never checkpoints (the copy of
     the WAL into the database, with its fsync, took up to 40 ms on the loop with 13 services
-    sharing the file); the thread's checkpoints every CHECKPOINT_ROWS rows (PASSIVE: it
-    never blocks a writer), which also bounds the WAL file, and writes at close."""
+    sharing the file); the thread's checkpoints every CHECKPOINT_ROWS rows or CHECKPOINT_BYTES
+    of rows' JSON, whichever comes first (PASSIVE: it never blocks a writer), which also
+    bounds the WAL file, and writes at close. Rows alone bounded the WAL by their count only:
+    2000 rows of 1000-review batches (470 KB each) were a 940 MB WAL."""
 
     inline = True
     CHECKPOINT_ROWS = 2000
+    CHECKPOINT_BYTES = WAL_LIMIT_BYTES
 
     def __init__(self, path: Path, timeout_s: float = WRITE_TIMEOUT_S) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -209,6 +213,7 @@ class SQLiteSink:
         marks = ", ".join("?" * len(COLUMNS))
         self.insert = f"INSERT INTO predictions ({', '.join(COLUMNS)}) VALUES ({marks})"
         self.unchecked = 0  # rows committed on the loop since the last checkpoint
+        self.unchecked_bytes = 0  # and their inputs' and outputs' JSON
 
     @staticmethod
     def _connect(path: Path, timeout_s: float) -> sqlite3.Connection:
@@ -216,7 +221,7 @@ class SQLiteSink:
         db.execute(f"PRAGMA busy_timeout = {round(timeout_s * 1000)}")
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")
-        db.execute(f"PRAGMA journal_size_limit = {64 * 2**20}")  # the WAL file, once reset
+        db.execute(f"PRAGMA journal_size_limit = {WAL_LIMIT_BYTES}")  # the WAL file, once reset
         return db
 
     def _insert(self, db: sqlite3.Connection, rows: list[Row]) -> None:
@@ -243,14 +248,17 @@ class SQLiteSink:
                 raise
             return False  # another connection holds the lock: PredictionLog tries again
         self.unchecked += len(rows)
+        self.unchecked_bytes += sum(len(row[8]) + len(row[9]) for row in rows)
         return True
 
     @property
     def needs_maintenance(self) -> bool:
-        return self.unchecked >= self.CHECKPOINT_ROWS
+        return (
+            self.unchecked >= self.CHECKPOINT_ROWS or self.unchecked_bytes >= self.CHECKPOINT_BYTES
+        )
 
     def maintain(self) -> None:
-        self.unchecked = 0
+        self.unchecked = self.unchecked_bytes = 0
         self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # done: no read lock kept
 
     def close(self) -> None:

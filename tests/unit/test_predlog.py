@@ -200,6 +200,35 @@ def test_checkpoints_run_in_the_thread_never_on_the_loop(tmp_path: Path) -> None
     assert len(threads) == 2 and all(name.startswith("prediction-log") for name in threads)
 
 
+def test_large_rows_are_checkpointed_by_their_bytes(tmp_path: Path) -> None:
+    """A few large rows (1000-record batches) fill the WAL long before CHECKPOINT_ROWS rows:
+    their bytes call the checkpoint too, so the WAL file stays near its limit instead of
+    growing by every row until the count is reached."""
+    sink = Counting(tmp_path / "log.sqlite")
+    sink.CHECKPOINT_BYTES = 2 * 2**20
+    checkpoints: list[int] = []
+    checkpoint = sink.maintain
+    sink.maintain = lambda: (checkpoints.append(sink.unchecked_bytes), checkpoint())[-1]
+    log = PredictionLog(sink)
+    big = row("big", records=20_000)  # ~0.5 MB of inputs and outputs
+    size = len(big[8]) + len(big[9])
+
+    async def traffic() -> None:
+        for _ in range(24):  # ~12 MB in all, 24 rows: far under CHECKPOINT_ROWS
+            await log.append([big])
+            await asyncio.sleep(0.01)  # the thread's checkpoint runs between requests
+        await asyncio.sleep(0.2)
+
+    asyncio.run(traffic())
+    assert len(sink.commits) == 24 and sink.unchecked < sink.CHECKPOINT_ROWS
+    # each checkpoint came once the rows since the last one reached CHECKPOINT_BYTES
+    assert len(checkpoints) >= 24 * size // (sink.CHECKPOINT_BYTES + size) - 1
+    assert all(sink.CHECKPOINT_BYTES <= b < sink.CHECKPOINT_BYTES + 2 * size for b in checkpoints)
+    # the WAL restarts from its head after a checkpoint: it never held all 12 MB
+    wal = tmp_path / "log.sqlite-wal"
+    assert wal.stat().st_size < sink.CHECKPOINT_BYTES + 4 * size
+
+
 def test_a_failed_commit_refuses_every_waiting_request(tmp_path: Path) -> None:
     errors: list[Exception | None] = []
     log = PredictionLog(Failing(tmp_path / "log.sqlite"), lambda r, s, error: errors.append(error))
