@@ -200,6 +200,7 @@ class SQLiteSink:
     inline = True
     CHECKPOINT_ROWS = 2000
     CHECKPOINT_BYTES = WAL_LIMIT_BYTES
+    RESTART_WAIT_S = 0.05  # a RESTART checkpoint's wait for readers, new writers held meanwhile
 
     def __init__(self, path: Path, timeout_s: float = WRITE_TIMEOUT_S) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -214,6 +215,7 @@ class SQLiteSink:
         self.insert = f"INSERT INTO predictions ({', '.join(COLUMNS)}) VALUES ({marks})"
         self.unchecked = 0  # rows committed on the loop since the last checkpoint
         self.unchecked_bytes = 0  # and their inputs' and outputs' JSON
+        (self.page_size,) = self.db.execute("PRAGMA page_size").fetchone()
 
     @staticmethod
     def _connect(path: Path, timeout_s: float) -> sqlite3.Connection:
@@ -258,8 +260,20 @@ class SQLiteSink:
         )
 
     def maintain(self) -> None:
+        """PASSIVE first: it copies what it can and blocks nobody. A WAL restarts from its head
+        only once every frame is copied, which PASSIVE misses while commits keep coming during
+        it or a reader keeps an older snapshot (large rows: 17 MB of a 2 MB limit under a busy
+        test run). Past the limit, RESTART: it holds new writers while it waits for readers,
+        so it waits RESTART_WAIT_S at most (a drift window's read takes seconds, and the
+        services' commits must not), and gives up until the next checkpoint."""
         self.unchecked = self.unchecked_bytes = 0
-        self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # done: no read lock kept
+        busy, frames, copied = self.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if frames * self.page_size > self.CHECKPOINT_BYTES and (busy or copied < frames):
+            self.db.execute(f"PRAGMA busy_timeout = {round(self.RESTART_WAIT_S * 1000)}")
+            try:
+                self.db.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+            finally:
+                self.db.execute(f"PRAGMA busy_timeout = {round(self.timeout_s * 1000)}")
 
     def close(self) -> None:
         self.now.close()

@@ -4,6 +4,7 @@ import asyncio
 import base64
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -214,19 +215,65 @@ def test_large_rows_are_checkpointed_by_their_bytes(tmp_path: Path) -> None:
     size = len(big[8]) + len(big[9])
 
     async def traffic() -> None:
-        for _ in range(24):  # ~12 MB in all, 24 rows: far under CHECKPOINT_ROWS
+        for _ in range(24):  # ~14 MB in all, 24 rows: far under CHECKPOINT_ROWS
             await log.append([big])
-            await asyncio.sleep(0.01)  # the thread's checkpoint runs between requests
-        await asyncio.sleep(0.2)
+            while log._maintaining:  # the thread's checkpoint, before the next request
+                await asyncio.sleep(0.001)
 
     asyncio.run(traffic())
     assert len(sink.commits) == 24 and sink.unchecked < sink.CHECKPOINT_ROWS
-    # each checkpoint came once the rows since the last one reached CHECKPOINT_BYTES
-    assert len(checkpoints) >= 24 * size // (sink.CHECKPOINT_BYTES + size) - 1
-    assert all(sink.CHECKPOINT_BYTES <= b < sink.CHECKPOINT_BYTES + 2 * size for b in checkpoints)
-    # the WAL restarts from its head after a checkpoint: it never held all 12 MB
+    # a checkpoint each time the rows since the last one reached CHECKPOINT_BYTES
+    assert len(checkpoints) == 24 // -(-sink.CHECKPOINT_BYTES // size)
+    assert all(sink.CHECKPOINT_BYTES <= b < sink.CHECKPOINT_BYTES + size for b in checkpoints)
+    # the WAL restarts from its head after a checkpoint: it never held all 14 MB
     wal = tmp_path / "log.sqlite-wal"
-    assert wal.stat().st_size < sink.CHECKPOINT_BYTES + 4 * size
+    assert wal.stat().st_size < sink.CHECKPOINT_BYTES + 2 * size
+
+
+def test_a_checkpoint_that_could_not_copy_everything_restarts_the_wal(tmp_path: Path) -> None:
+    """Where PASSIVE leaves frames behind (a reader on an older snapshot, or commits during
+    it), the WAL over its limit would never restart from its head: RESTART waits for the
+    reader and copies the rest, and the next commit writes from the WAL's head again."""
+    path = tmp_path / "log.sqlite"
+    sink = SQLiteSink(path)
+    sink.CHECKPOINT_BYTES = 2**20
+    sink.RESTART_WAIT_S = 5.0  # the reader below lets go within it, however busy the machine
+    big = row("big", records=20_000)
+    reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    assert sink.write_now([big])
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM predictions").fetchall()  # holds this snapshot
+    for _ in range(4):
+        assert sink.write_now([big])
+    frames = sink.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+    threading.Timer(0.1, reader.execute, ("COMMIT",)).start()  # the reader finishes later
+    sink.maintain()
+    busy, _, copied = sink.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    assert busy == 0 and copied == frames  # everything copied once the reader let go
+    assert sink.write_now([row("next")])
+    assert sink.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1] < frames // 4
+    assert [r["request_id"] for r in stored(path)] == ["big"] * 5 + ["next"]
+
+
+def test_a_restart_gives_up_rather_than_hold_the_writers(tmp_path: Path) -> None:
+    """A reader that keeps its snapshot (a drift window's read) would hold every service's
+    commits for as long as RESTART waited: it waits RESTART_WAIT_S, then writes go on."""
+    path = tmp_path / "log.sqlite"
+    sink = SQLiteSink(path)
+    sink.CHECKPOINT_BYTES = 2**20
+    big = row("big", records=20_000)
+    reader = sqlite3.connect(path, isolation_level=None)
+    assert sink.write_now([big])
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM predictions").fetchall()
+    for _ in range(4):
+        assert sink.write_now([big])
+    started = time.perf_counter()
+    sink.maintain()
+    assert time.perf_counter() - started < 2.0  # not the 5 s busy timeout of the connection
+    assert sink.write_now([row("next")])  # the writers were let go
+    assert sink.db.execute("PRAGMA busy_timeout").fetchone() == (5000,)
+    reader.execute("COMMIT")
 
 
 def test_a_failed_commit_refuses_every_waiting_request(tmp_path: Path) -> None:
