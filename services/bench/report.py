@@ -1,6 +1,7 @@
 """Targets, the markdown table and the JSON record of one benchmark run."""
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -67,6 +68,25 @@ def middle_half(ratios: list[float]) -> tuple[float, float] | None:
         return None
     low, _, high = statistics.quantiles(ratios, n=4, method="inclusive")
     return low, high
+
+
+def median_interval(ratios: list[float], confidence: float = 0.95) -> tuple[float, float] | None:
+    """A distribution-free confidence interval of the rounds' median ratio: the k-th smallest
+    and k-th largest ratio, k the largest for which a median outside them has a chance under
+    1 - confidence (each round above or below the true median with even odds, so the count
+    below is Binomial(n, 1/2)). None with too few rounds (six for 95%). It says what a
+    ratio's distance from 1.0 means: the median of rounds at 0.93-1.05 is no finding."""
+    n = len(ratios)
+    tail, k = 0.0, 0
+    while True:
+        tail += math.comb(n, k) / 2**n  # P(fewer than k + 1 rounds below the true median)
+        if 2 * tail > 1 - confidence:
+            break
+        k += 1
+    if k == 0:
+        return None
+    ordered = sorted(ratios)
+    return ordered[k - 1], ordered[n - k]
 
 
 def spread(ratios: list[float]) -> float:
@@ -152,9 +172,11 @@ def checks(results: list[Result], models: list[str], tabular: list[str]) -> list
 
 
 def _range(ratios: list[float]) -> str:
-    """The middle half of the rounds' ratios, where there are enough to have one."""
-    quartiles = middle_half(ratios)
-    return f"; rounds {quartiles[0]:.2f}-{quartiles[1]:.2f}" if quartiles else ""
+    """The middle half of the rounds' ratios and the median's 95% confidence interval, where
+    there are enough rounds to have them."""
+    quartiles, interval = middle_half(ratios), median_interval(ratios)
+    text = f"; rounds {quartiles[0]:.2f}-{quartiles[1]:.2f}" if quartiles else ""
+    return text + (f"; 95% CI {interval[0]:.2f}-{interval[1]:.2f}" if interval else "")
 
 
 def machine() -> dict[str, Any]:

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from services.bench.report import Result, checks, markdown, ratio, spread
+from services.bench.report import Result, checks, markdown, median_interval, ratio, spread
 from services.bench.wrk import Point
 
 
@@ -104,6 +104,22 @@ def test_the_spread_of_the_rounds_is_their_middle_half_over_the_median() -> None
     found = checks([anchor, lean], ["titanic"], [])
     measured = next(c.measured for c in found if c.name.startswith(">= 1x"))
     assert measured == "1.00 (16 conn; rounds 1.00-1.00)"
+
+
+def test_the_median_ratio_carries_its_confidence_interval() -> None:
+    """Order statistics: 95% needs six rounds ([min, max]); fourteen give the 3rd and 12th."""
+    assert median_interval([1.0] * 5) is None
+    assert median_interval([0.9, 1.2, 1.0, 0.95, 1.05, 1.1]) == (0.9, 1.2)
+    assert median_interval([0.9, 1.2, 1.0, 0.95, 1.05, 1.1, 1.0]) == (0.9, 1.2)
+    fourteen = [0.90 + i / 100 for i in range(14)]
+    assert median_interval(fourteen) == (fourteen[2], fourteen[11])
+    lean = Result("titanic", "lean", 1, [point(16, 100)], compared=1)
+    anchor = Result("titanic", "anchor", 1, [point(16, 100)], compared=1)
+    lean.rounds[16] = [93.0, 95, 97, 98, 99, 101, 105]
+    anchor.rounds[16] = [100.0] * 7
+    found = checks([anchor, lean], ["titanic"], [])
+    measured = next(c.measured for c in found if c.name.startswith(">= 1x"))
+    assert measured == "0.98 (16 conn; rounds 0.96-1.00; 95% CI 0.93-1.05)"
 
 
 def test_a_comparison_runs_the_floor_briefly_and_a_noisy_pair_again(
