@@ -118,8 +118,23 @@ def test_the_median_ratio_carries_its_confidence_interval() -> None:
     lean.rounds[16] = [93.0, 95, 97, 98, 99, 101, 105]
     anchor.rounds[16] = [100.0] * 7
     found = checks([anchor, lean], ["titanic"], [])
-    measured = next(c.measured for c in found if c.name.startswith(">= 1x"))
-    assert measured == "0.98 (16 conn; rounds 0.96-1.00; 95% CI 0.93-1.05)"
+    check = next(c for c in found if c.name.startswith(">= 1x"))
+    # under 1.0x, but the rounds cannot tell it from 1.0x: level with the anchor
+    assert (
+        check.measured
+        == "0.98 (16 conn; rounds 0.96-1.00; 95% CI 0.93-1.05; level within the noise)"
+    )
+    assert check.passed
+    lean.rounds[16] = [93.0, 95, 96, 97, 97, 98, 99]  # every round under: slower
+    check = next(c for c in checks([anchor, lean], ["titanic"], []) if c.name.startswith(">= 1x"))
+    assert check.measured == "0.97 (16 conn; rounds 0.95-0.97; 95% CI 0.93-0.99)"
+    assert not check.passed
+    # against mlflow (another graph and server), a ratio is judged as measured
+    mlflow = Result("titanic", "mlflow", 1, [point(16, 100)], compared=1)
+    mlflow.rounds[16] = [100.0] * 7
+    lean.rounds[16] = [93.0, 95, 97, 98, 99, 101, 105]
+    found = checks([anchor, mlflow, lean], ["titanic"], [])
+    assert not next(c for c in found if c.name.startswith(">= 3x")).passed
 
 
 def test_a_comparison_runs_the_floor_briefly_and_a_noisy_pair_again(
@@ -127,7 +142,8 @@ def test_a_comparison_runs_the_floor_briefly_and_a_noisy_pair_again(
 ) -> None:
     """The schedule: the floor in the first FLOOR_ROUNDS rounds, the anchor and the service in
     every round, back to back at each count, the order reversed every other round; a pair
-    whose rounds' ratios spread past NOISY runs as many rounds again."""
+    whose rounds' ratios spread past NOISY runs as many rounds again, and one whose median
+    ratio is under 1.0x with a confidence interval reaching it, up to MORE_ROUNDS sets."""
     from services.bench import __main__ as bench_main
 
     played: list[tuple[str, int]] = []
@@ -147,10 +163,10 @@ def test_a_comparison_runs_the_floor_briefly_and_a_noisy_pair_again(
     def starter(name: str) -> Any:
         return lambda: contextlib.nullcontext(f"http://{name}")
 
-    def compare(lean_rates: list[float]) -> list[tuple[str, int]]:
+    def compare(lean_rates: list[float], rounds: int = 4) -> list[tuple[str, int]]:
         rates["lean"] = lean_rates
         played.clear()
-        bench = bench_main.Bench(3.0, 1.0, tmp_path, rounds=4)
+        bench = bench_main.Bench(3.0, 1.0, tmp_path, rounds=rounds)
         trio = [(Result("titanic", n, 1), starter(n)) for n in ("floor", "anchor", "lean")]
         bench.compare(trio, "/predict", body, (16, 64), brief=1)
         return played[3:]  # after the warm-ups
@@ -165,8 +181,14 @@ def test_a_comparison_runs_the_floor_briefly_and_a_noisy_pair_again(
               ("floor", 64)]  # fmt: skip
     assert steady[6:12] == second
     assert len(steady) == 3 * 3 * 2 + 1 * 2 * 2  # three rounds of three, one of two
-    noisy = compare([60.0, 100.0, 140.0])
+    extra_set = [("anchor", 16), ("lean", 16), ("anchor", 64), ("lean", 64),
+                 ("lean", 16), ("anchor", 16), ("lean", 64), ("anchor", 64)] * 2  # fmt: skip
+    noisy = compare([100.0, 140.0, 180.0])  # spread past NOISY, but faster: one more set
     assert noisy[: len(steady)] == steady
-    assert noisy[len(steady):] == [("anchor", 16), ("lean", 16), ("anchor", 64), ("lean", 64),
-                                   ("lean", 16), ("anchor", 16), ("lean", 64), ("anchor", 64)
-                                   ] * 2  # fmt: skip
+    assert noisy[len(steady) :] == extra_set
+    # under 1.0x with an interval that reaches it (six rounds or more): up to MORE_ROUNDS sets
+    six = compare([100.0], rounds=6)
+    level = compare([92.0, 99.0, 103.0], rounds=6)
+    assert level[: len(six)] == six
+    lean_runs = [r for r in level if r[0] == "lean"]
+    assert len(lean_runs) == 2 * 6 * bench_main.MORE_ROUNDS  # two counts, 18 rounds
