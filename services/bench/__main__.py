@@ -193,24 +193,29 @@ class Bench:
     @staticmethod
     def noisy(runs: dict[int, dict[int, list[Point]]], pair: list[int]) -> str:
         """Where the pair's rounds' ratios spread more than NOISY: '16 conn 14%', or ''."""
-        base, other = (runs[i] for i in pair)
         found = []
-        for count in base:
-            ratios = [b.rps / a.rps for a, b in zip(base[count], other[count], strict=False)
-                      if a.rps]  # fmt: skip
+        for count, ratios in Bench.pair_ratios(runs, pair).items():
             if (width := report.spread(ratios)) > NOISY:
                 found.append(f"{count} conn {width:.0%}")
         return ", ".join(found)
 
     @staticmethod
+    def pair_ratios(
+        runs: dict[int, dict[int, list[Point]]], pair: list[int]
+    ) -> dict[int, list[float]]:
+        """The second server's rate over the first's in each round, by connection count."""
+        base, other = (runs[i] for i in pair)
+        return {
+            count: [b.rps / a.rps for a, b in zip(base[count], other[count], strict=False) if a.rps]
+            for count in base
+        }
+
+    @staticmethod
     def undecided(runs: dict[int, dict[int, list[Point]]], pair: list[int]) -> str:
         """Where the pair's median ratio is under ANCHOR_TIMES but its 95% confidence interval
         reaches it (more rounds may tell): '16 conn 0.97x (95% CI 0.93-1.01)', or ''."""
-        base, other = (runs[i] for i in pair)
         found = []
-        for count in base:
-            ratios = [b.rps / a.rps for a, b in zip(base[count], other[count], strict=False)
-                      if a.rps]  # fmt: skip
+        for count, ratios in Bench.pair_ratios(runs, pair).items():
             interval = report.median_interval(ratios)
             middle = statistics.median(ratios) if ratios else 0.0
             if interval and middle < report.ANCHOR_TIMES <= interval[1]:
