@@ -4,6 +4,7 @@ import json
 import math
 from dataclasses import dataclass
 from functools import cached_property
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,9 @@ from pipelines.reference import summarize
 from services.store import Artifact, ArtifactRefused
 
 NUMERIC = ("float", "int")
+# Characters of padding a text graph's batch must be spared before it runs in chunks
+# (LoadedModel.predict): ~0.5 ms of tokenizing, the cost of a few more runs
+PADDING_MIN = 100_000
 
 
 def _session(path: str) -> ort.InferenceSession:
@@ -66,21 +70,63 @@ class LoadedModel:
         return name, float(self.artifact.metrics.get(name, math.nan))
 
     def feeds(self, records: list[BaseModel]) -> dict[str, np.ndarray]:
-        """One tensor per field, exactly as the pipeline's onnx_feeds builds them."""
+        """One tensor per field, exactly as the pipeline's onnx_feeds builds them. The records'
+        values in one pass (attrgetter, transposed by zip) and each column converted whole:
+        a column at a time over the records, with a one-element list per value, took 31 ms
+        of a 1000-row house_prices batch (73 fields) where this takes 8."""
+        fields = self.spec.fields
+        names, size = list(fields), len(records)
+        if len(names) == 1:
+            columns: list[Any] = [[getattr(r, names[0]) for r in records]]
+        elif size:
+            columns = list(zip(*map(attrgetter(*names), records), strict=True))
+        else:
+            columns = [[] for _ in names]
         out: dict[str, np.ndarray] = {}
-        for name, field in self.spec.fields.items():
-            values = [getattr(r, name) for r in records]
-            if field.type in NUMERIC:
-                column = [[math.nan if v is None else v] for v in values]
-                out[name] = np.array(column, dtype=np.float32)
+        for name, values in zip(names, columns, strict=True):
+            field = fields[name]
+            if field.type in NUMERIC:  # None (a missing value) is NaN as float64
+                out[name] = np.array(values, np.float64).astype(np.float32).reshape(size, 1)
             elif field.type == "image":
                 shape = field.shape or []
                 out[name] = np.frombuffer(b"".join(values), np.uint8).reshape(-1, *shape)
             elif field.type == "series":
-                out[name] = np.array(values, dtype=np.float32).reshape(len(values), -1)
+                out[name] = np.array(values, dtype=np.float32).reshape(size, -1)
             else:
-                out[name] = np.array([["" if v is None else v] for v in values], object)
+                column = np.empty((size, 1), object)
+                column[:, 0] = ["" if v is None else v for v in values]
+                out[name] = column
         return out
+
+    @cached_property
+    def texts(self) -> list[str]:
+        """The fields a tokenizer in the graph reads."""
+        return [name for name, field in self.spec.fields.items() if field.type == "text"]
+
+    def predict(self, records: list[BaseModel], chunk: int = 0) -> dict[str, np.ndarray]:
+        """The graph's outputs for the records, in their order. A graph that reads text pads a
+        batch to its longest text (the tokenizer's [rows, most tokens] tensor): a 1000-review
+        batch, the longest 8,055 characters and the median 279, ran in 81 ms at once and in 38
+        ms sorted by length in chunks of 128 (54 ms in chunks unsorted). So where that spares
+        more than PADDING_MIN characters of padding, records go shortest first, `chunk` at a
+        time (0: at once); otherwise the batch goes whole: each run costs its overhead again
+        (titanic's names, 80 characters at most: 5% slower in chunks)."""
+        if not self.texts or chunk <= 0 or len(records) <= chunk:
+            return self.run(self.feeds(records))
+        size = len(records)
+        lengths = np.zeros(size, np.int64)
+        for name in self.texts:
+            values = map(attrgetter(name), records)
+            lengths += np.fromiter((len(v) if v else 0 for v in values), np.int64, size)
+        order = np.argsort(lengths, kind="stable")
+        starts = range(0, size, chunk)
+        longest = lengths[order][np.minimum(np.arange(chunk, size + chunk, chunk), size) - 1]
+        if size * int(longest[-1]) - int(longest.sum()) * chunk < PADDING_MIN:
+            return self.run(self.feeds(records))
+        parts = [self.run(self.feeds([records[i] for i in order[s : s + chunk]])) for s in starts]
+        back = np.empty(size, np.intp)
+        back[order] = np.arange(size)
+        return {name: np.concatenate([part[name] for part in parts])[back] for name in parts[0]}
 
     @cached_property
     def served_outputs(self) -> list[str]:

@@ -221,7 +221,8 @@ class ModelService:
         model = route.serving
         records = [record for _, record in accepted]
         with self.metrics.timed(self.spec.key, "inference"):
-            result = await self.infer(lambda: model.run(model.feeds(records)), len(records))
+            chunk = self.settings.inference_chunk
+            result = await self.infer(lambda: model.predict(records, chunk), len(records))
             self.observe(model, result, len(records) + len(invalid), "/predict")
             answers: list[Any] = [None] * (len(accepted) + len(invalid))
             for (index, _), prediction in zip(accepted, model.format(result), strict=True):
@@ -286,7 +287,7 @@ class ModelService:
         shadow = route.shadow
         assert shadow is not None
         try:
-            predictions = shadow.format(shadow.run(shadow.feeds(records)))
+            predictions = shadow.format(shadow.predict(records, self.settings.inference_chunk))
         except Exception:  # the challenger must never affect the answered request
             shadow_log.exception(
                 "shadow %s v%s failed on %s", shadow.name, shadow.version, request_id

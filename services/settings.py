@@ -42,6 +42,9 @@ class ServeSettings(BaseSettings):
     # other, the cache thrashed; a batch that waits in line is cancelled at the timeout)
     inline_max_records: int = Field(default=16, ge=0)
     inference_threads: int = Field(default=1, ge=1, le=64)
+    # A graph that reads text runs a large batch in chunks of this many records, sorted by
+    # length (each chunk pads to its own longest text: LoadedModel.predict); 0: at once
+    inference_chunk: int = Field(default=128, ge=0)
     challenger_mode: Literal["off", "split", "shadow"] = "off"
     challenger_share: float = Field(
         default=0.1, ge=0, le=1

@@ -1,0 +1,97 @@
+"""The runtime on the trained graphs, in-process: records to tensors exactly as the pipeline
+builds them, and a text batch in length-sorted chunks answering exactly as in one piece."""
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pydantic import BaseModel
+
+from pipelines import paths
+from pipelines.schema import onnx_feeds
+from services import runtime
+from services.examples import as_records
+from services.inputs import record_model, request_model
+from services.store import Artifact
+from tests.conftest import CATALOG, KEYS
+from tests.serving.conftest import held_out
+
+pytestmark = pytest.mark.slow
+
+
+def loaded(trained: Path, key: str) -> runtime.LoadedModel:
+    path = paths.onnx_model(key, trained)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    return runtime.load(CATALOG[key], Artifact(key, "champion", "1", digest, path, {}, "cache"))
+
+
+def records(key: str, rows: list[dict[str, Any]]) -> list[BaseModel]:
+    spec = CATALOG[key]
+    body = request_model(spec, record_model(spec), len(rows))
+    return list(body.model_validate({"records": rows}).records)  # type: ignore[attr-defined]
+
+
+def counted(model: runtime.LoadedModel) -> list[int]:
+    """The sizes of the batches the model's session runs from now on (the real session)."""
+    sizes: list[int] = []
+    run = model.run
+
+    def counting(feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> Any:
+        sizes.append(len(next(iter(feeds.values()))))
+        return run(feeds, outputs)
+
+    model.run = counting  # type: ignore[method-assign]
+    return sizes
+
+
+@pytest.mark.parametrize("key", [k for k in KEYS if CATALOG[k].task != "retrieval"])
+def test_feeds_are_the_pipelines_tensors(trained: Path, key: str) -> None:
+    """LoadedModel.feeds and pipelines.schema.onnx_feeds: the same dtypes, shapes and values,
+    missing values included (titanic's cabins and ages: "" and NaN)."""
+    frame = held_out(trained, key, rows=64)
+    model = loaded(trained, key)
+    got = model.feeds(records(key, as_records(frame, CATALOG[key])))
+    expected = onnx_feeds(frame, CATALOG[key])
+    assert list(got) == list(expected)
+    for name, array in expected.items():
+        assert (got[name].dtype, got[name].shape) == (array.dtype, array.shape), name
+        assert np.array_equal(got[name], array, equal_nan=array.dtype.kind == "f"), name
+    if key == "titanic":
+        assert np.isnan(got["age"]).any() and (got["cabin"] == "").any()
+
+
+def test_a_text_batch_runs_in_length_sorted_chunks_with_the_same_answers(trained: Path) -> None:
+    key = "review_sentiment"
+    frame = held_out(trained, key, rows=600)
+    batch = records(key, as_records(frame, CATALOG[key]))
+    lengths = sorted(len(record.review) for record in batch)  # type: ignore[attr-defined]
+    assert lengths[-1] > 4 * lengths[len(lengths) // 2]  # long reviews: padding to spare
+    model = loaded(trained, key)
+    whole = model.run(model.feeds(batch))
+    sizes = counted(model)
+    chunked = model.predict(batch, 128)
+    assert sizes == [128, 128, 128, 128, 88]
+    assert list(chunked) == list(whole)
+    for name, array in whole.items():
+        assert np.array_equal(chunked[name], array), name  # in the records' order
+    assert model.format(chunked) == model.format(whole)
+
+
+def test_short_texts_and_small_batches_go_whole(trained: Path) -> None:
+    titanic = loaded(trained, "titanic")
+    passengers = records(
+        "titanic", as_records(held_out(trained, "titanic", rows=200), CATALOG["titanic"])
+    )
+    sizes = counted(titanic)
+    titanic.predict(passengers, 128)  # names of ~25 characters: little padding to spare
+    reviews = loaded(trained, "review_sentiment")
+    batch = records(
+        "review_sentiment",
+        as_records(held_out(trained, "review_sentiment", rows=600), CATALOG["review_sentiment"]),
+    )
+    review_sizes = counted(reviews)
+    reviews.predict(batch[:100], 128)  # one chunk's worth
+    reviews.predict(batch, 0)  # chunks off
+    assert (sizes, review_sizes) == ([200], [100, 600])
