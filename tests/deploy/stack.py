@@ -150,8 +150,31 @@ class ComposeStack:
                     said = time.monotonic()
                     self.progress(f"up {said - started:5.0f} s: {self.last_line()}")
         if process.returncode != 0:
-            raise RuntimeError(f"docker-compose up failed:\n{self.log.read_text()[-6000:]}")
+            raise RuntimeError(
+                f"docker-compose up failed:\n{self.log.read_text()[-4000:]}\n{self.why_down()}"
+            )
         return time.monotonic() - started
+
+    def why_down(self) -> str:
+        """Each container that is not running or not healthy: its state, its last health
+        checks' outputs and its last log lines (compose's own error names only the service)."""
+        try:
+            containers = self.containers()
+        except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as error:
+            return f"(the containers could not be inspected: {error})"
+        lines = []
+        for name, container in sorted(containers.items()):
+            state = container["State"]
+            status, healthy = state.get("Status"), health(container)
+            if healthy in (None, "healthy") and (status == "running" or state.get("ExitCode") == 0):
+                continue
+            lines.append(f"--- {name}: {status} (exit {state.get('ExitCode')}), health {healthy}")
+            for check in state.get("Health", {}).get("Log", [])[-3:]:
+                output = " ".join(check.get("Output", "").split())[:300]
+                lines.append(f"  check exit {check.get('ExitCode')}: {output}")
+            logs = self.engine.run("logs", "--tail", "15", container["Id"], check=False)
+            lines += [f"  | {line[:200]}" for line in (logs.stdout + logs.stderr).splitlines()]
+        return "\n".join(lines) or "(every container is running or exited 0, and healthy)"
 
     def last_line(self, service: str = "trainer") -> str:
         logs = self.engine.run("logs", "--tail", "1", f"{PROJECT}_{service}_1", check=False)
