@@ -167,7 +167,8 @@ def add_routes(app: FastAPI, service: ModelService) -> None:
         else:
             feeds = _feeds(service, arrays, size)
         wanted, binary = requested_outputs(model, header)
-        result = await service.infer(model.run, size, feeds, wanted)
+        chunk = service.settings.inference_chunk
+        result = await service.infer(model.run_chunked, size, feeds, chunk, wanted)
         service.observe(model, result, size, "/v2/infer")
         request.state.served = (model.version, model.alias)
         await service.log_tensors(model, feeds, result, request.state.request_id)

@@ -62,16 +62,25 @@ def test_feeds_are_the_pipelines_tensors(trained: Path, key: str) -> None:
         assert np.isnan(got["age"]).any() and (got["cabin"] == "").any()
 
 
-def test_a_text_batch_runs_in_length_sorted_chunks_with_the_same_answers(trained: Path) -> None:
-    key = "review_sentiment"
-    frame = held_out(trained, key, rows=600)
-    batch = records(key, as_records(frame, CATALOG[key]))
+@pytest.fixture(scope="module")
+def reviews(trained: Path) -> list[BaseModel]:
+    """600 held-out reviews as validated records: long ones among them, padding to spare."""
+    batch = records(
+        "review_sentiment",
+        as_records(held_out(trained, "review_sentiment", rows=600), CATALOG["review_sentiment"]),
+    )
     lengths = sorted(len(record.review) for record in batch)  # type: ignore[attr-defined]
-    assert lengths[-1] > 4 * lengths[len(lengths) // 2]  # long reviews: padding to spare
-    model = loaded(trained, key)
-    whole = model.run(model.feeds(batch))
+    assert lengths[-1] > 4 * lengths[len(lengths) // 2]
+    return batch
+
+
+def test_a_text_batch_runs_in_length_sorted_chunks_with_the_same_answers(
+    trained: Path, reviews: list[BaseModel]
+) -> None:
+    model = loaded(trained, "review_sentiment")
+    whole = model.run(model.feeds(reviews))
     sizes = counted(model)
-    chunked = model.predict(batch, 128)
+    chunked = model.predict(reviews, 128)
     assert sizes == [128, 128, 128, 128, 88]
     assert list(chunked) == list(whole)
     for name, array in whole.items():
@@ -79,19 +88,29 @@ def test_a_text_batch_runs_in_length_sorted_chunks_with_the_same_answers(trained
     assert model.format(chunked) == model.format(whole)
 
 
-def test_short_texts_and_small_batches_go_whole(trained: Path) -> None:
+def test_tensors_in_chunks_answer_the_outputs_asked_for(
+    trained: Path, reviews: list[BaseModel]
+) -> None:
+    """OIP's path: tensors in, some outputs asked for, in chunks as /predict's records."""
+    model = loaded(trained, "review_sentiment")
+    feeds = model.feeds(reviews)
+    wanted = model.served_outputs[-1:]
+    whole = model.run(feeds, wanted)
+    sizes = counted(model)
+    chunked = model.run_chunked(feeds, 128, wanted)
+    assert (sizes, list(chunked)) == ([128, 128, 128, 128, 88], wanted)
+    assert np.array_equal(chunked[wanted[0]], whole[wanted[0]])
+
+
+def test_short_texts_and_small_batches_go_whole(trained: Path, reviews: list[BaseModel]) -> None:
     titanic = loaded(trained, "titanic")
     passengers = records(
         "titanic", as_records(held_out(trained, "titanic", rows=200), CATALOG["titanic"])
     )
     sizes = counted(titanic)
     titanic.predict(passengers, 128)  # names of ~25 characters: little padding to spare
-    reviews = loaded(trained, "review_sentiment")
-    batch = records(
-        "review_sentiment",
-        as_records(held_out(trained, "review_sentiment", rows=600), CATALOG["review_sentiment"]),
-    )
-    review_sizes = counted(reviews)
-    reviews.predict(batch[:100], 128)  # one chunk's worth
-    reviews.predict(batch, 0)  # chunks off
+    model = loaded(trained, "review_sentiment")
+    review_sizes = counted(model)
+    model.predict(reviews[:100], 128)  # one chunk's worth
+    model.predict(reviews, 0)  # chunks off
     assert (sizes, review_sizes) == ([200], [100, 600])
