@@ -406,9 +406,8 @@ def record_row(
     1000-record energy_forecast batch's 5 MB)."""
     served = [(i, logged(p)) for i, p in enumerate(answer["predictions"]) if "error" not in p]
     inputs = [record.__dict__ for record in records]
-    inputs_json, outputs_json = dumps(inputs), dumps([p for _, p in served])
-    if _over(inputs_json, outputs_json, max_bytes):
-        inputs_json = _markers(inputs, answer["request_id"])
+    outputs_json = dumps([p for _, p in served])
+    inputs_json = _inputs_json(inputs, outputs_json, max_bytes, answer["request_id"])
     return (
         now,
         answer["request_id"],
@@ -443,10 +442,27 @@ def _over(inputs_json: str, outputs_json: str, max_bytes: int) -> bool:
     return bool(max_bytes) and len(inputs_json) + len(outputs_json) > max_bytes
 
 
-def _markers(inputs: list[Any], request_id: str) -> str:
+def _inputs_json(inputs: list[Any], outputs_json: str, max_bytes: int, request_id: str) -> str:
+    """The records' JSON, or their markers where it and the outputs' are over `max_bytes`.
+    Where the first record times their count is over twice the cap, each record is written
+    once, alone, and their sizes decide: a 1000-row house_prices batch (1.5 MB) was written
+    whole and then record by record for the markers, 2.7 of its 50 ms; batches under the cap
+    stay one write (titanic's 1000 rows in one: 0.17 ms, in 1000 and joined: 0.34 ms)."""
+    if max_bytes and len(inputs) > 1 and len(dumps(inputs[0])) * len(inputs) > 2 * max_bytes:
+        parts = [dumps(record) for record in inputs]
+        if sum(map(len, parts)) + len(parts) + 1 + len(outputs_json) > max_bytes:  # [a,b]
+            return _markers([len(part) for part in parts], request_id)
+        return f"[{','.join(parts)}]"
+    inputs_json = dumps(inputs)
+    if _over(inputs_json, outputs_json, max_bytes):
+        return _markers([len(dumps(record)) for record in inputs], request_id)
+    return inputs_json
+
+
+def _markers(sizes: list[int], request_id: str) -> str:
     """The inputs JSON of records over the cap: {TRUNCATED: each record's JSON size}."""
     log.info("prediction log: request %s: inputs over the cap, stored as markers", request_id)
-    return dumps([{TRUNCATED: len(dumps(record))} for record in inputs])
+    return dumps([{TRUNCATED: size} for size in sizes])
 
 
 def capped(row: Row, max_bytes: int) -> Row:
@@ -457,7 +473,7 @@ def capped(row: Row, max_bytes: int) -> Row:
     its outputs alone may be over the cap, and the markers keep the records' own sizes."""
     if not _over(row[8], row[9], max_bytes) or row[8].startswith(MARKED):
         return row
-    return (*row[:8], _markers(loads(row[8]), row[1]), row[9])
+    return (*row[:8], _markers([len(dumps(r)) for r in loads(row[8])], row[1]), row[9])
 
 
 # A group's commit waits for more requests (PredictionLog._flush) at most this long after its

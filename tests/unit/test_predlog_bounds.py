@@ -169,6 +169,35 @@ def test_records_marked_from_the_records_are_not_marked_again() -> None:
     assert capped(record_row(answer, records, "/predict", 1.0), 200)[8] == marked[8]
 
 
+def test_a_batch_far_over_the_cap_is_sized_record_by_record_with_the_same_row() -> None:
+    """Where the first record times the count is over twice the cap, the records are written
+    one at a time: markers of the same sizes when they are over it, the same JSON as one
+    write when the first was long and the rest short (the estimate only orders the work)."""
+    from pydantic import BaseModel
+
+    class Record(BaseModel):
+        age: int
+        note: str
+
+    def answer(records: list[BaseModel]) -> dict[str, object]:
+        return {
+            "request_id": "r", "model": "titanic", "version": "3", "alias": "champion",
+            "predictions": [{"value": 1.0} for _ in records],
+        }  # fmt: skip
+
+    big: list[BaseModel] = [Record(age=i, note="é" * (100 + i)) for i in range(10)]
+    marked = record_row(answer(big), big, "/predict", 1.0, max_bytes=400)
+    sizes = [len(dumps(record.__dict__)) for record in big]
+    assert orjson.loads(marked[8]) == [{TRUNCATED: size} for size in sizes]
+    first_long: list[BaseModel] = [Record(age=0, note="x" * 300)]
+    first_long += [Record(age=i, note="") for i in range(1, 10)]
+    whole = [record.__dict__ for record in first_long]
+    kept = record_row(answer(first_long), first_long, "/predict", 1.0, max_bytes=1200)
+    assert kept[8] == dumps(whole)  # 300 x 10 > 2 x 1200, yet all of it fits
+    cut = record_row(answer(first_long), first_long, "/predict", 1.0, max_bytes=len(dumps(whole)))
+    assert orjson.loads(cut[8]) == [{TRUNCATED: len(dumps(r))} for r in whole]  # + outputs
+
+
 def test_the_log_stores_rows_over_the_cap_as_markers(log_file: Path) -> None:
     log = PredictionLog(SQLiteSink(log_file), max_bytes=500)
 
