@@ -170,7 +170,7 @@ def test_records_marked_from_the_records_are_not_marked_again() -> None:
 
 
 def test_a_batch_far_over_the_cap_is_sized_record_by_record_with_the_same_row() -> None:
-    """Where the first record times the count is over twice the cap, the records are written
+    """Where the first record times the count is over the cap, the records are written
     one at a time: markers of the same sizes when they are over it, the same JSON as one
     write when the first was long and the rest short (the estimate only orders the work)."""
     from pydantic import BaseModel
@@ -193,7 +193,7 @@ def test_a_batch_far_over_the_cap_is_sized_record_by_record_with_the_same_row() 
     first_long += [Record(age=i, note="") for i in range(1, 10)]
     whole = [record.__dict__ for record in first_long]
     kept = record_row(answer(first_long), first_long, "/predict", 1.0, max_bytes=1200)
-    assert kept[8] == dumps(whole)  # 300 x 10 > 2 x 1200, yet all of it fits
+    assert kept[8] == dumps(whole)  # 300 x 10 > 1200, yet all of it fits
     cut = record_row(answer(first_long), first_long, "/predict", 1.0, max_bytes=len(dumps(whole)))
     assert orjson.loads(cut[8]) == [{TRUNCATED: len(dumps(r))} for r in whole]  # + outputs
 
