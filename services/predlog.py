@@ -448,8 +448,9 @@ def _inputs_json(inputs: list[Any], outputs_json: str, max_bytes: int, request_i
     alone, and their sizes decide: a 1000-row house_prices batch (1.5 MB) was written whole
     and then record by record for the markers. Batches under the cap stay one write
     (titanic's 1000 rows in one: 0.17 ms, in 1000 and joined: 0.34 ms)."""
-    if max_bytes and len(inputs) > 1 and len(dumps(inputs[0])) * len(inputs) > max_bytes:
-        parts = [dumps(record) for record in inputs]
+    first = dumps(inputs[0]) if max_bytes and len(inputs) > 1 else ""
+    if len(first) * len(inputs) > max_bytes:
+        parts = [first, *(dumps(record) for record in inputs[1:])]  # the first written once
         if sum(map(len, parts)) + len(parts) + 1 + len(outputs_json) > max_bytes:  # [a,b]
             return _markers([len(part) for part in parts], request_id)
         return f"[{','.join(parts)}]"
