@@ -14,6 +14,7 @@ import pytest
 import tritonclient.http as triton
 from prometheus_client.parser import text_string_to_metric_families
 
+from services.predlog import records_of
 from tests.conftest import CATALOG
 from tests.serving.conftest import Registry, Service, held_out, serve
 from tests.serving.test_contract import v2_inputs
@@ -66,14 +67,14 @@ def test_the_log_holds_every_answered_prediction_and_nothing_else(
     answered = {a["request_id"] for a in [*answers, partial]}
     assert {r["request_id"] for r in rows if r["route"] == "/predict"} == answered
     first = rows[0]
-    assert orjson.loads(first["inputs"]) == [records[0]]
+    assert records_of(orjson.loads(first["inputs"])) == [records[0]]
     assert orjson.loads(first["outputs"]) == answers[0]["predictions"]
     assert (first["model"], first["version"], first["alias"]) == ("titanic", "1", "champion")
     (mixed,) = [r for r in rows if r["request_id"] == partial["request_id"]]
     assert orjson.loads(mixed["positions"]) == [*range(8)]  # the two refused ones: none
     assert orjson.loads(mixed["outputs"]) == partial["predictions"][:8]
     (v2,) = [r for r in rows if r["route"] == "/v2/infer"]
-    assert v2["records"] == 4 and "pclass" in orjson.loads(v2["inputs"])[0]
+    assert v2["records"] == 4 and "pclass" in records_of(orjson.loads(v2["inputs"]))[0]
     assert samples(service, "serving_prediction_log_rows_total") == [({"model": "titanic"}, 22.0)]
     assert samples(service, "serving_prediction_log_errors_total") == [({"model": "titanic"}, 0.0)]
 

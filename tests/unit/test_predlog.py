@@ -25,7 +25,9 @@ from services.predlog import (
     open_sink,
     read_window,
     record_row,
+    records_of,
     score_label,
+    table,
     tensor_row,
 )
 
@@ -55,8 +57,13 @@ class Failing(SQLiteSink):
         raise sqlite3.OperationalError("disk I/O error")
 
 
-def row(request_id: str, records: int = 1) -> Row:
-    inputs, outputs = [{"age": i} for i in range(records)], [{"value": i} for i in range(records)]
+def row(request_id: str, records: int = 1, listed: bool = False) -> Row:
+    """A titanic row; its inputs a table, as record_row writes them, or `listed`: a list of
+    records, as the versions before the table wrote them."""
+    inputs: Any = table(["age"], [[i] for i in range(records)])
+    if listed:
+        inputs = [{"age": i} for i in range(records)]
+    outputs = [{"value": i} for i in range(records)]
     head = (1.0, request_id, "titanic", "3", "champion", "/predict", records)
     return (*head, dumps(list(range(records))), dumps(inputs), dumps(outputs))
 
@@ -351,7 +358,11 @@ def test_a_record_row_pairs_each_valid_record_with_its_prediction() -> None:
     assert row[:7] == (10.0, "abc", "titanic", "3", "champion", "/predict", 2)
     assert orjson.loads(row[7]) == [0, 2]  # positions in the request: the error has none
     pixels = base64.b64encode(b"\x00\xff").decode()
-    assert orjson.loads(row[8]) == [
+    assert orjson.loads(row[8]) == {  # a table: each name once
+        "columns": ["age", "sex", "image"],
+        "rows": [[30.0, "female", pixels], [None, "male", ""]],
+    }
+    assert records_of(orjson.loads(row[8])) == [
         {"age": 30.0, "sex": "female", "image": pixels},
         {"age": None, "sex": "male", "image": ""},
     ]
@@ -391,7 +402,9 @@ def test_a_tensor_row_splits_the_batch_into_records() -> None:
     head = (1.0, "id", "m", "1", "champion", "/v2/infer")
     row = tensor_row(head, feeds, [{"value": 1.0}, {"value": 2.0}])
     assert row[6] == 2 and orjson.loads(row[7]) == [0, 1]
-    assert orjson.loads(row[8])[1] == {"age": 40.0, "sex": "female", "image": "AAAAAA=="}
+    inputs = orjson.loads(row[8])
+    assert inputs["columns"] == ["age", "sex", "image"]
+    assert records_of(inputs)[1] == {"age": 40.0, "sex": "female", "image": "AAAAAA=="}
 
 
 def test_the_window_is_the_latest_records_oldest_first(tmp_path: Path) -> None:
@@ -399,9 +412,10 @@ def test_the_window_is_the_latest_records_oldest_first(tmp_path: Path) -> None:
     sink = SQLiteSink(path)
     shadow = (*row("s", 1)[:5], "shadow", *row("s", 1)[6:])
     other = (*row("o", 1)[:2], "churn", *row("o", 1)[3:])
-    sink.write([row("a", records=3), shadow, other, row("b", records=2)])
+    sink.write([row("a", records=3, listed=True), shadow, other, row("b", records=2)])
     found = read_window(f"sqlite:///{path}", "titanic", 4, since=0)
-    # b's two records, then the last two of a: shadow rows and other models are not traffic
+    # b's two records, then the last two of a (an earlier version's list of records): shadow
+    # rows and other models are not traffic
     assert [(i["age"], o["value"]) for _, _, i, o in found] == [(1, 1), (2, 2), (0, 0), (1, 1)]
     assert read_window(f"sqlite:///{path}", "titanic", 10, since=2.0) == []
     assert read_window(f"sqlite:///{tmp_path / 'none.sqlite'}", "titanic", 10, since=0) == []

@@ -28,6 +28,8 @@ from services.predlog import (
     prune,
     read_window,
     record_row,
+    records_of,
+    table,
 )
 from tests.conftest import CATALOG
 
@@ -169,10 +171,10 @@ def test_records_marked_from_the_records_are_not_marked_again() -> None:
     assert capped(record_row(answer, records, "/predict", 1.0), 200)[8] == marked[8]
 
 
-def test_a_batch_far_over_the_cap_is_sized_record_by_record_with_the_same_row() -> None:
-    """Where the first record times the count is over the cap, the records are written
-    one at a time: markers of the same sizes when they are over it, the same JSON as one
-    write when the first was long and the rest short (the estimate only orders the work)."""
+def test_a_batch_is_kept_as_a_table_or_marked_record_by_record() -> None:
+    """Over the cap, markers of each record's own JSON size; under it, the table, whose size
+    is what the cap measures: a batch over it as a list of records may fit as a table (each
+    field's name written once, not once per record)."""
     from pydantic import BaseModel
 
     class Record(BaseModel):
@@ -189,13 +191,13 @@ def test_a_batch_far_over_the_cap_is_sized_record_by_record_with_the_same_row() 
     marked = record_row(answer(big), big, "/predict", 1.0, max_bytes=400)
     sizes = [len(dumps(record.__dict__)) for record in big]
     assert orjson.loads(marked[8]) == [{TRUNCATED: size} for size in sizes]
-    first_long: list[BaseModel] = [Record(age=0, note="x" * 300)]
-    first_long += [Record(age=i, note="") for i in range(1, 10)]
-    whole = [record.__dict__ for record in first_long]
-    kept = record_row(answer(first_long), first_long, "/predict", 1.0, max_bytes=1200)
-    assert kept[8] == dumps(whole)  # 300 x 10 > 1200, yet all of it fits
-    cut = record_row(answer(first_long), first_long, "/predict", 1.0, max_bytes=len(dumps(whole)))
-    assert orjson.loads(cut[8]) == [{TRUNCATED: len(dumps(r))} for r in whole]  # + outputs
+    many: list[BaseModel] = [Record(age=i, note="") for i in range(40)]
+    listed = dumps([record.__dict__ for record in many])
+    cap = len(listed) + len(dumps(answer(many)["predictions"])) - 1  # as a list: over it
+    kept = record_row(answer(many), many, "/predict", 1.0, max_bytes=cap)
+    assert len(kept[8]) + len(kept[9]) <= cap
+    assert kept[8] == dumps(table(["age", "note"], [[i, ""] for i in range(40)]))
+    assert records_of(orjson.loads(kept[8])) == orjson.loads(listed)
 
 
 def test_the_log_stores_rows_over_the_cap_as_markers(log_file: Path) -> None:
