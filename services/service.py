@@ -49,6 +49,12 @@ class ModelService:
             "admin", settings.admin_token, settings.admin_token_file, name="SERVE_ADMIN_TOKEN"
         )
         self.request_model = request_model(spec, self.record_model, settings.max_records)
+        # /predict's bodies: parsed from JSON bytes, whose parsers refuse lone surrogates
+        # (inputs._text); the models above check them for every other way in and the docs
+        self.json_record_model = record_model(spec, from_json=True)
+        self.json_request_model = request_model(
+            spec, self.json_record_model, settings.max_records
+        )
         self.metrics = ServiceMetrics(spec.task)
         self.access_log = AccessLog()
         store = ModelStore(
@@ -87,7 +93,7 @@ class ModelService:
     def parse(self, body: bytes) -> tuple[list[tuple[int, BaseModel]], dict[int, Any]]:
         """(index, record) of the valid records and field errors of the others."""
         try:
-            request = self.request_model.model_validate_json(body)
+            request = self.json_request_model.model_validate_json(body)
             return list(enumerate(request.records)), {}  # type: ignore[attr-defined]
         except ValidationError:
             pass  # find out which records are at fault, and serve the others
@@ -95,7 +101,7 @@ class ModelService:
         accepted, invalid = [], {}
         for index, record in enumerate(records):
             try:
-                accepted.append((index, self.record_model.model_validate(record)))
+                accepted.append((index, self.json_record_model.model_validate(record)))
             except ValidationError as exc:
                 invalid[index] = describe_errors(exc, ("records", index))
                 for error in invalid[index]:
