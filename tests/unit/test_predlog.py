@@ -387,6 +387,18 @@ def test_search_results_are_logged_by_document_id_and_score() -> None:
     assert score_label(orjson.loads(row[9])[0]) == (0.8, None)  # what the drift view reads
 
 
+def test_segments_are_logged_by_label_and_distance_without_their_profile() -> None:
+    profile = {"segment": "segment 2", "share": 0.3, "tenure": 41.2, "contract": {"Yes": 0.6}}
+    answer = {
+        "request_id": "s1", "model": "customer_segments", "version": "1", "alias": "champion",
+        "predictions": [{"label": "segment 2", "distance": 1.5, "profile": profile}],
+    }  # fmt: skip
+    row = record_row(answer, [Record(age=1, sex="x")], "/predict", 1.0)
+    assert orjson.loads(row[9]) == [{"label": "segment 2", "distance": 1.5}]
+    assert answer["predictions"][0]["profile"] is profile  # the answer itself is untouched
+    assert score_label(orjson.loads(row[9])[0]) == (1.5, "segment 2")  # the drift view's
+
+
 def test_score_and_label_of_every_prediction_shape() -> None:
     assert score_label({"value": 12.5}) == (12.5, None)
     assert score_label({"label": "1", "probability": 0.7}) == (0.7, "1")
