@@ -442,7 +442,8 @@ def records_of(inputs: Any) -> list[dict[str, Any]]:
     if isinstance(inputs, dict):
         names = inputs["columns"]
         return [dict(zip(names, values, strict=True)) for values in inputs["rows"]]
-    return list(inputs)
+    records: list[dict[str, Any]] = inputs
+    return records
 
 
 def tensor_row(
@@ -474,14 +475,14 @@ def _inputs_json(
     names = list(inputs[0]) if inputs else []
     inputs_json = dumps(table(names, [tuple(record.values()) for record in inputs]))
     if _over(inputs_json, outputs_json, max_bytes):
-        return _markers([len(dumps(record)) for record in inputs], request_id)
+        return _markers(inputs, request_id)
     return inputs_json
 
 
-def _markers(sizes: list[int], request_id: str) -> str:
+def _markers(records: list[dict[str, Any]], request_id: str) -> str:
     """The inputs JSON of records over the cap: {TRUNCATED: each record's JSON size}."""
     log.info("prediction log: request %s: inputs over the cap, stored as markers", request_id)
-    return dumps([{TRUNCATED: size} for size in sizes])
+    return dumps([{TRUNCATED: len(dumps(record))} for record in records])
 
 
 def capped(row: Row, max_bytes: int) -> Row:
@@ -492,8 +493,7 @@ def capped(row: Row, max_bytes: int) -> Row:
     its outputs alone may be over the cap, and the markers keep the records' own sizes."""
     if not _over(row[8], row[9], max_bytes) or row[8].startswith(MARKED):
         return row
-    sizes = [len(dumps(record)) for record in records_of(loads(row[8]))]
-    return (*row[:8], _markers(sizes, row[1]), row[9])
+    return (*row[:8], _markers(records_of(loads(row[8])), row[1]), row[9])
 
 
 # A group's commit waits for more requests (PredictionLog._flush) at most this long after its
