@@ -111,8 +111,8 @@ validate-deploy: ## Check compose (Compose spec, docker-compose config), the Doc
 	$(RUN) pytest tests/unit/test_compose.py tests/unit/test_k8s.py tests/unit/test_k8s_checks.py
 
 lint: ## ruff and mypy
-	$(RUN) ruff check pipelines services tests
-	$(RUN) ruff format --check pipelines services tests
+	$(RUN) ruff check contract pipelines services tests
+	$(RUN) ruff format --check contract pipelines services tests
 	$(RUN) mypy
 
 clean: ## Remove pipeline outputs and the local registry (keeps .venv and the DVC cache)

@@ -6,9 +6,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from pipelines.catalog import ModelSpec, UnknownModelError, get_spec
+from contract.catalog import ModelSpec, UnknownModelError, get_spec
+from contract.paths import ROOT
 from pipelines.log import configure, finish
-from pipelines.paths import ROOT
 
 log = logging.getLogger("pipelines")
 

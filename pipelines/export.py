@@ -16,58 +16,39 @@ import onnx
 import onnxruntime as ort
 import pandas as pd
 
-from pipelines import paths
-from pipelines.catalog import ModelSpec
+from contract import paths
+from contract.catalog import ModelSpec
+from contract.feeds import onnx_feeds
 from pipelines.cli import StageError, run_stage
-from pipelines.flavors import factors, judged_test_split, retrieval
+from pipelines.flavors import judged_test_split
 from pipelines.log import get_logger
 from pipelines.metrics import decision_threshold, labels_of
 from pipelines.models import get_project
-from pipelines.models.factorization import Factors
-from pipelines.schema import onnx_feeds
-from pipelines.segments import profiles
 from pipelines.triton import repository_dir, write_repository
 
 log = get_logger(__name__)
 TOLERANCE = 1e-4
 
 
-# the output the native model's predict() matches; classifiers': "probabilities"
-OUTPUT = {
-    "regression": "prediction",
-    "forecast": "forecast",
-    "anomaly": "score",
-    "clustering": "distances",
-    "retrieval": "embedding",  # the encoder's; the search after it is FAISS, exactly as served
-}
-VECTORS = ("prediction", "score")  # [N, 1] in the graph, [N] natively
-
-
-Session: TypeAlias = ort.InferenceSession | retrieval.RetrievalSession
+# ONNX Runtime's session, or what a task serves on one (a search's RetrievalSession)
+Session: TypeAlias = Any
 
 
 def open_session(graph: onnx.ModelProto, spec: ModelSpec, directory: Path) -> Session:
-    """The graph as it is served: a search encoder with its tokenizer before it and the
-    index and documents in `directory` after it; any other graph alone."""
-    if spec.task == "retrieval":
-        return retrieval.session(graph, directory)
+    """The graph as it is served (the task's `serve`): a search encoder with its tokenizer
+    before it and the index and documents in `directory` after it; any other graph alone."""
     session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session
+    return spec.task_kind.serve(session, directory)
 
 
 def onnx_predict(session: Session, frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
-    """Probabilities [N, C], values [N], anomaly scores [N], distances to the segments'
-    centres [N, k], a recommender's predicted ratings of the frame's (user, item) pairs [N]
-    or a search's query embeddings [N, dim] from the exported graph."""
-    if spec.task == "recommendation":
-        assert spec.target.item
-        names = list(factors.EVALUATION)
-        outputs = dict(zip(names, session.run(names, onnx_feeds(frame, spec)), strict=True))
-        return factors.onnx_ratings(outputs, frame[spec.target.item].to_numpy(np.int64))
-    output = OUTPUT.get(spec.task, "probabilities")
-    (result,) = session.run([output], onnx_feeds(frame, spec))
-    values = np.asarray(result, dtype=np.float64)
-    return values.reshape(len(frame)) if output in VECTORS else values
+    """The native prediction from the exported graph (the task's `native`): probabilities
+    [N, C], values [N], anomaly scores [N], distances to the segments' centres [N, k], a
+    recommender's predicted ratings of the frame's (user, item) pairs [N] or a search's
+    query embeddings [N, dim]."""
+    names = list(spec.task_kind.JUDGED_OUTPUTS)
+    outputs = dict(zip(names, session.run(names, onnx_feeds(frame, spec)), strict=True))
+    return spec.task_kind.native(outputs, frame, spec)
 
 
 def onnx_embedding(
@@ -80,7 +61,7 @@ def onnx_embedding(
 
 def check_parity(native: np.ndarray, exported: np.ndarray, spec: ModelSpec) -> float:
     """Largest disagreement; raises StageError past the tolerance."""
-    relative = spec.task in ("regression", "forecast")
+    relative = spec.task_kind.RELATIVE_PARITY
     if relative:
         gap = np.abs(exported - native) / np.maximum(np.abs(native), 1e-12)
     else:
@@ -107,15 +88,7 @@ def check_labels(
     (labels,) = session.run(["label"], onnx_feeds(frame, spec))
     expected = labels_of(spec, native, threshold)
     # a row within the tolerance of the decision boundary may round either way in float32
-    if spec.task == "clustering":  # equidistant from its two nearest centres
-        near = np.sort(native, axis=1)
-        margin = near[:, 1] - near[:, 0] > TOLERANCE
-    elif threshold is not None:
-        positive = native if native.ndim == 1 else native[:, 1]  # anomaly scores: [N]
-        margin = np.abs(positive - threshold) > TOLERANCE
-    else:
-        top = np.sort(native, axis=1)
-        margin = top[:, -1] - top[:, -2] > TOLERANCE
+    margin = spec.task_kind.decisive(native, threshold, TOLERANCE)
     wrong = int(((np.asarray(labels).reshape(-1) != expected) & margin).sum())
     if wrong:
         raise StageError(
@@ -124,36 +97,17 @@ def check_labels(
         )
 
 
-def check_lists(
-    session: ort.InferenceSession, frame: pd.DataFrame, spec: ModelSpec, model: Factors
-) -> None:
-    """The graph's top-k lists must be the model's: for every test user and one it never saw,
-    the same fallback decision and items ranked as high (ties may come in either order)."""
-    user = factors.user_column(spec)
-    users = np.append(np.unique(frame[user].to_numpy(np.int64)), model.users.max() + 1)
-    feeds = {user: users.astype(np.float32).reshape(-1, 1)}
-    items, fallback = session.run(["items", "fallback"], feeds)
-    ranking, cold = factors.ranking_values(model, users)
-    _, values = factors.top_of(ranking, model.top_k)
-    if not np.array_equal(fallback, cold):
-        raise StageError("the ONNX graph's popularity fallback differs from the model's")
-    ranked = np.take_along_axis(ranking, np.searchsorted(model.items, items), axis=1)
-    gap = np.abs(np.sort(ranked, axis=1)[:, ::-1] - values)  # an item rated before: inf
-    if not gap.max() <= TOLERANCE:
-        rows = int((gap > TOLERANCE).any(axis=1).sum())
-        raise StageError(f"the ONNX graph's top-{model.top_k} lists differ for {rows} users")
-
-
 def describe(
     graph: onnx.ModelProto,
     spec: ModelSpec,
     threshold: float | None = None,
-    segments: list[dict[str, Any]] | None = None,
+    extra: dict[str, str] | None = None,
 ) -> onnx.ModelProto:
     """Metadata a server needs to answer on the common contract, inside the artifact itself
     (`threshold`: the decision threshold the graph's label applies, if it has one;
-    `segments`: a segmentation's profile of each segment, in label order). Metadata the
-    flavor wrote (a search encoder's tokenizer) is kept."""
+    `extra`: what the flavor's `metadata` adds, e.g. a segmentation's profile of each
+    segment, in label order). Metadata the flavor wrote (a search encoder's tokenizer) is
+    kept."""
     meta = {p.key: p.value for p in graph.metadata_props} | {
         "model": spec.key,
         "task": spec.task,
@@ -165,8 +119,7 @@ def describe(
     }
     if threshold is not None:
         meta["threshold"] = repr(threshold)
-    if segments is not None:
-        meta["segments"] = json.dumps(segments)
+    meta |= extra or {}
     onnx.helper.set_model_props(graph, meta)
     graph.doc_string = spec.description
     onnx.checker.check_model(graph)
@@ -177,21 +130,18 @@ def main_work(spec: ModelSpec, root: Path) -> None:
     flavor = get_project(spec.key).FLAVOR
     model = flavor.load(paths.model_dir(spec.key, root), spec)
     test = judged_test_split(flavor, model, paths.split_dir(spec.key, root))
-    segments = None
-    if spec.task == "clustering":  # profiled on the training split, in the fields' units
-        train = pd.read_parquet(paths.split_dir(spec.key, root) / "train.parquet")
-        segments = profiles(spec, train, labels_of(spec, flavor.predict(model, train, spec), None))
-    graph = describe(flavor.to_onnx(model, spec), spec, decision_threshold(model), segments)
+    # what the flavor adds to the graph's metadata: a segmentation's profiles
+    extra: dict[str, str] = getattr(flavor, "metadata", lambda *_: {})(model, spec, root)
+    graph = describe(flavor.to_onnx(model, spec), spec, decision_threshold(model), extra)
     served: list[Path] = getattr(flavor, "serving_files", lambda _: [])(model)  # beside it
     session = open_session(graph, spec, paths.model_dir(spec.key, root))
     native = flavor.predict(model, test, spec)
     worst = check_parity(native, onnx_predict(session, test, spec), spec)
-    if spec.task == "recommendation":
-        check_lists(session, test, spec, model)
+    check_served = getattr(flavor, "check_served", None)  # a recommender's top-k lists
+    if callable(check_served):
+        check_served(session, test, spec, model, TOLERANCE)
     elif spec.labels_served:
         check_labels(session, test, spec, native, decision_threshold(model))
-    if segments is not None:
-        log.info("%s: %d segments, profiled on the training split", spec.key, len(segments))
     target = paths.onnx_model(spec.key, root)
     shutil.rmtree(target.parent, ignore_errors=True)
     target.parent.mkdir(parents=True)

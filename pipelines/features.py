@@ -22,58 +22,16 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.catalog import ModelSpec, load_catalog
+from contract.catalog import ModelSpec, load_catalog
+from contract.features import feature_store, fs_yaml, keep_prometheus_environment, repo_path
+from contract.paths import ROOT
 from pipelines.log import configure, finish
-from pipelines.paths import ROOT
 
 log = logging.getLogger(__name__)
-
-FS_YAML_ENV = "FEAST_FS_YAML_FILE_PATH"  # Feast's own variable, also honoured by its CLI
 
 
 class FeatureStoreError(RuntimeError):
     """The feature store is missing something a stage needs; the message says what to run."""
-
-
-def repo_path(root: Path = ROOT) -> Path:
-    return root / "feature_repo"
-
-
-def fs_yaml(root: Path = ROOT) -> Path:
-    """The feature_store.yaml in force: FEAST_FS_YAML_FILE_PATH (relative to root) or default."""
-    chosen = os.environ.get(FS_YAML_ENV)
-    if not chosen:
-        return repo_path(root) / "feature_store.yaml"
-    path = Path(chosen)
-    return path if path.is_absolute() else root / path
-
-
-def feature_store(root: Path = ROOT) -> Any:
-    """A FeatureStore on this project's feature_repo/ (Feast is imported only when needed)."""
-    keep_prometheus_environment()
-    from feast import FeatureStore
-
-    return FeatureStore(repo_path=str(repo_path(root)), fs_yaml_file=fs_yaml(root))
-
-
-def keep_prometheus_environment() -> None:
-    """Import Feast (and its metrics module) now, and undo what that does to the environment.
-
-    On import, feast.metrics points PROMETHEUS_MULTIPROC_DIR at a temporary folder of its
-    own, for the whole process and every process it starts: model services started from it
-    would then share one metrics folder. prometheus_client is imported first, so its values
-    stay in memory here. Call it before anything imports Feast.
-    """
-    names = ("PROMETHEUS_MULTIPROC_DIR", "PROMETHEUS_MULTIPROCESS_DIR")
-    saved = {name: os.environ.get(name) for name in names}
-    import feast.metrics  # noqa: F401
-    import prometheus_client.values  # noqa: F401  (picks its value class from the env now)
-
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
 
 
 def definitions_digest(root: Path = ROOT) -> str:

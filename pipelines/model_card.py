@@ -4,7 +4,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.catalog import ModelSpec
+from contract.catalog import ModelSpec
 
 
 def _field_line(name: str, spec: ModelSpec) -> str:
@@ -78,7 +78,7 @@ def render(
     )
     others = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in spec.floors)
     balance = ""
-    if spec.task not in ("regression", "forecast"):
+    if spec.task_kind.DISCRETE_TARGET:
         counts = train[spec.target.column].value_counts(normalize=True).sort_index()
         balance = (
             "Target balance (train): "
@@ -92,19 +92,8 @@ def render(
         else (f"seed {spec.split.seed}" if spec.split.shuffle else "the last rows in time order")
     )
     classes = f", classes {', '.join(spec.class_names)}" if spec.class_names else ""
-    unsupervised = {
-        "anomaly": "; fitted without it (unsupervised), it only judges the scores (test split)",
-        "clustering": "; never an input: each segment's rate of it is profiled",
-        "retrieval": "; never predicted: it judges relevance (results sharing the query's label)",
-    }.get(spec.task, "")
-    artifact = (
-        "The artifact is the sentence encoder as one ONNX graph (its tokenizer in the graph's\n"
-        "metadata), with the FAISS index and the documents registered beside it, each with a\n"
-        "checksum tag; the encoder is checked against PyTorch on every test query at export."
-        if spec.task == "retrieval"
-        else "The artifact is the whole inference pipeline as one ONNX graph (preprocessing "
-        "included), checked\nagainst the native model on every test row at export."
-    )
+    notes = spec.task_kind.card(spec)
+    unsupervised, artifact = notes["target"], notes["artifact"]
     return f"""# Model card: {spec.key}
 
 {spec.description}

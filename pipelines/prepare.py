@@ -10,10 +10,11 @@ from pathlib import Path
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from pipelines import paths
-from pipelines.catalog import ModelSpec
+from contract import paths
+from contract.catalog import ModelSpec
+from contract.features import feature_store
 from pipelines.cli import StageError, run_stage
-from pipelines.features import FeatureStoreError, feature_store, training_frame
+from pipelines.features import FeatureStoreError, training_frame
 from pipelines.log import get_logger
 from pipelines.models import get_feature_project, get_project
 from pipelines.schema import validate_raw
@@ -31,7 +32,7 @@ def split(raw: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame, pd.DataFram
     if not spec.split.shuffle:
         return train_test_split(raw, test_size=spec.split.test_size, shuffle=False)  # type: ignore[no-any-return]
     stratify = (
-        raw[spec.target.column] if spec.split.stratify and spec.task != "regression" else None
+        raw[spec.target.column] if spec.split.stratify and spec.task_kind.STRATIFIED else None
     )
     train, test = train_test_split(
         raw, test_size=spec.split.test_size, random_state=spec.split.seed, stratify=stratify

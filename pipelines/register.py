@@ -22,13 +22,14 @@ import yaml
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.models import infer_signature
 
-from pipelines import export, model_card, paths, reference, registry
-from pipelines.catalog import ModelSpec
+from contract import paths, reference, search
+from contract.catalog import ModelSpec
+from contract.feeds import onnx_feeds
+from pipelines import export, model_card, registry
 from pipelines.cli import StageError, run_stage
 from pipelines.export import Session
-from pipelines.flavors import factors, retrieval
+from pipelines.flavors import retrieval
 from pipelines.log import get_logger
-from pipelines.schema import onnx_feeds
 
 log = get_logger(__name__)
 EXAMPLE_ROWS = 3
@@ -116,9 +117,9 @@ def log_reference(spec: ModelSpec, frames: dict[str, pd.DataFrame], session: Ses
 
     That is the training split, except for a search: its training rows are the corpus
     (each its own best match), its test rows are queries."""
-    rows = reference.sample(frames["test" if spec.task == "retrieval" else "train"])
+    rows = reference.sample(frames[spec.task_kind.REFERENCE_SPLIT])
     # what the service serves (a recommender's rating of every item is for scoring only)
-    names = [o.name for o in session.get_outputs() if o.name not in factors.EVALUATION]
+    names = [o.name for o in session.get_outputs() if o.name not in spec.task_kind.PIPELINE_OUTPUTS]
     result = dict(zip(names, session.run(names, onnx_feeds(rows, spec)), strict=True))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(reference.ARTIFACT).name
@@ -139,7 +140,7 @@ def log_run(
     split = paths.split_dir(spec.key, root)
     example = onnx_feeds(frames["test"].head(EXAMPLE_ROWS), spec)
     session = open_session(graph, spec, root)
-    if isinstance(session, retrieval.RetrievalSession):  # MLflow's ONNX model: the encoder
+    if isinstance(session, search.RetrievalSession):  # MLflow's ONNX model: the encoder
         example = session.tokens(example[retrieval.text_field(spec)].reshape(-1).tolist())
         outputs = {"embedding": session.session.run(["embedding"], example)[0]}
     else:

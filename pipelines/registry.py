@@ -6,12 +6,12 @@ import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pipelines.catalog import ModelSpec
+from contract.catalog import ModelSpec
+from contract.settings import get_settings
 from pipelines.export import onnx_embedding, onnx_predict
 from pipelines.log import get_logger
 from pipelines.metrics import floors_met, not_worse, score
 from pipelines.schema import encode_target
-from pipelines.settings import get_settings
 
 log = get_logger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -48,14 +48,16 @@ def champion_metric(
 
     A search index is judged on its own corpus (recall against exact search of it), which
     is not this version's: the champion's logged metric is what compares."""
-    if spec.task == "retrieval":
+    if spec.task_kind.NATIVE == "embeddings":  # no score from its graph's outputs alone
         return _logged(mlflow_client, spec, version), "its logged metric (its own corpus)"
     try:
         graph = mlflow.onnx.load_model(f"models:/{spec.key}/{version}")
         session = ort.InferenceSession(
             graph.SerializeToString(), providers=["CPUExecutionProvider"]
         )
-        embedding = onnx_embedding(session, test, spec) if spec.task == "clustering" else None
+        # a segmentation is judged in the space it clusters, which its graph outputs too
+        clusters = spec.task_kind.NATIVE == "distances"
+        embedding = onnx_embedding(session, test, spec) if clusters else None
         predicted = onnx_predict(session, test, spec)
         threshold = session.get_modelmeta().custom_metadata_map.get("threshold")
         threshold_value = None if threshold is None else float(threshold)

@@ -1,4 +1,5 @@
-"""The catalog entry's fields as a raw-data schema, a model frame and ONNX tensors.
+"""The catalog entry's fields as a raw-data schema and a model frame (the tensors the graph
+reads: contract/feeds.py).
 
 One convention for missing values everywhere (training, export, serving): a missing number
 is NaN (imputed inside the model graph), a missing category or text is the empty string.
@@ -11,7 +12,8 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
-from pipelines.catalog import InputField, ModelSpec
+from contract.catalog import InputField, ModelSpec
+from contract.tasks.common import series_checks
 
 NUMERIC = ("float", "int")
 
@@ -48,58 +50,13 @@ def _field_checks(field: InputField) -> list[pa.Check]:
             )
         )
     elif field.type == "series":
-        checks += _series_checks((field.shape or [0])[0], field.min, field.max)
+        checks += series_checks((field.shape or [0])[0], field.min, field.max)
     return checks
 
 
-def _series_checks(length: int, low: float | None, high: float | None) -> list[pa.Check]:
-    """Each cell a sequence of `length` finite numbers within [low, high]."""
-
-    def bounded(values: Any) -> bool:
-        array = np.asarray(values, dtype=np.float64)
-        return bool(
-            array.shape == (length,)
-            and np.isfinite(array).all()
-            and (low is None or array.min() >= low)
-            and (high is None or array.max() <= high)
-        )
-
-    bounds = "".join(f" {op} {v:g}" for op, v in ((">=", low), ("<=", high)) if v is not None)
-    return [pa.Check(bounded, element_wise=True, error=f"is not {length} finite numbers{bounds}")]
-
-
 def _target_column(spec: ModelSpec) -> pa.Column:
-    target = spec.target
-    if spec.task == "regression":
-        checks = [pa.Check.gt(0)] if target.transform == "log" else []
-        return pa.Column(checks=checks, nullable=False)
-    if spec.task == "forecast":  # the series of the horizon after the origin
-        return pa.Column(checks=_series_checks(target.horizon or 0, None, None), nullable=False)
-    if spec.task == "recommendation":  # a rating on the source's scale
-        return pa.Column(float, checks=[pa.Check.ge(0)], nullable=False, coerce=True)
-    if spec.task in ("binary", "anomaly", "clustering", "retrieval"):
-        return pa.Column(
-            checks=[
-                pa.Check(lambda s: s.nunique() == 2, error="is not two-valued"),
-                pa.Check(
-                    lambda s: (s == target.positive).any(),
-                    error=f"never takes the positive value {target.positive!r}",
-                ),
-            ],
-            nullable=False,
-        )
-    # multiclass: the class names themselves (penguins' species) or their indices in label
-    # order (Fashion-MNIST's 0-9)
-    names = spec.class_names
-    return pa.Column(
-        checks=[
-            pa.Check(
-                lambda s: s.isin(names) | s.isin(range(len(names))),
-                error=f"is neither one of {names} nor its index",
-            )
-        ],
-        nullable=False,
-    )
+    column: pa.Column = spec.task_kind.target_column(spec)
+    return column
 
 
 def raw_schema(spec: ModelSpec, source: bool = False) -> pa.DataFrameSchema:
@@ -185,45 +142,12 @@ def model_frame(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
 
 
 def encode_target(frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
-    """0/1 for binary, anomaly, clustering (its profiled value) and retrieval (its relevance
-    label), class index for
-    multiclass, float for regression, [N, horizon] for a forecast."""
-    y = frame[spec.target.column]
-    if spec.task in ("binary", "anomaly", "clustering", "retrieval"):
-        return (y == spec.target.positive).to_numpy(dtype=np.int64)
-    if spec.task == "multiclass":
-        if y.dtype == object or isinstance(y.dtype, pd.StringDtype):  # class names
-            return y.map({name: i for i, name in enumerate(spec.class_names)}).to_numpy(np.int64)
-        return y.to_numpy(dtype=np.int64)
-    if spec.task == "forecast":  # [N, horizon]
-        return series(y)
-    return y.to_numpy(dtype=np.float64)
+    """The target as the task scores it (contract/tasks/<task>.py `encode_target`): 0/1,
+    a class index, a value or a series [N, horizon]."""
+    return spec.task_kind.encode_target(frame[spec.target.column], spec)
 
 
 def images(frame: pd.DataFrame, name: str, field: InputField) -> np.ndarray:
     """uint8 pixels [N, H, W] from the raw bytes column."""
     shape = field.shape or []
     return np.frombuffer(b"".join(frame[name]), np.uint8).reshape(len(frame), *shape)
-
-
-def series(column: pd.Series) -> np.ndarray:
-    """A column of equal-length sequences as one float64 array [N, length]."""
-    if not len(column):
-        return np.zeros((0, 0))
-    return np.stack([np.asarray(v, dtype=np.float64) for v in column])
-
-
-def onnx_feeds(frame: pd.DataFrame, spec: ModelSpec) -> dict[str, np.ndarray]:
-    """One input tensor per field, in the shapes and dtypes of the exported graph."""
-    frame = model_frame(frame, spec)
-    feeds: dict[str, np.ndarray] = {}
-    for name, field in spec.fields.items():
-        if field.type in NUMERIC:
-            feeds[name] = frame[[name]].to_numpy(dtype=np.float32)
-        elif field.type == "image":
-            feeds[name] = images(frame, name, field)
-        elif field.type == "series":
-            feeds[name] = series(frame[name]).astype(np.float32).reshape(len(frame), -1)
-        else:
-            feeds[name] = frame[[name]].to_numpy(dtype=object)
-    return feeds

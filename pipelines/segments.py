@@ -9,12 +9,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.catalog import ModelSpec
+from contract.catalog import ModelSpec
+from contract.tasks.clustering import segment_names
 from pipelines.schema import NUMERIC
-
-
-def segment_names(k: int) -> list[str]:
-    return [f"segment {i + 1}" for i in range(k)]
 
 
 def profiles(spec: ModelSpec, frame: pd.DataFrame, labels: np.ndarray) -> list[dict[str, Any]]:

@@ -2,10 +2,10 @@
 
 import sys
 
-from pipelines.catalog import load_catalog
+from contract.catalog import load_catalog
+from contract.settings import get_settings
 from pipelines.log import configure
 from pipelines.registry import summary
-from pipelines.settings import get_settings
 
 
 def table() -> tuple[str, bool]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.catalog import Source
+from contract.catalog import Source
 
 
 class MissingSourceError(RuntimeError):

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from pipelines.catalog import ModelSpec
+from contract.catalog import ModelSpec
 
 # The snapshot job runs an hour after the month's cut-off; corrections land days later.
 SNAPSHOT_LAG = pd.Timedelta(hours=1)

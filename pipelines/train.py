@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines import paths
-from pipelines.catalog import ModelSpec
+from contract import paths
+from contract.catalog import ModelSpec
 from pipelines.cli import run_stage
 from pipelines.models import get_project
 

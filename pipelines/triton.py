@@ -17,8 +17,8 @@ import onnx
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from pipelines import paths
-from pipelines.catalog import ModelSpec, TritonSpec
+from contract import paths
+from contract.catalog import ModelSpec, TritonSpec
 
 VERSION = "1"
 GPU_CONFIG = "gpu"

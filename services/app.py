@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 
-from pipelines.catalog import get_spec
+from contract.catalog import get_spec
 from services import auth, oip
 from services.errors import InputError
 from services.guard import Endpoint, Guard

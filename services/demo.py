@@ -7,9 +7,9 @@ from typing import Any
 import httpx
 import pandas as pd
 
-from pipelines import paths
-from pipelines.catalog import load_catalog
-from pipelines.paths import ROOT
+from contract import paths
+from contract.catalog import load_catalog
+from contract.paths import ROOT
 from services.examples import as_entities, as_records
 from services.stack import BASE_PORT, TRITON_PORTS
 
@@ -73,7 +73,7 @@ def triton(key: str, record: dict[str, Any], classes: list[str], root: Path = RO
     import tritonclient.grpc as grpc
     import tritonclient.http as http
 
-    from pipelines.flavors.retrieval import encoder_inputs, graph_tokenizer
+    from contract.search import encoder_inputs, graph_tokenizer
 
     if "image" in record:
         feeds = {"image": np.array([record["image"]], dtype=np.uint8)}
@@ -112,7 +112,7 @@ def main(root: Path = ROOT) -> int:
     for index, (key, spec) in enumerate(load_catalog().items()):
         frame = pd.read_parquet(paths.split_dir(key, root) / "test.parquet").head(1)
         (record,) = as_records(frame, spec)
-        positive = spec.class_names[-1] if spec.task == "binary" else ""
+        positive = spec.class_names[-1] if spec.class_names else ""  # a binary P(positive)
         url = f"http://127.0.0.1:{BASE_PORT + index}"
         ok &= show(key, {"records": [record]}, url, positive)
         if spec.features is not None:  # the same row by entity key, features from Feast

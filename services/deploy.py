@@ -35,8 +35,8 @@ from typing import Any
 import yaml
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from pipelines.catalog import load_catalog
-from pipelines.paths import ROOT
+from contract.catalog import load_catalog
+from contract.paths import ROOT
 from services import monitoring, predlog
 
 TEMPLATES = ROOT / "infra" / "deploy"

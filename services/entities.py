@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
 
-from pipelines.catalog import ModelSpec
+from contract.catalog import ModelSpec
 from services.errors import InputError, field_error
 from services.inputs import describe_errors, entity_model
 from services.metrics import ServiceMetrics

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.catalog import ModelSpec
+from contract.catalog import ModelSpec
 
 
 def to_png(pixels: np.ndarray) -> str:

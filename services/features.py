@@ -12,9 +12,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipelines.catalog import ModelSpec
-from pipelines.features import feature_store
-from pipelines.paths import ROOT
+from contract.catalog import ModelSpec
+from contract.features import feature_store
+from contract.paths import ROOT
 
 NOT_FOUND = 3  # feast.protos.feast.serving.ServingService_pb2.FieldStatus.NOT_FOUND
 

@@ -21,7 +21,7 @@ from pydantic import (
     create_model,
 )
 
-from pipelines.catalog import InputField, ModelSpec
+from contract.catalog import InputField, ModelSpec
 
 MAX_TEXT = 20_000  # characters of one text field; longer is an input error, not a slow request
 MAX_KEY = 128  # characters of an entity key (ids, not text)

@@ -23,6 +23,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from contract.tasks import get_task
+
 LATENCY_BUCKETS = (
     0.001,
     0.0025,
@@ -95,6 +97,7 @@ class ServiceMetrics:
     """Every instrument of one service; `render()` is the body of GET /metrics."""
 
     def __init__(self, task: str) -> None:
+        """`task`: the catalog's task kind, whose score the prediction histogram buckets."""
         # In multiprocess mode samples go to files and a fresh registry collects them
         self.registry = None if multiprocess() else CollectorRegistry()
         self._children: dict[tuple[Any, ...], Any] = {}
@@ -130,11 +133,7 @@ class ServiceMetrics:
             "the top recommendation's predicted rating, the mean of a forecast, the best "
             "search result's cosine similarity",
             ["model", "version", "alias"],
-            buckets=(
-                VALUE_BUCKETS
-                if task in ("regression", "forecast", "clustering", "recommendation")
-                else PROBABILITY_BUCKETS
-            ),
+            buckets=VALUE_BUCKETS if get_task(task).SCORE_VALUES else PROBABILITY_BUCKETS,
             **reg,
         )
         self.labels = Counter(

@@ -13,8 +13,8 @@ from typing import Any
 
 import yaml
 
-from pipelines.catalog import load_catalog
-from pipelines.paths import ROOT
+from contract.catalog import load_catalog
+from contract.paths import ROOT
 
 INFRA = ROOT / "infra"
 MODEL_BASE_PORT, DRIFT_PORT, ALERTMANAGER_PORT = 8101, 8200, 9093

@@ -274,9 +274,8 @@ def requested_outputs(model: LoadedModel, header: dict[str, Any]) -> tuple[list[
     available = [o.name for o in model.session.get_outputs()]
     requested = header.get("outputs")
     all_binary = bool(parameters_of(header, "parameters").get("binary_data_output", False))
-    if not requested:  # what /predict answers from (a recommender's ratings only on request)
-        served = model.served_outputs
-        return served, set(served) if all_binary else set()
+    if not requested:  # every output of the model, as Triton answers
+        return available, set(available) if all_binary else set()
     if not isinstance(requested, list):
         raise TensorError("outputs", "must be a list of {name, parameters}", available)
     names, binary = [], set()

@@ -47,7 +47,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel
 
-from pipelines.paths import ROOT
+from contract.paths import ROOT
 
 log = logging.getLogger("services.predlog")
 Row = tuple[float, str, str, str, str, str, int, str, str, str]

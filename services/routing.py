@@ -10,7 +10,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from pipelines.catalog import ModelSpec
+from contract.catalog import ModelSpec
 from services import runtime
 from services.metrics import ServiceMetrics
 from services.runtime import LoadedModel

@@ -4,19 +4,18 @@ import json
 import math
 from dataclasses import dataclass
 from functools import cached_property
-from operator import attrgetter
 from typing import Any
 
 import numpy as np
 import onnxruntime as ort
 from pydantic import BaseModel
 
-from pipelines.catalog import ModelSpec
-from pipelines.flavors import factors, retrieval
-from pipelines.reference import summarize
+from contract.catalog import ModelSpec
+from contract.feeds import record_feeds
+from contract.reference import summarize
+from contract.search import RetrievalSession
 from services.store import Artifact, ArtifactRefused
 
-NUMERIC = ("float", "int")
 # Characters of padding a text graph's batch must be spared before it runs in chunks
 # (LoadedModel.predict): ~0.5 ms of tokenizing, the cost of a few more runs
 PADDING_MIN = 100_000
@@ -39,7 +38,7 @@ class LoadedModel:
     spec: ModelSpec
     artifact: Artifact
     # a search: the tokenizer, the encoder and the FAISS index, with a session's interface
-    session: ort.InferenceSession | retrieval.RetrievalSession
+    session: ort.InferenceSession | RetrievalSession
 
     @property
     def name(self) -> str:
@@ -70,33 +69,8 @@ class LoadedModel:
         return name, float(self.artifact.metrics.get(name, math.nan))
 
     def feeds(self, records: list[BaseModel]) -> dict[str, np.ndarray]:
-        """One tensor per field, exactly as the pipeline's onnx_feeds builds them. The records'
-        values in one pass (attrgetter, transposed by zip) and each column converted whole:
-        a column at a time over the records, with a one-element list per value, took 31 ms
-        of a 1000-row house_prices batch (73 fields) where this takes 8."""
-        fields = self.spec.fields
-        names, size = list(fields), len(records)
-        if len(names) == 1:
-            columns: list[Any] = [[getattr(r, names[0]) for r in records]]
-        elif size:
-            columns = list(zip(*map(attrgetter(*names), records), strict=True))
-        else:
-            columns = [[] for _ in names]
-        out: dict[str, np.ndarray] = {}
-        for name, values in zip(names, columns, strict=True):
-            field = fields[name]
-            if field.type in NUMERIC:  # None (a missing value) is NaN as float64
-                out[name] = np.array(values, np.float64).astype(np.float32).reshape(size, 1)
-            elif field.type == "image":
-                shape = field.shape or []
-                out[name] = np.frombuffer(b"".join(values), np.uint8).reshape(-1, *shape)
-            elif field.type == "series":
-                out[name] = np.array(values, dtype=np.float32).reshape(size, -1)
-            else:
-                column = np.empty((size, 1), object)
-                column[:, 0] = ["" if v is None else v for v in values]
-                out[name] = column
-        return out
+        """One tensor per field: the contract's one mapping (contract/feeds.py)."""
+        return record_feeds(records, self.spec)
 
     @cached_property
     def texts(self) -> list[str]:
@@ -151,7 +125,8 @@ class LoadedModel:
     def served_outputs(self) -> list[str]:
         """The graph's outputs but those only the pipeline reads (a recommender's rating of
         every item, for scoring held-out ratings)."""
-        return [o.name for o in self.session.get_outputs() if o.name not in factors.EVALUATION]
+        scoring = self.spec.task_kind.PIPELINE_OUTPUTS
+        return [o.name for o in self.session.get_outputs() if o.name not in scoring]
 
     def run(
         self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None
@@ -160,81 +135,8 @@ class LoadedModel:
         return dict(zip(names, self.session.run(names, feeds), strict=True))
 
     def format(self, result: dict[str, np.ndarray]) -> list[dict[str, Any]]:
-        """Per record: label + probability (binary), label + probabilities, value, label +
-        anomaly score + the threshold it was decided with, segment + distance + profile, or
-        the top-k recommendations (item id, name, predicted rating) + whether it is the
-        popularity fallback, or a forecast (one value per step of the horizon), or the
-        search results (document id, text, cosine similarity), best first."""
-        if self.spec.task == "regression":
-            return [{"value": v} for v in result["prediction"].reshape(-1).tolist()]
-        if self.spec.task == "forecast":  # the horizon's steps after the record's origin
-            return [{"forecast": row} for row in result["forecast"].tolist()]
-        if self.spec.task == "retrieval":  # fewer than k only if the index found fewer
-            item = self.spec.target.item
-            return [
-                {
-                    "results": [
-                        {item: i, "text": t, "score": s}
-                        for i, t, s in zip(ids, texts, scores, strict=True)
-                        if i != ""
-                    ]
-                }
-                for ids, texts, scores in zip(
-                    result["ids"].tolist(),
-                    result["texts"].tolist(),
-                    result["scores"].tolist(),
-                    strict=True,
-                )
-            ]
-        if self.spec.task == "recommendation":
-            item, name = self.spec.target.item, self.spec.target.item_name
-            return [
-                {
-                    "recommendations": [
-                        {item: i, name: n.decode() if isinstance(n, bytes) else n, "score": s}
-                        for i, n, s in zip(ids, names, scores, strict=True)
-                    ],
-                    "fallback": cold,
-                }
-                for ids, names, scores, cold in zip(
-                    result["items"].tolist(),
-                    result["names"].tolist(),
-                    result["scores"].tolist(),
-                    result["fallback"].reshape(-1).tolist(),
-                    strict=True,
-                )
-            ]
-        if self.spec.task == "clustering":  # the nearest segment, its distance and profile
-            segments = self.segments
-            return [
-                {"label": segments[int(lab)]["segment"], "distance": min(d),
-                 "profile": segments[int(lab)]}
-                for lab, d in zip(
-                    result["label"].reshape(-1).tolist(), result["distances"].tolist(), strict=True
-                )
-            ]  # fmt: skip
-        classes = self.spec.class_names
-        if self.spec.task == "anomaly":
-            threshold = self.threshold
-            return [
-                {"label": classes[int(lab)], "score": s, "threshold": threshold}
-                for lab, s in zip(
-                    result["label"].reshape(-1).tolist(),
-                    result["score"].reshape(-1).tolist(),
-                    strict=True,
-                )
-            ]
-        labels = result["label"].reshape(-1).tolist()
-        probabilities = result["probabilities"].tolist()
-        if self.spec.task == "binary":
-            return [
-                {"label": classes[int(lab)], "probability": p[1]}
-                for lab, p in zip(labels, probabilities, strict=True)
-            ]
-        return [
-            {"label": classes[int(lab)], "probabilities": dict(zip(classes, p, strict=True))}
-            for lab, p in zip(labels, probabilities, strict=True)
-        ]
+        """Per record, the task's answer (contract/tasks/<task>.py `format`)."""
+        return self.spec.task_kind.format(result, self)
 
     def summary(self, result: dict[str, np.ndarray]) -> tuple[list[float], list[str]]:
         """What the distribution metrics keep: (P(positive) / P(top class) / value, labels)."""
@@ -262,23 +164,16 @@ def load(spec: ModelSpec, artifact: Artifact) -> LoadedModel:
             f"refusing {spec.key} v{artifact.version}: it was trained on fields {trained}, "
             f"but the catalog entry now has {expected}; retrain or roll the catalog back"
         )
-    if spec.task == "clustering" and "segments" not in meta:
-        raise ArtifactRefused(
-            f"refusing {spec.key} v{artifact.version}: a segmentation without segment profiles"
-        )
-    served: ort.InferenceSession | retrieval.RetrievalSession = session
-    if spec.task == "retrieval":  # text in: the tokenizer before the graph, the index after
-        import faiss  # the search's own dependency (the retrieval flavor imports it anyway)
+    try:  # what the task serves on the graph: a search opens its index beside it
+        served = spec.task_kind.serve(session, artifact.directory)
+    except (OSError, RuntimeError, ValueError) as exc:  # faiss raises RuntimeError
+        raise ArtifactRefused(f"refusing {spec.key} v{artifact.version}: {exc}") from exc
+    if isinstance(served, RetrievalSession):
+        import faiss  # the search's own dependency
 
         # one query is tiny, as for the graph's single thread: FAISS's OpenMP team would spin
         # on every core after each search, taking them from every other process on the machine
         faiss.omp_set_num_threads(1)
-        try:
-            served = retrieval.RetrievalSession(session, retrieval.Corpus.open(artifact.directory))
-        except (OSError, RuntimeError, ValueError) as exc:  # faiss raises RuntimeError
-            raise ArtifactRefused(
-                f"refusing {spec.key} v{artifact.version}: cannot open its search index ({exc})"
-            ) from exc
     inputs = {i.name for i in served.get_inputs()}
     if inputs != set(spec.fields):
         raise ArtifactRefused(f"refusing {spec.key} v{artifact.version}: graph inputs {inputs}")

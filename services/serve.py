@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from pipelines.catalog import UnknownModelError, get_spec
+from contract.catalog import UnknownModelError, get_spec
 from services.settings import ServeSettings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"

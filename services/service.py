@@ -16,8 +16,8 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from pipelines.catalog import ModelSpec
-from pipelines.settings import get_settings
+from contract.catalog import ModelSpec
+from contract.settings import get_settings
 from services import auth
 from services.accesslog import AccessLog
 from services.entities import EntityRequests
@@ -52,9 +52,7 @@ class ModelService:
         # /predict's bodies: parsed from JSON bytes, whose parsers refuse lone surrogates
         # (inputs._text); the models above check them for every other way in and the docs
         self.json_record_model = record_model(spec, from_json=True)
-        self.json_request_model = request_model(
-            spec, self.json_record_model, settings.max_records
-        )
+        self.json_request_model = request_model(spec, self.json_record_model, settings.max_records)
         self.metrics = ServiceMetrics(spec.task)
         self.access_log = AccessLog()
         store = ModelStore(

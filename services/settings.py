@@ -6,7 +6,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipelines.paths import ROOT
+from contract.paths import ROOT
 from services import predlog
 
 

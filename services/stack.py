@@ -26,9 +26,9 @@ from typing import Any
 
 import httpx
 
-from pipelines import paths
-from pipelines.catalog import ModelSpec, load_catalog
-from pipelines.paths import ROOT
+from contract import paths
+from contract.catalog import ModelSpec, load_catalog
+from contract.paths import ROOT
 from services import auth, deploy, monitoring
 
 # Where the stack keeps pids and logs, and its ports: overridable so tests run a second stack

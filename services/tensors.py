@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from pipelines.catalog import InputField
+from contract.catalog import InputField
 
 # Beyond these a shape is refused before its data is looked at (the data must match it anyway,
 # and a body is bounded by SERVE_MAX_BODY_BYTES): a clear message, not an overflowed product

@@ -12,10 +12,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipelines.catalog import ModelSpec, load_catalog
-from pipelines.paths import ROOT
+from contract.catalog import ModelSpec, load_catalog
+from contract.paths import ROOT
+from contract.settings import get_settings
 from pipelines.prepare import prepare
-from pipelines.settings import get_settings
 from pipelines.sources import load_source
 from tests.workspace import Project, build, snapshot
 

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from mlflow.tracking import MlflowClient
 
-from pipelines.paths import ROOT
+from contract.paths import ROOT
 
 REDUCED_PARAMS = Path(__file__).parent / "integration" / "reduced_params.yaml"
 # What the serving tests need of a trained workspace, copied before any test changes it

@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pandas as pd
 
-from pipelines.catalog import ModelSpec
+from contract.catalog import ModelSpec
 
 
 @runtime_checkable

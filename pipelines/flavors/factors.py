@@ -18,7 +18,8 @@ import onnx
 import pandas as pd
 from onnx import TensorProto, helper, numpy_helper
 
-from pipelines.catalog import ModelSpec
+from contract.catalog import ModelSpec
+from pipelines.cli import StageError
 from pipelines.log import get_logger
 from pipelines.models.factorization import Factorization, Factors
 
@@ -27,7 +28,6 @@ MODEL_FILE = "factors.npz"
 OPSET = {"": 18, "ai.onnx.ml": 3}
 IR_VERSION = 9  # what opset 18 needs; the onnx package's default may be newer than Runtime's
 SERVED = ("items", "names", "scores", "fallback")
-EVALUATION = ("ratings", "baseline", "catalog")
 
 
 def user_column(spec: ModelSpec) -> str:
@@ -231,16 +231,6 @@ def to_onnx(model: Factors, spec: ModelSpec) -> onnx.ModelProto:
     return model_proto
 
 
-def onnx_ratings(outputs: dict[str, np.ndarray], items: np.ndarray) -> np.ndarray:
-    """Each row's predicted rating of its item from the graph's evaluation outputs."""
-    catalog = outputs["catalog"]
-    position = np.minimum(np.searchsorted(catalog, items), len(catalog) - 1)
-    known = catalog[position] == items
-    column = np.where(known, position, 0)
-    ratings = np.take_along_axis(outputs["ratings"], column[:, None], axis=1)[:, 0]
-    return np.where(known, ratings, outputs["baseline"]).astype(np.float64)
-
-
 LIKED = 4.0  # a held-out rating this high makes the item relevant to its user
 
 
@@ -285,3 +275,31 @@ def ranking_metrics(curve: pd.DataFrame, k: int) -> dict[str, float]:
         "ranking_users": curve.attrs["users"],
     }
     return {name: round(float(value), 6) for name, value in result.items()}
+
+
+def report(
+    model: Factors, spec: ModelSpec, test: pd.DataFrame, predicted: np.ndarray, root: Path
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """(views, metrics) of evaluate: the served lists against popularity."""
+    views = {"ranking": ranking_curve(model, test, spec)}
+    return views, ranking_metrics(views["ranking"], model.top_k)
+
+
+def check_served(
+    session: Any, frame: pd.DataFrame, spec: ModelSpec, model: Factors, tolerance: float
+) -> None:
+    """The graph's top-k lists must be the model's: for every test user and one it never saw,
+    the same fallback decision and items ranked as high (ties may come in either order)."""
+    user = user_column(spec)
+    users = np.append(np.unique(frame[user].to_numpy(np.int64)), model.users.max() + 1)
+    feeds = {user: users.astype(np.float32).reshape(-1, 1)}
+    items, fallback = session.run(["items", "fallback"], feeds)
+    ranking, cold = ranking_values(model, users)
+    _, values = top_of(ranking, model.top_k)
+    if not np.array_equal(fallback, cold):
+        raise StageError("the ONNX graph's popularity fallback differs from the model's")
+    ranked = np.take_along_axis(ranking, np.searchsorted(model.items, items), axis=1)
+    gap = np.abs(np.sort(ranked, axis=1)[:, ::-1] - values)  # an item rated before: inf
+    if not gap.max() <= tolerance:
+        rows = int((gap > tolerance).any(axis=1).sum())
+        raise StageError(f"the ONNX graph's top-{model.top_k} lists differ for {rows} users")

@@ -1,6 +1,8 @@
 """scikit-learn pipelines: raw fields in, converted whole to ONNX by skl2onnx."""
 
+import json
 import re
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -17,12 +19,15 @@ from sklearn.inspection import permutation_importance
 from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 
-from pipelines.catalog import UNSUPERVISED, ModelSpec
+from contract import paths
+from contract.catalog import ModelSpec
 from pipelines.flavors import onnx_ops, sparse_text
 from pipelines.log import get_logger
 from pipelines.metrics import decision_threshold
+from pipelines.models import forecasting
 from pipelines.models.forecasting import FEATURES, DayAheadForecaster, forecast_onnx
 from pipelines.schema import NUMERIC, encode_target, model_frame
+from pipelines.segments import profiles
 
 log = get_logger(__name__)
 TARGET_OPSET = {"": 18, "ai.onnx.ml": 3}
@@ -32,7 +37,7 @@ MODEL_FILE = "model.joblib"  # pipeline-internal: read only by evaluate/export, 
 def fit(estimator: Any, train: pd.DataFrame, spec: ModelSpec, out: Path) -> Any:
     X = model_frame(train, spec)
     started = time.perf_counter()
-    if spec.task in UNSUPERVISED:  # the labels stay out of training altogether
+    if not spec.task_kind.SUPERVISED:  # the labels stay out of training altogether
         estimator.fit(X)
     else:
         estimator.fit(X, encode_target(train, spec))
@@ -74,12 +79,16 @@ def _walk(estimator: Any) -> list[Any]:
 
 
 def predict(model: Any, frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
+    """What the task's graph must match (its NATIVE): values [N] or a series [N, horizon],
+    anomaly scores (higher: more anomalous; sklearn's score_samples is the opposite),
+    distances to each segment's centre (the nearest is its own), or class probabilities."""
     X = model_frame(frame, spec)
-    if spec.task in ("regression", "forecast"):  # values [N], or a series [N, horizon]
+    native = spec.task_kind.NATIVE
+    if native == "values":
         return np.asarray(model.predict(X), dtype=np.float64)
-    if spec.task == "anomaly":  # higher: more anomalous (sklearn's score_samples is the opposite)
+    if native == "anomaly_scores":
         return -np.asarray(model.score_samples(X), dtype=np.float64)
-    if spec.task == "clustering":  # distances to each segment's centre; the nearest is its own
+    if native == "distances":
         return np.asarray(model.transform(X), dtype=np.float64)
     return np.asarray(model.predict_proba(X), dtype=np.float64)
 
@@ -129,10 +138,13 @@ def _inputs(spec: ModelSpec) -> list[tuple[str, Any]]:
 
 
 def to_onnx(model: Any, spec: ModelSpec) -> onnx.ModelProto:
-    if spec.task == "clustering":
-        return _clustering_onnx(model, spec)
-    if spec.task == "forecast":
+    """The pipeline with the task's outputs: `prediction` (values), `label` + `score` (an
+    anomaly detector), `label` + `distances` (a segmentation), `label` + `probabilities`."""
+    native = spec.task_kind.NATIVE
+    if isinstance(model, DayAheadForecaster):
         return _forecast_onnx(model, spec)
+    if native == "distances":
+        return _clustering_onnx(model, spec)
     inputs = _inputs(spec)
     options: dict[int, dict[str, Any]] = {}
     for step in _walk(model):
@@ -140,9 +152,9 @@ def to_onnx(model: Any, spec: ModelSpec) -> onnx.ModelProto:
             check_ngram_vocabulary(step)
             options[id(step)] = {"tokenexp": _tokenexp(step), "locale": "C.UTF-8"}
     final_types = None
-    if spec.task == "regression":
+    if native == "values":
         final_types = [("prediction", FloatTensorType([None, 1]))]
-    elif spec.task == "anomaly":
+    elif native == "anomaly_scores":
         final_types = [
             ("raw_label", Int64TensorType([None, 1])),
             (RAW_SCORES, FloatTensorType([None, 1])),
@@ -158,7 +170,7 @@ def to_onnx(model: Any, spec: ModelSpec) -> onnx.ModelProto:
         final_types=final_types,
     )
     graph = sparse_text.sparsify(graph)  # TF-IDF + a logistic output: per token, not dense
-    if spec.task == "anomaly":
+    if native == "anomaly_scores":
         threshold = decision_threshold(model)
         assert threshold is not None, "an outlier detector has an offset_ once fitted"
         return anomaly_outputs(graph, threshold)
@@ -273,19 +285,15 @@ def _prune(graph: onnx.ModelProto) -> onnx.ModelProto:
 
 def explain(model: Any, test: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame | None:
     """Top weights of a linear text model; otherwise permutation importance of each raw field."""
-    if spec.task == "clustering":  # no target to shuffle against: profiles explain segments
-        return None
-    if spec.task == "forecast":  # what the trees read: lags, calendar, temperature
+    if isinstance(model, DayAheadForecaster):  # what the trees read: lags, calendar, weather
         return _forecast_importance(model, test, spec)
+    scoring: Any = spec.task_kind.IMPORTANCE_SCORING
+    if not scoring:  # a segmentation: no target to shuffle against; profiles explain it
+        return None
     text_fields = [n for n, f in spec.fields.items() if f.type == "text"]
     if text_fields == list(spec.fields):
         return _linear_text_weights(model)
-    scoring: Any = (
-        "neg_root_mean_squared_error"
-        if spec.task == "regression"
-        else ("roc_auc" if spec.task == "binary" else "accuracy")
-    )
-    if spec.task == "anomaly":  # how well the scores rank the held-out labels
+    if spec.task_kind.NATIVE == "anomaly_scores":  # how well the scores rank the labels
         scoring = _anomaly_roc_auc
     result = permutation_importance(
         model,
@@ -336,3 +344,38 @@ def _linear_text_weights(model: Pipeline, top: int = 15) -> pd.DataFrame:
     table = weights.loc[order].reset_index(drop=True)
     table.attrs["measure"] = "logistic-regression weight of the TF-IDF term (+ towards positive)"
     return table
+
+
+def report(
+    model: Any, spec: ModelSpec, test: pd.DataFrame, predicted: np.ndarray, root: Path
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """(views, metrics) of evaluate beyond the task's scores: a segmentation's space (where
+    it is judged) and its search over k; a forecaster's seasonal-naive baseline and
+    walk-forward refits."""
+    if isinstance(model, DayAheadForecaster):
+        from pipelines.models import get_project  # the catalog module builds the refits
+
+        project = get_project(spec.key)
+
+        def refit(known: pd.DataFrame, target: pd.DataFrame) -> np.ndarray:
+            with tempfile.TemporaryDirectory() as tmp:
+                fitted = project.FLAVOR.fit(project.build(spec), known, spec, Path(tmp))
+            return np.asarray(project.FLAVOR.predict(fitted, target, spec))
+
+        train = pd.read_parquet(paths.split_dir(spec.key, root) / "train.parquet")
+        return forecasting.report(spec, model, refit, train, test, predicted)
+    if spec.task_kind.NATIVE == "distances":
+        return {"embedding": embed(model, test, spec), "clusters": model.steps[-1][1]}, {}
+    return {}, {}
+
+
+def metadata(model: Any, spec: ModelSpec, root: Path) -> dict[str, str]:
+    """What the graph's metadata carries for the service beyond the common contract: a
+    segmentation's profile of each segment, in label order, on the training split in the
+    fields' own units (the service answers each record with its segment's)."""
+    if spec.task_kind.NATIVE != "distances":
+        return {}
+    train = pd.read_parquet(paths.split_dir(spec.key, root) / "train.parquet")
+    found = profiles(spec, train, spec.task_kind.labels(predict(model, train, spec), None))
+    log.info("%s: %d segments, profiled on the training split", spec.key, len(found))
+    return {"segments": json.dumps(found)}

@@ -13,11 +13,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pipelines import paths
-from pipelines.catalog import ModelSpec
+from contract import paths
+from contract.catalog import ModelSpec
+from contract.settings import get_settings
 from pipelines.log import get_logger
 from pipelines.schema import encode_target, images
-from pipelines.settings import get_settings
 
 log = get_logger(__name__)
 WEIGHTS_FILE = "model.pt"  # tensors only: loaded with weights_only=True

@@ -8,7 +8,7 @@ from typing import Any, Protocol, cast
 
 import pandas as pd
 
-from pipelines.catalog import ModelSpec, UnknownModelError, load_catalog
+from contract.catalog import ModelSpec, UnknownModelError, load_catalog
 from pipelines.flavors import Flavor
 from pipelines.timeline import Timeline
 

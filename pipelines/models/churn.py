@@ -6,7 +6,7 @@ from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.pipeline import Pipeline
 
-from pipelines.catalog import ModelSpec
+from contract.catalog import ModelSpec
 from pipelines.flavors import sklearn as FLAVOR
 from pipelines.models.tabular import preprocessor, to_float32
 from pipelines.timeline import Timeline, anchor, entity_ids, restate, stamp

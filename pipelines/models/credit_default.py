@@ -11,7 +11,7 @@ import pandas as pd
 from sklearn.metrics import confusion_matrix, make_scorer
 from sklearn.pipeline import Pipeline
 
-from pipelines.catalog import ModelSpec
+from contract.catalog import ModelSpec
 from pipelines.flavors import sklearn as FLAVOR
 from pipelines.models.tabular import threshold_tuned_trees
 from pipelines.timeline import Timeline, anchor, entity_ids, stamp

@@ -11,7 +11,7 @@ the last half of the year, after everything trained on, and walk-forward by mont
 import numpy as np
 import pandas as pd
 
-from pipelines.catalog import ModelSpec
+from contract.catalog import ModelSpec
 from pipelines.flavors import sklearn as FLAVOR
 from pipelines.models.forecasting import DayAheadForecaster, Layout
 

@@ -2,7 +2,7 @@
 
 from torch import nn
 
-from pipelines.catalog import ModelSpec
+from contract.catalog import ModelSpec
 from pipelines.flavors import torch as FLAVOR
 
 __all__ = ["FLAVOR", "build"]

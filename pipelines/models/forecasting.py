@@ -12,6 +12,7 @@ The same features are built inside the ONNX graph (Gather, Expand, Concat on the
 tensors), so the served graph takes the record as it comes.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,9 @@ from onnx import TensorProto, helper, numpy_helper
 from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.ensemble import HistGradientBoostingRegressor
 
-from pipelines.schema import series
+from contract.catalog import ModelSpec
+from contract.tasks import forecast as forecast_task
+from contract.tasks.forecast import series
 
 DAY_LAGS = (1, 2, 3, 7)  # the same step this many days before the forecast day
 
@@ -222,3 +225,44 @@ def by_month(
             row[name] = float(np.mean(np.abs(forecast[mask] - y[mask]) / y[mask]))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def report(
+    spec: ModelSpec,
+    model: DayAheadForecaster,
+    refit: Callable[[pd.DataFrame, pd.DataFrame], np.ndarray],
+    train: pd.DataFrame,
+    test: pd.DataFrame,
+    predicted: np.ndarray,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """(plot data, metrics): the seasonal-naive baseline (each step a week before) and a
+    walk-forward run that refits (`refit(known, target)`) on everything before each test
+    month."""
+    assert spec.target.time
+    time, y = spec.target.time, forecast_task.encode_target(test[spec.target.column], spec)
+    naive = seasonal_naive(test, model.layout.history, model.horizon, 7 * model.steps_per_day)
+    walked = walk_forward(refit, train, test, time)
+    walk = np.stack(walked["forecast"].to_list())
+    mape = forecast_task.score(spec, y, predicted)["mape"]
+    naive_mape = forecast_task.score(spec, y, naive)["mape"]
+    walk_mape = forecast_task.score(spec, y, walk)["mape"]
+    metrics = {
+        "naive_mape": naive_mape,
+        "improvement_over_naive": round(1 - mape / naive_mape, 6),
+        "walk_forward_mape": walk_mape,
+        "walk_forward_improvement": round(1 - walk_mape / naive_mape, 6),
+    }
+    table = by_month(
+        test, time, y, {"model": predicted, "walk-forward": walk, "seasonal naive": naive}
+    )
+    week = slice(0, 7)
+    views = {
+        "by_month": table,
+        "week": {
+            "start": test[time].iloc[0],
+            "actual": y[week].reshape(-1),
+            "model": predicted[week].reshape(-1),
+            "seasonal naive": naive[week].reshape(-1),
+        },
+    }
+    return views, metrics

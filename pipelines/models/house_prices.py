@@ -5,7 +5,7 @@ from sklearn.compose import TransformedTargetRegressor
 from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.pipeline import Pipeline
 
-from pipelines.catalog import ModelSpec
+from contract.catalog import ModelSpec
 from pipelines.flavors import sklearn as FLAVOR
 from pipelines.models.tabular import preprocessor, to_float32
 

@@ -7,7 +7,7 @@ against the popularity baseline). A user's top-k list is ranked by the second an
 the first's predicted rating; a user the model has never seen gets the most-rated movies.
 """
 
-from pipelines.catalog import ModelSpec
+from contract.catalog import ModelSpec
 from pipelines.flavors import factors as FLAVOR
 from pipelines.models.factorization import Factorization
 

@@ -7,7 +7,7 @@ that judge the index (recall@10 against exact search) and the export (ONNX again
 
 import pandas as pd
 
-from pipelines.catalog import ModelSpec
+from contract.catalog import ModelSpec
 from pipelines.flavors import retrieval as FLAVOR
 
 __all__ = ["FLAVOR", "build", "records"]

@@ -10,7 +10,7 @@ the training scores, and the graph applies it (label 1 above it).
 from sklearn.ensemble import IsolationForest
 from sklearn.pipeline import Pipeline
 
-from pipelines.catalog import ModelSpec
+from contract.catalog import ModelSpec
 from pipelines.flavors import sklearn as FLAVOR
 from pipelines.models.tabular import preprocessor, to_float32
 

@@ -10,7 +10,7 @@ message in eleven.
 from sklearn.metrics import fbeta_score, make_scorer
 from sklearn.pipeline import Pipeline
 
-from pipelines.catalog import ModelSpec
+from contract.catalog import ModelSpec
 from pipelines.flavors import sklearn as FLAVOR
 from pipelines.models.tabular import threshold_tuned_trees
 

@@ -12,7 +12,7 @@ from sklearn.model_selection import StratifiedKFold, TunedThresholdClassifierCV
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
-from pipelines.catalog import ModelSpec
+from contract.catalog import ModelSpec
 from pipelines.schema import NUMERIC
 
 

@@ -28,9 +28,9 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
-from pipelines.catalog import get_spec, load_catalog
-from pipelines.paths import ROOT
-from pipelines.settings import get_settings
+from contract.catalog import get_spec, load_catalog
+from contract.paths import ROOT
+from contract.settings import get_settings
 from services.bench import bentoml_variants, bodies, report, servers, wrk
 from services.bench.report import Result
 from services.bench.wrk import Point
@@ -244,7 +244,7 @@ def bench_model(bench: Bench, key: str, tabular: bool) -> None:
     spec = get_spec(key)
     python = sys.executable
     one = bodies.records_body(spec, 1, bench.scratch)
-    connections = SEARCH_CONNECTIONS if spec.task == "retrieval" else CONNECTIONS
+    connections = CONNECTIONS if spec.task_kind.BULK else SEARCH_CONNECTIONS
     floor = [python, "-m", "services.bench.floor", key, "--port", "{port}"]
     start_floor = bench.server(f"floor-{key}", floor, "/readyz", {})
     cache = str(bench.scratch / "cache")
@@ -306,8 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     tabular = [
         k
         for k in args.models
-        if catalog[k].task != "retrieval"
-        and all(f.type != "image" for f in catalog[k].fields.values())
+        if catalog[k].task_kind.BULK and all(f.type != "image" for f in catalog[k].fields.values())
     ]
     with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
         bench = Bench(duration, float(max(1, round(duration / 3))), Path(scratch), rounds)

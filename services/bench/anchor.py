@@ -19,8 +19,8 @@ import orjson
 from fastapi import FastAPI
 from fastapi.responses import Response
 
-from pipelines.catalog import get_spec
-from pipelines.settings import get_settings
+from contract.catalog import get_spec
+from contract.settings import get_settings
 from services.app import NO_TELEMETRY
 from services.bench.floor import run_factory
 from services.inputs import record_model, request_model

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipelines.catalog import ModelSpec
-from pipelines.paths import ROOT
-from pipelines.schema import onnx_feeds
+from contract.catalog import ModelSpec
+from contract.feeds import onnx_feeds
+from contract.paths import ROOT
 from services.examples import as_records
 
 BATCH = 1000

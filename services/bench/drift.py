@@ -20,11 +20,11 @@ from typing import Any
 
 import onnxruntime as ort
 
-from pipelines import paths
-from pipelines.catalog import get_spec, load_catalog
-from pipelines.paths import ROOT
-from pipelines.schema import onnx_feeds
-from pipelines.settings import get_settings
+from contract import paths
+from contract.catalog import get_spec, load_catalog
+from contract.feeds import onnx_feeds
+from contract.paths import ROOT
+from contract.settings import get_settings
 from services.bench import bodies, report
 from services.drift import detect
 from services.drift.settings import DriftSettings

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines.features import FS_YAML_ENV, repo_path
-from pipelines.paths import ROOT
+from contract.features import FS_YAML_ENV, repo_path
+from contract.paths import ROOT
 
 if TYPE_CHECKING:
     from redis import Redis

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.catalog import ModelSpec, get_spec, load_catalog
-from pipelines.paths import ROOT
+from contract.catalog import ModelSpec, get_spec, load_catalog
+from contract.paths import ROOT
 from services.bench import bodies, features_report, online, report, servers, wrk
 from services.bench.__main__ import load_average, prefetch
 from services.bench.feast_stores import Store, StoreError, environment, redis_store, sqlite_store

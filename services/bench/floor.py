@@ -13,7 +13,7 @@ import os
 from fastapi import FastAPI
 from fastapi.responses import Response
 
-from pipelines.catalog import get_spec
+from contract.catalog import get_spec
 from services.app import NO_TELEMETRY
 from services.inputs import record_model, request_model
 from services.serve import log_config

@@ -24,10 +24,10 @@ import onnx
 import onnxruntime as ort
 import pandas as pd
 
-from pipelines import paths
-from pipelines.catalog import get_spec, load_catalog
-from pipelines.paths import ROOT
-from pipelines.schema import onnx_feeds
+from contract import paths
+from contract.catalog import get_spec, load_catalog
+from contract.feeds import onnx_feeds
+from contract.paths import ROOT
 from services.bench import report
 
 BATCH, PROFILED = 1000, 5
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         key
         for key, spec in catalog.items()
         if all(f.type not in ("image", "series") for f in spec.fields.values())
-        and spec.task not in ("retrieval",)
+        and spec.task_kind.BULK
     ]
     parser = argparse.ArgumentParser(prog="python -m services.bench.graphs", description=__doc__)
     parser.add_argument("--models", nargs="+", choices=sorted(catalog), default=tabular)

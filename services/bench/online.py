@@ -13,8 +13,8 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.catalog import ModelSpec
-from pipelines.paths import ROOT
+from contract.catalog import ModelSpec
+from contract.paths import ROOT
 from services.bench.feast_stores import Store, environment
 from services.bench.servers import SERVER_CPU
 from services.examples import as_records

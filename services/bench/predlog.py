@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.catalog import get_spec
-from pipelines.paths import ROOT
+from contract.catalog import get_spec
+from contract.paths import ROOT
 from services.bench import bodies, report, servers, wrk
 from services.bench.__main__ import load_average, prefetch
 from services.bench.feast_stores import environment

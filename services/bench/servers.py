@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipelines.paths import ROOT
+from contract.paths import ROOT
 
 SERVER_CPU = "0"
 BIN = Path(sys.executable).parent  # the venv's bin: python, bentoml, mlflow and uvicorn

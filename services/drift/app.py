@@ -24,8 +24,8 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from pipelines.catalog import load_catalog
-from pipelines.settings import get_settings
+from contract.catalog import load_catalog
+from contract.settings import get_settings
 from services import auth
 from services.bodies import BodyRefused, read_body, replay
 from services.drift import detect, pages

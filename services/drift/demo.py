@@ -25,10 +25,10 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from pipelines import paths
-from pipelines.catalog import ModelSpec, get_spec
-from pipelines.paths import ROOT
-from pipelines.settings import get_settings
+from contract import paths
+from contract.catalog import ModelSpec, get_spec
+from contract.paths import ROOT
+from contract.settings import get_settings
 from services import auth, monitoring
 from services.drift.processes import Process, free_port, started
 from services.examples import as_records

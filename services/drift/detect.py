@@ -1,6 +1,6 @@
 """One drift run: a model's logged traffic against its champion's reference, with Evidently.
 
-The reference is the training snapshot registered with the champion (pipelines.reference);
+The reference is the training snapshot registered with the champion (contract.reference);
 the window is the latest served predictions in the prediction log, put through the same
 drift view. Inputs and the model's outputs are compared column by column (Wasserstein
 distance for numbers, Jensen-Shannon for categories by default: a score that grows with the
@@ -17,8 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines import reference
-from pipelines.catalog import ModelSpec
+from contract import reference
+from contract.catalog import ModelSpec
 from services.drift.settings import DriftSettings
 from services.predlog import prune, read_window, score_label
 
@@ -104,7 +104,7 @@ def window(spec: ModelSpec, settings: DriftSettings, now: float) -> pd.DataFrame
     view = reference.drift_view(spec, inputs)
     scored = [score_label(row[3]) for row in found]
     view[reference.PREDICTION] = [score for score, _ in scored]
-    if spec.task != "regression":
+    if spec.labels_served:
         view[reference.PREDICTED_LABEL] = [label for _, label in scored]
     view.attrs["ts"] = (found[0][0], found[-1][0])
     return view

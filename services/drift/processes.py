@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from pipelines.paths import ROOT
+from contract.paths import ROOT
 from services.bench.servers import free_port
 
 READY_S = 180

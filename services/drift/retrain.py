@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines import paths
+from contract import paths
 from services.drift.settings import DriftSettings
 
 log = logging.getLogger("services.drift.retrain")

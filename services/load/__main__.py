@@ -15,8 +15,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipelines.catalog import load_catalog
-from pipelines.paths import ROOT
+from contract.catalog import load_catalog
+from contract.paths import ROOT
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 DEFAULT_HOST = f"http://127.0.0.1:{os.environ.get('STACK_PROXY_PORT', '8080')}"

@@ -43,8 +43,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.catalog import load_catalog
-from pipelines.paths import ROOT
+from contract.catalog import load_catalog
+from contract.paths import ROOT
 from services.deploy import CAPACITY as PUBLISHED
 from services.load.__main__ import DEFAULT_HOST, LOCUSTFILE
 

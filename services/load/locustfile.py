@@ -33,7 +33,7 @@ from locust import FastHttpUser, events, tag
 from locust.env import Environment
 from locust.stats import StatsEntry
 
-from pipelines.catalog import load_catalog
+from contract.catalog import load_catalog
 from services.load import slo
 from services.load.payloads import pool
 
@@ -146,7 +146,7 @@ class ModelUser(FastHttpUser):
 def _user_class(key: str) -> type[ModelUser]:
     spec = CATALOG[key]
     tasks = {ModelUser.predict: 8, ModelUser.batch: 2, ModelUser.malformed: 1}
-    if spec.task == "retrieval":  # people search one query at a time; a batch of searches
+    if not spec.task_kind.BULK:  # people search one query at a time; a batch of searches
         del tasks[ModelUser.batch]  # is bulk work (~80 ms of encoding: make bench measures it)
     if spec.features is not None:
         tasks[ModelUser.entity] = 2

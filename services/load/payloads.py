@@ -8,7 +8,6 @@ of held-out reviews: people search with a phrase, not with a whole review.
 """
 
 import random
-import re
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -16,12 +15,11 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines import paths
-from pipelines.catalog import ModelSpec, load_catalog
+from contract import paths
+from contract.catalog import ModelSpec, load_catalog
 from services.examples import as_entities, as_records
 
 POOL_ROWS = 500  # rows read per model: enough variety, quick to load
-QUERY_WORDS = 20
 
 
 @dataclass
@@ -51,12 +49,6 @@ class Pool:
         return {"records": [record]}, name
 
 
-def as_query(text: str, words: int = QUERY_WORDS) -> str:
-    """A search query from a held-out text: its first sentence, at most `words` words."""
-    first = re.split(r"(?<=[.!?])\s+", text.strip(), maxsplit=1)[0]
-    return " ".join(first.split()[:words])
-
-
 @cache
 def pool(key: str, root: Path, rows: int = POOL_ROWS) -> Pool:
     spec = load_catalog()[key]
@@ -68,8 +60,7 @@ def pool(key: str, root: Path, rows: int = POOL_ROWS) -> Pool:
         )
     frame = pd.read_parquet(test).sample(frac=1.0, random_state=0).head(rows)
     records = as_records(frame, spec)
-    if spec.task == "retrieval":  # a search is asked queries, not whole held-out reviews
-        records = [{k: as_query(v) for k, v in r.items()} for r in records]
+    records = spec.task_kind.payload(records)  # a search is asked queries, not whole reviews
     entities = []
     if spec.features is not None:  # the same rows by entity key, a few per request
         entities = [as_entities(frame.iloc[i : i + 3], spec) for i in range(0, len(frame) - 3, 3)]

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pipelines.paths import ROOT
+from contract.paths import ROOT
 from tests.deploy.engine import DEPLOY_DIR, Engine
 
 TAG = "test"

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines import paths
-from pipelines.catalog import load_catalog
-from pipelines.schema import onnx_feeds
+from contract import paths
+from contract.catalog import load_catalog
+from contract.feeds import onnx_feeds
 from services.examples import as_records
 
 DATATYPES = {"f": "FP32", "O": "BYTES", "u": "UINT8", "i": "INT64", "b": "BOOL"}

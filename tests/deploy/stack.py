@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.paths import ROOT
+from contract.paths import ROOT
 from tests.deploy.engine import Engine, compose_command
 from tests.deploy.images import TAG
 from tests.workspace import REDUCED_PARAMS, merge

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pipelines.paths import ROOT, onnx_model
+from contract.paths import ROOT, onnx_model
 from services import monitoring
 from services.examples import as_entities, as_records
 from tests.conftest import CATALOG, KEYS
@@ -191,7 +191,7 @@ def send_triton(key: str, ports: Ports, trained: Path) -> None:
     (its client tokenizes, with the tokenizer in the graph's metadata)."""
     import tritonclient.http as http
 
-    from pipelines.flavors.retrieval import encoder_inputs, graph_tokenizer
+    from contract.search import encoder_inputs, graph_tokenizer
 
     spec = CATALOG[key]
     frame = held_out(trained, key, rows=4)

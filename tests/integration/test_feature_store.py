@@ -22,9 +22,9 @@ import psycopg
 import pytest
 import redis
 
+from contract.features import FS_YAML_ENV, feature_store, keep_prometheus_environment
+from contract.paths import offline_dir, raw_data
 from pipelines import prepare
-from pipelines.features import FS_YAML_ENV, feature_store, keep_prometheus_environment
-from pipelines.paths import offline_dir, raw_data
 from pipelines.schema import validate_raw
 from pipelines.sources import load_source
 from tests.conftest import CATALOG

@@ -8,8 +8,8 @@ import psycopg
 import pytest
 from mlflow.tracking import MlflowClient
 
+from contract.settings import get_settings
 from pipelines import evaluate, export, prepare, register, train
-from pipelines.settings import get_settings
 from tests.conftest import CATALOG
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]

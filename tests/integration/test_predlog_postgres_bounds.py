@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pipelines.paths import ROOT
+from contract.paths import ROOT
 from services import predlog
 from services.bench.predlog import PG_SERVER, postgres_database
 from services.predlog import (

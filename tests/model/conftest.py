@@ -7,7 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.catalog import ModelSpec
+from contract.catalog import ModelSpec
 from pipelines.models import get_project
 from tests.conftest import prepared, quick_spec
 

@@ -8,9 +8,9 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 
+from contract.feeds import onnx_feeds
 from pipelines.export import check_parity, describe, onnx_predict, open_session
 from pipelines.models import get_project
-from pipelines.schema import onnx_feeds
 from pipelines.segments import profiles
 from pipelines.sources import load_source
 from tests.conftest import CATALOG, KEYS, prepared

@@ -19,12 +19,11 @@ import pandas as pd
 import psutil
 import pytest
 
-from pipelines import paths
-from pipelines.catalog import get_spec
-from pipelines.flavors import retrieval
-from pipelines.paths import ROOT
-from pipelines.schema import onnx_feeds
-from pipelines.settings import get_settings
+from contract import paths, search
+from contract.catalog import get_spec
+from contract.feeds import onnx_feeds
+from contract.paths import ROOT
+from contract.settings import get_settings
 from services.examples import as_records
 from tests.conftest import CATALOG, KEYS
 
@@ -266,11 +265,11 @@ def held_out(trained: Path, key: str, rows: int = 8) -> pd.DataFrame:
 def expected_outputs(trained: Path, key: str, frame: pd.DataFrame) -> dict[str, np.ndarray]:
     """What ONNX Runtime in this process makes of the same rows with the same artifact
     (a search: with its tokenizer and index, from the export stage's folder)."""
-    session: ort.InferenceSession | retrieval.RetrievalSession
+    session: ort.InferenceSession | search.RetrievalSession
     session = ort.InferenceSession(str(paths.onnx_model(key, trained)))
     if CATALOG[key].task == "retrieval":
-        corpus = retrieval.Corpus.open(paths.onnx_model(key, trained).parent)
-        session = retrieval.RetrievalSession(session, corpus)
+        corpus = search.Corpus.open(paths.onnx_model(key, trained).parent)
+        session = search.RetrievalSession(session, corpus)
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(None, onnx_feeds(frame, CATALOG[key])), strict=True))
 

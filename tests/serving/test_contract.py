@@ -226,7 +226,7 @@ def test_unknown_model_is_404(services: dict[str, Service]) -> None:
 
 
 def v2_inputs(key: str, frame: Any, binary: bool) -> list[triton.InferInput]:
-    from pipelines.schema import onnx_feeds
+    from contract.feeds import onnx_feeds
 
     inputs = []
     for name, array in onnx_feeds(frame, CATALOG[key]).items():
@@ -259,6 +259,22 @@ def test_oip_v2_through_tritonclient(
             assert got.shape == array.shape, name
         else:
             np.testing.assert_allclose(got, array, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_oip_v2_without_outputs_answers_every_output(
+    services: dict[str, Service], trained: Path, key: str
+) -> None:
+    """A request that names no outputs gets every output of the model, as Triton answers
+    (a recommender's ratings of every item included), with the values ONNX Runtime gives."""
+    client = triton.InferenceServerClient(services[key].url.removeprefix("http://"))
+    frame = held_out(trained, key)
+    expected = expected_outputs(trained, key, frame)
+    result = client.infer(key, v2_inputs(key, frame, True))
+    assert [o["name"] for o in result.get_response()["outputs"]] == list(expected)
+    for name, array in expected.items():
+        if array.dtype.kind not in "OUSb":
+            np.testing.assert_allclose(result.as_numpy(name), array, rtol=1e-6, atol=1e-6)
 
 
 def test_oip_v2_bad_tensor_is_400_naming_it(services: dict[str, Service], trained: Path) -> None:

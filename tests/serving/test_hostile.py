@@ -25,8 +25,8 @@ import orjson
 import psutil
 import pytest
 
-from pipelines.catalog import InputField
-from pipelines.schema import onnx_feeds
+from contract.catalog import InputField
+from contract.feeds import onnx_feeds
 from services.examples import as_records
 from services.tensors import serialize_bytes
 from tests.conftest import CATALOG, KEYS

@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from pipelines.catalog import get_spec
+from contract.catalog import get_spec
 from services.examples import as_records
 from tests.conftest import CATALOG
 from tests.serving.conftest import Service, TrackingServer, environment, held_out, serve

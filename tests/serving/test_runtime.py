@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from pydantic import BaseModel
 
-from pipelines import paths
-from pipelines.schema import onnx_feeds
+from contract import paths
+from contract.feeds import onnx_feeds
 from services import runtime
 from services.examples import as_records
 from services.inputs import record_model, request_model

@@ -14,8 +14,8 @@ import orjson
 import pandas as pd
 import pytest
 
-from pipelines import paths
-from pipelines.paths import ROOT
+from contract import paths
+from contract.paths import ROOT
 from services.examples import as_entities
 from tests.conftest import CATALOG, KEYS
 from tests.serving.conftest import Registry, as_records, inherited_environment

@@ -24,9 +24,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from pipelines.catalog import get_spec
-from pipelines.flavors.retrieval import encoder_inputs, graph_tokenizer
-from pipelines.paths import ROOT, onnx_model, split_dir
+from contract.catalog import get_spec
+from contract.paths import ROOT, onnx_model, split_dir
+from contract.search import encoder_inputs, graph_tokenizer
 from pipelines.sources import read_idx
 from pipelines.triton import repository_dir, write_repository
 from tests.conftest import CATALOG

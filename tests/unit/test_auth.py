@@ -14,7 +14,7 @@ import pytest
 from fastapi import HTTPException
 from pydantic import SecretStr
 
-from pipelines.catalog import get_spec
+from contract.catalog import get_spec
 from services import auth
 from services.drift import retrain
 from services.drift.settings import DriftSettings

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from pipelines.catalog import ModelSpec, UnknownModelError, get_spec, load_params
+from contract.catalog import ModelSpec, UnknownModelError, get_spec, load_params
+from contract.paths import ROOT
 from pipelines.flavors import judged_test_split, retrieval
 from pipelines.models import get_project, is_project
-from pipelines.paths import ROOT
 from tests.conftest import CATALOG, KEYS
 
 HELPERS = {

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.paths import ROOT
+from contract.paths import ROOT
 
 
 def stage(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipelines.paths import ROOT
+from contract.paths import ROOT
 from services import deploy
 from services.stack import plan
 from tests.conftest import CATALOG, KEYS

@@ -2,7 +2,7 @@
 
 import pandas as pd
 
-from pipelines import reference
+from contract import reference
 from services.drift.detect import _usable
 from tests.conftest import CATALOG
 

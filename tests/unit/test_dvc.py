@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.paths import ROOT
+from contract.paths import ROOT
 from tests.conftest import CATALOG, KEYS
 
 STAGES = ["prepare", "train", "evaluate", "export", "register"]

@@ -5,7 +5,7 @@ import re
 import pytest
 from pydantic_settings import BaseSettings
 
-from pipelines.paths import ROOT
+from contract.paths import ROOT
 from services.drift.settings import DriftSettings
 from services.settings import ServeSettings
 

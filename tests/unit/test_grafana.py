@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipelines.paths import ROOT
+from contract.paths import ROOT
 from tests.conftest import KEYS
 
 GRAFANA = ROOT / "infra" / "grafana"

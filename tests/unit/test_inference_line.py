@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from pipelines.catalog import get_spec
+from contract.catalog import get_spec
 from services.service import ModelService
 from services.settings import ServeSettings
 

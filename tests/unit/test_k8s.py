@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from pipelines.catalog import load_catalog
-from pipelines.paths import ROOT
+from contract.catalog import load_catalog
+from contract.paths import ROOT
 from services import deploy
 from tests.conftest import KEYS
 from tests.k8s_checks import SCRAPE, metadata_problems, scrape_problems

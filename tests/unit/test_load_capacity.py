@@ -3,7 +3,7 @@
 import json
 import math
 
-from pipelines.catalog import load_catalog
+from contract.catalog import load_catalog
 from services.deploy import CAPACITY, hpa_targets
 from services.load.capacity import Step, judge, judge_overload, markdown, pacing, per_core, rated
 

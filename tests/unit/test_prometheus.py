@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from pipelines.paths import ROOT
+from contract.paths import ROOT
 from services.stack import plan
 from tests.conftest import KEYS
 

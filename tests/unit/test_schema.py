@@ -4,7 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.schema import SchemaViolation, encode_target, model_frame, onnx_feeds, validate_raw
+from contract.feeds import onnx_feeds
+from pipelines.schema import SchemaViolation, encode_target, model_frame, validate_raw
 from tests.conftest import CATALOG
 
 TITANIC = CATALOG["titanic"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from pipelines.catalog import InputField
+from contract.catalog import InputField
 from services import store as store_module
 from services.examples import to_png
 from services.inputs import OTHER_FIELD, describe_errors, metric_field, record_model, request_model

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.catalog import Source
+from contract.catalog import Source
 from pipelines.sources import MissingSourceError, load_source, read_idx
 
 

@@ -9,7 +9,7 @@ from onnx import TensorProto, helper
 from pydantic import ValidationError
 from tritonclient.grpc import model_config_pb2 as mc
 
-from pipelines.catalog import ModelSpec, TritonSpec
+from contract.catalog import ModelSpec, TritonSpec
 from pipelines.triton import repository_dir, triton_dtype, write_repository
 from tests.conftest import CATALOG
 

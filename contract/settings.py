@@ -4,7 +4,7 @@ from functools import lru_cache
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pipelines.paths import ROOT
+from contract.paths import ROOT
 
 
 class Settings(BaseSettings):

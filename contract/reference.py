@@ -1,7 +1,8 @@
 """A model's reference data for drift: the training snapshot, as the drift service sees it.
 
-`register` logs `reference/reference.parquet` with every version: a seeded sample of the
-training split in the drift view below, plus the model's own predictions on it. The drift
+`register` (pipelines/register.py) logs `reference/reference.parquet` with every version: a
+seeded sample of the training split in the drift view below, plus the model's own
+predictions on it. The drift
 service puts logged traffic through the same view, so both sides come from one function.
 Numbers and categories are compared as they are; a text field by its length in characters
 and words, an image by its mean, spread and share of ink (pixel drift means nothing).
@@ -14,8 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.catalog import ModelSpec
-from pipelines.segments import segment_names
+from contract.catalog import ModelSpec
 
 ARTIFACT_DIR = "reference"
 ARTIFACT = f"{ARTIFACT_DIR}/reference.parquet"
@@ -102,34 +102,9 @@ def drift_view(spec: ModelSpec, inputs: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarize(spec: ModelSpec, result: dict[str, np.ndarray]) -> tuple[list[float], list[str]]:
-    """(P(positive) / P(top class) / value / anomaly score / distance to the segment's
-    centre / the top recommendation's predicted rating / the best search result's similarity,
-    labels) of a graph's outputs."""
-    if spec.task == "recommendation":  # labelled by how the list was made
-        if "scores" not in result or "fallback" not in result:
-            return [], []
-        names = spec.class_names
-        labels = [names[int(cold)] for cold in result["fallback"].reshape(-1)]
-        return result["scores"][:, 0].tolist(), labels
-    if "prediction" in result:
-        return result["prediction"].reshape(-1).tolist(), []
-    if spec.task == "retrieval":  # the best match's similarity: low when queries drift away
-        return (result["scores"][:, 0].tolist(), []) if "scores" in result else ([], [])
-    if "forecast" in result:  # the mean over the horizon
-        return result["forecast"].mean(axis=1).tolist(), []
-    classes = spec.class_names
-    if "distances" in result and "label" in result:  # distance to its segment's centre
-        names = segment_names(result["distances"].shape[1])
-        labels = [names[int(i)] for i in result["label"].reshape(-1)]
-        return result["distances"].min(axis=1).tolist(), labels
-    if "score" in result and "label" in result:  # anomaly score and its decision
-        labels = [classes[int(i)] for i in result["label"].reshape(-1)]
-        return result["score"].reshape(-1).tolist(), labels
-    if "probabilities" not in result or "label" not in result:
-        return [], []
-    probabilities = result["probabilities"]
-    scores = probabilities[:, 1] if spec.task == "binary" else probabilities.max(axis=1)
-    return scores.tolist(), [classes[int(i)] for i in result["label"].reshape(-1)]
+    """(one score per record, labels where the task serves them) of a graph's outputs: the
+    task's drift view of its outputs (contract/tasks/<task>.py `summarize`)."""
+    return spec.task_kind.summarize(spec, result)
 
 
 def sample(train: pd.DataFrame) -> pd.DataFrame:

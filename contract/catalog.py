@@ -10,15 +10,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipelines.paths import PARAMS
+from contract.paths import PARAMS
+from contract.tasks import Task as TaskKind
+from contract.tasks import get_task
 
 FieldType = Literal["float", "int", "category", "text", "image", "series"]
-# anomaly: unsupervised (fitted on the fields alone); its labels only judge it, held out.
-# clustering: unsupervised too; the target is profiled per segment (e.g. its churn rate)
-# recommendation: the one field is the user; the target is a user's rating of an item
-# forecast: a record is a forecast origin; the target is the series of the horizon after it
-# retrieval: a record is a text; the training split's are the searched documents (target.item
-# their id), the test split's the queries; the target is a label that judges relevance
+# the task kinds: one module each in contract/tasks/ (what each predicts is said there)
 Task = Literal[
     "regression",
     "binary",
@@ -29,7 +26,6 @@ Task = Literal[
     "forecast",
     "retrieval",
 ]
-UNSUPERVISED = ("anomaly", "clustering")
 
 
 class Strict(BaseModel):
@@ -149,30 +145,7 @@ class ModelSpec(Strict):
     def _consistent(self) -> "ModelSpec":
         if self.gate_metric not in self.floors:
             raise ValueError(f"gate_metric {self.gate_metric!r} needs a floor in floors")
-        if self.task in ("binary", "anomaly", "clustering") and self.target.positive is None:
-            raise ValueError(f"a {self.task} task needs target.positive")
-        if self.task == "recommendation" and not (
-            self.target.item
-            and self.target.item_name
-            and [f.type for f in self.fields.values()] == ["int"]
-        ):
-            raise ValueError(
-                "a recommendation task needs target.item, target.item_name and exactly one "
-                "field, the user id (int)"
-            )
-        if self.task == "retrieval" and not (
-            self.target.item and [f.type for f in self.fields.values()] == ["text"]
-        ):
-            raise ValueError(
-                "a retrieval task needs target.item (the document id) and exactly one field, "
-                "the text (type text)"
-            )
-        if self.task == "forecast" and not (self.target.horizon and self.target.time):
-            raise ValueError("a forecast task needs target.horizon and target.time")
-        if self.task == "forecast" and self.split != "source" and self.split.shuffle:
-            raise ValueError(
-                "a forecast is tested on the rows after its training rows: shuffle false"
-            )
+        self.task_kind.validate(self)
         unshaped = [
             n
             for n, f in self.fields.items()
@@ -180,8 +153,6 @@ class ModelSpec(Strict):
         ]
         if unshaped:
             raise ValueError(f"series fields need shape: [length] and a value: {unshaped}")
-        if self.task == "multiclass" and not self.target.classes:
-            raise ValueError("a multiclass task needs target.classes")
         predefined = bool(self.source.test_name) or self.source.kind == "idx"
         if predefined != (self.split == "source"):
             raise ValueError("split must be 'source' exactly when the source predefines a test set")
@@ -197,22 +168,19 @@ class ModelSpec(Strict):
         return self.floors[self.gate_metric].min is not None
 
     @property
+    def task_kind(self) -> "TaskKind":
+        """The module of this entry's task kind (contract/tasks/<task>.py)."""
+        return get_task(self.task)
+
+    @property
     def labels_served(self) -> bool:
         """Whether a prediction carries a label (a class, segment or decision): not values,
         forecasts or search results."""
-        return self.task not in ("regression", "forecast", "retrieval")
+        return self.task_kind.LABELS_SERVED
 
     @property
     def class_names(self) -> list[str]:
-        if self.task == "binary":
-            return self.target.classes or ["negative", "positive"]
-        if self.task == "anomaly":
-            return self.target.classes or ["normal", "anomaly"]
-        if self.task in ("clustering", "retrieval"):  # segments are found, results ranked
-            return []
-        if self.task == "recommendation":  # how a user's list was made
-            return ["personalised", "popular"]
-        return list(self.target.classes or [])
+        return self.task_kind.class_names(self)
 
 
 class UnknownModelError(KeyError):

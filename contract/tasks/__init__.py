@@ -1,0 +1,131 @@
+"""The task layer: one module per task kind, each a `Task`, found by the catalog's `task:`.
+
+A task kind says everything that depends on what is predicted: how its catalog entry must
+look, how its target is encoded and checked, how its predictions are scored against floors,
+which plots show them, what a served record's answer looks like, the drift view of its
+outputs, its model-card notes and its load-test records. The stages and the service ask the
+task; nothing else branches on it. Adding a task kind is one module here, its entry in
+`TASKS` and its tests (README "Add a task").
+"""
+
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast
+
+import numpy as np
+import pandas as pd
+
+from contract.tasks import (
+    anomaly,
+    binary,
+    clustering,
+    forecast,
+    multiclass,
+    recommendation,
+    regression,
+    retrieval,
+)
+from contract.tasks.common import Plot, Served
+
+if TYPE_CHECKING:
+    from contract.catalog import ModelSpec
+
+# What a flavor's native predict returns, which the exported graph must match
+Native = Literal["values", "probabilities", "anomaly_scores", "distances", "embeddings"]
+
+
+class Task(Protocol):
+    """What a task module provides (module-level constants and functions)."""
+
+    SUPERVISED: bool  # the labels join training (False: they only judge it, held out)
+    STRATIFIED: bool  # a shuffled split keeps the target's proportions
+    LABELS_SERVED: bool  # a served record carries a label (class, segment, decision)
+    NATIVE: Native
+    RELATIVE_PARITY: bool  # ONNX-vs-native parity relative to the values (not absolute)
+    REFERENCE_SPLIT: str  # the split whose rows stand for the traffic in drift reports
+    BULK: bool  # clients send batches (a search is asked one query at a time)
+    SCORE_VALUES: bool  # its served score is a value (histogram buckets), not in [0, 1]
+    DISCRETE_TARGET: bool  # the target takes few values (its balance is worth showing)
+    IMPORTANCE_SCORING: str  # permutation importance's scorer; "" where none applies
+    JUDGED_OUTPUTS: tuple[str, ...]  # the graph outputs `native` reads
+    PIPELINE_OUTPUTS: tuple[str, ...]  # graph outputs for scoring only, never served
+
+    def validate(self, spec: "ModelSpec") -> None:
+        """Raise ValueError naming what the catalog entry lacks for this task."""
+
+    def class_names(self, spec: "ModelSpec") -> list[str]: ...
+
+    def target_column(self, spec: "ModelSpec") -> Any:
+        """The target's pandera column of the raw-data schema."""
+
+    def encode_target(self, y: pd.Series, spec: "ModelSpec") -> np.ndarray: ...
+
+    def labels(self, predicted: np.ndarray, threshold: float | None) -> np.ndarray:
+        """The served label's index of each native prediction."""
+
+    def score(
+        self,
+        spec: "ModelSpec",
+        y: np.ndarray,
+        predicted: np.ndarray,
+        threshold: float | None = None,
+        views: dict[str, Any] | None = None,
+    ) -> dict[str, float]:
+        """The task's metrics (what floors and the gate compare)."""
+
+    def plots(
+        self,
+        spec: "ModelSpec",
+        y: np.ndarray,
+        predicted: np.ndarray,
+        threshold: float | None,
+        views: dict[str, Any],
+    ) -> dict[str, Plot]: ...
+
+    def format(self, result: dict[str, np.ndarray], served: Served) -> list[dict[str, Any]]:
+        """The response of each record from the graph's outputs."""
+
+    def summarize(
+        self, spec: "ModelSpec", result: dict[str, np.ndarray]
+    ) -> tuple[list[float], list[str]]:
+        """The drift view of the outputs: one score per record, and labels where served."""
+
+    def card(self, spec: "ModelSpec") -> dict[str, str]:
+        """The model card's notes: `target` (how the target is used), `artifact`."""
+
+    def serve(self, session: Any, directory: Path) -> Any:
+        """What is served on the graph's ONNX Runtime session (`directory`: the files
+        registered beside it), with a session's run / get_inputs / get_outputs."""
+
+    def native(
+        self, outputs: dict[str, np.ndarray], frame: pd.DataFrame, spec: "ModelSpec"
+    ) -> np.ndarray:
+        """The native model's prediction (what `score` takes) from the JUDGED_OUTPUTS."""
+
+    def decisive(
+        self, predicted: np.ndarray, threshold: float | None, tolerance: float
+    ) -> np.ndarray:
+        """Rows whose label float32 rounding within `tolerance` cannot flip."""
+
+    def payload(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Held-out records as a load test sends them."""
+
+
+TASKS: dict[str, ModuleType] = {
+    "regression": regression,
+    "binary": binary,
+    "multiclass": multiclass,
+    "anomaly": anomaly,
+    "clustering": clustering,
+    "recommendation": recommendation,
+    "forecast": forecast,
+    "retrieval": retrieval,
+}
+
+
+def get_task(name: str) -> Task:
+    """The task module of a catalog `task:` value."""
+    return cast(Task, TASKS[name])
+
+
+__all__ = ["TASKS", "Native", "Plot", "Served", "Task", "get_task"]

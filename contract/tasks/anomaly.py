@@ -1,0 +1,137 @@
+"""Anomaly detection: an anomaly score and the decision at the detector's threshold
+(shuttle_anomaly). Unsupervised: the labels stay out of training and only judge it."""
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from contract.tasks.common import (
+    WHOLE_GRAPH,
+    Plot,
+    Served,
+    decided,
+    decisive_probabilities,
+    labels_from,
+    output_as_native,
+    rounded,
+    served_as_is,
+    two_valued,
+)
+from contract.tasks.common import no_payload_change as payload
+
+if TYPE_CHECKING:
+    from contract.catalog import ModelSpec
+
+__all__ = ["payload"]
+SUPERVISED, STRATIFIED, LABELS_SERVED = False, True, True
+NATIVE = "anomaly_scores"  # higher: more anomalous
+RELATIVE_PARITY = False
+REFERENCE_SPLIT = "train"
+BULK = True
+# the served score (the prediction histogram): a value, not a probability-like [0, 1]
+SCORE_VALUES = False
+DISCRETE_TARGET = True  # the model card shows the target's balance
+# how permutation importance scores a shuffled field (a scikit-learn scorer name), or ""
+IMPORTANCE_SCORING = "roc_auc"
+
+
+def validate(spec: "ModelSpec") -> None:
+    if spec.target.positive is None:
+        raise ValueError("an anomaly task needs target.positive")
+
+
+def class_names(spec: "ModelSpec") -> list[str]:
+    return spec.target.classes or ["normal", "anomaly"]
+
+
+def target_column(spec: "ModelSpec") -> Any:
+    return two_valued(spec)
+
+
+def encode_target(y: pd.Series, spec: "ModelSpec") -> np.ndarray:
+    return (y == spec.target.positive).to_numpy(dtype=np.int64)
+
+
+def labels(predicted: np.ndarray, threshold: float | None) -> np.ndarray:
+    return decided(predicted, threshold)
+
+
+def score(
+    spec: "ModelSpec",
+    y: np.ndarray,
+    predicted: np.ndarray,
+    threshold: float | None = None,
+    views: dict[str, Any] | None = None,
+) -> dict[str, float]:
+    """Ranking quality of the scores [N] against labels the model never saw, and the
+    decision: the scores above the detector's threshold are flagged."""
+    from sklearn import metrics as m  # scoring only: the service never imports it
+
+    if threshold is None:
+        raise ValueError("an anomaly detector needs its decision threshold")
+    flagged = decided(predicted, threshold)  # sklearn: anomalous past the offset
+    result = {
+        "roc_auc": m.roc_auc_score(y, predicted),
+        "pr_auc": m.average_precision_score(y, predicted),
+        "precision": m.precision_score(y, flagged, zero_division=0),
+        "recall": m.recall_score(y, flagged),
+        "f1": m.f1_score(y, flagged),
+        "flagged_share": flagged.mean(),
+        "threshold": round(threshold, 6),
+    }
+    return rounded(result)
+
+
+def plots(
+    spec: "ModelSpec",
+    y: np.ndarray,
+    predicted: np.ndarray,
+    threshold: float | None,
+    views: dict[str, Any],
+) -> dict[str, Plot]:
+    assert threshold is not None
+    names = class_names(spec)
+    return {
+        "roc.png": ("roc", (y, predicted)),
+        "precision_recall.png": ("precision_recall", (y, predicted)),
+        "scores.png": ("score_distribution", (y, predicted, threshold, names)),
+        "confusion.png": ("confusion", (y, decided(predicted, threshold), names)),
+    }
+
+
+def format(result: dict[str, np.ndarray], served: Served) -> list[dict[str, Any]]:
+    classes, threshold = class_names(served.spec), served.threshold
+    return [
+        {"label": classes[int(lab)], "score": s, "threshold": threshold}
+        for lab, s in zip(
+            result["label"].reshape(-1).tolist(), result["score"].reshape(-1).tolist(), strict=True
+        )
+    ]
+
+
+def summarize(spec: "ModelSpec", result: dict[str, np.ndarray]) -> tuple[list[float], list[str]]:
+    """The anomaly score and its decision."""
+    if "score" not in result or "label" not in result:
+        return [], []
+    return result["score"].reshape(-1).tolist(), labels_from(result, class_names(spec))
+
+
+def card(spec: "ModelSpec") -> dict[str, str]:
+    return {
+        "target": "; fitted without it (unsupervised), it only judges the scores (test split)",
+        "artifact": WHOLE_GRAPH,
+    }
+
+
+# graph outputs only the pipeline reads (the service never returns them)
+PIPELINE_OUTPUTS: tuple[str, ...] = ()
+# the graph outputs the native prediction is read from (export's parity, the gate)
+JUDGED_OUTPUTS = ("score",)
+serve = served_as_is
+decisive = decisive_probabilities
+
+
+def native(outputs: dict[str, np.ndarray], frame: pd.DataFrame, spec: "ModelSpec") -> np.ndarray:
+    """The native prediction from the graph's JUDGED_OUTPUTS."""
+    return output_as_native(outputs, "score", vector=True)

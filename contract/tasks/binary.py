@@ -1,0 +1,135 @@
+"""Binary classification: P(positive) and the decision, at a tuned threshold if the model
+has one (titanic, churn, credit_default, spam_email, review_sentiment)."""
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from contract.tasks.common import (
+    WHOLE_GRAPH,
+    Plot,
+    Served,
+    decided,
+    decisive_probabilities,
+    labels_from,
+    output_as_native,
+    probabilities_score,
+    rounded,
+    served_as_is,
+    two_valued,
+)
+from contract.tasks.common import no_payload_change as payload
+
+if TYPE_CHECKING:
+    from contract.catalog import ModelSpec
+
+__all__ = ["payload"]
+SUPERVISED, STRATIFIED, LABELS_SERVED = True, True, True
+NATIVE = "probabilities"
+RELATIVE_PARITY = False
+REFERENCE_SPLIT = "train"
+BULK = True
+# the served score (the prediction histogram): a value, not a probability-like [0, 1]
+SCORE_VALUES = False
+DISCRETE_TARGET = True  # the model card shows the target's balance
+# how permutation importance scores a shuffled field (a scikit-learn scorer name), or ""
+IMPORTANCE_SCORING = "roc_auc"
+
+
+def validate(spec: "ModelSpec") -> None:
+    if spec.target.positive is None:
+        raise ValueError("a binary task needs target.positive")
+
+
+def class_names(spec: "ModelSpec") -> list[str]:
+    return spec.target.classes or ["negative", "positive"]
+
+
+def target_column(spec: "ModelSpec") -> Any:
+    return two_valued(spec)
+
+
+def encode_target(y: pd.Series, spec: "ModelSpec") -> np.ndarray:
+    return (y == spec.target.positive).to_numpy(dtype=np.int64)
+
+
+def labels(predicted: np.ndarray, threshold: float | None) -> np.ndarray:
+    return decided(predicted, threshold)
+
+
+def score(
+    spec: "ModelSpec",
+    y: np.ndarray,
+    predicted: np.ndarray,
+    threshold: float | None = None,
+    views: dict[str, Any] | None = None,
+) -> dict[str, float]:
+    """`predicted`: probabilities [N, 2]; `threshold`: the model's own decision threshold
+    (tuned for a cost), applied to P(positive) as the served label is."""
+    from sklearn import metrics as m  # scoring only: the service never imports it
+
+    result, decisions, predicted = probabilities_score(y, predicted, threshold)
+    positive = predicted[:, 1]
+    result |= {
+        "roc_auc": m.roc_auc_score(y, positive),
+        "average_precision": m.average_precision_score(y, positive),
+        "precision": m.precision_score(y, decisions, zero_division=0),
+        "recall": m.recall_score(y, decisions),
+        "f1": m.f1_score(y, decisions),
+        "brier": m.brier_score_loss(y, positive),
+    }
+    if threshold is not None:
+        result["threshold"] = round(threshold, 6)
+    if "cost_false_negative" in spec.params:  # the stated cost per case (FP costs 1)
+        fp = int(((decisions == 1) & (y == 0)).sum())
+        fn = int(((decisions == 0) & (y == 1)).sum())
+        result["cost_per_case"] = (spec.params["cost_false_negative"] * fn + fp) / len(y)
+    return rounded(result)
+
+
+def plots(
+    spec: "ModelSpec",
+    y: np.ndarray,
+    predicted: np.ndarray,
+    threshold: float | None,
+    views: dict[str, Any],
+) -> dict[str, Plot]:
+    return {
+        "roc.png": ("roc", (y, predicted[:, 1])),
+        "confusion.png": ("confusion", (y, decided(predicted, threshold), class_names(spec))),
+    }
+
+
+def format(result: dict[str, np.ndarray], served: Served) -> list[dict[str, Any]]:
+    classes = class_names(served.spec)
+    return [
+        {"label": classes[int(lab)], "probability": p[1]}
+        for lab, p in zip(
+            result["label"].reshape(-1).tolist(), result["probabilities"].tolist(), strict=True
+        )
+    ]
+
+
+def summarize(spec: "ModelSpec", result: dict[str, np.ndarray]) -> tuple[list[float], list[str]]:
+    """P(positive) and the decision."""
+    if "probabilities" not in result or "label" not in result:
+        return [], []
+    return result["probabilities"][:, 1].tolist(), labels_from(result, class_names(spec))
+
+
+def card(spec: "ModelSpec") -> dict[str, str]:
+    return {"target": "", "artifact": WHOLE_GRAPH}
+
+
+# graph outputs only the pipeline reads (the service never returns them)
+PIPELINE_OUTPUTS: tuple[str, ...] = ()
+# the graph outputs the native prediction is read from (export's parity, the gate)
+JUDGED_OUTPUTS = ("probabilities",)
+serve = served_as_is
+decisive = decisive_probabilities
+
+
+def native(outputs: dict[str, np.ndarray], frame: pd.DataFrame, spec: "ModelSpec") -> np.ndarray:
+    """The native prediction from the graph's JUDGED_OUTPUTS."""
+    return output_as_native(outputs, "probabilities", vector=False)

@@ -1,0 +1,129 @@
+"""Forecasting: the series of the horizon after each record's origin (energy_forecast).
+A record is a forecast origin; the target is the `target.horizon` values after it, and the
+test split is the rows after the training rows in time."""
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from contract.tasks.common import (
+    WHOLE_GRAPH,
+    Plot,
+    Served,
+    no_labels,
+    output_as_native,
+    rounded,
+    series_checks,
+    served_as_is,
+)
+from contract.tasks.common import no_payload_change as payload
+
+if TYPE_CHECKING:
+    from contract.catalog import ModelSpec
+
+__all__ = ["payload"]
+SUPERVISED, STRATIFIED, LABELS_SERVED = True, False, False
+NATIVE = "values"  # [N, horizon]
+RELATIVE_PARITY = True
+REFERENCE_SPLIT = "train"
+BULK = True
+# the served score (the prediction histogram): a value, not a probability-like [0, 1]
+SCORE_VALUES = True
+DISCRETE_TARGET = False  # the model card shows the target's balance
+# how permutation importance scores a shuffled field (a scikit-learn scorer name), or ""
+IMPORTANCE_SCORING = ""
+
+
+def validate(spec: "ModelSpec") -> None:
+    if not (spec.target.horizon and spec.target.time):
+        raise ValueError("a forecast task needs target.horizon and target.time")
+    if spec.split != "source" and spec.split.shuffle:
+        raise ValueError("a forecast is tested on the rows after its training rows: shuffle false")
+
+
+def class_names(spec: "ModelSpec") -> list[str]:
+    return []
+
+
+def series(column: pd.Series) -> np.ndarray:
+    """A column of equal-length sequences as one float64 array [N, length]."""
+    if not len(column):
+        return np.zeros((0, 0))
+    return np.stack([np.asarray(v, dtype=np.float64) for v in column])
+
+
+def target_column(spec: "ModelSpec") -> Any:
+    """The series of the horizon after the origin."""
+    import pandera.pandas as pa
+
+    return pa.Column(checks=series_checks(spec.target.horizon or 0, None, None), nullable=False)
+
+
+def encode_target(y: pd.Series, spec: "ModelSpec") -> np.ndarray:
+    return series(y)  # [N, horizon]
+
+
+def labels(predicted: np.ndarray, threshold: float | None) -> np.ndarray:
+    raise TypeError("a forecast serves series, not labels")
+
+
+def score(
+    spec: "ModelSpec",
+    y: np.ndarray,
+    predicted: np.ndarray,
+    threshold: float | None = None,
+    views: dict[str, Any] | None = None,
+) -> dict[str, float]:
+    """Every step of every origin's horizon [N, horizon]."""
+    from sklearn import metrics as m  # scoring only: the service never imports it
+
+    actual, forecast = y.reshape(-1), predicted.reshape(-1)
+    result = {
+        "mape": m.mean_absolute_percentage_error(actual, forecast),
+        "rmse": m.root_mean_squared_error(actual, forecast),
+        "mae": m.mean_absolute_error(actual, forecast),
+        "worst_day_mape": np.abs(predicted - y).__truediv__(y).mean(axis=1).max(),
+    }
+    return rounded(result)
+
+
+def plots(
+    spec: "ModelSpec",
+    y: np.ndarray,
+    predicted: np.ndarray,
+    threshold: float | None,
+    views: dict[str, Any],
+) -> dict[str, Plot]:
+    return {
+        "forecast_week.png": ("forecast_week", (views["week"],)),
+        "mape_by_month.png": ("mape_by_month", (views["by_month"],)),
+    }
+
+
+def format(result: dict[str, np.ndarray], served: Served) -> list[dict[str, Any]]:
+    return [{"forecast": row} for row in result["forecast"].tolist()]
+
+
+def summarize(spec: "ModelSpec", result: dict[str, np.ndarray]) -> tuple[list[float], list[str]]:
+    """The mean over the horizon."""
+    if "forecast" not in result:
+        return [], []
+    return result["forecast"].mean(axis=1).tolist(), []
+
+
+def card(spec: "ModelSpec") -> dict[str, str]:
+    return {"target": "", "artifact": WHOLE_GRAPH}
+
+
+# graph outputs only the pipeline reads (the service never returns them)
+PIPELINE_OUTPUTS: tuple[str, ...] = ()
+# the graph outputs the native prediction is read from (export's parity, the gate)
+JUDGED_OUTPUTS = ("forecast",)
+serve = served_as_is
+decisive = no_labels
+
+
+def native(outputs: dict[str, np.ndarray], frame: pd.DataFrame, spec: "ModelSpec") -> np.ndarray:
+    """The native prediction from the graph's JUDGED_OUTPUTS."""
+    return output_as_native(outputs, "forecast", vector=False)

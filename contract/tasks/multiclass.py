@@ -1,0 +1,130 @@
+"""Multiclass classification: the class and every class's probability (penguins,
+fashion_cnn). The target is a class name or its index in `target.classes` order."""
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from contract.tasks.common import (
+    WHOLE_GRAPH,
+    Plot,
+    Served,
+    class_index,
+    decided,
+    decisive_probabilities,
+    labels_from,
+    output_as_native,
+    probabilities_score,
+    rounded,
+    served_as_is,
+)
+from contract.tasks.common import no_payload_change as payload
+
+if TYPE_CHECKING:
+    from contract.catalog import ModelSpec
+
+__all__ = ["payload"]
+SUPERVISED, STRATIFIED, LABELS_SERVED = True, True, True
+NATIVE = "probabilities"
+RELATIVE_PARITY = False
+REFERENCE_SPLIT = "train"
+BULK = True
+# the served score (the prediction histogram): a value, not a probability-like [0, 1]
+SCORE_VALUES = False
+DISCRETE_TARGET = True  # the model card shows the target's balance
+# how permutation importance scores a shuffled field (a scikit-learn scorer name), or ""
+IMPORTANCE_SCORING = "accuracy"
+
+
+def validate(spec: "ModelSpec") -> None:
+    if not spec.target.classes:
+        raise ValueError("a multiclass task needs target.classes")
+
+
+def class_names(spec: "ModelSpec") -> list[str]:
+    return list(spec.target.classes or [])
+
+
+def target_column(spec: "ModelSpec") -> Any:
+    """The class names themselves (penguins' species) or their indices in label order
+    (Fashion-MNIST's 0-9)."""
+    import pandera.pandas as pa
+
+    names = class_names(spec)
+    return pa.Column(
+        checks=[
+            pa.Check(
+                lambda s: s.isin(names) | s.isin(range(len(names))),
+                error=f"is neither one of {names} nor its index",
+            )
+        ],
+        nullable=False,
+    )
+
+
+def encode_target(y: pd.Series, spec: "ModelSpec") -> np.ndarray:
+    return class_index(y, class_names(spec))
+
+
+def labels(predicted: np.ndarray, threshold: float | None) -> np.ndarray:
+    return decided(predicted, threshold)
+
+
+def score(
+    spec: "ModelSpec",
+    y: np.ndarray,
+    predicted: np.ndarray,
+    threshold: float | None = None,
+    views: dict[str, Any] | None = None,
+) -> dict[str, float]:
+    """`predicted`: probabilities [N, C]; the label is the most probable class."""
+    from sklearn import metrics as m  # scoring only: the service never imports it
+
+    result, decisions, _ = probabilities_score(y, predicted, threshold)
+    result["macro_f1"] = m.f1_score(y, decisions, average="macro")
+    return rounded(result)
+
+
+def plots(
+    spec: "ModelSpec",
+    y: np.ndarray,
+    predicted: np.ndarray,
+    threshold: float | None,
+    views: dict[str, Any],
+) -> dict[str, Plot]:
+    return {"confusion.png": ("confusion", (y, decided(predicted, threshold), class_names(spec)))}
+
+
+def format(result: dict[str, np.ndarray], served: Served) -> list[dict[str, Any]]:
+    classes = class_names(served.spec)
+    return [
+        {"label": classes[int(lab)], "probabilities": dict(zip(classes, p, strict=True))}
+        for lab, p in zip(
+            result["label"].reshape(-1).tolist(), result["probabilities"].tolist(), strict=True
+        )
+    ]
+
+
+def summarize(spec: "ModelSpec", result: dict[str, np.ndarray]) -> tuple[list[float], list[str]]:
+    """P(top class) and the class."""
+    if "probabilities" not in result or "label" not in result:
+        return [], []
+    return result["probabilities"].max(axis=1).tolist(), labels_from(result, class_names(spec))
+
+
+def card(spec: "ModelSpec") -> dict[str, str]:
+    return {"target": "", "artifact": WHOLE_GRAPH}
+
+
+# graph outputs only the pipeline reads (the service never returns them)
+PIPELINE_OUTPUTS: tuple[str, ...] = ()
+# the graph outputs the native prediction is read from (export's parity, the gate)
+JUDGED_OUTPUTS = ("probabilities",)
+serve = served_as_is
+decisive = decisive_probabilities
+
+
+def native(outputs: dict[str, np.ndarray], frame: pd.DataFrame, spec: "ModelSpec") -> np.ndarray:
+    """The native prediction from the graph's JUDGED_OUTPUTS."""
+    return output_as_native(outputs, "probabilities", vector=False)

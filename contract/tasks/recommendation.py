@@ -1,0 +1,142 @@
+"""Recommendation: a user's top-k items with predicted ratings, or the popular items for a
+user the model never saw (movie_recs). The one field is the user; the target is a user's
+rating of an item (`target.item`), judged as ratings and as the served ranking."""
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from contract.tasks.common import (
+    WHOLE_GRAPH,
+    Plot,
+    Served,
+    decided,
+    no_labels,
+    regression_metrics,
+    served_as_is,
+)
+from contract.tasks.common import no_payload_change as payload
+
+if TYPE_CHECKING:
+    from contract.catalog import ModelSpec
+
+__all__ = ["payload"]
+SUPERVISED, STRATIFIED, LABELS_SERVED = True, True, True
+NATIVE = "values"  # the predicted ratings of the frame's (user, item) pairs
+RELATIVE_PARITY = False
+REFERENCE_SPLIT = "train"
+BULK = True
+# the served score (the prediction histogram): a value, not a probability-like [0, 1]
+SCORE_VALUES = True
+DISCRETE_TARGET = True  # the model card shows the target's balance
+# how permutation importance scores a shuffled field (a scikit-learn scorer name), or ""
+IMPORTANCE_SCORING = ""
+# graph outputs the pipeline scores held-out ratings with; the service never returns them
+PIPELINE_OUTPUTS = ("ratings", "baseline", "catalog")
+
+
+def validate(spec: "ModelSpec") -> None:
+    if not (
+        spec.target.item
+        and spec.target.item_name
+        and [f.type for f in spec.fields.values()] == ["int"]
+    ):
+        raise ValueError(
+            "a recommendation task needs target.item, target.item_name and exactly one "
+            "field, the user id (int)"
+        )
+
+
+def class_names(spec: "ModelSpec") -> list[str]:
+    return ["personalised", "popular"]  # how a user's list was made
+
+
+def target_column(spec: "ModelSpec") -> Any:
+    import pandera.pandas as pa
+
+    return pa.Column(float, checks=[pa.Check.ge(0)], nullable=False, coerce=True)
+
+
+def encode_target(y: pd.Series, spec: "ModelSpec") -> np.ndarray:
+    return y.to_numpy(dtype=np.float64)
+
+
+def labels(predicted: np.ndarray, threshold: float | None) -> np.ndarray:
+    return decided(predicted, threshold)
+
+
+def score(
+    spec: "ModelSpec",
+    y: np.ndarray,
+    predicted: np.ndarray,
+    threshold: float | None = None,
+    views: dict[str, Any] | None = None,
+) -> dict[str, float]:
+    """The predicted ratings of the held-out pairs (the ranking's metrics: the flavor's)."""
+    return regression_metrics(spec, y, predicted)
+
+
+def plots(
+    spec: "ModelSpec",
+    y: np.ndarray,
+    predicted: np.ndarray,
+    threshold: float | None,
+    views: dict[str, Any],
+) -> dict[str, Plot]:
+    return {
+        "ratings.png": ("ratings", (y, predicted)),
+        "ranking.png": ("ranking", (views["ranking"],)),
+    }
+
+
+def format(result: dict[str, np.ndarray], served: Served) -> list[dict[str, Any]]:
+    item, name = served.spec.target.item, served.spec.target.item_name
+    return [
+        {
+            "recommendations": [
+                {item: i, name: n.decode() if isinstance(n, bytes) else n, "score": s}
+                for i, n, s in zip(ids, names, scores, strict=True)
+            ],
+            "fallback": cold,
+        }
+        for ids, names, scores, cold in zip(
+            result["items"].tolist(),
+            result["names"].tolist(),
+            result["scores"].tolist(),
+            result["fallback"].reshape(-1).tolist(),
+            strict=True,
+        )
+    ]
+
+
+def summarize(spec: "ModelSpec", result: dict[str, np.ndarray]) -> tuple[list[float], list[str]]:
+    """The top recommendation's predicted rating, labelled by how the list was made."""
+    if "scores" not in result or "fallback" not in result:
+        return [], []
+    names = class_names(spec)
+    found = [names[int(cold)] for cold in result["fallback"].reshape(-1)]
+    return result["scores"][:, 0].tolist(), found
+
+
+def card(spec: "ModelSpec") -> dict[str, str]:
+    return {"target": "", "artifact": WHOLE_GRAPH}
+
+
+# the graph outputs the native prediction is read from (export's parity, the gate)
+JUDGED_OUTPUTS = PIPELINE_OUTPUTS
+serve = served_as_is
+decisive = no_labels
+
+
+def native(outputs: dict[str, np.ndarray], frame: pd.DataFrame, spec: "ModelSpec") -> np.ndarray:
+    """Each row's predicted rating of its item (`target.item`) from the graph's ratings of
+    every item of its catalog; an item the model never saw gets the baseline."""
+    assert spec.target.item
+    items = frame[spec.target.item].to_numpy(np.int64)
+    catalog = outputs["catalog"]
+    position = np.minimum(np.searchsorted(catalog, items), len(catalog) - 1)
+    known = catalog[position] == items
+    column = np.where(known, position, 0)
+    ratings = np.take_along_axis(outputs["ratings"], column[:, None], axis=1)[:, 0]
+    return np.where(known, ratings, outputs["baseline"]).astype(np.float64)
