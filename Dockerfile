@@ -1,6 +1,7 @@
 # One multi-stage build, three images (docker-compose.yml and k8s/ name the targets):
 #   runtime  model services, the Feast feature server and the MLflow server: the locked
-#            dependencies without PyTorch (serving runs ONNX Runtime) or the dev tools
+#            dependencies without PyTorch (serving runs ONNX Runtime) or the dev tools, and
+#            no training code (contract/ and services/, not pipelines/)
 #   trainer  runtime + PyTorch (CPU) + Fashion-MNIST: `dvc repro`, and the drift service,
 #            whose retraining jobs run `dvc repro` in the same workspace
 #   load     runtime + Locust (the `load` dependency group): the locustfile reads the test
@@ -75,7 +76,13 @@ RUN --mount=type=cache,target=/root/.cache/uv --mount=type=secret,id=ca-certific
 # --- images ---
 FROM base AS runtime
 COPY --from=runtime-venv /opt/venv /opt/venv
-COPY . /app
+# the serving side only: the contract, the services, Feast's declarations and the catalog.
+# The training code (pipelines/) stays out: tests/unit/test_imports.py runs what this image
+# runs with it blocked
+COPY params.yaml pyproject.toml /app/
+COPY contract /app/contract
+COPY services /app/services
+COPY feature_repo /app/feature_repo
 # the only writable paths (read-only root file system): the model cache (a volume), /tmp;
 # /secrets: compose's `secrets` volume takes this owner (Alertmanager's user) and mode
 RUN install -d -o app -g app /var/cache/serving \

@@ -125,6 +125,9 @@ class FeatureSpec(Strict):
 class ModelSpec(Strict):
     key: str
     task: Task
+    # the module of pipelines/estimators/ the catalog module builds on: train@<key> depends
+    # on it alone, so editing one estimator retrains only the models built on it
+    estimator: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     description: str
     intended_use: str
     source: Source

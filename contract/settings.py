@@ -16,8 +16,6 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str = f"sqlite:///{ROOT / 'mlruns' / 'mlflow.db'}"
     # Where new experiments keep their artifacts; empty means <repo>/mlruns/artifacts
     mlflow_artifact_root: str = ""
-    # Threads for PyTorch and the tree learners; 0 means all cores
-    train_threads: int = 0
 
     @property
     def artifact_root(self) -> str:

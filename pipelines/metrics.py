@@ -20,7 +20,7 @@ def decision_threshold(model: Any) -> float | None:
 
 def fitted_facts(model: Any) -> dict[str, float]:
     """Numbers a fitted model knows about itself: a segmentation's chosen k and how well
-    other seeds agree with its clusters (pipelines/models/clustering.py)."""
+    other seeds agree with its clusters (pipelines/estimators/clustering.py)."""
     final = model.steps[-1][1] if hasattr(model, "steps") else model
     if not hasattr(final, "stability_ari_"):
         return {}

@@ -145,9 +145,3 @@ def encode_target(frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
     """The target as the task scores it (contract/tasks/<task>.py `encode_target`): 0/1,
     a class index, a value or a series [N, horizon]."""
     return spec.task_kind.encode_target(frame[spec.target.column], spec)
-
-
-def images(frame: pd.DataFrame, name: str, field: InputField) -> np.ndarray:
-    """uint8 pixels [N, H, W] from the raw bytes column."""
-    shape = field.shape or []
-    return np.frombuffer(b"".join(frame[name]), np.uint8).reshape(len(frame), *shape)

@@ -20,8 +20,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from contract.catalog import ModelSpec
 from pipelines.cli import StageError
+from pipelines.estimators.factorization import Factorization, Factors
 from pipelines.log import get_logger
-from pipelines.models.factorization import Factorization, Factors
 
 log = get_logger(__name__)
 MODEL_FILE = "factors.npz"

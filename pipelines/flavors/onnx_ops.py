@@ -1,4 +1,6 @@
-"""Feature steps that skl2onnx does not ship, each with its ONNX converter.
+"""What converting scikit-learn pipelines to ONNX shares: the opsets, the graph's inputs
+(one tensor per catalog field), and feature steps that skl2onnx does not ship, each with its
+ONNX converter.
 
 `register()` adds the converters to skl2onnx's registry; export calls it (never import time).
 """
@@ -24,15 +26,34 @@ from skl2onnx.algebra.onnx_ops import (
     OnnxTreeEnsembleRegressor_1,
     OnnxWhere,
 )
-from skl2onnx.common.data_types import FloatTensorType, Int64TensorType
+from skl2onnx.common.data_types import FloatTensorType, Int64TensorType, StringTensorType
 from skl2onnx.common.shape_calculator import calculate_linear_classifier_output_shapes
 from skl2onnx.shape_calculators.linear_regressor import calculate_linear_regressor_output_shapes
+from skl2onnx.sklapi import CastTransformer
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.compose import TransformedTargetRegressor
 from sklearn.ensemble import IsolationForest
 from sklearn.ensemble._iforest import _average_path_length
 from sklearn.model_selection import TunedThresholdClassifierCV
 from sklearn.tree._tree import TREE_LEAF
+
+from contract.catalog import ModelSpec
+from contract.feeds import NUMERIC
+
+TARGET_OPSET = {"": 18, "ai.onnx.ml": 3}
+
+
+def field_types(spec: ModelSpec) -> list[tuple[str, Any]]:
+    """The graph's inputs: float32 [N, 1] numbers, strings [N, 1] categories and texts."""
+    return [
+        (name, FloatTensorType([None, 1]) if f.type in NUMERIC else StringTensorType([None, 1]))
+        for name, f in spec.fields.items()
+    ]
+
+
+def to_float32() -> CastTransformer:
+    """Trees see float32 natively too, so ONNX (float32 tree ensembles) matches exactly."""
+    return CastTransformer(dtype=np.float32)
 
 
 class LinearCombination(TransformerMixin, BaseEstimator):  # type: ignore[misc]

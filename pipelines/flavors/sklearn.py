@@ -1,6 +1,5 @@
 """scikit-learn pipelines: raw fields in, converted whole to ONNX by skl2onnx."""
 
-import json
 import re
 import tempfile
 import time
@@ -12,7 +11,7 @@ import numpy as np
 import onnx
 import pandas as pd
 from skl2onnx import to_onnx as skl_to_onnx
-from skl2onnx.common.data_types import FloatTensorType, Int64TensorType, StringTensorType
+from skl2onnx.common.data_types import FloatTensorType, Int64TensorType
 from sklearn.base import BaseEstimator
 from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.inspection import permutation_importance
@@ -24,13 +23,9 @@ from contract.catalog import ModelSpec
 from pipelines.flavors import onnx_ops, sparse_text
 from pipelines.log import get_logger
 from pipelines.metrics import decision_threshold
-from pipelines.models import forecasting
-from pipelines.models.forecasting import FEATURES, DayAheadForecaster, forecast_onnx
-from pipelines.schema import NUMERIC, encode_target, model_frame
-from pipelines.segments import profiles
+from pipelines.schema import encode_target, model_frame
 
 log = get_logger(__name__)
-TARGET_OPSET = {"": 18, "ai.onnx.ml": 3}
 MODEL_FILE = "model.joblib"  # pipeline-internal: read only by evaluate/export, never served
 
 
@@ -93,11 +88,6 @@ def predict(model: Any, frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
     return np.asarray(model.predict_proba(X), dtype=np.float64)
 
 
-def embed(model: Pipeline, frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
-    """A clustering pipeline's space: what its last step clusters (silhouette is measured here)."""
-    return np.asarray(model[:-1].transform(model_frame(frame, spec)), dtype=np.float64)
-
-
 def save(model: Any, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     joblib.dump(model, directory / MODEL_FILE)
@@ -130,22 +120,15 @@ def check_ngram_vocabulary(vectorizer: CountVectorizer) -> None:
         )
 
 
-def _inputs(spec: ModelSpec) -> list[tuple[str, Any]]:
-    return [
-        (name, FloatTensorType([None, 1]) if f.type in NUMERIC else StringTensorType([None, 1]))
-        for name, f in spec.fields.items()
-    ]
-
-
 def to_onnx(model: Any, spec: ModelSpec) -> onnx.ModelProto:
     """The pipeline with the task's outputs: `prediction` (values), `label` + `score` (an
     anomaly detector), `label` + `distances` (a segmentation), `label` + `probabilities`."""
     native = spec.task_kind.NATIVE
-    if isinstance(model, DayAheadForecaster):
-        return _forecast_onnx(model, spec)
-    if native == "distances":
-        return _clustering_onnx(model, spec)
-    inputs = _inputs(spec)
+    export = getattr(final_step(model), "export_onnx", None)
+    if callable(export):  # an estimator that converts itself (a forecaster, a segmentation)
+        converted: onnx.ModelProto = export(model, spec)
+        return converted
+    inputs = onnx_ops.field_types(spec)
     options: dict[int, dict[str, Any]] = {}
     for step in _walk(model):
         if isinstance(step, CountVectorizer):  # TfidfVectorizer too
@@ -165,7 +148,7 @@ def to_onnx(model: Any, spec: ModelSpec) -> onnx.ModelProto:
     graph: onnx.ModelProto = skl_to_onnx(
         model,
         initial_types=inputs,
-        target_opset=TARGET_OPSET,
+        target_opset=onnx_ops.TARGET_OPSET,
         options=options,
         final_types=final_types,
     )
@@ -175,60 +158,6 @@ def to_onnx(model: Any, spec: ModelSpec) -> onnx.ModelProto:
         assert threshold is not None, "an outlier detector has an offset_ once fitted"
         return anomaly_outputs(graph, threshold)
     return graph
-
-
-def _clustering_onnx(model: Pipeline, spec: ModelSpec) -> onnx.ModelProto:
-    """The features graph (outputs `embedding`, the clustered space) joined to the K-Means
-    graph (`label`, the nearest centre, and `distances` to every centre)."""
-    onnx_ops.register()
-    final = model.steps[-1][1]
-    kmeans = getattr(final, "kmeans_", final)  # SilhouetteKMeans wraps the chosen KMeans
-    width = int(kmeans.cluster_centers_.shape[1])
-    space = skl_to_onnx(
-        model[:-1],
-        initial_types=_inputs(spec),
-        target_opset=TARGET_OPSET,
-        final_types=[("embedding", FloatTensorType([None, width]))],
-    )
-    centres = skl_to_onnx(
-        kmeans,
-        initial_types=[("embedding", FloatTensorType([None, width]))],
-        target_opset=TARGET_OPSET,
-        final_types=[
-            ("label", Int64TensorType([None])),
-            ("distances", FloatTensorType([None, kmeans.n_clusters])),
-        ],
-    )
-    centres = onnx.compose.add_prefix(centres, "kmeans_", rename_inputs=True, rename_outputs=False)
-    for graph in (space, centres):  # one version per domain (skl2onnx keeps the lowest it needs)
-        del graph.opset_import[:]
-        graph.opset_import.extend(
-            onnx.helper.make_opsetid(domain, version) for domain, version in TARGET_OPSET.items()
-        )
-    return onnx.compose.merge_models(
-        space,
-        centres,
-        io_map=[("embedding", "kmeans_embedding")],
-        outputs=["label", "distances", "embedding"],
-    )
-
-
-def _forecast_onnx(model: DayAheadForecaster, spec: ModelSpec) -> onnx.ModelProto:
-    """The record tensors (series [N, length], numbers [N, 1]) through the feature builder
-    and the trees to `forecast` [N, horizon]."""
-    trees = skl_to_onnx(
-        model.trees_,
-        initial_types=[("tree_features", FloatTensorType([None, len(FEATURES)]))],
-        target_opset=TARGET_OPSET,
-        final_types=[("variable", FloatTensorType([None, 1]))],
-    )
-    inputs = [
-        onnx.helper.make_tensor_value_info(
-            name, onnx.TensorProto.FLOAT, [None, (f.shape or [1])[0] if f.type == "series" else 1]
-        )
-        for name, f in spec.fields.items()
-    ]
-    return forecast_onnx(model, trees, inputs)
 
 
 RAW_SCORES = "raw_scores"  # sklearn's decision_function: score_samples - offset_
@@ -285,8 +214,10 @@ def _prune(graph: onnx.ModelProto) -> onnx.ModelProto:
 
 def explain(model: Any, test: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame | None:
     """Top weights of a linear text model; otherwise permutation importance of each raw field."""
-    if isinstance(model, DayAheadForecaster):  # what the trees read: lags, calendar, weather
-        return _forecast_importance(model, test, spec)
+    importance = getattr(final_step(model), "importance", None)
+    if callable(importance):  # what a forecaster's trees read: lags, calendar, weather
+        table: pd.DataFrame = importance(model, test, spec)
+        return table
     scoring: Any = spec.task_kind.IMPORTANCE_SCORING
     if not scoring:  # a segmentation: no target to shuffle against; profiles explain it
         return None
@@ -311,25 +242,6 @@ def explain(model: Any, test: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame | N
     return table
 
 
-def _forecast_importance(
-    model: DayAheadForecaster, test: pd.DataFrame, spec: ModelSpec
-) -> pd.DataFrame:
-    X = model.long_features(model_frame(test, spec)).astype(np.float32)
-    result = permutation_importance(
-        model.trees_,
-        X,
-        encode_target(test, spec).reshape(-1),
-        scoring="neg_mean_absolute_percentage_error",
-        n_repeats=3,
-        random_state=0,
-        n_jobs=1,
-    )
-    table = pd.DataFrame({"feature": FEATURES, "importance": result.importances_mean})
-    table = table.sort_values("importance", ascending=False, ignore_index=True)
-    table.attrs["measure"] = "rise in MAPE when the built feature is shuffled"
-    return table
-
-
 def _anomaly_roc_auc(model: Any, X: pd.DataFrame, y: np.ndarray) -> float:
     return float(roc_auc_score(y, -model.score_samples(X)))
 
@@ -346,36 +258,41 @@ def _linear_text_weights(model: Pipeline, top: int = 15) -> pd.DataFrame:
     return table
 
 
+def final_step(model: Any) -> Any:
+    """The estimator a pipeline ends in (the model itself when it is no pipeline)."""
+    return model.steps[-1][1] if isinstance(model, Pipeline) else model
+
+
+def _train_split(spec: ModelSpec, root: Path) -> pd.DataFrame:
+    return pd.read_parquet(paths.split_dir(spec.key, root) / "train.parquet")
+
+
 def report(
     model: Any, spec: ModelSpec, test: pd.DataFrame, predicted: np.ndarray, root: Path
 ) -> tuple[dict[str, Any], dict[str, float]]:
-    """(views, metrics) of evaluate beyond the task's scores: a segmentation's space (where
-    it is judged) and its search over k; a forecaster's seasonal-naive baseline and
-    walk-forward refits."""
-    if isinstance(model, DayAheadForecaster):
-        from pipelines.models import get_project  # the catalog module builds the refits
+    """(views, metrics) of evaluate beyond the task's scores, from the estimator's own
+    `report` (a segmentation's space and its search over k; a forecaster's seasonal-naive
+    baseline and walk-forward refits, for which it gets `refit`)."""
+    found = getattr(final_step(model), "report", None)
+    if not callable(found):
+        return {}, {}
+    from pipelines.models import get_project  # the catalog module builds the refits
 
+    def refit(known: pd.DataFrame, target: pd.DataFrame) -> np.ndarray:
         project = get_project(spec.key)
+        with tempfile.TemporaryDirectory() as tmp:
+            fitted = fit(project.build(spec), known, spec, Path(tmp))
+        return predict(fitted, target, spec)
 
-        def refit(known: pd.DataFrame, target: pd.DataFrame) -> np.ndarray:
-            with tempfile.TemporaryDirectory() as tmp:
-                fitted = project.FLAVOR.fit(project.build(spec), known, spec, Path(tmp))
-            return np.asarray(project.FLAVOR.predict(fitted, target, spec))
-
-        train = pd.read_parquet(paths.split_dir(spec.key, root) / "train.parquet")
-        return forecasting.report(spec, model, refit, train, test, predicted)
-    if spec.task_kind.NATIVE == "distances":
-        return {"embedding": embed(model, test, spec), "clusters": model.steps[-1][1]}, {}
-    return {}, {}
+    views, metrics = found(model, spec, _train_split(spec, root), test, predicted, refit)
+    return views, metrics
 
 
 def metadata(model: Any, spec: ModelSpec, root: Path) -> dict[str, str]:
-    """What the graph's metadata carries for the service beyond the common contract: a
-    segmentation's profile of each segment, in label order, on the training split in the
-    fields' own units (the service answers each record with its segment's)."""
-    if spec.task_kind.NATIVE != "distances":
+    """What the graph's metadata carries for the service beyond the common contract, from
+    the estimator's own `metadata` (a segmentation's profile of each segment)."""
+    found = getattr(final_step(model), "metadata", None)
+    if not callable(found):
         return {}
-    train = pd.read_parquet(paths.split_dir(spec.key, root) / "train.parquet")
-    found = profiles(spec, train, spec.task_kind.labels(predict(model, train, spec), None))
-    log.info("%s: %d segments, profiled on the training split", spec.key, len(found))
-    return {"segments": json.dumps(found)}
+    extra: dict[str, str] = found(model, spec, _train_split(spec, root))
+    return extra

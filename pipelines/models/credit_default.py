@@ -12,8 +12,8 @@ from sklearn.metrics import confusion_matrix, make_scorer
 from sklearn.pipeline import Pipeline
 
 from contract.catalog import ModelSpec
+from pipelines.estimators.tabular import threshold_tuned_trees
 from pipelines.flavors import sklearn as FLAVOR
-from pipelines.models.tabular import threshold_tuned_trees
 from pipelines.timeline import Timeline, anchor, entity_ids, stamp
 
 __all__ = ["FLAVOR", "build", "timeline"]

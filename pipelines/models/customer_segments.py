@@ -3,7 +3,7 @@
 An RFM-style view of the telecom's customers: how long they have stayed (recency /
 loyalty), what they pay each month (monetary) and how many services they take (breadth).
 The services count is computed inside the graph from the raw service fields, the three
-numbers are standardised, and K-Means runs with k chosen by silhouette (pipelines/models/
+numbers are standardised, and K-Means runs with k chosen by silhouette (pipelines/estimators/
 clustering.py). Churn is never an input: it is profiled per segment, for the model card
 and the served answer.
 """
@@ -14,10 +14,9 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from contract.catalog import ModelSpec
+from pipelines.estimators.clustering import SilhouetteKMeans
 from pipelines.flavors import sklearn as FLAVOR
-from pipelines.flavors.onnx_ops import LinearCombination
-from pipelines.models.clustering import SilhouetteKMeans
-from pipelines.models.tabular import to_float32
+from pipelines.flavors.onnx_ops import LinearCombination, to_float32
 
 __all__ = ["FLAVOR", "build"]
 

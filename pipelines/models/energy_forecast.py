@@ -4,7 +4,7 @@ The source is one year of half-hourly demand (GW), temperature (°C, Melbourne) 
 day flag, from 2014-01-01 00:00. `records` cuts it into one record per midnight: the week
 of demand before it, the day's temperatures (a forecast at serving time; the observed ones
 here, as in the source) and calendar, with the 48 half-hours of demand after it as target.
-Boosted trees on lags, calendar and temperature (pipelines/models/forecasting.py); tested on
+Boosted trees on lags, calendar and temperature (pipelines/estimators/forecasting.py); tested on
 the last half of the year, after everything trained on, and walk-forward by month.
 """
 
@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from contract.catalog import ModelSpec
+from pipelines.estimators.forecasting import DayAheadForecaster, Layout
 from pipelines.flavors import sklearn as FLAVOR
-from pipelines.models.forecasting import DayAheadForecaster, Layout
 
 __all__ = ["FLAVOR", "build", "records"]
 

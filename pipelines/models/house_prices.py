@@ -6,8 +6,9 @@ from sklearn.ensemble import HistGradientBoostingRegressor
 from sklearn.pipeline import Pipeline
 
 from contract.catalog import ModelSpec
+from pipelines.estimators.tabular import preprocessor
 from pipelines.flavors import sklearn as FLAVOR
-from pipelines.models.tabular import preprocessor, to_float32
+from pipelines.flavors.onnx_ops import to_float32
 
 __all__ = ["FLAVOR", "build"]
 

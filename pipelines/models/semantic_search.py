@@ -1,6 +1,6 @@
 """Semantic search over fine-food reviews: sentence embeddings and a FAISS index.
 
-The encoder is all-MiniLM-L6-v2, used as shipped (pipelines/flavors/retrieval.py): the
+The encoder is all-MiniLM-L6-v2, used as shipped (pipelines/estimators/sentence_index.py): the
 training split's reviews are embedded and indexed, the test split's reviews are the queries
 that judge the index (recall@10 against exact search) and the export (ONNX against PyTorch).
 """
@@ -8,14 +8,15 @@ that judge the index (recall@10 against exact search) and the export (ONNX again
 import pandas as pd
 
 from contract.catalog import ModelSpec
+from pipelines.estimators.sentence_index import Encoder, package_model_dir
 from pipelines.flavors import retrieval as FLAVOR
 
 __all__ = ["FLAVOR", "build", "records"]
 TEXT = "review"
 
 
-def build(spec: ModelSpec) -> FLAVOR.Encoder:
-    return FLAVOR.Encoder(FLAVOR.package_model_dir(), **spec.params)
+def build(spec: ModelSpec) -> Encoder:
+    return Encoder(package_model_dir(), **spec.params)
 
 
 def records(source: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:

@@ -11,8 +11,8 @@ from sklearn.metrics import fbeta_score, make_scorer
 from sklearn.pipeline import Pipeline
 
 from contract.catalog import ModelSpec
+from pipelines.estimators.tabular import threshold_tuned_trees
 from pipelines.flavors import sklearn as FLAVOR
-from pipelines.models.tabular import threshold_tuned_trees
 
 __all__ = ["FLAVOR", "build"]
 

@@ -5,9 +5,9 @@ from sklearn.feature_extraction.text import CountVectorizer
 from sklearn.pipeline import Pipeline
 
 from contract.catalog import ModelSpec
+from pipelines.estimators.tabular import preprocessor
 from pipelines.flavors import sklearn as FLAVOR
-from pipelines.flavors.onnx_ops import LinearCombination
-from pipelines.models.tabular import preprocessor, to_float32
+from pipelines.flavors.onnx_ops import LinearCombination, to_float32
 
 __all__ = ["FLAVOR", "build"]
 

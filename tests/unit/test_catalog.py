@@ -1,5 +1,7 @@
 """The catalog: every entry parses, has its module, and bad entries fail clearly."""
 
+import sys
+import types
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,8 +35,13 @@ def test_module_follows_the_project_protocol(key: str) -> None:
     assert is_project(get_project(key))  # type: ignore[arg-type]
 
 
-def test_a_helper_module_is_not_a_project() -> None:
+def test_a_helper_module_is_not_a_project(monkeypatch: pytest.MonkeyPatch) -> None:
+    helper = types.ModuleType("pipelines.models.helper")
+    helper.build = lambda spec: None  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "pipelines.models.helper", helper)
     with pytest.raises(TypeError, match="defines no FLAVOR"):
+        get_project("helper")
+    with pytest.raises(UnknownModelError):  # the estimators are building blocks, not entries
         get_project("tabular")
 
 

@@ -10,10 +10,10 @@ from sklearn.compose import TransformedTargetRegressor
 from sklearn.ensemble import HistGradientBoostingRegressor, IsolationForest
 
 from pipelines.cli import StageError
+from pipelines.estimators.clustering import SilhouetteKMeans
 from pipelines.export import check_parity
 from pipelines.flavors import onnx_ops
 from pipelines.flavors.sklearn import RAW_SCORES, anomaly_outputs
-from pipelines.models.clustering import SilhouetteKMeans
 from tests.conftest import CATALOG
 
 

@@ -3,8 +3,6 @@
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import numpy as np
-from skl2onnx.sklapi import CastTransformer
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.impute import SimpleImputer
@@ -13,6 +11,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
 from contract.catalog import ModelSpec
+from pipelines.flavors.onnx_ops import to_float32
 from pipelines.schema import NUMERIC
 
 
@@ -39,11 +38,6 @@ def preprocessor(
         ),
     ]
     return ColumnTransformer([*steps, *extra], sparse_threshold=0.0)
-
-
-def to_float32() -> CastTransformer:
-    """Trees see float32 natively too, so ONNX (float32 tree ensembles) matches exactly."""
-    return CastTransformer(dtype=np.float32)
 
 
 def threshold_tuned_trees(
