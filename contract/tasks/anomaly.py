@@ -14,6 +14,8 @@ from contract.tasks.common import (
     decisive_probabilities,
     labels_from,
     output_as_native,
+    positive_flags,
+    require_positive,
     rounded,
     served_as_is,
     two_valued,
@@ -35,26 +37,15 @@ DISCRETE_TARGET = True  # the model card shows the target's balance
 # how permutation importance scores a shuffled field (a scikit-learn scorer name), or ""
 IMPORTANCE_SCORING = "roc_auc"
 
-
-def validate(spec: "ModelSpec") -> None:
-    if spec.target.positive is None:
-        raise ValueError("an anomaly task needs target.positive")
+# what it shares with other task kinds (contract/tasks/common.py)
+validate = require_positive
+target_column = two_valued
+labels = decided
+encode_target = positive_flags
 
 
 def class_names(spec: "ModelSpec") -> list[str]:
     return spec.target.classes or ["normal", "anomaly"]
-
-
-def target_column(spec: "ModelSpec") -> Any:
-    return two_valued(spec)
-
-
-def encode_target(y: pd.Series, spec: "ModelSpec") -> np.ndarray:
-    return (y == spec.target.positive).to_numpy(dtype=np.int64)
-
-
-def labels(predicted: np.ndarray, threshold: float | None) -> np.ndarray:
-    return decided(predicted, threshold)
 
 
 def score(

@@ -7,17 +7,19 @@ import numpy as np
 import pandas as pd
 
 from contract.tasks.common import (
-    WHOLE_GRAPH,
     Plot,
     Served,
     decided,
     decisive_probabilities,
     labels_from,
     output_as_native,
+    positive_flags,
     probabilities_score,
+    require_positive,
     rounded,
     served_as_is,
     two_valued,
+    whole_graph_card,
 )
 from contract.tasks.common import no_payload_change as payload
 
@@ -36,26 +38,16 @@ DISCRETE_TARGET = True  # the model card shows the target's balance
 # how permutation importance scores a shuffled field (a scikit-learn scorer name), or ""
 IMPORTANCE_SCORING = "roc_auc"
 
-
-def validate(spec: "ModelSpec") -> None:
-    if spec.target.positive is None:
-        raise ValueError("a binary task needs target.positive")
+# what it shares with other task kinds (contract/tasks/common.py)
+validate = require_positive
+target_column = two_valued
+labels = decided
+card = whole_graph_card
+encode_target = positive_flags
 
 
 def class_names(spec: "ModelSpec") -> list[str]:
     return spec.target.classes or ["negative", "positive"]
-
-
-def target_column(spec: "ModelSpec") -> Any:
-    return two_valued(spec)
-
-
-def encode_target(y: pd.Series, spec: "ModelSpec") -> np.ndarray:
-    return (y == spec.target.positive).to_numpy(dtype=np.int64)
-
-
-def labels(predicted: np.ndarray, threshold: float | None) -> np.ndarray:
-    return decided(predicted, threshold)
 
 
 def score(
@@ -116,10 +108,6 @@ def summarize(spec: "ModelSpec", result: dict[str, np.ndarray]) -> tuple[list[fl
     if "probabilities" not in result or "label" not in result:
         return [], []
     return result["probabilities"][:, 1].tolist(), labels_from(result, class_names(spec))
-
-
-def card(spec: "ModelSpec") -> dict[str, str]:
-    return {"target": "", "artifact": WHOLE_GRAPH}
 
 
 # graph outputs only the pipeline reads (the service never returns them)

@@ -11,7 +11,10 @@ from contract.tasks.common import (
     WHOLE_GRAPH,
     Plot,
     Served,
+    no_class_names,
     output_as_native,
+    positive_flags,
+    require_positive,
     rounded,
     two_valued,
 )
@@ -32,26 +35,15 @@ DISCRETE_TARGET = True  # the model card shows the target's balance
 # how permutation importance scores a shuffled field (a scikit-learn scorer name), or ""
 IMPORTANCE_SCORING = ""
 
+# what it shares with other task kinds (contract/tasks/common.py)
+validate = require_positive
+target_column = two_valued
+class_names = no_class_names  # segments are found, not named in advance
+encode_target = positive_flags
+
 
 def segment_names(k: int) -> list[str]:
     return [f"segment {i + 1}" for i in range(k)]
-
-
-def validate(spec: "ModelSpec") -> None:
-    if spec.target.positive is None:
-        raise ValueError("a clustering task needs target.positive")
-
-
-def class_names(spec: "ModelSpec") -> list[str]:
-    return []  # segments are found, not named in advance
-
-
-def target_column(spec: "ModelSpec") -> Any:
-    return two_valued(spec)
-
-
-def encode_target(y: pd.Series, spec: "ModelSpec") -> np.ndarray:
-    return (y == spec.target.positive).to_numpy(dtype=np.int64)
 
 
 def labels(predicted: np.ndarray, threshold: float | None) -> np.ndarray:

@@ -152,5 +152,30 @@ def decisive_probabilities(
     return np.asarray(top[:, -1] - top[:, -2] > tolerance)
 
 
-def no_labels(predicted: np.ndarray, threshold: float | None, tolerance: float) -> np.ndarray:
+def no_margin(predicted: np.ndarray, threshold: float | None, tolerance: float) -> np.ndarray:
     raise TypeError("this task serves no labels")
+
+
+def require_positive(spec: "ModelSpec") -> None:
+    """A task judged against one value of the target needs to be told which."""
+    if spec.target.positive is None:
+        article = "an" if spec.task[0] in "aeiou" else "a"
+        raise ValueError(f"{article} {spec.task} task needs target.positive")
+
+
+def positive_flags(y: Any, spec: "ModelSpec") -> np.ndarray:
+    """1 where the target is its positive value, else 0."""
+    return np.asarray((y == spec.target.positive).to_numpy(dtype=np.int64))
+
+
+def no_class_names(spec: "ModelSpec") -> list[str]:
+    return []
+
+
+def no_labels(predicted: np.ndarray, threshold: float | None) -> np.ndarray:
+    raise TypeError("this task serves no labels: values, series or ranked results")
+
+
+def whole_graph_card(spec: "ModelSpec") -> dict[str, str]:
+    """The model card's notes of a task without its own: the artifact is one graph."""
+    return {"target": "", "artifact": WHOLE_GRAPH}

@@ -8,14 +8,16 @@ import numpy as np
 import pandas as pd
 
 from contract.tasks.common import (
-    WHOLE_GRAPH,
     Plot,
     Served,
+    no_class_names,
     no_labels,
+    no_margin,
     output_as_native,
     rounded,
     series_checks,
     served_as_is,
+    whole_graph_card,
 )
 from contract.tasks.common import no_payload_change as payload
 
@@ -34,16 +36,17 @@ DISCRETE_TARGET = False  # the model card shows the target's balance
 # how permutation importance scores a shuffled field (a scikit-learn scorer name), or ""
 IMPORTANCE_SCORING = ""
 
+# what it shares with other task kinds (contract/tasks/common.py)
+class_names = no_class_names
+labels = no_labels
+card = whole_graph_card
+
 
 def validate(spec: "ModelSpec") -> None:
     if not (spec.target.horizon and spec.target.time):
         raise ValueError("a forecast task needs target.horizon and target.time")
     if spec.split != "source" and spec.split.shuffle:
         raise ValueError("a forecast is tested on the rows after its training rows: shuffle false")
-
-
-def class_names(spec: "ModelSpec") -> list[str]:
-    return []
 
 
 def series(column: pd.Series) -> np.ndarray:
@@ -62,10 +65,6 @@ def target_column(spec: "ModelSpec") -> Any:
 
 def encode_target(y: pd.Series, spec: "ModelSpec") -> np.ndarray:
     return series(y)  # [N, horizon]
-
-
-def labels(predicted: np.ndarray, threshold: float | None) -> np.ndarray:
-    raise TypeError("a forecast serves series, not labels")
 
 
 def score(
@@ -112,16 +111,12 @@ def summarize(spec: "ModelSpec", result: dict[str, np.ndarray]) -> tuple[list[fl
     return result["forecast"].mean(axis=1).tolist(), []
 
 
-def card(spec: "ModelSpec") -> dict[str, str]:
-    return {"target": "", "artifact": WHOLE_GRAPH}
-
-
 # graph outputs only the pipeline reads (the service never returns them)
 PIPELINE_OUTPUTS: tuple[str, ...] = ()
 # the graph outputs the native prediction is read from (export's parity, the gate)
 JUDGED_OUTPUTS = ("forecast",)
 serve = served_as_is
-decisive = no_labels
+decisive = no_margin
 
 
 def native(outputs: dict[str, np.ndarray], frame: pd.DataFrame, spec: "ModelSpec") -> np.ndarray:

@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 
 from contract.tasks.common import (
-    WHOLE_GRAPH,
     Plot,
     Served,
     class_index,
@@ -18,6 +17,7 @@ from contract.tasks.common import (
     probabilities_score,
     rounded,
     served_as_is,
+    whole_graph_card,
 )
 from contract.tasks.common import no_payload_change as payload
 
@@ -35,6 +35,10 @@ SCORE_VALUES = False
 DISCRETE_TARGET = True  # the model card shows the target's balance
 # how permutation importance scores a shuffled field (a scikit-learn scorer name), or ""
 IMPORTANCE_SCORING = "accuracy"
+
+# what it shares with other task kinds (contract/tasks/common.py)
+labels = decided
+card = whole_graph_card
 
 
 def validate(spec: "ModelSpec") -> None:
@@ -65,10 +69,6 @@ def target_column(spec: "ModelSpec") -> Any:
 
 def encode_target(y: pd.Series, spec: "ModelSpec") -> np.ndarray:
     return class_index(y, class_names(spec))
-
-
-def labels(predicted: np.ndarray, threshold: float | None) -> np.ndarray:
-    return decided(predicted, threshold)
 
 
 def score(
@@ -111,10 +111,6 @@ def summarize(spec: "ModelSpec", result: dict[str, np.ndarray]) -> tuple[list[fl
     if "probabilities" not in result or "label" not in result:
         return [], []
     return result["probabilities"].max(axis=1).tolist(), labels_from(result, class_names(spec))
-
-
-def card(spec: "ModelSpec") -> dict[str, str]:
-    return {"target": "", "artifact": WHOLE_GRAPH}
 
 
 # graph outputs only the pipeline reads (the service never returns them)

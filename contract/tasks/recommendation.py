@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 
 from contract.tasks.common import (
-    WHOLE_GRAPH,
     Plot,
     Served,
     decided,
-    no_labels,
+    no_margin,
     regression_metrics,
     served_as_is,
+    whole_graph_card,
 )
 from contract.tasks.common import no_payload_change as payload
 
@@ -32,6 +32,11 @@ SCORE_VALUES = True
 DISCRETE_TARGET = True  # the model card shows the target's balance
 # how permutation importance scores a shuffled field (a scikit-learn scorer name), or ""
 IMPORTANCE_SCORING = ""
+
+# what it shares with other task kinds (contract/tasks/common.py)
+labels = decided
+card = whole_graph_card
+
 # graph outputs the pipeline scores held-out ratings with; the service never returns them
 PIPELINE_OUTPUTS = ("ratings", "baseline", "catalog")
 
@@ -60,10 +65,6 @@ def target_column(spec: "ModelSpec") -> Any:
 
 def encode_target(y: pd.Series, spec: "ModelSpec") -> np.ndarray:
     return y.to_numpy(dtype=np.float64)
-
-
-def labels(predicted: np.ndarray, threshold: float | None) -> np.ndarray:
-    return decided(predicted, threshold)
 
 
 def score(
@@ -119,14 +120,10 @@ def summarize(spec: "ModelSpec", result: dict[str, np.ndarray]) -> tuple[list[fl
     return result["scores"][:, 0].tolist(), found
 
 
-def card(spec: "ModelSpec") -> dict[str, str]:
-    return {"target": "", "artifact": WHOLE_GRAPH}
-
-
 # the graph outputs the native prediction is read from (export's parity, the gate)
 JUDGED_OUTPUTS = PIPELINE_OUTPUTS
 serve = served_as_is
-decisive = no_labels
+decisive = no_margin
 
 
 def native(outputs: dict[str, np.ndarray], frame: pd.DataFrame, spec: "ModelSpec") -> np.ndarray:

@@ -6,13 +6,15 @@ import numpy as np
 import pandas as pd
 
 from contract.tasks.common import (
-    WHOLE_GRAPH,
     Plot,
     Served,
+    no_class_names,
     no_labels,
+    no_margin,
     output_as_native,
     regression_metrics,
     served_as_is,
+    whole_graph_card,
 )
 from contract.tasks.common import no_payload_change as payload
 
@@ -31,13 +33,14 @@ DISCRETE_TARGET = False  # the model card shows the target's balance
 # how permutation importance scores a shuffled field (a scikit-learn scorer name), or ""
 IMPORTANCE_SCORING = "neg_root_mean_squared_error"
 
+# what it shares with other task kinds (contract/tasks/common.py)
+class_names = no_class_names
+labels = no_labels
+card = whole_graph_card
+
 
 def validate(spec: "ModelSpec") -> None:
     pass
-
-
-def class_names(spec: "ModelSpec") -> list[str]:
-    return []
 
 
 def target_column(spec: "ModelSpec") -> Any:
@@ -49,10 +52,6 @@ def target_column(spec: "ModelSpec") -> Any:
 
 def encode_target(y: pd.Series, spec: "ModelSpec") -> np.ndarray:
     return y.to_numpy(dtype=np.float64)
-
-
-def labels(predicted: np.ndarray, threshold: float | None) -> np.ndarray:
-    raise TypeError("a regression serves values, not labels")
 
 
 def score(
@@ -86,16 +85,12 @@ def summarize(spec: "ModelSpec", result: dict[str, np.ndarray]) -> tuple[list[fl
     return result["prediction"].reshape(-1).tolist(), []
 
 
-def card(spec: "ModelSpec") -> dict[str, str]:
-    return {"target": "", "artifact": WHOLE_GRAPH}
-
-
 # graph outputs only the pipeline reads (the service never returns them)
 PIPELINE_OUTPUTS: tuple[str, ...] = ()
 # the graph outputs the native prediction is read from (export's parity, the gate)
 JUDGED_OUTPUTS = ("prediction",)
 serve = served_as_is
-decisive = no_labels
+decisive = no_margin
 
 
 def native(outputs: dict[str, np.ndarray], frame: pd.DataFrame, spec: "ModelSpec") -> np.ndarray:

@@ -10,7 +10,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from contract.tasks.common import Plot, Served, no_labels, output_as_native, two_valued
+from contract.tasks.common import (
+    Plot,
+    Served,
+    no_class_names,
+    no_labels,
+    no_margin,
+    output_as_native,
+    positive_flags,
+    two_valued,
+)
 
 if TYPE_CHECKING:
     from contract.catalog import ModelSpec
@@ -25,6 +34,13 @@ SCORE_VALUES = False
 DISCRETE_TARGET = True  # the model card shows the target's balance
 # how permutation importance scores a shuffled field (a scikit-learn scorer name), or ""
 IMPORTANCE_SCORING = ""
+
+# what it shares with other task kinds (contract/tasks/common.py)
+class_names = no_class_names  # results are ranked, not classed
+encode_target = positive_flags
+target_column = two_valued
+labels = no_labels
+
 QUERY_WORDS = 20
 
 
@@ -34,22 +50,6 @@ def validate(spec: "ModelSpec") -> None:
             "a retrieval task needs target.item (the document id) and exactly one field, "
             "the text (type text)"
         )
-
-
-def class_names(spec: "ModelSpec") -> list[str]:
-    return []  # results are ranked, not classed
-
-
-def target_column(spec: "ModelSpec") -> Any:
-    return two_valued(spec)
-
-
-def encode_target(y: pd.Series, spec: "ModelSpec") -> np.ndarray:
-    return (y == spec.target.positive).to_numpy(dtype=np.int64)
-
-
-def labels(predicted: np.ndarray, threshold: float | None) -> np.ndarray:
-    raise TypeError("a search serves ranked results, not labels")
 
 
 def score(
@@ -126,7 +126,7 @@ def payload(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 PIPELINE_OUTPUTS: tuple[str, ...] = ()
 # the graph outputs the native prediction is read from (export's parity, the gate)
 JUDGED_OUTPUTS = ("embedding",)
-decisive = no_labels
+decisive = no_margin
 
 
 def native(outputs: dict[str, np.ndarray], frame: pd.DataFrame, spec: "ModelSpec") -> np.ndarray:
