@@ -125,4 +125,4 @@ USER 10001:10001
 EXPOSE 8089
 HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(os.environ['HEALTHCHECK_URL'], timeout=4)"]
-CMD ["locust", "-f", "services/load/locustfile.py"]
+CMD ["locust", "-f", "services/tools/load/locustfile.py"]

@@ -56,14 +56,14 @@ registry: ## Show every model's versions, aliases and champion metrics against i
 	$(RUN) python -m pipelines.show
 
 serve: ## Start the local stack (a service per model + PyTriton) in the background; one prediction each
-	$(RUN) python -m services.stack up
-	$(RUN) python -m services.stack demo
+	$(RUN) python -m services.tools.stack up
+	$(RUN) python -m services.tools.stack demo
 
 stop: ## Stop the local stack (SIGTERM: in-flight requests finish)
-	$(RUN) python -m services.stack down
+	$(RUN) python -m services.tools.stack down
 
 status: ## Which local services are up and ready
-	$(RUN) python -m services.stack status
+	$(RUN) python -m services.tools.stack status
 
 metrics: ## dvc metrics show for every model
 	$(RUN) dvc metrics show
@@ -86,26 +86,26 @@ serve-triton: ## Triton's HTTP/gRPC protocol for fashion_cnn and semantic_search
 		--http-port 8000 --grpc-port 8001 --metrics-port 8002
 
 drift-demo: ## Shifted traffic for titanic until the drift alert fires, the webhook retrains it through the gate (Prometheus + Alertmanager + drift service, real)
-	$(RUN) python -m services.drift.demo
+	$(RUN) python -m services.tools.drift_demo
 
 bench: ## Serving benchmark (wrk): floor vs anchor (hand-written FastAPI + ONNX Runtime) vs services vs BentoML vs mlflow models serve, the graphs alone (ORT's profiler), then the Feast feature layer and the prediction log -> reports/bench/
 	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
-	$(RUN) python -m services.bench
-	$(RUN) python -m services.bench.graphs
-	$(RUN) python -m services.bench.features
-	$(RUN) python -m services.bench.predlog
-	$(RUN) python -m services.bench.drift
+	$(RUN) python -m services.tools.bench
+	$(RUN) python -m services.tools.bench.graphs
+	$(RUN) python -m services.tools.bench.features
+	$(RUN) python -m services.tools.bench.predlog
+	$(RUN) python -m services.tools.bench.drift
 
 load: ## The stack's rated capacity (started if it is not up): Locust step ramp to p99 <= 50 ms, the rated rate held, an overload run; reports/load/capacity.*
-	$(RUN) python -m services.stack up
-	$(RUN) python -m services.load.capacity
+	$(RUN) python -m services.tools.stack up
+	$(RUN) python -m services.tools.load.capacity
 
 load-smoke: ## A short Locust run of every scenario against the local stack, SLO thresholds checked (CI's form of make load)
-	$(RUN) python -m services.stack up
-	$(RUN) python -m services.load --run-time 25s
+	$(RUN) python -m services.tools.stack up
+	$(RUN) python -m services.tools.load --run-time 25s
 
-manifests: ## Regenerate docker-compose.yml, the proxy config and k8s/ from params.yaml and infra/ (services/deploy.py)
-	$(RUN) python -m services.deploy
+manifests: ## Regenerate docker-compose.yml, the proxy config and k8s/ from params.yaml and infra/ (services/tools/deploy.py)
+	$(RUN) python -m services.tools.deploy
 
 validate-deploy: ## Check compose (Compose spec, docker-compose config), the Dockerfile (hadolint) and every k8s overlay (kustomize + kubernetes-validate)
 	$(RUN) pytest tests/unit/test_compose.py tests/unit/test_k8s.py tests/unit/test_k8s_checks.py

@@ -38,7 +38,7 @@ SERVING_REQUIREMENTS = [f"onnxruntime=={ort.__version__}", f"onnx=={onnx.__versi
 
 
 FEAST_TAGS = ("feast.feature_service", "feast.entity")
-# a version tag per file served beside model.onnx: sha256.<file name> (services/store.py)
+# a version tag per file served beside model.onnx: sha256.<file name> (services/api/store.py)
 FILE_TAG_PREFIX = "sha256."
 
 

@@ -2,20 +2,20 @@
 
     SERVE_MODEL=titanic bentoml serve services.bento:ModelService --port 8101
 
-It mounts the same ASGI app as `python -m services.serve` (services.app: records contract,
+It mounts the same ASGI app as `python -m services.serve` (services.api.app: records contract,
 OIP v2, metrics), so a bento, its container and the lean uvicorn process answer alike.
 BentoML keeps its own /livez, /readyz and /metrics; readiness asks the loaded models.
-Tuned for the hot path (see TUNED and services.bentoml_fix); SERVE_BENTOML_TUNED=false: stock.
+Tuned for the hot path (see TUNED and services.api.bentoml_fix); SERVE_BENTOML_TUNED=false: stock.
 """
 
 from typing import Any
 
 import bentoml
 
-from services.settings import ServeSettings
+from services.api.settings import ServeSettings
 
 with bentoml.importing():
-    from services.app import create_app
+    from services.api.app import create_app
 
 settings = ServeSettings()
 # What `make bench` found BentoML spends on each request that the app already does itself:
@@ -27,7 +27,7 @@ TUNED: dict[str, Any] = {
     "tracing": {"sample_rate": 0.0, "excluded_urls": ["/predict", "/v2"]},
 }
 if settings.bentoml_tuned:
-    from services import bentoml_fix
+    from services.api import bentoml_fix
 
     bentoml_fix.apply()
 app = create_app(settings.model, settings)
@@ -43,4 +43,4 @@ app = create_app(settings.model, settings)
 class ModelService:
     def __is_ready__(self) -> bool:
         """BentoML's /readyz: 503 until the champion is loaded and checked."""
-        return bool(app.state.service.models.ready)
+        return bool(app.state.service.lineup.ready)

@@ -23,7 +23,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from services.auth import problems
+from services.api.auth import problems
 
 SECRETS = ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_READER_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY")
 DEFAULT_PERMISSION = "READ"

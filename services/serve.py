@@ -1,6 +1,6 @@
 """Run one model service: `python -m services.serve <model key> [--port N] [--workers N]`.
 
-uvicorn serves the app of services.app with its workers; the same command runs in the
+uvicorn serves the app of services.api.app with its workers; the same command runs in the
 local stack, in docker compose and in Kubernetes. SIGTERM lets in-flight requests finish
 (up to SERVE_GRACEFUL_TIMEOUT_S) and refuses new connections.
 """
@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from contract.catalog import UnknownModelError, get_spec
-from services.settings import ServeSettings
+from services.api.settings import ServeSettings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(process)d %(name)s: %(message)s"
 
@@ -40,7 +40,7 @@ def log_config(level: str = "INFO") -> dict[str, Any]:
 
 def app() -> FastAPI:
     """uvicorn's factory in each worker: the model comes from SERVE_MODEL."""
-    from services.app import create_app
+    from services.api.app import create_app
 
     settings = ServeSettings()
     return create_app(settings.model, settings)

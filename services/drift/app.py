@@ -26,14 +26,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from contract.catalog import load_catalog
 from contract.settings import get_settings
-from services import auth
-from services.bodies import BodyRefused, read_body, replay
+from services.api import auth
+from services.api.bodies import BodyRefused, read_body, replay
+from services.api.inputs import UTF8
+from services.api.predlog import PredictionLogUnavailable
 from services.drift import detect, pages
-from services.drift.metrics import DriftMetrics
+from services.drift.gauges import DriftMetrics
 from services.drift.retrain import Job, Retrainer, RetrainingOff
 from services.drift.settings import DriftSettings
-from services.inputs import UTF8
-from services.predlog import PredictionLogUnavailable
 
 log = logging.getLogger("services.drift")
 EVENTS = 200  # recent events kept for the index page and GET /events
@@ -222,7 +222,7 @@ def _printable(part: Any) -> Any:
 
 def add_routes(app: FastAPI, drift: Drift) -> None:
     # Everything but the probes and /metrics shows logged data or changes state: a credential
-    # (services.auth). Pages also take Basic for browsers; POSTs only a bearer token
+    # (services.api.auth). Pages also take Basic for browsers; POSTs only a bearer token
     read = [Depends(auth.reader(drift.admin))]
     act = [Depends(auth.bearer(drift.admin))]
     hook = [Depends(auth.bearer(drift.webhook, drift.admin))]

@@ -19,8 +19,8 @@ import pandas as pd
 
 from contract import reference
 from contract.catalog import ModelSpec
+from services.api.predlog import prune, read_window, score_label
 from services.drift.settings import DriftSettings
-from services.predlog import prune, read_window, score_label
 
 
 class EmptyWindow(ValueError):

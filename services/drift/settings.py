@@ -7,7 +7,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contract.paths import ROOT
-from services import predlog
+from services.api import predlog
 
 Distance = Literal["wasserstein", "jensenshannon", "psi", "kl_div", "hellinger", "ed"]
 PORT = 8200  # Prometheus scrapes it and Alertmanager's webhooks reach it here
@@ -47,7 +47,7 @@ class DriftSettings(BaseSettings):
     retrain_command: str = "dvc repro --force register@{model}"
     workspace: Path = ROOT
     retrain_timeout_s: float = Field(default=3600, gt=0)
-    # Credentials (services.auth), as a token or the _file holding it: admin_token for every
+    # Credentials (services.api.auth), as a token or the _file holding it: admin_token for every
     # route but the probes and /metrics; webhook_token for Alertmanager's POST /alerts*
     # (admin_token works there too). Routes needing one are refused while none is set
     admin_token: SecretStr | None = None

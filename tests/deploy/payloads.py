@@ -14,7 +14,7 @@ import pandas as pd
 from contract import paths
 from contract.catalog import load_catalog
 from contract.feeds import onnx_feeds
-from services.examples import as_records
+from services.tools.examples import as_records
 
 DATATYPES = {"f": "FP32", "O": "BYTES", "u": "UINT8", "i": "INT64", "b": "BOOL"}
 

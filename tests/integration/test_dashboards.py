@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from contract.paths import ROOT, onnx_model
-from services import monitoring
-from services.examples import as_entities, as_records
+from services.tools import monitoring
+from services.tools.examples import as_entities, as_records
 from tests.conftest import CATALOG, KEYS
 from tests.serving.conftest import Registry, free_port, held_out, inherited_environment
 from tests.unit.test_grafana import load_panels
@@ -61,7 +61,7 @@ class Ports:
         return f"http://127.0.0.1:{self.base + list(CATALOG).index(key)}"
 
     def mapped(self) -> dict[int, int]:
-        """infra/prometheus's default ports -> this stack's (services.monitoring moves them)."""
+        """infra/prometheus's default ports -> this stack's (tools.monitoring moves them)."""
         models = {monitoring.model_port(k): self.base + i for i, k in enumerate(CATALOG)}
         triton = {monitoring.TRITON_METRICS_PORT: self.triton + 2}
         return models | triton | {monitoring.DRIFT_PORT: self.drift}
@@ -86,7 +86,7 @@ def registry(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Registr
 
 def stack(command: str, env: dict[str, str], root: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "services.stack", command, "--root", str(root)],
+        [sys.executable, "-m", "services.tools.stack", command, "--root", str(root)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=660,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr

@@ -3,7 +3,6 @@ machine's PostgreSQL, over real HTTP: who may read, who may write, and passwords
 the secret store across restarts."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from services.mlflow_server import accounts, provision
+from services.tools.processes import free_port
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -34,12 +34,6 @@ def database() -> Iterator[str]:
     yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     with psycopg.connect(f"{SERVER}/postgres", autocommit=True) as admin:
         admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 class Server:

@@ -6,8 +6,14 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from services.bench.predlog import postgres_database
-from services.predlog import PostgresSink, PredictionLog, PredictionLogUnavailable, Row, open_sink
+from services.api.predlog import (
+    PostgresSink,
+    PredictionLog,
+    PredictionLogUnavailable,
+    Row,
+    open_sink,
+)
+from services.tools.bench.predlog import postgres_database
 
 pytestmark = pytest.mark.postgres
 

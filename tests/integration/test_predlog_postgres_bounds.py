@@ -16,9 +16,8 @@ import psycopg
 import pytest
 
 from contract.paths import ROOT
-from services import predlog
-from services.bench.predlog import PG_SERVER, postgres_database
-from services.predlog import (
+from services.api import predlog
+from services.api.predlog import (
     COLUMNS,
     PredictionLog,
     PredictionLogUnavailable,
@@ -28,6 +27,7 @@ from services.predlog import (
     prune,
     read_window,
 )
+from services.tools.bench.predlog import PG_SERVER, postgres_database
 
 pytestmark = pytest.mark.postgres
 

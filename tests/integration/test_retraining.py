@@ -19,7 +19,7 @@ def test_shifted_traffic_fires_the_alert_and_retrains_through_the_gate(
 ) -> None:
     before = {v.version for v in project.client().search_model_versions("name='titanic'")}
     demo = subprocess.run(
-        [sys.executable, "-m", "services.drift.demo", "--workspace", str(project.root),
+        [sys.executable, "-m", "services.tools.drift_demo", "--workspace", str(project.root),
          "--folder", str(tmp_path / "demo")],
         cwd=project.root, env=project.env, capture_output=True, text=True, timeout=1200,
     )  # fmt: skip

@@ -3,7 +3,6 @@
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,18 +23,13 @@ from contract.catalog import get_spec
 from contract.feeds import onnx_feeds
 from contract.paths import ROOT
 from contract.settings import get_settings
-from services.examples import as_records
+from services.tools.examples import as_records
+from services.tools.processes import free_port
 from tests.conftest import CATALOG, KEYS
 
-__all__ = ["as_records"]
+__all__ = ["as_records", "free_port"]
 
 STARTUP_S = 120
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextmanager

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from services.examples import as_records
+from services.tools.examples import as_records
 from tests.conftest import CATALOG, KEYS
 from tests.serving.conftest import Service, expected_outputs, held_out
 

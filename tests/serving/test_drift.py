@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from contract import paths
-from services.examples import as_records
+from services.tools.examples import as_records
 from tests.conftest import CATALOG
 from tests.serving.conftest import ADMIN, ADMIN_TOKEN, Registry, Service, serve
 

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from contract.features import feature_store
-from services.examples import as_entities, as_records, entity_rows
+from services.tools.examples import as_entities, as_records, entity_rows
 from tests.conftest import CATALOG, KEYS
 from tests.serving.conftest import Registry, Service, held_out
 

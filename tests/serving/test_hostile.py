@@ -27,8 +27,8 @@ import pytest
 
 from contract.catalog import InputField
 from contract.feeds import onnx_feeds
-from services.examples import as_records
-from services.tensors import serialize_bytes
+from services.api.tensors import serialize_bytes
+from services.tools.examples import as_records
 from tests.conftest import CATALOG, KEYS
 from tests.serving.conftest import Service, held_out
 

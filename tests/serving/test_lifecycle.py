@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.examples import as_records
+from services.tools.examples import as_records
 from tests.conftest import CATALOG
 from tests.serving.conftest import (
     ADMIN,

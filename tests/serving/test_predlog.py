@@ -14,7 +14,7 @@ import pytest
 import tritonclient.http as triton
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.predlog import records_of
+from services.api.predlog import records_of
 from tests.conftest import CATALOG
 from tests.serving.conftest import Registry, Service, held_out, serve
 from tests.serving.test_contract import v2_inputs
@@ -39,7 +39,7 @@ def samples(service: Service, name: str) -> list[tuple[dict[str, str], float]]:
 
 
 def titanic(registry: Registry, n: int) -> list[dict[str, Any]]:
-    from services.examples import as_records
+    from services.tools.examples import as_records
 
     return as_records(held_out(registry.trained, "titanic", n), CATALOG["titanic"])
 

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from contract.catalog import get_spec
-from services.examples import as_records
+from services.tools.examples import as_records
 from tests.conftest import CATALOG
 from tests.serving.conftest import Service, TrackingServer, environment, held_out, serve
 

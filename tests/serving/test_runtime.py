@@ -11,10 +11,10 @@ from pydantic import BaseModel
 
 from contract import paths
 from contract.feeds import onnx_feeds
-from services import runtime
-from services.examples import as_records
-from services.inputs import record_model, request_model
-from services.store import Artifact
+from services.api import runtime
+from services.api.inputs import record_model, request_model
+from services.api.store import Artifact
+from services.tools.examples import as_records
 from tests.conftest import CATALOG, KEYS
 from tests.serving.conftest import held_out
 

@@ -16,7 +16,7 @@ import pytest
 
 from contract import paths
 from contract.paths import ROOT
-from services.examples import as_entities
+from services.tools.examples import as_entities
 from tests.conftest import CATALOG, KEYS
 from tests.serving.conftest import Registry, as_records, inherited_environment
 from tests.serving.test_hostile import (
@@ -42,7 +42,7 @@ class Stack:
 
     def run(self, command: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "services.stack", command, "--root", str(self.root)],
+            [sys.executable, "-m", "services.tools.stack", command, "--root", str(self.root)],
             cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=660,
         )  # fmt: skip
 
@@ -195,7 +195,7 @@ def test_load_meets_its_slo_thresholds(
     running, _ = stack
     out = tmp_path / "load"
     command = [
-        sys.executable, "-m", "services.load",
+        sys.executable, "-m", "services.tools.load",
         "--host", running.proxy, "--users", str(len(KEYS)), "--spawn-rate", str(len(KEYS)),
         "--run-time", "25s", "--slo-p95-ms", "300", "--slo-p99-ms", "1000",
         "--data-root", str(running.root), "--out", str(out),
@@ -234,7 +234,7 @@ def test_past_its_capacity_the_stack_sheds_fast_and_never_fails(
     running, _ = stack
     out = tmp_path / "load"
     command = [
-        sys.executable, "-m", "services.load.capacity", "--overload-only", "450",
+        sys.executable, "-m", "services.tools.load.capacity", "--overload-only", "450",
         "--overload-time", "15s", "--host", running.proxy,
         "--data-root", str(running.root), "--out", str(out),
     ]  # fmt: skip

@@ -1,5 +1,5 @@
-"""Credentials (services.auth), the retraining's limits (services.drift.retrain) and the
-reload loop's (services.routing)."""
+"""Credentials (services.api.auth), the retraining's limits (services.drift.retrain) and the
+reload loop's (services.api.routing)."""
 
 import base64
 import os
@@ -15,13 +15,13 @@ from fastapi import HTTPException
 from pydantic import SecretStr
 
 from contract.catalog import get_spec
-from services import auth
+from services.api import auth
+from services.api.routing import Lineup
+from services.api.settings import ServeSettings
+from services.api.store import ModelStore
+from services.api.telemetry import ServiceMetrics
 from services.drift import retrain
 from services.drift.settings import DriftSettings
-from services.metrics import ServiceMetrics
-from services.routing import Models
-from services.settings import ServeSettings
-from services.store import ModelStore
 
 TOKEN = "s3cret-token-0123456789"
 
@@ -210,7 +210,7 @@ def test_an_unexpected_reload_failure_is_logged_counted_and_retried(
     spec = get_spec("titanic")
     metrics = ServiceMetrics(spec.task)
     store = BrokenStore("sqlite:///" + str(tmp_path / "none.db"), tmp_path / "cache", 1.0)
-    models = Models(spec, ServeSettings(model="titanic"), store, metrics)
+    models = Lineup(spec, ServeSettings(model="titanic"), store, metrics)
     for _ in range(2):
         assert models.reload() == models.versions()  # no exception leaves reload()
     assert models.problem == "KeyError: 'aliases'" and not models.ready

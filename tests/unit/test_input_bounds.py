@@ -21,12 +21,18 @@ import pytest
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 
-from services.entities import EntityRequests
-from services.errors import InputError
-from services.examples import to_png
-from services.inputs import _decode_png, _png_length, describe_errors, entity_model, record_model
-from services.metrics import ServiceMetrics
-from services.responses import error_response
+from services.api.entities import EntityRequests
+from services.api.errors import InputError
+from services.api.inputs import (
+    _decode_png,
+    _png_length,
+    describe_errors,
+    entity_model,
+    record_model,
+)
+from services.api.responses import error_response
+from services.api.telemetry import ServiceMetrics
+from services.tools.examples import to_png
 from tests.conftest import CATALOG, KEYS
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

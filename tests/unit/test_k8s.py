@@ -16,7 +16,7 @@ import yaml
 
 from contract.catalog import load_catalog
 from contract.paths import ROOT
-from services import deploy
+from services.tools import deploy
 from tests.conftest import KEYS
 from tests.k8s_checks import SCRAPE, metadata_problems, scrape_problems
 from tests.unit.test_compose import _normalised, _pinned, services, tool

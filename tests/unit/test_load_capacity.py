@@ -1,11 +1,20 @@
-"""The rated capacity's arithmetic and verdicts (services/load/capacity.py) on synthetic steps."""
+"""The rated capacity's arithmetic and verdicts (services/tools/load/capacity.py) on
+synthetic steps."""
 
 import json
 import math
 
 from contract.catalog import load_catalog
-from services.deploy import CAPACITY, hpa_targets
-from services.load.capacity import Step, judge, judge_overload, markdown, pacing, per_core, rated
+from services.tools.deploy import CAPACITY, hpa_targets
+from services.tools.load.capacity import (
+    Step,
+    judge,
+    judge_overload,
+    markdown,
+    pacing,
+    per_core,
+    rated,
+)
 
 
 def step(rate: float, p99: float = 20.0, failures: int = 0, achieved: float | None = None,

@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from services.load.slo import breaches
+from services.tools.load.slo import breaches
 
 LIMITS = {"error_ratio": 0.01, "p95_ms": 300.0, "p99_ms": 1000.0}
 
@@ -49,7 +49,7 @@ def test_no_traffic_is_a_breach() -> None:
 
 def test_load_refuses_fewer_users_than_models(capsys: pytest.CaptureFixture[str]) -> None:
     """Locust gives each user one class: with fewer users than models, some get no load."""
-    from services.load.__main__ import main
+    from services.tools.load.__main__ import main
 
     with pytest.raises(SystemExit) as exited:
         main(["--users", "1", "--run-time", "1s"])

@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.metrics import ONE_BY_ONE, ServiceMetrics, observe_many
+from services.api.telemetry import ONE_BY_ONE, ServiceMetrics, observe_many
 
 BOUNDS = (0.1, 0.25, 0.5, 0.75, 0.9)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services import monitoring
+from services.tools import monitoring
 from tests.unit.test_alertmanager import amtool
 from tests.unit.test_prometheus import promtool
 

@@ -13,8 +13,8 @@ import orjson
 import pytest
 from pydantic import BaseModel
 
-from services import predlog
-from services.predlog import (
+from services.api import predlog
+from services.api.predlog import (
     COLUMNS,
     PredictionLog,
     PredictionLogUnavailable,

@@ -12,10 +12,8 @@ from typing import Any
 import orjson
 import pytest
 
-from services import predlog
-from services.drift import app, detect
-from services.drift.settings import DriftSettings
-from services.predlog import (
+from services.api import predlog
+from services.api.predlog import (
     TRUNCATED,
     PredictionLog,
     PredictionLogUnavailable,
@@ -31,6 +29,8 @@ from services.predlog import (
     records_of,
     table,
 )
+from services.drift import app, detect
+from services.drift.settings import DriftSettings
 from tests.conftest import CATALOG
 
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from contract.paths import ROOT
-from services.stack import plan
+from services.tools.stack import plan
 from tests.conftest import KEYS
 
 PROMETHEUS = ROOT / "infra" / "prometheus"

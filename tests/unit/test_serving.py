@@ -12,12 +12,17 @@ import pytest
 from pydantic import ValidationError
 
 from contract.catalog import InputField
-from services import store as store_module
-from services.examples import to_png
-from services.inputs import OTHER_FIELD, describe_errors, metric_field, record_model, request_model
-from services.routing import bucket
-from services.store import Artifact, ArtifactRefused, Checksums, ModelStore, sha256_of
-from services.tensors import (
+from services.api import store as store_module
+from services.api.inputs import (
+    OTHER_FIELD,
+    describe_errors,
+    metric_field,
+    record_model,
+    request_model,
+)
+from services.api.routing import bucket
+from services.api.store import Artifact, ArtifactRefused, Checksums, ModelStore, sha256_of
+from services.api.tensors import (
     TensorError,
     decompress,
     encode_outputs,
@@ -26,6 +31,7 @@ from services.tensors import (
     split_body,
     to_feed,
 )
+from services.tools.examples import to_png
 from tests.conftest import CATALOG, KEYS
 
 
@@ -345,7 +351,7 @@ def test_bentoml_timeout_middleware_fix_keeps_504_and_cancels_timers() -> None:
     from bentoml._internal.server.http.traffic import TimeoutMiddleware
     from starlette.responses import PlainTextResponse
 
-    from services import bentoml_fix
+    from services.api import bentoml_fix
 
     bentoml_fix.apply()
 

@@ -1,0 +1,330 @@
+"""The framework-free core of a model service: parse, route, infer, account.
+
+The ASGI app (services.api.app) and the BentoML service (services.bento) both drive this one
+object, so the contract cannot differ between them.
+"""
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from contract.catalog import ModelSpec
+from contract.settings import get_settings
+from services.api import auth
+from services.api.accesslog import AccessLog
+from services.api.entities import EntityRequests
+from services.api.errors import InputError, field_error
+from services.api.inputs import describe_errors, metric_field, record_model, request_model
+from services.api.predlog import PredictionLog, open_sink, record_row, tensor_row
+from services.api.routing import Assignment, Lineup
+from services.api.runtime import LoadedModel
+from services.api.settings import ServeSettings
+from services.api.store import ModelStore
+from services.api.telemetry import ServiceMetrics
+
+log = logging.getLogger("services.requests")
+shadow_log = logging.getLogger("services.shadow")
+T = TypeVar("T")
+PARSE_INLINE_BYTES = 64 * 1024
+
+
+class ModelService:
+    """One catalog entry served: its request models, its loaded versions, its metrics."""
+
+    def __init__(self, spec: ModelSpec, settings: ServeSettings) -> None:
+        self.spec, self.settings = spec, settings
+        self.record_model = record_model(spec)
+        self.api_keys = auth.Tokens.from_settings(
+            "inference", settings.api_keys, settings.api_keys_file, name="SERVE_API_KEYS"
+        )
+        self.admin = auth.Tokens.from_settings(
+            "admin", settings.admin_token, settings.admin_token_file, name="SERVE_ADMIN_TOKEN"
+        )
+        self.request_model = request_model(spec, self.record_model, settings.max_records)
+        # /predict's bodies: parsed from JSON bytes, whose parsers refuse lone surrogates
+        # (inputs._text); the models above check them for every other way in and the docs
+        self.json_record_model = record_model(spec, from_json=True)
+        self.json_request_model = request_model(spec, self.json_record_model, settings.max_records)
+        self.metrics = ServiceMetrics(spec.task)
+        self.access_log = AccessLog()
+        store = ModelStore(
+            get_settings().mlflow_tracking_uri, settings.cache_dir, settings.registry_timeout_s
+        )
+        self.lineup = Lineup(spec, settings, store, self.metrics)
+        self.prediction_log = PredictionLog(
+            open_sink(settings.prediction_log, settings.prediction_log_timeout_s),
+            self._logged,
+            max_bytes=settings.prediction_log_max_bytes,
+        )
+        for counter in (self.metrics.log_rows, self.metrics.log_errors):  # 0, so increase() sees
+            self.metrics.child(counter, (spec.key,))  # the first error
+        self._inference: concurrent.futures.ThreadPoolExecutor | None = None
+        self.entities: EntityRequests | None = None
+        self.features_problem = ""  # why entity-keyed requests cannot be served, if they can't
+        if spec.features:
+            self._open_features(spec, settings)
+
+    def _open_features(self, spec: ModelSpec, settings: ServeSettings) -> None:
+        """The online store for entity keys; without it, records are still served."""
+        from services.api.features import OnlineFeatures  # imports Feast: only where used
+
+        try:
+            online = OnlineFeatures(spec, settings.feature_root)
+        except Exception as exc:  # Feast raises its own types per registry and store kind
+            self.features_problem = f"feature store unavailable ({type(exc).__name__}: {exc})"
+            log.error("%s: %s; entity-keyed requests get 503", spec.key, self.features_problem)
+            return
+        self.entities = EntityRequests(spec, online, self.metrics)
+        try:
+            online.warm()
+        except Exception as exc:  # the requests will say what is wrong; starting goes on
+            log.warning("%s: warming the online store failed: %s", spec.key, exc)
+
+    def parse(self, body: bytes) -> tuple[list[tuple[int, BaseModel]], dict[int, Any]]:
+        """(index, record) of the valid records and field errors of the others."""
+        try:
+            request = self.json_request_model.model_validate_json(body)
+            return list(enumerate(request.records)), {}  # type: ignore[attr-defined]
+        except ValidationError:
+            pass  # find out which records are at fault, and serve the others
+        records = self._envelope(body)
+        accepted, invalid = [], {}
+        for index, record in enumerate(records):
+            try:
+                accepted.append((index, self.json_record_model.model_validate(record)))
+            except ValidationError as exc:
+                invalid[index] = describe_errors(exc, ("records", index))
+                for error in invalid[index]:
+                    name = metric_field(self.spec.fields, error["field"])
+                    self.metrics.child(self.metrics.record_errors, (self.spec.key, name)).inc()
+        if not accepted:
+            detail = [e for errors in invalid.values() for e in errors]
+            raise InputError(400, f"no valid record among {len(records)}", detail)
+        return accepted, invalid
+
+    def _object(self, body: bytes) -> dict[str, Any]:
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise field_error(400, "body", f"not valid JSON ({exc})") from exc
+        if not isinstance(payload, dict):
+            shape = {"records": [{name: "..." for name in self.spec.fields}]}
+            raise field_error(400, "body", "must be a JSON object", shape)
+        return payload
+
+    def _envelope(self, body: bytes) -> list[Any]:
+        payload = self._object(body)
+        shape = {"records": [{name: "..." for name in self.spec.fields}]}
+        for extra in sorted(set(payload) - {"records"}):
+            raise field_error(400, extra, "unexpected top-level field", shape)
+        records = payload.get("records")
+        if not isinstance(records, list) or not records:
+            raise field_error(400, "records", "must be a non-empty list of records", shape)
+        if len(records) > self.settings.max_records:
+            raise field_error(
+                413,
+                "records",
+                f"{len(records)} records is over the limit",
+                {"max_records": self.settings.max_records},
+            )
+        return records
+
+    async def run(self, work: Callable[..., T], size: int, *args: Any) -> T:
+        """I/O (feature lookups): small batches on the event loop; large ones in a thread,
+        bounded by the timeout."""
+        if size <= self.settings.inline_max_records:
+            return work(*args)
+        return await asyncio.wait_for(run_in_threadpool(work, *args), self.settings.timeout_s)
+
+    def stop_inference(self) -> None:
+        """At shutdown: batches still in line are dropped (their requests are gone)."""
+        if self._inference is not None:
+            self._inference.shutdown(wait=False, cancel_futures=True)
+
+    async def infer(self, work: Callable[..., T], size: int, *args: Any) -> T:
+        """Inference: small batches on the event loop; large ones in the inference threads
+        (`inference_threads`, one by default), in line, bounded by the timeout: a batch
+        still waiting when it passes is cancelled, not run for a client that got its 504."""
+        if size <= self.settings.inline_max_records:
+            return work(*args)
+        if self._inference is None:
+            self._inference = concurrent.futures.ThreadPoolExecutor(
+                self.settings.inference_threads, "inference"
+            )
+        future = asyncio.get_running_loop().run_in_executor(self._inference, work, *args)
+        return await asyncio.wait_for(future, self.settings.timeout_s)
+
+    async def predict(
+        self, body: bytes, request_id: str
+    ) -> tuple[dict[str, Any], Assignment, list[BaseModel]]:
+        """(answer, the models assigned, the valid records: what a shadow model is scored on)."""
+        if self.entities is not None and self.entities.asked_in(body):
+            return await self.predict_entities(body, request_id)
+        if self.features_problem and EntityRequests.markers(self.spec) & set(self._object(body)):
+            raise InputError(503, self.features_problem, [])
+        with self.metrics.timed(self.spec.key, "parse"):
+            if len(body) > PARSE_INLINE_BYTES:  # a big batch must not stall the event loop
+                accepted, invalid = await run_in_threadpool(self.parse, body)
+            else:
+                accepted, invalid = self.parse(body)
+        return await self.answer(accepted, invalid, request_id)
+
+    async def predict_entities(
+        self, body: bytes, request_id: str
+    ) -> tuple[dict[str, Any], Assignment, list[BaseModel]]:
+        """Entity keys in: online features fetched, then the same prediction as for records."""
+        entities = self.entities
+        assert entities is not None
+        payload = self._object(body)
+        rows, invalid = entities.parse(payload, self.settings.max_records)
+        fetched = await self.run(entities.fetch, len(rows), [row for _, row in rows])
+        sent_as = next(iter(payload))  # parse accepts exactly one field
+        accepted, extras = entities.records(rows, fetched, invalid, self.record_model, sent_as)
+        response, assignment, records = await self.answer(accepted, invalid, request_id)
+        for index, extra in extras.items():
+            response["predictions"][index] |= extra
+        response["feature_service"] = entities.online.service_name
+        stale = sum(1 for extra in extras.values() if extra["stale"])
+        if stale:
+            response["stale_records"] = stale
+        return response, assignment, records
+
+    async def entity_feeds(
+        self, model: LoadedModel, rows: list[dict[str, Any]]
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """OIP v2 with entity keys: tensors of the online features (every entity must be known)."""
+        entities = self.entities
+        if entities is None:
+            raise InputError(503, self.features_problem or "no feature store", [])
+        parsed, invalid = entities.parse({"entities": rows}, self.settings.max_records)
+        if invalid:  # a tensor request is all or nothing
+            raise InputError(400, "invalid entity rows", [e for v in invalid.values() for e in v])
+        fetched = await self.run(entities.fetch, len(parsed), [row for _, row in parsed])
+        accepted, extras = entities.records(parsed, fetched, invalid, self.record_model)
+        if invalid:
+            detail = [e for v in invalid.values() for e in v]
+            status = 404 if all(e.get("status") == 404 for e in detail) else 400
+            raise InputError(status, f"{len(invalid)} of {len(rows)} entities unservable", detail)
+        stale = [extras[i][entities.key] for i in sorted(extras) if extras[i]["stale"]]
+        looked_up = {"feature_service": entities.online.service_name, "stale_entities": stale}
+        return model.feeds([record for _, record in accepted]), looked_up
+
+    async def answer(
+        self, accepted: list[tuple[int, BaseModel]], invalid: dict[int, Any], request_id: str
+    ) -> tuple[dict[str, Any], Assignment, list[BaseModel]]:
+        """Predict the accepted records; answers in request order, errors in place."""
+        assignment = self.lineup.assign(request_id)
+        model = assignment.serving
+        records = [record for _, record in accepted]
+        with self.metrics.timed(self.spec.key, "inference"):
+            chunk = self.settings.inference_chunk
+            result = await self.infer(lambda: model.predict(records, chunk), len(records))
+            self.observe(model, result, len(records) + len(invalid), "/predict")
+            answers: list[Any] = [None] * (len(accepted) + len(invalid))
+            for (index, _), prediction in zip(accepted, model.format(result), strict=True):
+                answers[index] = prediction
+        for index, errors in invalid.items():
+            answers[index] = {"error": errors}
+        response: dict[str, Any] = {
+            "model": model.name,
+            "version": model.version,
+            "alias": model.alias,
+            "request_id": request_id,
+            "predictions": answers,
+        }
+        if invalid:
+            response["invalid_records"] = len(invalid)
+        return response, assignment, records
+
+    def _logged(self, predictions: int, seconds: float, error: Exception | None) -> None:
+        key = (self.spec.key,)
+        metrics = self.metrics
+        metrics.observe(metrics.child(metrics.log_flush, key), seconds)
+        if error is None:
+            metrics.inc(metrics.child(metrics.log_rows, key), predictions)
+        else:
+            metrics.inc(metrics.child(metrics.log_errors, key))
+
+    async def log_records(self, answer: dict[str, Any], records: list[BaseModel]) -> None:
+        """Store a /predict answer's predictions; returns once they are committed."""
+        if self.prediction_log.enabled:
+            with self.metrics.timed(self.spec.key, "log"):
+                max_bytes = self.prediction_log.max_bytes
+                row = record_row(answer, records, "/predict", time.time(), max_bytes)
+                await self.prediction_log.append([row])
+
+    async def log_tensors(
+        self,
+        model: LoadedModel,
+        feeds: dict[str, np.ndarray],
+        result: dict[str, np.ndarray],
+        request_id: str,
+    ) -> None:
+        """Store an OIP v2 request's predictions; returns once they are committed."""
+        if not self.prediction_log.enabled:
+            return
+        try:
+            predictions = model.format(result)
+        except KeyError:  # the client asked for some outputs only: log those
+            size = len(next(iter(result.values())))
+            predictions = [{n: v[i].tolist() for n, v in result.items()} for i in range(size)]
+        head = (time.time(), request_id, model.name, model.version, model.alias, "/v2/infer")
+        await self.prediction_log.append([tensor_row(head, feeds, predictions)])
+
+    def observe(self, model: LoadedModel, result: dict[str, Any], size: int, path: str) -> None:
+        scores, labels = model.summary(result)
+        self.metrics.observe(self.metrics.child(self.metrics.batch, (model.name, path)), size)
+        self.metrics.observe_predictions(model.name, model.version, model.alias, scores, labels)
+
+    def score_shadow(
+        self, assignment: Assignment, records: list[BaseModel], request_id: str, served: list[Any]
+    ) -> None:
+        """Score the challenger on the same records and log both answers (after the response)."""
+        shadow = assignment.shadow
+        assert shadow is not None
+        try:
+            predictions = shadow.format(shadow.predict(records, self.settings.inference_chunk))
+        except Exception:  # the challenger must never affect the answered request
+            shadow_log.exception(
+                "shadow %s v%s failed on %s", shadow.name, shadow.version, request_id
+            )
+            return
+        champion = [p for p in served if "error" not in p]
+        for ours, theirs in zip(champion, predictions, strict=True):
+            agreement = (
+                "same"
+                if ours.get("label", ours.get("value")) == theirs.get("label", theirs.get("value"))
+                else "different"
+            )
+            self.metrics.child(self.metrics.shadow, (shadow.name, shadow.version, agreement)).inc()
+        answer = {"request_id": request_id, "model": shadow.name, "version": shadow.version}
+        row = record_row(
+            answer | {"alias": shadow.alias, "predictions": predictions},
+            records,
+            "shadow",
+            time.time(),
+            self.prediction_log.max_bytes,
+        )
+        self.prediction_log.append_threadsafe([row])  # after the response: nothing to hold up
+        shadow_log.info(
+            "%s",
+            orjson.dumps(
+                {
+                    "request_id": request_id,
+                    "model": shadow.name,
+                    "champion": {
+                        "version": assignment.serving.version,
+                        "predictions": champion,
+                    },
+                    "challenger": {"version": shadow.version, "predictions": predictions},
+                }
+            ).decode(),
+        )

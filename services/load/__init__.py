@@ -1,2 +1,0 @@
-"""Load tests: the locustfile (a user class per model) and `python -m services.load`, the
-headless run with SLO thresholds that `make load` starts."""

@@ -1,0 +1,126 @@
+"""One example prediction per model from the running local stack (`make serve` prints it)."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+
+from contract import paths
+from contract.catalog import load_catalog
+from contract.paths import ROOT
+from services.tools.examples import as_entities, as_records
+from services.tools.stack import BASE_PORT, TRITON_PORTS
+
+
+def summary(prediction: dict[str, Any], positive: str) -> str:
+    if "value" in prediction:
+        return f"value {prediction['value']:,.2f}"
+    if "forecast" in prediction:  # the horizon's steps
+        steps = prediction["forecast"]
+        return f"forecast of {len(steps)} steps, {min(steps):,.2f} to {max(steps):,.2f}"
+    if "recommendations" in prediction:  # the top of the list
+        top = prediction["recommendations"][0] if prediction["recommendations"] else {}
+        names = [str(v) for k, v in top.items() if k != "score"]
+        kind = "popular (fallback)" if prediction["fallback"] else "personalised"
+        return f"{len(prediction['recommendations'])} {kind}, first {' '.join(names)}"
+    if "results" in prediction:  # the best match
+        results = prediction["results"]
+        if not results:
+            return "no results"
+        best = results[0]
+        text = best["text"][:60] + ("..." if len(best["text"]) > 60 else "")
+        return f"{len(results)} results, best {best['score']:.3f}: {text!r}"
+    if "probability" in prediction:
+        return f"{prediction['label']} (P({positive}) = {prediction['probability']:.3f})"
+    if "distance" in prediction:
+        return f"{prediction['label']} (distance {prediction['distance']:.3f})"
+    if "score" in prediction:
+        score, threshold = prediction["score"], prediction["threshold"]
+        return f"{prediction['label']} (score {score:.3f}, threshold {threshold:.3f})"
+    top = max(prediction["probabilities"].values())
+    return f"{prediction['label']} (P = {top:.3f})"
+
+
+def show(key: str, body: dict[str, Any], url: str, positive: str) -> bool:
+    first = body["records"][0] if "records" in body else body
+    shown = {k: ("<28x28 pixels>" if k == "image" else v) for k, v in first.items()}
+    text = json.dumps(shown)
+    print(f"\n{key}  POST {url}/predict  {text[:110]}{'...' if len(text) > 110 else ''}")
+    try:
+        response = httpx.post(f"{url}/predict", json=body, timeout=30)
+    except httpx.TransportError as exc:
+        print(f"  not answering: {exc}")
+        return False
+    if response.status_code != 200:
+        print(f"  {response.status_code}: {response.text[:300]}")
+        return False
+    body = response.json()
+    first = body["predictions"][0]
+    served = f"[v{body['version']} @{body['alias']}"
+    if "feature_service" in body:  # entity-keyed: which features, and how fresh
+        served += f", {body['feature_service']} of {first['feature_time'][:10]}"
+        served += ", stale" if first["stale"] else ""
+    print(f"  -> {summary(first, positive)}   {served}]")
+    return True
+
+
+def triton(key: str, record: dict[str, Any], classes: list[str], root: Path = ROOT) -> bool:
+    """The same input through PyTriton, with tritonclient over HTTP and gRPC: an image's
+    label, or a search encoder's embedding (the client tokenizes)."""
+    import numpy as np
+    import tritonclient.grpc as grpc
+    import tritonclient.http as http
+
+    from contract.search import encoder_inputs, graph_tokenizer
+
+    if "image" in record:
+        feeds = {"image": np.array([record["image"]], dtype=np.uint8)}
+        output = "label"
+    else:
+        (text,) = record.values()
+        feeds = encoder_inputs(graph_tokenizer(paths.onnx_model(key, root)), [text])
+        output = "embedding"
+    answers = []
+    for module, port in ((http, TRITON_PORTS["http"]), (grpc, TRITON_PORTS["grpc"])):
+        tensors = []
+        for name, array in feeds.items():
+            tensor = module.InferInput(
+                name, list(array.shape), "UINT8" if name == "image" else "INT64"
+            )
+            tensor.set_data_from_numpy(array)
+            tensors.append(tensor)
+        client = module.InferenceServerClient(f"127.0.0.1:{port}")
+        answers.append(client.infer(key, tensors).as_numpy(output))
+    if output == "label":
+        shown = [classes[int(a.reshape(-1)[0])] for a in answers]
+        same = shown[0] == shown[1]
+    else:
+        shown = [f"embedding of {a.shape[-1]}" for a in answers]
+        same = bool(np.allclose(answers[0], answers[1], atol=1e-5))
+    print(
+        f"  Triton (PyTriton) HTTP :{TRITON_PORTS['http']} / gRPC :{TRITON_PORTS['grpc']}"
+        f" -> {shown[0]} / {shown[1]}"
+    )
+    return same
+
+
+def main(root: Path = ROOT) -> int:
+    """Exit 0 when every model (and Triton) answered."""
+    ok = True
+    for index, (key, spec) in enumerate(load_catalog().items()):
+        frame = pd.read_parquet(paths.split_dir(key, root) / "test.parquet").head(1)
+        (record,) = as_records(frame, spec)
+        positive = spec.class_names[-1] if spec.class_names else ""  # a binary P(positive)
+        url = f"http://127.0.0.1:{BASE_PORT + index}"
+        ok &= show(key, {"records": [record]}, url, positive)
+        if spec.features is not None:  # the same row by entity key, features from Feast
+            ok &= show(key, as_entities(frame, spec), url, positive)
+        if spec.triton is not None:
+            try:
+                ok &= triton(key, record, spec.class_names, root)
+            except Exception as exc:  # the demo reports, it does not crash
+                print(f"  Triton not answering: {exc}")
+                ok = False
+    return 0 if ok else 1
