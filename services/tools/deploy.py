@@ -109,7 +109,7 @@ def locust_command(host: str = f"http://proxy:{PROXY_PORT}") -> list[str]:
 
 
 @dataclass(frozen=True)
-class Route:
+class ProxyRoute:
     """A /prefix/ of the proxy and the upstream it goes to."""
 
     name: str
@@ -117,10 +117,10 @@ class Route:
     address: str
 
 
-def routes(addresses: dict[str, str]) -> list[Route]:
+def routes(addresses: dict[str, str]) -> list[ProxyRoute]:
     """The proxy's routes: a model's key (or `drift`) -> its "host:port"."""
     return [
-        Route(name, f"/models/{name}/" if name != "drift" else "/drift/", address)
+        ProxyRoute(name, f"/models/{name}/" if name != "drift" else "/drift/", address)
         for name, address in addresses.items()
     ]
 
