@@ -29,7 +29,7 @@ from services.api.predlog import (
     records_of,
     table,
 )
-from services.drift import app, detect
+from services.drift import detect, service
 from services.drift.settings import DriftSettings
 from tests.conftest import CATALOG
 
@@ -274,9 +274,9 @@ class Stop(Exception):
     pass
 
 
-def drift_state(url: str, **settings: Any) -> app.Drift:
+def drift_state(url: str, **settings: Any) -> service.Drift:
     """What Drift.schedule and prune_log use, without a registry or a catalog."""
-    drift = app.Drift.__new__(app.Drift)
+    drift = service.Drift.__new__(service.Drift)
     drift.settings = DriftSettings(prediction_log=url, **settings)
     drift.specs, drift.events = {}, deque()
     return drift

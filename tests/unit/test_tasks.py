@@ -70,7 +70,6 @@ def test_services_import_no_training_code() -> None:
         assert not wrong, f"{path.relative_to(ROOT)} imports {sorted(wrong)}"
 
 
-
 def test_the_request_path_imports_no_tooling() -> None:
     """What the containers run (services/*.py, api/, drift/) leaves services/tools/ out: the
     stack, the demo, the generators, the benchmark and the load test are not on a request's
@@ -79,6 +78,7 @@ def test_the_request_path_imports_no_tooling() -> None:
     for path in [*served, *(ROOT / "services" / "drift").rglob("*.py")]:
         wrong = {m for m in imported_modules(path) if m.startswith("services.tools")}
         assert not wrong, f"{path.relative_to(ROOT)} imports {sorted(wrong)}"
+
 
 @pytest.mark.parametrize("key", sorted(CATALOG))
 def test_labels_and_class_names_agree(key: str) -> None:
