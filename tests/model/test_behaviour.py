@@ -8,6 +8,8 @@ import onnxruntime as ort
 import pandas as pd
 import pytest
 
+from contract import paths
+from contract.catalog import ModelSpec
 from contract.feeds import onnx_feeds
 from pipelines.export import check_parity, describe, onnx_predict, open_session
 from pipelines.models import get_project
@@ -250,13 +252,29 @@ def test_fashion_classifier_beats_chance_and_is_flip_invariant() -> None:
     assert agreement > 0.85  # trained with flips: a mirrored garment is the same garment
 
 
+def served_metadata(
+    flavor: Any, model: Any, spec: ModelSpec, train: pd.DataFrame, root: Path
+) -> dict[str, str]:
+    """What the export stage adds to the graph for the service (a segmentation's segment
+    profiles): the flavor's `metadata`, on the training split written where the stage reads it."""
+    found = getattr(flavor, "metadata", None)
+    if found is None:
+        return {}
+    paths.split_dir(spec.key, root).mkdir(parents=True)
+    train.to_parquet(paths.split_dir(spec.key, root) / "train.parquet")
+    extra: dict[str, str] = found(model, spec, root)
+    return extra
+
+
 @pytest.mark.parametrize("key", KEYS)
-def test_onnx_graph_reproduces_the_native_model(key: str) -> None:
+def test_onnx_graph_reproduces_the_native_model(key: str, tmp_path: Path) -> None:
     spec, model = trained(key)
     flavor = get_project(key).FLAVOR
-    _, _, test = prepared(key)
+    _, train, test = prepared(key)
     sample = test.head(300)
-    graph = describe(flavor.to_onnx(model, spec), spec)
+    # the graph as the stage exports it (a segmentation is served only with its profiles)
+    extra = served_metadata(flavor, model, spec, train, tmp_path)
+    graph = describe(flavor.to_onnx(model, spec), spec, extra=extra)
     session = open_session(graph, spec, getattr(model, "directory", Path()))  # a search's index
     assert (
         check_parity(flavor.predict(model, sample, spec), onnx_predict(session, sample, spec), spec)
