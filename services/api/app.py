@@ -131,16 +131,17 @@ def document_model(app: FastAPI, service: ModelService) -> None:
     original = app.openapi
 
     def openapi() -> dict[str, Any]:
-        if app.openapi_schema is not None:
-            return app.openapi_schema
-        document = original()
+        document = original()  # FastAPI's, made once and cached: the changes below are too
         document.setdefault("components", {}).setdefault("schemas", {}).update(definitions)
         document["paths"][predict.PATH]["post"]["requestBody"] = body
-        for path, operations in document["paths"].items():
-            for operation in operations.values() if path.startswith("/v2/models/") else ():
-                for parameter in operation.get("parameters", []):
-                    if parameter["name"] == "name":
-                        parameter["schema"]["enum"] = [service.spec.key]
+        v2 = [
+            op
+            for path, ops in document["paths"].items()
+            if path.startswith("/v2/models/")
+            for op in ops.values()
+        ]
+        for parameter in (p for op in v2 for p in op.get("parameters", []) if p["name"] == "name"):
+            parameter["schema"]["enum"] = [service.spec.key]
         return document
 
     app.openapi = openapi  # type: ignore[method-assign]
