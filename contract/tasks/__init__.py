@@ -110,6 +110,15 @@ class Task(Protocol):
     def payload(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Held-out records as a load test sends them."""
 
+    def outcome(self, spec: "ModelSpec") -> Any:
+        """The type of one true outcome sent back for a served record (`/feedback`), as a
+        pydantic annotation; None where the task has no ground truth to send back."""
+
+    def performance(
+        self, spec: "ModelSpec", predictions: list[dict[str, Any]], outcomes: list[Any]
+    ) -> dict[str, float]:
+        """The task's metrics over served predictions (as logged) and their outcomes."""
+
 
 TASKS: dict[str, ModuleType] = {
     "regression": regression,

@@ -21,6 +21,7 @@ from contract.tasks.common import (
     two_valued,
 )
 from contract.tasks.common import no_payload_change as payload
+from contract.tasks.outcomes import class_indices, label_outcome, labelled_score
 
 if TYPE_CHECKING:
     from contract.catalog import ModelSpec
@@ -126,3 +127,18 @@ decisive = decisive_probabilities
 def native(outputs: dict[str, np.ndarray], frame: pd.DataFrame, spec: "ModelSpec") -> np.ndarray:
     """The native prediction from the graph's JUDGED_OUTPUTS."""
     return output_as_native(outputs, "score", vector=True)
+
+
+def outcome(spec: "ModelSpec") -> Any:
+    """What it was: the class name (or 0 / 1)."""
+    return label_outcome(class_names(spec))
+
+
+def performance(
+    spec: "ModelSpec", predictions: list[dict[str, Any]], outcomes: list[Any]
+) -> dict[str, float]:
+    """`score` of the served scores, at the threshold each answer carries."""
+    scores = np.asarray([p["score"] for p in predictions], dtype=np.float64)
+    threshold = float(predictions[-1]["threshold"])  # one version: one threshold
+    y = class_indices(outcomes, class_names(spec))
+    return labelled_score(score, spec, y, scores, threshold)

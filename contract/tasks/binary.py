@@ -22,6 +22,7 @@ from contract.tasks.common import (
     whole_graph_card,
 )
 from contract.tasks.common import no_payload_change as payload
+from contract.tasks.outcomes import class_indices, label_outcome, labelled_score, served_threshold
 
 if TYPE_CHECKING:
     from contract.catalog import ModelSpec
@@ -121,3 +122,20 @@ decisive = decisive_probabilities
 def native(outputs: dict[str, np.ndarray], frame: pd.DataFrame, spec: "ModelSpec") -> np.ndarray:
     """The native prediction from the graph's JUDGED_OUTPUTS."""
     return output_as_native(outputs, "probabilities", vector=False)
+
+
+def outcome(spec: "ModelSpec") -> Any:
+    """What happened: the class name (or 0 / 1)."""
+    return label_outcome(class_names(spec))
+
+
+def performance(
+    spec: "ModelSpec", predictions: list[dict[str, Any]], outcomes: list[Any]
+) -> dict[str, float]:
+    """`score` of the served P(positive), decided as served, against the outcomes."""
+    names = class_names(spec)
+    positive = np.asarray([p["probability"] for p in predictions], dtype=np.float64)
+    flagged = np.asarray([p["label"] == names[1] for p in predictions])
+    threshold = served_threshold(positive, flagged)
+    probabilities = np.column_stack([1 - positive, positive])
+    return labelled_score(score, spec, class_indices(outcomes, names), probabilities, threshold)

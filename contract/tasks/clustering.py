@@ -19,11 +19,13 @@ from contract.tasks.common import (
     two_valued,
 )
 from contract.tasks.common import no_payload_change as payload
+from contract.tasks.outcomes import no_outcome as outcome
+from contract.tasks.outcomes import no_performance as performance
 
 if TYPE_CHECKING:
     from contract.catalog import ModelSpec
 
-__all__ = ["payload"]
+__all__ = ["outcome", "payload", "performance"]
 SUPERVISED, STRATIFIED, LABELS_SERVED = False, True, True
 NATIVE = "distances"  # to each segment's centre; the nearest is its own
 RELATIVE_PARITY = False

@@ -20,6 +20,7 @@ from contract.tasks.common import (
     whole_graph_card,
 )
 from contract.tasks.common import no_payload_change as payload
+from contract.tasks.outcomes import quietly, series_outcome
 
 if TYPE_CHECKING:
     from contract.catalog import ModelSpec
@@ -122,3 +123,16 @@ decisive = no_margin
 def native(outputs: dict[str, np.ndarray], frame: pd.DataFrame, spec: "ModelSpec") -> np.ndarray:
     """The native prediction from the graph's JUDGED_OUTPUTS."""
     return output_as_native(outputs, "forecast", vector=False)
+
+
+def outcome(spec: "ModelSpec") -> Any:
+    """The observed series over the horizon after the origin."""
+    return series_outcome(spec.target.horizon or 0)
+
+
+def performance(
+    spec: "ModelSpec", predictions: list[dict[str, Any]], outcomes: list[Any]
+) -> dict[str, float]:
+    """`score` of the served forecasts against what was observed."""
+    forecasts = np.asarray([p["forecast"] for p in predictions], dtype=np.float64)
+    return quietly(score, spec, np.asarray(outcomes, dtype=np.float64), forecasts)

@@ -20,6 +20,7 @@ from contract.tasks.common import (
     whole_graph_card,
 )
 from contract.tasks.common import no_payload_change as payload
+from contract.tasks.outcomes import class_indices, label_outcome, labelled_score
 
 if TYPE_CHECKING:
     from contract.catalog import ModelSpec
@@ -124,3 +125,17 @@ decisive = decisive_probabilities
 def native(outputs: dict[str, np.ndarray], frame: pd.DataFrame, spec: "ModelSpec") -> np.ndarray:
     """The native prediction from the graph's JUDGED_OUTPUTS."""
     return output_as_native(outputs, "probabilities", vector=False)
+
+
+def outcome(spec: "ModelSpec") -> Any:
+    """What it was: the class name (or its index)."""
+    return label_outcome(class_names(spec))
+
+
+def performance(
+    spec: "ModelSpec", predictions: list[dict[str, Any]], outcomes: list[Any]
+) -> dict[str, float]:
+    """`score` of the served class probabilities against the outcomes."""
+    names = class_names(spec)
+    probabilities = np.asarray([[p["probabilities"][n] for n in names] for p in predictions])
+    return labelled_score(score, spec, class_indices(outcomes, names), probabilities, None)

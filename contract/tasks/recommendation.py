@@ -17,6 +17,7 @@ from contract.tasks.common import (
     whole_graph_card,
 )
 from contract.tasks.common import no_payload_change as payload
+from contract.tasks.outcomes import at_k, items_outcome
 
 if TYPE_CHECKING:
     from contract.catalog import ModelSpec
@@ -137,3 +138,18 @@ def native(outputs: dict[str, np.ndarray], frame: pd.DataFrame, spec: "ModelSpec
     column = np.where(known, position, 0)
     ratings = np.take_along_axis(outputs["ratings"], column[:, None], axis=1)[:, 0]
     return np.where(known, ratings, outputs["baseline"]).astype(np.float64)
+
+
+def outcome(spec: "ModelSpec") -> Any:
+    """The items (`target.item` ids) the user chose after the recommendation."""
+    return items_outcome()
+
+
+def performance(
+    spec: "ModelSpec", predictions: list[dict[str, Any]], outcomes: list[Any]
+) -> dict[str, float]:
+    """The served ranking against the items chosen: precision, recall and hit rate at k
+    (precision_at_k as the evaluate stage reports it for held-out ratings), MRR."""
+    item = spec.target.item
+    ranked = [[str(r[item]) for r in p["recommendations"]] for p in predictions]
+    return at_k(ranked, outcomes, int(spec.params["top_k"]))

@@ -17,6 +17,7 @@ from contract.tasks.common import (
     whole_graph_card,
 )
 from contract.tasks.common import no_payload_change as payload
+from contract.tasks.outcomes import quietly, value_outcome
 
 if TYPE_CHECKING:
     from contract.catalog import ModelSpec
@@ -96,3 +97,16 @@ decisive = no_margin
 def native(outputs: dict[str, np.ndarray], frame: pd.DataFrame, spec: "ModelSpec") -> np.ndarray:
     """The native prediction from the graph's JUDGED_OUTPUTS."""
     return output_as_native(outputs, "prediction", vector=True)
+
+
+def outcome(spec: "ModelSpec") -> Any:
+    """The true value (positive where the model is fitted on its logarithm)."""
+    return value_outcome(positive=spec.target.transform == "log")
+
+
+def performance(
+    spec: "ModelSpec", predictions: list[dict[str, Any]], outcomes: list[Any]
+) -> dict[str, float]:
+    """`score` of the served values against the true ones."""
+    values = np.asarray([p["value"] for p in predictions], dtype=np.float64)
+    return quietly(score, spec, np.asarray(outcomes, dtype=np.float64), values)

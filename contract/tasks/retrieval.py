@@ -20,6 +20,7 @@ from contract.tasks.common import (
     positive_flags,
     two_valued,
 )
+from contract.tasks.outcomes import at_k, items_outcome
 
 if TYPE_CHECKING:
     from contract.catalog import ModelSpec
@@ -143,3 +144,17 @@ def serve(session: Any, directory: Path) -> Any:
         return RetrievalSession(session, Corpus.open(directory))
     except (OSError, RuntimeError, ValueError) as exc:  # faiss raises RuntimeError
         raise ValueError(f"cannot open its search index ({exc})") from exc
+
+
+def outcome(spec: "ModelSpec") -> Any:
+    """The documents (`target.item` ids) relevant to the query, as a person judged them."""
+    return items_outcome()
+
+
+def performance(
+    spec: "ModelSpec", predictions: list[dict[str, Any]], outcomes: list[Any]
+) -> dict[str, float]:
+    """The results against the relevant documents: precision, recall, hit rate at k, MRR."""
+    item = spec.target.item
+    ranked = [[str(r[item]) for r in p["results"]] for p in predictions]
+    return at_k(ranked, outcomes, int(spec.params["top_k"]))

@@ -1,0 +1,117 @@
+"""What several task kinds share about ground truth that comes back after serving.
+
+A served prediction's true outcome arrives later through the service's `/feedback` (a
+label, a value, a series, the items a user chose). Each task says what one outcome looks
+like (`outcome`: a pydantic type, so the service's 400 names what was expected) and how
+its metrics are computed over logged predictions and their outcomes (`performance`): the
+same `score` the evaluate stage reports, so a live metric and the registered one compare.
+"""
+
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import AfterValidator, Field, StrictInt, StrictStr
+
+from contract.tasks.common import decided
+
+# the items of one ranked outcome (chosen or relevant ids): a bound on what one call stores
+MAX_ITEMS = 1000
+Score = Callable[..., dict[str, float]]
+
+
+def label_outcome(names: list[str]) -> Any:
+    """A class: its name as the service answers it, or its index in label order (0/1 for a
+    binary target); stored as the name."""
+
+    def named(value: str | int) -> str:
+        return names[value] if isinstance(value, int) else value
+
+    by_name = Literal[tuple(names)]  # type: ignore[valid-type]
+    by_index = Literal[tuple(range(len(names)))]  # type: ignore[valid-type]
+    return Annotated[by_name | by_index, AfterValidator(named)]
+
+
+def value_outcome(positive: bool) -> Any:
+    """A finite number (positive where the model is fitted on its logarithm)."""
+    return Annotated[float, Field(allow_inf_nan=False, gt=0 if positive else None)]
+
+
+def series_outcome(length: int) -> Any:
+    """The observed series over the horizon: `length` finite numbers."""
+    step = Annotated[float, Field(allow_inf_nan=False)]
+    return Annotated[list[step], Field(min_length=length, max_length=length)]
+
+
+def items_outcome() -> Any:
+    """Item or document ids (the ones a user chose, or that are relevant), 1..MAX_ITEMS."""
+    return Annotated[list[StrictInt | StrictStr], Field(min_length=1, max_length=MAX_ITEMS)]
+
+
+def class_indices(outcomes: Sequence[Any], names: list[str]) -> np.ndarray:
+    """Outcomes (names, as stored, or indices) as class indices."""
+    order: dict[Any, int] = {name: i for i, name in enumerate(names)}
+    order |= {i: i for i in range(len(names))}
+    return np.asarray([order[o] for o in outcomes], dtype=np.int64)
+
+
+def labelled_score(
+    score: Score, spec: Any, y: np.ndarray, predicted: np.ndarray, threshold: float | None
+) -> dict[str, float]:
+    """A classifier's `score` over a labelled window. With one class only, the ranking
+    metrics (AUC, log loss, F1) are undefined: only the share decided right is."""
+    if len(np.unique(y)) < 2:
+        return {"accuracy": round(float((decided(predicted, threshold) == y).mean()), 6)}
+    return quietly(score, spec, y, predicted, threshold)
+
+
+def quietly(
+    score: Score, spec: Any, y: np.ndarray, predicted: np.ndarray, threshold: float | None = None
+) -> dict[str, float]:
+    """`score` over a window of outcomes: what a small window leaves undefined (R² of one
+    value, a class never predicted) is left out rather than warned about; a threshold is a
+    setting, not a metric."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = score(spec, y, predicted, threshold)
+    return {k: v for k, v in result.items() if k != "threshold" and np.isfinite(v)}
+
+
+def served_threshold(positive: np.ndarray, flagged: np.ndarray) -> float:
+    """A threshold that reproduces the served decisions (`flagged`: P(positive) >= the
+    model's own threshold, which the log does not carry): the least flagged probability,
+    or past every probability where none was flagged."""
+    if flagged.any():
+        return float(positive[flagged].min())
+    return float(np.nextafter(positive.max(initial=1.0), np.inf))
+
+
+def at_k(ranked: Sequence[list[str]], wanted: Sequence[Any], k: int) -> dict[str, float]:
+    """precision@k, recall@k, hit rate@k and MRR of ranked id lists against the wanted ids."""
+    precision, recall, hits, reciprocal = [], [], [], []
+    for ids, chosen in zip(ranked, wanted, strict=True):
+        good = {str(item) for item in chosen}
+        top = ids[:k]
+        found = [i for i, item in enumerate(top) if item in good]
+        precision.append(len(found) / k)
+        recall.append(len(found) / len(good))
+        hits.append(bool(found))
+        reciprocal.append(1 / (found[0] + 1) if found else 0.0)
+    return {
+        f"precision_at_{k}": round(float(np.mean(precision)), 6),
+        f"recall_at_{k}": round(float(np.mean(recall)), 6),
+        f"hit_rate_at_{k}": round(float(np.mean(hits)), 6),
+        "mrr": round(float(np.mean(reciprocal)), 6),
+    }
+
+
+def no_outcome(spec: Any) -> None:
+    """A task with no ground truth to send back (segments are found, not known)."""
+    return None
+
+
+def no_performance(
+    spec: Any, predictions: Sequence[Any], outcomes: Sequence[Any]
+) -> dict[str, float]:
+    return {}
