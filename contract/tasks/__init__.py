@@ -119,6 +119,9 @@ class Task(Protocol):
     ) -> dict[str, float]:
         """The task's metrics over served predictions (as logged) and their outcomes."""
 
+    def true_outcomes(self, frame: pd.DataFrame, spec: "ModelSpec") -> list[Any]:
+        """Held-out rows' targets as /feedback takes them ([] where the task takes none)."""
+
 
 TASKS: dict[str, ModuleType] = {
     "regression": regression,

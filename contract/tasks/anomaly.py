@@ -21,7 +21,7 @@ from contract.tasks.common import (
     two_valued,
 )
 from contract.tasks.common import no_payload_change as payload
-from contract.tasks.outcomes import class_indices, label_outcome, labelled_score
+from contract.tasks.outcomes import class_indices, label_outcome, labelled_score, named_outcomes
 
 if TYPE_CHECKING:
     from contract.catalog import ModelSpec
@@ -142,3 +142,8 @@ def performance(
     threshold = float(predictions[-1]["threshold"])  # one version: one threshold
     y = class_indices(outcomes, class_names(spec))
     return labelled_score(score, spec, y, scores, threshold)
+
+
+def true_outcomes(frame: pd.DataFrame, spec: "ModelSpec") -> list[Any]:
+    """Held-out rows' targets as /feedback takes them (the load test, the loop demo)."""
+    return named_outcomes(encode_target(frame[spec.target.column], spec), class_names(spec))

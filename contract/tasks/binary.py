@@ -22,7 +22,13 @@ from contract.tasks.common import (
     whole_graph_card,
 )
 from contract.tasks.common import no_payload_change as payload
-from contract.tasks.outcomes import class_indices, label_outcome, labelled_score, served_threshold
+from contract.tasks.outcomes import (
+    class_indices,
+    label_outcome,
+    labelled_score,
+    named_outcomes,
+    served_threshold,
+)
 
 if TYPE_CHECKING:
     from contract.catalog import ModelSpec
@@ -139,3 +145,8 @@ def performance(
     threshold = served_threshold(positive, flagged)
     probabilities = np.column_stack([1 - positive, positive])
     return labelled_score(score, spec, class_indices(outcomes, names), probabilities, threshold)
+
+
+def true_outcomes(frame: pd.DataFrame, spec: "ModelSpec") -> list[Any]:
+    """Held-out rows' targets as /feedback takes them (the load test, the loop demo)."""
+    return named_outcomes(encode_target(frame[spec.target.column], spec), class_names(spec))

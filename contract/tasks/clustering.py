@@ -20,12 +20,13 @@ from contract.tasks.common import (
 )
 from contract.tasks.common import no_payload_change as payload
 from contract.tasks.outcomes import no_outcome as outcome
+from contract.tasks.outcomes import no_outcomes as true_outcomes
 from contract.tasks.outcomes import no_performance as performance
 
 if TYPE_CHECKING:
     from contract.catalog import ModelSpec
 
-__all__ = ["outcome", "payload", "performance"]
+__all__ = ["outcome", "payload", "performance", "true_outcomes"]
 SUPERVISED, STRATIFIED, LABELS_SERVED = False, True, True
 NATIVE = "distances"  # to each segment's centre; the nearest is its own
 RELATIVE_PARITY = False

@@ -136,3 +136,8 @@ def performance(
     """`score` of the served forecasts against what was observed."""
     forecasts = np.asarray([p["forecast"] for p in predictions], dtype=np.float64)
     return quietly(score, spec, np.asarray(outcomes, dtype=np.float64), forecasts)
+
+
+def true_outcomes(frame: pd.DataFrame, spec: "ModelSpec") -> list[Any]:
+    """Held-out rows' targets as /feedback takes them (the load test, the loop demo)."""
+    return list(series(frame[spec.target.column]).tolist())

@@ -20,7 +20,7 @@ from contract.tasks.common import (
     whole_graph_card,
 )
 from contract.tasks.common import no_payload_change as payload
-from contract.tasks.outcomes import class_indices, label_outcome, labelled_score
+from contract.tasks.outcomes import class_indices, label_outcome, labelled_score, named_outcomes
 
 if TYPE_CHECKING:
     from contract.catalog import ModelSpec
@@ -139,3 +139,8 @@ def performance(
     names = class_names(spec)
     probabilities = np.asarray([[p["probabilities"][n] for n in names] for p in predictions])
     return labelled_score(score, spec, class_indices(outcomes, names), probabilities, None)
+
+
+def true_outcomes(frame: pd.DataFrame, spec: "ModelSpec") -> list[Any]:
+    """Held-out rows' targets as /feedback takes them (the load test, the loop demo)."""
+    return named_outcomes(encode_target(frame[spec.target.column], spec), class_names(spec))

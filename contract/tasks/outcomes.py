@@ -87,8 +87,11 @@ def served_threshold(positive: np.ndarray, flagged: np.ndarray) -> float:
     return float(np.nextafter(positive.max(initial=1.0), np.inf))
 
 
-def at_k(ranked: Sequence[list[str]], wanted: Sequence[Any], k: int) -> dict[str, float]:
-    """precision@k, recall@k, hit rate@k and MRR of ranked id lists against the wanted ids."""
+def at_k(
+    ranked: Sequence[list[str]], wanted: Sequence[Any], k: int, prefix: str = ""
+) -> dict[str, float]:
+    """precision@k, recall@k, hit rate@k and MRR of ranked id lists against the wanted ids,
+    named with `prefix` where the plain names mean something else in the task's metrics."""
     precision, recall, hits, reciprocal = [], [], [], []
     for ids, chosen in zip(ranked, wanted, strict=True):
         good = {str(item) for item in chosen}
@@ -99,16 +102,30 @@ def at_k(ranked: Sequence[list[str]], wanted: Sequence[Any], k: int) -> dict[str
         hits.append(bool(found))
         reciprocal.append(1 / (found[0] + 1) if found else 0.0)
     return {
-        f"precision_at_{k}": round(float(np.mean(precision)), 6),
-        f"recall_at_{k}": round(float(np.mean(recall)), 6),
-        f"hit_rate_at_{k}": round(float(np.mean(hits)), 6),
-        "mrr": round(float(np.mean(reciprocal)), 6),
+        f"{prefix}precision_at_{k}": round(float(np.mean(precision)), 6),
+        f"{prefix}recall_at_{k}": round(float(np.mean(recall)), 6),
+        f"{prefix}hit_rate_at_{k}": round(float(np.mean(hits)), 6),
+        f"{prefix}mrr": round(float(np.mean(reciprocal)), 6),
     }
+
+
+def named_outcomes(indices: np.ndarray, names: list[str]) -> list[str]:
+    """Encoded targets (class indices) as the class names /feedback stores."""
+    return [names[int(i)] for i in indices]
+
+
+def item_outcomes(frame: Any, spec: Any) -> list[list[Any]]:
+    """Each held-out row's own item (`target.item`) as the one item wanted."""
+    return [[item] for item in frame[spec.target.item].tolist()]
 
 
 def no_outcome(spec: Any) -> None:
     """A task with no ground truth to send back (segments are found, not known)."""
     return None
+
+
+def no_outcomes(frame: Any, spec: Any) -> list[Any]:
+    return []
 
 
 def no_performance(

@@ -18,11 +18,12 @@ from contract.tasks.common import (
 )
 from contract.tasks.common import no_payload_change as payload
 from contract.tasks.outcomes import at_k, items_outcome
+from contract.tasks.outcomes import item_outcomes as true_outcomes
 
 if TYPE_CHECKING:
     from contract.catalog import ModelSpec
 
-__all__ = ["payload"]
+__all__ = ["payload", "true_outcomes"]
 SUPERVISED, STRATIFIED, LABELS_SERVED = True, True, True
 NATIVE = "values"  # the predicted ratings of the frame's (user, item) pairs
 RELATIVE_PARITY = False

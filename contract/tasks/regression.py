@@ -110,3 +110,8 @@ def performance(
     """`score` of the served values against the true ones."""
     values = np.asarray([p["value"] for p in predictions], dtype=np.float64)
     return quietly(score, spec, np.asarray(outcomes, dtype=np.float64), values)
+
+
+def true_outcomes(frame: pd.DataFrame, spec: "ModelSpec") -> list[Any]:
+    """Held-out rows' targets as /feedback takes them (the load test, the loop demo)."""
+    return [float(v) for v in frame[spec.target.column]]

@@ -21,6 +21,7 @@ from contract.tasks.common import (
     two_valued,
 )
 from contract.tasks.outcomes import at_k, items_outcome
+from contract.tasks.outcomes import item_outcomes as true_outcomes
 
 if TYPE_CHECKING:
     from contract.catalog import ModelSpec
@@ -42,6 +43,7 @@ encode_target = positive_flags
 target_column = two_valued
 labels = no_labels
 
+__all__ = ["true_outcomes"]
 QUERY_WORDS = 20
 
 
@@ -154,7 +156,8 @@ def outcome(spec: "ModelSpec") -> Any:
 def performance(
     spec: "ModelSpec", predictions: list[dict[str, Any]], outcomes: list[Any]
 ) -> dict[str, float]:
-    """The results against the relevant documents: precision, recall, hit rate at k, MRR."""
+    """The results against the relevant documents: precision, recall, hit rate at k, MRR,
+    named relevance_*: the registered recall_at_k is recall against exact search."""
     item = spec.target.item
     ranked = [[str(r[item]) for r in p["results"]] for p in predictions]
-    return at_k(ranked, outcomes, int(spec.params["top_k"]))
+    return at_k(ranked, outcomes, int(spec.params["top_k"]), prefix="relevance_")

@@ -4,18 +4,22 @@
 --   feast        Feast's SQL registry (feature_repo/feature_store.production.yaml)
 --   predictions  the model services' prediction log (services/api/predlog.py)
 -- The owner is POSTGRES_USER (.env), which the entrypoint runs this file as (psql -f, so
--- psql's meta-commands work). The prediction log gets its table, its indexes and a role per
+-- psql's meta-commands work). The prediction log gets its tables (predictions, and feedback:
+-- the true outcomes sent back, services/api/feedback.py), their indexes and a role per
 -- service, each allowed only what that service does:
---   predictions_writer  the model services (SERVE_PREDICTION_LOG): INSERT, nothing else
+--   predictions_writer  the model services (SERVE_PREDICTION_LOG): INSERT into the log;
+--                       POST /feedback's look-up of the logged records (SELECT of four
+--                       columns, never the inputs or outputs) and SELECT, INSERT on feedback
 --   predictions_drift   the drift service (DRIFT_PREDICTION_LOG): SELECT, and DELETE for
---                       the retention (DRIFT_LOG_RETENTION_S, DRIFT_LOG_MAX_ROWS)
+--                       the retention (DRIFT_LOG_RETENTION_S, DRIFT_LOG_MAX_ROWS), on both
 -- Their passwords come from the environment, as POSTGRES_PASSWORD does:
 -- PREDICTIONS_WRITER_PASSWORD and PREDICTIONS_DRIFT_PASSWORD (a role whose variable is unset
 -- or empty cannot log in). Every step is idempotent: on an existing volume, rerun it as the
 --   docker compose exec -e PREDICTIONS_WRITER_PASSWORD -e PREDICTIONS_DRIFT_PASSWORD \
 --       postgres psql -U "$POSTGRES_USER" -f /docker-entrypoint-initdb.d/init.sql
--- owner to add what an older version lacks (the roles, the ts index: built CONCURRENTLY,
--- so the services keep writing meanwhile). psql -v overrides the names (the tests do).
+-- owner to add what an older version lacks (the roles, the feedback table, the indexes:
+-- built CONCURRENTLY, so the services keep writing meanwhile). psql -v overrides the names
+-- (the tests do).
 \set ON_ERROR_STOP on
 \if :{?predictions_db}
 \else
@@ -73,6 +77,16 @@ CREATE TABLE IF NOT EXISTS predictions (
     outputs TEXT NOT NULL
 );
 CREATE INDEX CONCURRENTLY IF NOT EXISTS predictions_model_id ON predictions (model, id);
+CREATE INDEX CONCURRENTLY IF NOT EXISTS predictions_request_id ON predictions (request_id);
+CREATE TABLE IF NOT EXISTS feedback (
+    model TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    ts DOUBLE PRECISION NOT NULL,
+    outcome TEXT NOT NULL,
+    PRIMARY KEY (model, request_id, position)
+);
+CREATE INDEX CONCURRENTLY IF NOT EXISTS feedback_model_ts ON feedback (model, ts);
 -- a table made by an earlier version: retention deletes by id now, and this index cost
 -- every commit a page
 DROP INDEX CONCURRENTLY IF EXISTS predictions_ts;
@@ -82,4 +96,9 @@ GRANT USAGE ON SCHEMA public TO :"writer_role", :"drift_role";
 -- COPY ... FROM STDIN needs INSERT; the id's default, the sequence
 GRANT INSERT ON predictions TO :"writer_role";
 GRANT USAGE ON SEQUENCE predictions_id_seq TO :"writer_role";
-GRANT SELECT, DELETE ON predictions TO :"drift_role";
+-- POST /feedback finds the records a request id was answered for (services/api/feedback.py):
+-- only the columns it reads, so the services' role still cannot read what clients sent
+GRANT SELECT (model, route, request_id, positions) ON predictions TO :"writer_role";
+-- a known outcome is a duplicate or a conflict (SELECT); ON CONFLICT DO NOTHING needs no more
+GRANT SELECT, INSERT ON feedback TO :"writer_role";
+GRANT SELECT, DELETE ON predictions, feedback TO :"drift_role";

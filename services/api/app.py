@@ -22,7 +22,7 @@ from services.api.errors import InputError
 from services.api.guard import Guard
 from services.api.predlog import PredictionLogUnavailable
 from services.api.responses import error_response
-from services.api.routes import admin, health, predict
+from services.api.routes import admin, feedback, health, predict
 from services.api.routes import oip as oip_routes
 from services.api.service import ModelService
 from services.api.settings import ServeSettings
@@ -31,7 +31,7 @@ from services.api.tensors import TensorError
 
 log = logging.getLogger("services.api.app")
 NO_TELEMETRY: Any = {"tracing": False, "metrics": False, "logs": False}
-ROUTERS = (predict.router, health.router, admin.router, oip_routes.router)
+ROUTERS = (predict.router, health.router, admin.router, oip_routes.router, feedback.router)
 
 
 def freeze_heap() -> None:

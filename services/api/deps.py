@@ -1,4 +1,4 @@
-"""The dependencies routes declare: the one service of this app, and its admin credential."""
+"""The dependencies routes declare: the one service of this app, and its credentials."""
 
 from typing import Annotated
 
@@ -23,3 +23,11 @@ async def require_admin(credentials: auth.Header, service: ServiceDep) -> None:
 
 
 AdminDep = Depends(require_admin)
+
+
+async def require_feedback(credentials: auth.Header, service: ServiceDep) -> None:
+    """SERVE_FEEDBACK_TOKEN as a bearer token (401 without it, 403 when none is set)."""
+    await auth.bearer(service.feedback_tokens)(credentials)
+
+
+FeedbackDep = Depends(require_feedback)

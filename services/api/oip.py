@@ -90,15 +90,16 @@ def metadata(model: LoadedModel, versions: list[str]) -> dict[str, Any]:
     }
 
 
-def pick(service: ModelService, name: str, version: str | None, request_id: str) -> LoadedModel:
-    """The model a v2 route means; UnknownModel (404) or ArtifactRefused (503) if none."""
+def pick(service: ModelService, name: str, version: str | None, unit: str) -> LoadedModel:
+    """The model a v2 route means (`unit`: what draws champion or challenger); UnknownModel
+    (404) or ArtifactRefused (503) if none."""
     key, lineup = service.spec.key, service.lineup
     if name != key:
         raise UnknownModel(f"unknown model {name!r}; this service serves {key!r}")
     if not lineup.ready:
         raise ArtifactRefused(lineup.problem)
     if version is None:
-        return lineup.assign(request_id).serving
+        return lineup.assign(unit).serving
     model = lineup.by_version(version)
     if model is None:
         loaded = [v for v in lineup.versions().values() if v]

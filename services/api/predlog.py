@@ -26,7 +26,7 @@ Bounded: a request's inputs over SERVE_PREDICTION_LOG_MAX_BYTES are stored as a 
 record (outputs kept); Postgres connections give up after their timeout (connect, statement,
 lock wait), so a stuck database is a 503, not a hang; the drift service reads a window
 bounded in records and bytes, and deletes by age and count (`prune`) in short batches,
-since the services' database role may only INSERT (infra/postgres/init.sql).
+since the services' database role may not DELETE (infra/postgres/init.sql).
 """
 
 import asyncio
@@ -128,6 +128,21 @@ def table_sql(key: str) -> dict[str, str]:
         "predictions_model_id": (
             "CREATE INDEX IF NOT EXISTS predictions_model_id ON predictions (model, id)"
         ),
+        # feedback names a prediction by its request id (services/api/feedback.py)
+        "predictions_request_id": (
+            "CREATE INDEX IF NOT EXISTS predictions_request_id ON predictions (request_id)"
+        ),
+        # the true outcomes sent back, one per served record: joined to the log, not copied
+        "feedback": """CREATE TABLE IF NOT EXISTS feedback (
+            model TEXT NOT NULL,
+            request_id TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            ts DOUBLE PRECISION NOT NULL,
+            outcome TEXT NOT NULL,
+            PRIMARY KEY (model, request_id, position)
+        )""",
+        # a model's labelled window, by the outcomes' arrival
+        "feedback_model_ts": "CREATE INDEX IF NOT EXISTS feedback_model_ts ON feedback (model, ts)",
     }
 
 
@@ -160,7 +175,7 @@ def connect_postgres(url: str, timeout_s: float, **kwargs: Any) -> Any:
 
 def create_table(db: Any) -> None:
     """The table and its indexes, on a fresh database. Where init.sql made the table (the
-    services' role may only INSERT, not create), no DDL is attempted."""
+    services' role may not create it), no DDL is attempted."""
     import psycopg
 
     ddl = table_sql("BIGSERIAL PRIMARY KEY")
@@ -832,7 +847,7 @@ def prune(
 ) -> int:
     """Delete the rows older than `max_age_s` and those beyond the newest `max_rows` (0: no
     limit), in transactions of at most `batch` rows, so a backlog never holds a long lock;
-    the number deleted. For the drift service: the model services may only INSERT."""
+    the number deleted. For the drift service: the model services may not DELETE."""
     if (not max_age_s and not max_rows) or url in ("", "off"):
         return 0
     if url.startswith("sqlite:///"):

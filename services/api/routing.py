@@ -1,14 +1,19 @@
 """Champion and challenger of one model, loaded by alias and routed in-process.
 
 `split` sends a share of requests to the challenger (A/B, or a canary when the share is
-small); `shadow` scores the challenger too but always answers with the champion. A request
-id always lands on the same side, so a client retrying sees one model.
+small); `shadow` scores the challenger too but always answers with the champion. The mode
+and share are the service's settings (SERVE_CHALLENGER_MODE, _SHARE) unless the registered
+model's `experiment.mode` / `experiment.share` tags say otherwise: a canary controller moves
+the share there, and every replica follows at its next poll. A unit (the caller's
+X-Unit-ID: a user, a session) always lands on the same side, and without one a request id
+does, so a client retrying sees one model.
 """
 
 import hashlib
 import logging
 import threading
 from dataclasses import dataclass
+from typing import Literal, cast
 
 from contract.catalog import ModelSpec
 from services.api import runtime
@@ -28,9 +33,37 @@ class Assignment:
     shadow: LoadedModel | None = None
 
 
-def bucket(request_id: str) -> float:
-    """A uniform number in [0, 1) fixed by the request id."""
-    return int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest()) / 2**64
+def bucket(key: str) -> float:
+    """A uniform number in [0, 1) fixed by the key (a unit, or a request id)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest()) / 2**64
+
+
+Mode = Literal["off", "split", "shadow"]
+
+
+@dataclass(frozen=True)
+class Routing:
+    """How requests are shared between champion and challenger, and who said so."""
+
+    mode: Mode
+    share: float
+    source: str  # "settings", or "registry" (the experiment.* tags)
+
+
+def routing_of(tags: dict[str, str], settings: ServeSettings) -> Routing:
+    """The registry's experiment tags over the settings; a tag that does not parse is
+    ignored (logged), never a reason to stop serving."""
+    mode: str = tags.get("mode", settings.challenger_mode)
+    share_text = tags.get("share", str(settings.challenger_share))
+    try:
+        share = float(share_text)
+    except ValueError:
+        share = -1.0
+    if mode not in ("off", "split", "shadow") or not 0 <= share <= 1:
+        log.error("experiment tags %s do not parse: the settings route", tags)
+        return Routing(settings.challenger_mode, settings.challenger_share, "settings")
+    source = "registry" if tags else "settings"
+    return Routing(cast(Mode, mode), share, source)
 
 
 class Lineup:
@@ -44,6 +77,7 @@ class Lineup:
         self.champion: LoadedModel | None = None
         self.challenger: LoadedModel | None = None
         self.problem = "not loaded yet"  # why the service is not ready, for /readyz
+        self.routing = routing_of({}, settings)
         self._lock = threading.Lock()
 
     @property
@@ -69,7 +103,8 @@ class Lineup:
                 champion = self._load("champion")
                 if champion is None:
                     raise ArtifactRefused(f"the registry has no {self.spec.key}@champion")
-                wants_challenger = self.settings.challenger_mode != "off"
+                routing = self._routing()
+                wants_challenger = routing.mode != "off"
                 challenger = self._load("challenger") if wants_challenger else None
             except Exception as exc:  # any failure: logged, counted, /readyz says it, retried
                 expected = isinstance(exc, RegistryUnavailable | ArtifactRefused)
@@ -85,9 +120,28 @@ class Lineup:
                 self._count("failed")
                 return self.versions()
             self._swap(champion, challenger)
+            self._route(routing)
             self.problem = ""
             self._count("ok")
             return self.versions()
+
+    def _routing(self) -> Routing:
+        """The experiment's routing now; the last one known while the registry is down."""
+        try:
+            return routing_of(self.store.experiment(self.spec.key), self.settings)
+        except RegistryUnavailable:
+            return self.routing
+
+    def _route(self, routing: Routing) -> None:
+        if routing != self.routing:
+            log.info(
+                "%s: routing %s, challenger share %.3g (from the %s)",
+                self.spec.key, routing.mode, routing.share, routing.source,
+            )  # fmt: skip
+        self.routing = routing
+        self.metrics.challenger_share.labels(self.spec.key).set(
+            routing.share if routing.mode == "split" else 0.0
+        )
 
     def _count(self, outcome: str) -> None:
         self.metrics.child(self.metrics.reloads, (self.spec.key, outcome)).inc()
@@ -129,17 +183,18 @@ class Lineup:
             "challenger": self.challenger.version if self.challenger else None,
         }
 
-    def assign(self, request_id: str) -> Assignment:
-        """Which model answers this request, and which one is scored in its shadow."""
+    def assign(self, key: str) -> Assignment:
+        """Which model answers this request, and which one is scored in its shadow; `key`:
+        the request's unit (X-Unit-ID), or its request id."""
         champion, challenger = self.champion, self.challenger
         if champion is None:
             raise ArtifactRefused(self.problem)
-        mode = self.settings.challenger_mode
-        if challenger is None or mode == "off":
+        routing = self.routing
+        if challenger is None or routing.mode == "off":
             return Assignment(champion)
-        if mode == "shadow":
+        if routing.mode == "shadow":
             return Assignment(champion, shadow=challenger)
-        if bucket(request_id) < self.settings.challenger_share:
+        if bucket(key) < routing.share:
             return Assignment(challenger)
         return Assignment(champion)
 

@@ -18,10 +18,11 @@ from starlette.concurrency import run_in_threadpool
 
 from contract.catalog import ModelSpec
 from contract.settings import get_settings
-from services.api import auth
+from services.api import auth, feedback
 from services.api.accesslog import AccessLog
 from services.api.entities import EntityRequests
 from services.api.errors import InputError, field_error
+from services.api.feedback_inputs import feedback_model
 from services.api.inputs import describe_errors, metric_field, record_model, request_model
 from services.api.predlog import PredictionLog, open_sink, record_row, tensor_row
 from services.api.routing import Assignment, Lineup
@@ -48,7 +49,14 @@ class ModelService:
         self.admin = auth.Tokens.from_settings(
             "admin", settings.admin_token, settings.admin_token_file, name="SERVE_ADMIN_TOKEN"
         )
+        self.feedback_tokens = auth.Tokens.from_settings(
+            "feedback",
+            settings.feedback_token,
+            settings.feedback_token_file,
+            name="SERVE_FEEDBACK_TOKEN",
+        )
         self.request_model = request_model(spec, self.record_model, settings.max_records)
+        self.feedback_model = feedback_model(spec, settings.max_records)
         # /predict's bodies: parsed from JSON bytes, whose parsers refuse lone surrogates
         # (inputs._text); the models above check them for every other way in and the docs
         self.json_record_model = record_model(spec, from_json=True)
@@ -66,6 +74,8 @@ class ModelService:
         )
         for counter in (self.metrics.log_rows, self.metrics.log_errors):  # 0, so increase() sees
             self.metrics.child(counter, (spec.key,))  # the first error
+        for status in (feedback.STORED, feedback.DUPLICATE, "refused"):
+            self.metrics.child(self.metrics.feedback, (spec.key, status))
         self._inference: concurrent.futures.ThreadPoolExecutor | None = None
         self.entities: EntityRequests | None = None
         self.features_problem = ""  # why entity-keyed requests cannot be served, if they can't
@@ -163,11 +173,18 @@ class ModelService:
         return await asyncio.wait_for(future, self.settings.timeout_s)
 
     async def predict(
-        self, body: bytes, request_id: str
+        self,
+        body: bytes,
+        request_id: str,
+        unit: str | None = None,
+        state: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], Assignment, list[BaseModel]]:
-        """(answer, the models assigned, the valid records: what a shadow model is scored on)."""
+        """(answer, the models assigned, the valid records: what a shadow model is scored on);
+        `unit` draws champion or challenger (the request id where none is given); `state`
+        (the request's, where the guard accounts it) gets the version that served as soon
+        as it is drawn, so a failure after that counts against that version."""
         if self.entities is not None and self.entities.asked_in(body):
-            return await self.predict_entities(body, request_id)
+            return await self.predict_entities(body, request_id, unit, state)
         if self.features_problem and EntityRequests.markers(self.spec) & set(self._object(body)):
             raise InputError(503, self.features_problem, [])
         with self.metrics.timed(self.spec.key, "parse"):
@@ -175,10 +192,14 @@ class ModelService:
                 accepted, invalid = await run_in_threadpool(self.parse, body)
             else:
                 accepted, invalid = self.parse(body)
-        return await self.answer(accepted, invalid, request_id)
+        return await self.answer(accepted, invalid, request_id, unit, state)
 
     async def predict_entities(
-        self, body: bytes, request_id: str
+        self,
+        body: bytes,
+        request_id: str,
+        unit: str | None = None,
+        state: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], Assignment, list[BaseModel]]:
         """Entity keys in: online features fetched, then the same prediction as for records."""
         entities = self.entities
@@ -188,7 +209,9 @@ class ModelService:
         fetched = await self.run(entities.fetch, len(rows), [row for _, row in rows])
         sent_as = next(iter(payload))  # parse accepts exactly one field
         accepted, extras = entities.records(rows, fetched, invalid, self.record_model, sent_as)
-        response, assignment, records = await self.answer(accepted, invalid, request_id)
+        response, assignment, records = await self.answer(
+            accepted, invalid, request_id, unit, state
+        )
         for index, extra in extras.items():
             response["predictions"][index] |= extra
         response["feature_service"] = entities.online.service_name
@@ -218,11 +241,18 @@ class ModelService:
         return model.feeds([record for _, record in accepted]), looked_up
 
     async def answer(
-        self, accepted: list[tuple[int, BaseModel]], invalid: dict[int, Any], request_id: str
+        self,
+        accepted: list[tuple[int, BaseModel]],
+        invalid: dict[int, Any],
+        request_id: str,
+        unit: str | None = None,
+        state: dict[str, Any] | None = None,
     ) -> tuple[dict[str, Any], Assignment, list[BaseModel]]:
         """Predict the accepted records; answers in request order, errors in place."""
-        assignment = self.lineup.assign(request_id)
+        assignment = self.lineup.assign(unit or request_id)
         model = assignment.serving
+        if state is not None:
+            state["served"] = (model.version, model.alias)
         records = [record for _, record in accepted]
         with self.metrics.timed(self.spec.key, "inference"):
             chunk = self.settings.inference_chunk
@@ -278,6 +308,23 @@ class ModelService:
             predictions = [{n: v[i].tolist() for n, v in result.items()} for i in range(size)]
         head = (time.time(), request_id, model.name, model.version, model.alias, "/v2/infer")
         await self.prediction_log.append([tensor_row(head, feeds, predictions)])
+
+    def store_feedback(self, items: list[feedback.Item]) -> list[str]:
+        """Store true outcomes beside the log (in a thread: a database round trip); each
+        one's status. UnknownPrediction, ConflictingOutcome: nothing stored."""
+        settings = self.settings
+        try:
+            statuses = feedback.store(
+                settings.prediction_log, self.spec.key, items,
+                timeout_s=settings.prediction_log_timeout_s,
+            )  # fmt: skip
+        except (feedback.UnknownPrediction, feedback.ConflictingOutcome):
+            self.metrics.child(self.metrics.feedback, (self.spec.key, "refused")).inc(len(items))
+            raise
+        for status in (feedback.STORED, feedback.DUPLICATE):
+            if count := statuses.count(status):
+                self.metrics.child(self.metrics.feedback, (self.spec.key, status)).inc(count)
+        return statuses
 
     def observe(self, model: LoadedModel, result: dict[str, Any], size: int, path: str) -> None:
         scores, labels = model.summary(result)

@@ -71,6 +71,10 @@ class ServeSettings(BaseSettings):
     api_keys_file: Path | None = None
     admin_token: SecretStr | None = None
     admin_token_file: Path | None = None
+    # POST /feedback (true outcomes of logged predictions) needs feedback_token (refused while
+    # none is set): what comes back trains the next version, so not every caller may send it
+    feedback_token: SecretStr | None = None
+    feedback_token_file: Path | None = None
     # Bounds of the prediction log: a request's inputs + outputs over max_bytes of JSON keep
     # their outputs, the inputs become {"_truncated": <bytes>} per record (0: no cap); a commit
     # (Postgres: connecting, the statement, a lock wait) slower than timeout_s is a 503

@@ -24,6 +24,9 @@ from typing import Any
 log = logging.getLogger("services.api.store")
 MODEL_FILE = "model.onnx"
 FILE_TAG_PREFIX = "sha256."  # one version tag per file served beside the graph
+# A registered model's routing between champion and challenger, when a controller sets it
+# (services/drift/canary.py): experiment.mode (off, split, shadow), experiment.share
+EXPERIMENT_TAG_PREFIX = "experiment."
 EXTRA_FILES_DIR = "extra_files"  # where MLflow's log_model(extra_files=...) puts them
 
 
@@ -151,6 +154,22 @@ class ModelStore:
             raise RegistryUnavailable(f"{type(exc).__name__}: {exc.message}") from exc
         except Exception as exc:  # connection refused, DNS, timeouts: all mean "not now"
             raise RegistryUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    def experiment(self, model: str) -> dict[str, str]:
+        """The registered model's `experiment.*` tags (mode, share: what a canary controller
+        set), without the prefix; RegistryUnavailable when the registry cannot say."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            tags = self._client().get_registered_model(model).tags or {}
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return {}
+            raise RegistryUnavailable(f"{type(exc).__name__}: {exc.message}") from exc
+        except Exception as exc:  # connection refused, DNS, timeouts
+            raise RegistryUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        prefix = EXPERIMENT_TAG_PREFIX
+        return {k.removeprefix(prefix): v for k, v in tags.items() if k.startswith(prefix)}
 
     def _metrics(self, run_id: str) -> dict[str, float]:
         try:

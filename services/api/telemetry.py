@@ -193,6 +193,19 @@ class ServiceMetrics:
             ["model"],
             **reg,
         )
+        self.challenger_share = Gauge(
+            "serving_challenger_share",
+            "Share of requests (or units) the challenger answers now (split mode; 0 otherwise)",
+            ["model"],
+            multiprocess_mode="livemax",
+            **reg,
+        )
+        self.feedback = Counter(
+            "serving_feedback_records",
+            "True outcomes sent back (POST /feedback): stored, duplicate, or refused",
+            ["model", "status"],
+            **reg,
+        )
         self.log_flush = Histogram(
             "serving_prediction_log_flush_seconds",
             "Time to commit one group of predictions to the log",

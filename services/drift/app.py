@@ -17,13 +17,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.api.bodies import BodyRefused, read_body, replay
-from services.drift.routes import alerts, models, retraining, status
+from services.drift.routes import alerts, canary, models, retraining, status
 from services.drift.service import Drift
 from services.drift.settings import DriftSettings
 
 # The routes: routes/ (one APIRouter per area, the state injected); the state: service.py
 MAX_BODY_BYTES = 2**20  # Alertmanager's notifications are a few KiB; the routes take no more
-ROUTERS = (status.router, models.router, retraining.router, alerts.router)
+ROUTERS = (status.router, models.router, canary.router, retraining.router, alerts.router)
 
 
 class BodyLimit:
@@ -55,7 +55,9 @@ def create_app(settings: DriftSettings | None = None) -> FastAPI:
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(__import__, "evidently")  # ~7 s, once, before the first run
         task = asyncio.create_task(drift.schedule()) if drift.settings.schedule_s else None
+        canaries = asyncio.create_task(drift.canaries())
         yield
+        canaries.cancel()
         if task is not None:
             task.cancel()
         drift.retrainer.close()

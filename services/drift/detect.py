@@ -19,6 +19,7 @@ import pandas as pd
 
 from contract import reference
 from contract.catalog import ModelSpec
+from services.api import feedback
 from services.api.predlog import prune, read_window, score_label
 from services.drift.settings import DriftSettings
 
@@ -111,13 +112,15 @@ def window(spec: ModelSpec, settings: DriftSettings, now: float) -> pd.DataFrame
 
 
 def prune_log(settings: DriftSettings) -> int:
-    """The prediction log's retention (DRIFT_LOG_RETENTION_S, DRIFT_LOG_MAX_ROWS): rows deleted."""
-    return prune(
+    """The prediction log's retention (DRIFT_LOG_RETENTION_S, DRIFT_LOG_MAX_ROWS), then the
+    outcomes whose predictions it deleted: rows deleted."""
+    deleted = prune(
         settings.prediction_log,
         settings.log_retention_s,
         settings.log_max_rows,
         timeout_s=settings.log_timeout_s,
     )
+    return deleted + feedback.prune(settings.prediction_log, settings.log_timeout_s)
 
 
 def _dataset(frame: pd.DataFrame, columns: reference.Columns) -> Any:

@@ -14,8 +14,8 @@ from starlette.concurrency import run_in_threadpool
 
 from contract.catalog import load_catalog
 from contract.settings import get_settings
-from services.api import auth
-from services.drift import detect
+from services.api import auth, feedback
+from services.drift import canary, detect, experiment, performance
 from services.drift.gauges import DriftMetrics
 from services.drift.retrain import Job, Retrainer
 from services.drift.settings import DriftSettings
@@ -34,16 +34,18 @@ class Drift:
             raise ValueError(f"DRIFT_MODELS names models not in the catalog: {unknown}")
         self.settings = settings
         self.specs = {k: s for k, s in catalog.items() if k in (settings.models or catalog)}
-        self.metrics = DriftMetrics(list(self.specs))
+        self.metrics = DriftMetrics(self.specs)
         self.tracking_uri = get_settings().mlflow_tracking_uri
         import mlflow  # MLflow 3 resolves artifacts through its global URIs too
 
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
         self.results: dict[str, detect.DriftResult] = {}
+        self.performance: dict[str, list[performance.Performance]] = {}
         self.problems: dict[str, str] = {}  # the last run's outcome when it gave no verdict
         self.events: deque[dict[str, Any]] = deque(maxlen=EVENTS)
         self.retrainer = Retrainer(settings, self._job_changed)
+        self.canary = canary.Controller(settings, self.tracking_uri, self.specs, self._decided)
         self.admin = auth.Tokens.from_settings(
             "admin", settings.admin_token, settings.admin_token_file, name="DRIFT_ADMIN_TOKEN"
         )
@@ -64,6 +66,36 @@ class Drift:
         details = f" v{job.version} -> @{job.alias}: {job.gate}" if job.version else ""
         note = job.gate if job.state == "failed" else details
         self.event("retraining", job.model, f"job {job.id} {job.state}{note}")
+
+    def _decided(self, rollout: canary.Canary, decision: str, text: str) -> None:
+        self.metrics.canary.observe(rollout, decision)
+        self.event("canary", rollout.model, f"{decision}: {text}")
+
+    def experiment(self, model: str) -> experiment.Comparison:
+        """@challenger against @champion on the labelled traffic of the performance window
+        (an A/B split or a shadow), as one look with the whole error budget."""
+        spec = self.spec(model)
+        client = self.canary.client()
+        versions = {}
+        for alias in ("champion", "challenger"):
+            try:
+                versions[alias] = str(client.get_model_version_by_alias(model, alias).version)
+            except Exception as exc:  # MLflow's not-found and connection errors alike
+                raise LookupError(f"{model} has no @{alias}: {exc}") from exc
+        since = time.time() - self.settings.performance_window_s
+        labelled, _ = feedback.read_labelled(
+            self.settings.prediction_log, model, since, self.settings.performance_max_records,
+            self.settings.log_timeout_s,
+        )  # fmt: skip
+        arms = [[r for r in labelled if r.version == v] for v in versions.values()]
+        return experiment.compare(spec, arms[0], arms[1], 1.0, self.settings.canary_min_records)
+
+    async def canaries(self) -> None:
+        """Judge every canary whose step is over, every canary_tick_s seconds."""
+        while True:
+            await asyncio.sleep(self.settings.canary_tick_s)
+            with contextlib.suppress(Exception):  # tick() logs what it could not judge
+                await run_in_threadpool(self.canary.tick)
 
     def spec(self, model: str) -> Any:
         if model not in self.specs:
@@ -100,6 +132,28 @@ class Drift:
         )
         return result
 
+    def score(self, model: str) -> list[performance.Performance]:
+        """Performance on labelled traffic now, per version and alias (newest first)."""
+        spec = self.spec(model)
+        try:
+            results = performance.run(spec, self.settings, self.tracking_uri)
+        except Exception as exc:  # the log unreachable: said, and tried again next turn
+            self.event("performance", model, f"run failed: {type(exc).__name__}: {exc}")
+            raise
+        self.metrics.performance.observe(model, results, time.time())
+        self.performance[model] = results
+        for result in results:
+            if result.metrics:
+                floors = [k for k in spec.floors if k in result.metrics]  # what is promised
+                names = floors or sorted(result.metrics)[:4]
+                shown = ", ".join(f"{k} {result.metrics[k]:.4g}" for k in names)
+                self.event(
+                    "performance", model,
+                    f"v{result.version} @{result.alias}: {shown} over {result.records} labelled "
+                    f"({result.coverage:.1%} of served, median delay {result.delay_s:.0f} s)",
+                )  # fmt: skip
+        return results
+
     def prune_log(self) -> int:
         """The prediction log's retention, once: rows deleted (a failure: the next turn)."""
         started = time.perf_counter()
@@ -113,11 +167,13 @@ class Drift:
         return deleted
 
     async def schedule(self) -> None:
-        """Every model, every schedule_s seconds (a failed run is retried at the next turn),
-        after the prediction log's retention."""
+        """Every model's drift and performance, every schedule_s seconds (a failed run is
+        retried at the next turn), after the prediction log's retention."""
         while True:
             await run_in_threadpool(self.prune_log)
             for model in self.specs:
                 with contextlib.suppress(Exception):  # already counted and recorded
                     await run_in_threadpool(self.check, model)
+                with contextlib.suppress(Exception):
+                    await run_in_threadpool(self.score, model)
             await asyncio.sleep(self.settings.schedule_s)

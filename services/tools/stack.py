@@ -39,6 +39,8 @@ STATE = RUN_DIR / "stack.json"
 # the drift service's admin token, and Alertmanager's for the drift service's webhooks
 ADMIN_TOKEN_FILE = RUN_DIR / "secrets" / "admin-token"
 WEBHOOK_TOKEN_FILE = RUN_DIR / "secrets" / "webhook-token"
+# the model services' POST /feedback credential (clients sending true outcomes read it)
+FEEDBACK_TOKEN_FILE = RUN_DIR / "secrets" / "feedback-token"
 BASE_PORT = int(os.environ.get("STACK_BASE_PORT", "8101"))
 _TRITON = int(os.environ.get("STACK_TRITON_PORT", "8000"))
 TRITON_PORTS = {"http": _TRITON, "grpc": _TRITON + 1, "metrics": _TRITON + 2}
@@ -88,6 +90,8 @@ def monitoring_processes(root: Path) -> list[dict[str, Any]]:
                 "DRIFT_WORKSPACE": str(root),  # the DVC project a drift alert retrains
                 "DRIFT_ADMIN_TOKEN_FILE": str(ADMIN_TOKEN_FILE),
                 "DRIFT_WEBHOOK_TOKEN_FILE": str(WEBHOOK_TOKEN_FILE),
+                # the canary's guardrails: errors and latency per alias
+                "DRIFT_PROMETHEUS_URL": f"http://127.0.0.1:{PROMETHEUS_PORT}",
             },
             "url": f"http://127.0.0.1:{DRIFT_PORT}",
             "ready": "/readyz",
@@ -193,6 +197,7 @@ def plan(root: Path = ROOT) -> list[dict[str, Any]]:
                     "SERVE_FEATURE_ROOT": str(root),  # Feast-backed: root's online store
                     "SERVE_PREDICTION_LOG": prediction_log(),
                     "SERVE_ADMIN_TOKEN_FILE": str(ADMIN_TOKEN_FILE),
+                    "SERVE_FEEDBACK_TOKEN_FILE": str(FEEDBACK_TOKEN_FILE),
                 },
                 "url": f"http://127.0.0.1:{port}",
                 "ready": "/readyz",
@@ -253,7 +258,7 @@ def up(root: Path = ROOT) -> int:
         print("cleaning up after a stack that did not stop cleanly")
         down(root)
     (RUN_DIR / "logs").mkdir(parents=True, exist_ok=True)
-    for token in (ADMIN_TOKEN_FILE, WEBHOOK_TOKEN_FILE):
+    for token in (ADMIN_TOKEN_FILE, WEBHOOK_TOKEN_FILE, FEEDBACK_TOKEN_FILE):
         auth.local_token(token)
     monitoring.write(RUN_DIR / "monitoring", default_ports(), DRIFT_PORT, WEBHOOK_TOKEN_FILE)
     proxy_config()

@@ -155,3 +155,21 @@ def test_search_corpus_is_clean_text_with_unique_ids() -> None:
     assert not pd.concat([train[text], test[text]]).str.contains("<br", regex=False).any()
     assert (train[text].str.len() > 0).all() and (test[text].str.len() > 0).all()
     assert not set(test[spec.target.item]) & set(train[spec.target.item])
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_held_out_targets_are_outcomes_feedback_takes(key: str) -> None:
+    """What the load test and the loop demo send back to /feedback for held-out rows is what
+    the task's outcome type accepts, one per row (none for a task with no ground truth)."""
+    from pydantic import TypeAdapter
+
+    spec, (_, _, test) = CATALOG[key], prepared(key)
+    task = spec.task_kind
+    outcomes = task.true_outcomes(test, spec)
+    annotation = task.outcome(spec)
+    if annotation is None:
+        assert outcomes == []
+        return
+    assert len(outcomes) == len(test)
+    checked = TypeAdapter(list[annotation]).validate_python(outcomes)  # type: ignore[valid-type]
+    assert len(checked) == len(test)

@@ -87,6 +87,7 @@ class ComposeStack:
             MLFLOW_SECRET_KEY=secrets.token_urlsafe(16),
             ADMIN_TOKEN=secrets.token_urlsafe(16),
             WEBHOOK_TOKEN=secrets.token_urlsafe(16),
+            FEEDBACK_TOKEN=secrets.token_urlsafe(16),
             **host_ports(),
             DEPLOY_TEST_PARAMS=str(self.params),
             COMPOSE_HTTP_TIMEOUT="300",  # docker-compose v1's API calls on a loaded machine

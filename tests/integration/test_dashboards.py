@@ -32,6 +32,7 @@ pytestmark = pytest.mark.slow
 PROMETHEUS = ROOT / "infra" / "prometheus"
 FEAST_KEYS = sorted(k for k in KEYS if CATALOG[k].features is not None)
 TRITON_KEYS = sorted(k for k in KEYS if CATALOG[k].triton is not None)
+LABELLED_KEYS = sorted(k for k in KEYS if CATALOG[k].task_kind.outcome(CATALOG[k]) is not None)
 # What a dashboard's `model` variable must offer once every model has had traffic
 OFFERED = {
     "mlops-service-overview": KEYS,
@@ -56,6 +57,10 @@ class Ports:
     def admin_token(self) -> str:
         """The drift service's token, which the stack made on its first start."""
         return (self.run_dir / "secrets" / "admin-token").read_text().strip()
+
+    def feedback_token(self) -> str:
+        """The model services' POST /feedback token, made likewise."""
+        return (self.run_dir / "secrets" / "feedback-token").read_text().strip()
 
     def service(self, key: str) -> str:
         return f"http://127.0.0.1:{self.base + list(CATALOG).index(key)}"
@@ -111,6 +116,7 @@ def ports(registry: Registry, tmp_path_factory: pytest.TempPathFactory) -> Itera
         "STACK_PROXY_PORT": str(ports.drift + 3),
         "STACK_FEAST_PORT": str(ports.drift + 4),
         "DRIFT_MIN_ROWS": "10",  # a few rounds of test traffic make a window
+        "DRIFT_PERFORMANCE_MIN_RECORDS": "5",  # and a few outcomes a labelled one
     }
     ports.run_dir = folder / "run"
     try:
@@ -161,9 +167,26 @@ def wait_for(condition: Any, timeout: float, why: Any) -> float:
     return time.monotonic() - start
 
 
-def post(url: str, body: Any, status: int) -> None:
+def post(url: str, body: Any, status: int) -> httpx.Response:
     response = httpx.post(f"{url}/predict", json=body, timeout=60)
     assert response.status_code == status, response.text[:500]
+    return response
+
+
+def send_feedback(key: str, url: str, trained: Path, token: str) -> None:
+    """Records predicted, then their held-out targets sent back as outcomes."""
+    spec, frame = CATALOG[key], held_out(trained, key, rows=8)
+    outcomes = spec.task_kind.true_outcomes(frame, spec)
+    if not outcomes:  # a task with no ground truth (segments)
+        return
+    answer = post(url, {"records": as_records(frame, spec)}, 200).json()
+    sent = [
+        {"request_id": answer["request_id"], "position": i, "outcome": outcome}
+        for i, outcome in enumerate(outcomes)
+    ]
+    headers = {"Authorization": f"Bearer {token}"}
+    response = httpx.post(f"{url}/feedback", json={"outcomes": sent}, headers=headers, timeout=60)
+    assert response.status_code == 200, response.text[:500]
 
 
 def send_traffic(key: str, url: str, trained: Path) -> None:
@@ -219,12 +242,31 @@ def models_with(url: str, expr: str) -> set[str]:
     return {s["metric"].get("model", "") for s in panels.api(url, "query", query=expr)["result"]}
 
 
+# Performance panels of a model without ground truth (segments), and the comparison with
+# registered values where no floor metric is measured live (a ranking's floors are rmse and
+# a lift over popularity; a search's recall is against exact search, not relevance)
+PERFORMANCE_PANELS = {
+    "Metrics on labelled traffic",
+    "Label coverage",
+    "Label delay (median)",
+    "Labelled records",
+}
+UNREGISTERED = {"movie_recs", "semantic_search"}
+
+
 def expected_empty(result: Any, values: dict[str, str]) -> bool:
     """Empty by design: the predicted labels of a regression, a forecast (values only) or a
-    search (ranked results)."""
+    search (ranked results); performance where no outcome or no floor metric applies."""
     spec = CATALOG.get(values.get("model", ""))
-    unlabelled = spec is not None and not spec.labels_served
-    return result.target.panel == "Predicted label shares" and unlabelled
+    if spec is None:
+        return False
+    panel = result.target.panel
+    if panel == "Predicted label shares":
+        return not spec.labels_served
+    no_outcome = spec.task_kind.outcome(spec) is None
+    if panel in PERFORMANCE_PANELS:
+        return no_outcome
+    return panel == "Live minus registered" and (no_outcome or spec.key in UNREGISTERED)
 
 
 def rules_have_data(url: str) -> bool:
@@ -236,6 +278,7 @@ def rules_have_data(url: str) -> bool:
         # a drift run per model scraped (NaN, before a run, is not >= 0), and its gauges too
         and models_with(url, "model:drift_run_duration_seconds:p95_1h >= 0") >= set(KEYS)
         and models_with(url, "drift_share_drifted_features") >= set(KEYS)
+        and models_with(url, "model_performance") >= set(LABELLED_KEYS)
     )
 
 
@@ -268,12 +311,21 @@ def traffic(prometheus: str, ports: Ports, registry: Registry) -> dict[str, floa
         for key in TRITON_KEYS:
             send_triton(key, ports, registry.trained)
         time.sleep(2)
+    for key in LABELLED_KEYS:
+        send_feedback(key, ports.service(key), registry.trained, ports.feedback_token())
     admin = {"Authorization": f"Bearer {ports.admin_token()}"}
     for key in KEYS:  # a drift run per model on what was logged (the schedule's is 300 s)
         response = httpx.post(
             f"http://127.0.0.1:{ports.drift}/models/{key}/run", headers=admin, timeout=120
         )
         assert response.status_code == 200, response.text[:500]
+    for key in LABELLED_KEYS:  # and its performance on the outcomes sent back
+        response = httpx.post(
+            f"http://127.0.0.1:{ports.drift}/models/{key}/performance/run",
+            headers=admin, timeout=120,
+        )  # fmt: skip
+        assert response.status_code == 200, response.text[:500]
+        assert response.json()["versions"][0]["metrics"], response.text[:500]
     sent = time.monotonic() - start
     recorded = wait_for(
         lambda: rules_have_data(prometheus),

@@ -1,6 +1,7 @@
 """The prediction log's bounds on the machine's PostgreSQL: infra/postgres/init.sql's roles
-(the services may only INSERT, the drift service SELECT and DELETE), timeouts that end as
-PredictionLogUnavailable, the server-side cursor of the drift reader, the retention."""
+(the services INSERT, and read what finds a prediction for its feedback; the drift service
+SELECT and DELETE), timeouts that end as PredictionLogUnavailable, the server-side cursor of
+the drift reader, the retention; feedback stored, joined and pruned under those roles."""
 
 import asyncio
 import os
@@ -16,7 +17,7 @@ import psycopg
 import pytest
 
 from contract.paths import ROOT
-from services.api import predlog
+from services.api import feedback, predlog
 from services.api.predlog import (
     COLUMNS,
     PredictionLog,
@@ -125,11 +126,18 @@ def test_init_sql_makes_the_table_the_services_would(urls: Urls) -> None:
     assert missing == (0,)  # the writer attempts no DDL
 
 
-def test_the_services_role_may_only_insert(urls: Urls) -> None:
+def test_the_services_role_inserts_and_reads_only_what_feedback_needs(urls: Urls) -> None:
     append(urls.writer, [row("a"), row("b")])
     assert request_ids(urls.owner) == ["a", "b"]
+    with psycopg.connect(urls.writer) as db:  # a prediction found by its request id
+        found = db.execute("SELECT model, route, positions FROM predictions WHERE request_id = 'a'")
+        assert found.fetchall() == [("churn", "/predict", "[0]")]
     for statement in (
         "SELECT * FROM predictions",
+        "SELECT inputs FROM predictions",
+        "SELECT outputs FROM predictions",
+        "UPDATE feedback SET outcome = '1'",
+        "DELETE FROM feedback",
         "DELETE FROM predictions",
         "UPDATE predictions SET model = 'x'",
         "TRUNCATE predictions",
@@ -171,7 +179,34 @@ def test_an_owner_on_a_fresh_database_creates_the_table_and_its_indexes() -> Non
                     "SELECT indexname FROM pg_indexes WHERE tablename = 'predictions'"
                 )
             }
-        assert indexes == {"predictions_pkey", "predictions_model_id"}
+            feedback = {
+                r[0]
+                for r in db.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'feedback'")
+            }
+        assert indexes == {"predictions_pkey", "predictions_model_id", "predictions_request_id"}
+        assert feedback == {"feedback_pkey", "feedback_model_ts"}
+
+
+def test_feedback_is_stored_joined_and_pruned_under_the_roles(urls: Urls) -> None:
+    """The services store outcomes (a retry is a duplicate, another value a conflict, an
+    unknown id stores nothing); the drift service reads the join and prunes what lost its
+    prediction; neither role can do the other's part."""
+    append(urls.writer, [row("a", ts=time.time()), row("b", ts=time.time())])
+    assert feedback.store(urls.writer, "churn", [("a", 0, '"churns"')]) == ["stored"]
+    assert feedback.store(urls.writer, "churn", [("a", 0, '"churns"')]) == ["duplicate"]
+    with pytest.raises(feedback.ConflictingOutcome):
+        feedback.store(urls.writer, "churn", [("b", 0, '"stays"'), ("a", 0, '"stays"')])
+    with pytest.raises(feedback.UnknownPrediction):
+        feedback.store(urls.writer, "churn", [("b", 0, '"stays"'), ("zz", 0, '"stays"')])
+    labelled, served = feedback.read_labelled(urls.drift, "churn", time.time() - 60, 10)
+    assert [(r.outcome, r.prediction) for r in labelled] == [("churns", {"value": 1})]
+    assert served == {("2", "champion"): 2}
+    with pytest.raises(PredictionLogUnavailable, match="InsufficientPrivilege"):
+        feedback.read_labelled(urls.writer, "churn", 0, 10)  # the services read no outputs
+    with pytest.raises(PredictionLogUnavailable, match="InsufficientPrivilege"):
+        feedback.store(urls.drift, "churn", [("b", 0, '"stays"')])
+    assert prune(urls.drift, max_age_s=0, max_rows=1) == 1  # a's prediction goes...
+    assert feedback.prune(urls.drift) == 1  # ...and its outcome with it
 
 
 class Locked:

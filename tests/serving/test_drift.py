@@ -20,6 +20,7 @@ from tests.serving.conftest import ADMIN, ADMIN_TOKEN, Registry, Service, serve
 pytestmark = pytest.mark.slow
 WINDOW = 300
 WEBHOOK_TOKEN = "test-webhook-token-0123456789"
+FEEDBACK_TOKEN = "test-feedback-token-0123456789"
 
 
 def shifted(frame: pd.DataFrame) -> pd.DataFrame:
@@ -54,7 +55,10 @@ def stack(
 ) -> Iterator[tuple[Service, Service]]:
     """A titanic service and a drift service reading its prediction log (no schedule)."""
     log = f"sqlite:///{tmp_path / 'predictions.sqlite'}"
-    model = serve(started, "titanic", registry.uri, tmp_path, prediction_log=log)
+    model = serve(
+        started, "titanic", registry.uri, tmp_path, prediction_log=log,
+        feedback_token=FEEDBACK_TOKEN,
+    )  # fmt: skip
     drift = Service("drift", registry.uri, tmp_path)
     drift.env |= {
         "DRIFT_PREDICTION_LOG": log,
@@ -62,6 +66,7 @@ def stack(
         "DRIFT_SCHEDULE_S": "0",
         "DRIFT_WINDOW_ROWS": str(WINDOW),
         "DRIFT_MIN_ROWS": "100",
+        "DRIFT_PERFORMANCE_MIN_RECORDS": "50",
         "DRIFT_STATE_DIR": str(tmp_path / "drift"),
         "DRIFT_RETRAIN": "off",
         "DRIFT_ADMIN_TOKEN": ADMIN_TOKEN,
@@ -142,9 +147,74 @@ def test_bad_requests_get_clear_4xx_answers(stack: tuple[Service, Service]) -> N
 
 
 READS = ["/", "/models", "/models/titanic", "/models/titanic/report", "/retraining",
-         "/retraining/none", "/events"]  # fmt: skip
-ACTIONS = ["/models/titanic/run", "/models/titanic/retrain"]
+         "/retraining/none", "/events", "/models/titanic/performance"]  # fmt: skip
+ACTIONS = ["/models/titanic/run", "/models/titanic/retrain", "/models/titanic/performance/run"]
 HOOKS = ["/alerts", "/alerts/log"]
+
+
+def labelled(model: Service, registry: Registry, flip: bool = False) -> list[dict[str, Any]]:
+    """The whole held-out split predicted, and its true outcomes sent back (or their
+    opposites: a world where the model is wrong): the answers' predictions."""
+    spec = CATALOG["titanic"]
+    test = pd.read_parquet(paths.split_dir("titanic", registry.trained) / "test.parquet")
+    answer = model.post("/predict", {"records": as_records(test, spec)}).json()
+    outcomes = spec.task_kind.true_outcomes(test, spec)
+    names = spec.task_kind.class_names(spec)
+    if flip:
+        outcomes = [names[1 - names.index(o)] for o in outcomes]
+    sent = [{"request_id": answer["request_id"], "position": i, "outcome": o}
+            for i, o in enumerate(outcomes)]  # fmt: skip
+    stored = model.post("/feedback", {"outcomes": sent}, headers=bearer(FEEDBACK_TOKEN))
+    assert stored.status_code == 200 and stored.json()["stored"] == len(test), stored.text
+    return list(answer["predictions"])
+
+
+def test_performance_on_labelled_traffic_is_the_tasks_metric_per_version(
+    stack: tuple[Service, Service], registry: Registry
+) -> None:
+    """Outcomes sent to the model service are scored by the drift service with the task's
+    own metrics: on the held-out split, what the version was registered with."""
+    model, drift = stack
+    assert drift.post("/models/titanic/performance/run", None).json()["versions"] == []
+    predictions = labelled(model, registry)
+    run = drift.post("/models/titanic/performance/run", None)
+    assert run.status_code == 200, run.text
+    (found,) = run.json()["versions"]
+    size = len(predictions)
+    assert (found["version"], found["alias"], found["records"]) == ("1", "champion", size)
+    assert found["served"] == size and found["coverage"] == 1.0 and found["delay_s"] >= 0
+    registered = (
+        registry.client()
+        .get_run(registry.client().get_model_version("titanic", "1").run_id)
+        .data.metrics
+    )
+    # the served P(positive) is float32: its AUC matches the held-out one to rounding
+    assert found["metrics"]["roc_auc"] == pytest.approx(registered["roc_auc"], abs=2e-3)
+    assert found["metrics"]["accuracy"] == pytest.approx(registered["accuracy"], abs=2e-3)
+    assert found["registered"] == {k: registered[k] for k in CATALOG["titanic"].floors}
+    assert drift.get("/models/titanic/performance").json()["versions"] == [found]
+    version = (("alias", "champion"), ("model", "titanic"), ("version", "1"))
+    metric = (("metric", "roc_auc"),)
+    shown = gauges(drift)
+    assert (
+        shown[("model_performance", (version[0], metric[0], *version[1:]))]
+        == found["metrics"]["roc_auc"]
+    )
+    assert (
+        shown[("model_performance_registered", (version[0], metric[0], *version[1:]))]
+        == registered["roc_auc"]
+    )
+    assert shown[("model_label_coverage", version)] == 1.0
+    assert shown[("model_performance_records", version)] == size
+    floor = (("bound", "min"), ("metric", "roc_auc"), ("model", "titanic"))
+    assert shown[("model_performance_floor", floor)] == CATALOG["titanic"].floors["roc_auc"].min
+
+    labelled(model, registry, flip=True)  # the world changed: what it predicts is now wrong
+    (worse,) = drift.post("/models/titanic/performance/run", None).json()["versions"]
+    assert worse["records"] == 2 * size and worse["served"] == 2 * size
+    assert worse["metrics"]["roc_auc"] == pytest.approx(0.5, abs=1e-6)  # right half the time
+    events = drift.get("/events").json()
+    assert any("roc_auc 0.5" in e["text"] for e in events if e["kind"] == "performance")
 
 
 def bearer(token: str) -> dict[str, str]:

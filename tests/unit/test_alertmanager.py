@@ -53,10 +53,11 @@ def test_retrain_alerts_reach_retraining_and_the_rest_default(rule: dict[str, An
     assert result.stdout.split() == [expected]
 
 
-def test_only_input_drift_retrains() -> None:
-    """Every other alert needs a person before anything is retrained."""
+def test_only_input_drift_and_measured_degradation_retrain() -> None:
+    """Inputs that drifted, or outcomes that came back worse than promised (a retraining
+    that learns from them); every other alert needs a person before anything is retrained."""
     retrain = {rule["alert"] for rule in alerts() if rule["labels"].get("action") == "retrain"}
-    assert retrain == {"ModelDriftDetected"}
+    assert retrain == {"ModelDriftDetected", "ModelPerformanceDegraded"}
 
 
 def test_inhibit_rules_name_existing_alerts() -> None:

@@ -84,7 +84,7 @@ def test_compose_refuses_to_start_on_the_example_values(tmp_path: Path) -> None:
     secrets = {"POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "GRAFANA_ADMIN_PASSWORD",
                "PREDICTIONS_WRITER_PASSWORD", "PREDICTIONS_DRIFT_PASSWORD",
                "MLFLOW_ADMIN_PASSWORD", "MLFLOW_READER_PASSWORD", "MLFLOW_SECRET_KEY",
-               "ADMIN_TOKEN", "WEBHOOK_TOKEN"}  # fmt: skip
+               "ADMIN_TOKEN", "WEBHOOK_TOKEN", "FEEDBACK_TOKEN"}  # fmt: skip
     assert set(check["environment"]) == secrets and secrets <= set(check["command"])
     command = [sys.executable, *check["command"][1:]]
     refused = subprocess.run(

@@ -49,7 +49,7 @@ async def model_metadata(
     name: Name, request: Request, service: ServiceDep, version: str | None = None
 ) -> Response:
     """OIP v2 model metadata: the graph's input and output tensors."""
-    model = oip.pick(service, name, version, request.state.request_id)
+    model = oip.pick(service, name, version, request.state.unit)
     loaded = [v for v in service.lineup.versions().values() if v]
     return json_response(oip.metadata(model, loaded))
 
@@ -60,7 +60,7 @@ async def model_ready(
     name: Name, request: Request, service: ServiceDep, version: str | None = None
 ) -> Response:
     """OIP v2 model readiness."""
-    oip.pick(service, name, version, request.state.request_id)  # raises 404 / 503
+    oip.pick(service, name, version, request.state.unit)  # raises 404 / 503
     return json_response({"name": name, "ready": True})
 
 
@@ -70,5 +70,5 @@ async def infer(
     name: Name, request: Request, service: ServiceDep, version: str | None = None
 ) -> Response:
     """OIP v2 inference, JSON or with the binary tensor extension."""
-    model = oip.pick(service, name, version, request.state.request_id)
+    model = oip.pick(service, name, version, request.state.unit)
     return await oip.infer(service, model, request)

@@ -23,8 +23,9 @@ router = APIRouter()
 async def predict(request: Request, service: ServiceDep) -> Response:
     """Predictions for 1..N named-field records, with the model version that made them."""
     request_id = request.state.request_id
-    answer, assignment, records = await service.predict(request.state.body, request_id)
-    request.state.served = (assignment.serving.version, assignment.serving.alias)
+    answer, assignment, records = await service.predict(
+        request.state.body, request_id, request.state.unit, request.scope["state"]
+    )
     await service.log_records(answer, records)  # committed before the answer is sent
     task = None
     if assignment.shadow is not None:

@@ -69,3 +69,24 @@ async def retrain(model: ModelName, drift: DriftDep) -> dict[str, Any]:
     except RetrainingOff as exc:
         raise HTTPException(409, str(exc)) from exc
     return {"job": job.as_dict(), "new": new}
+
+
+@router.get("/{model}/performance", dependencies=Read)
+async def last_performance(model: ModelName, drift: DriftDep) -> dict[str, Any]:
+    """The model's last performance on labelled traffic, per version and alias."""
+    drift.spec(model)
+    if model not in drift.performance:
+        raise HTTPException(404, f"no performance run for {model} yet; "
+                            f"POST /models/{model}/performance/run")  # fmt: skip
+    return {"model": model, "versions": [p.as_dict() for p in drift.performance[model]]}
+
+
+@router.post("/{model}/performance/run", dependencies=Act)
+async def score_now(model: ModelName, drift: DriftDep) -> dict[str, Any]:
+    """Score the model on its labelled traffic now (the outcomes sent to /feedback)."""
+    drift.spec(model)
+    try:
+        results = await run_in_threadpool(drift.score, model)
+    except PredictionLogUnavailable as exc:
+        raise HTTPException(503, str(exc), headers={"Retry-After": "30"}) from exc
+    return {"model": model, "versions": [p.as_dict() for p in results]}
