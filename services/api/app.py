@@ -123,17 +123,27 @@ def create_app(model: str, settings: ServeSettings | None = None) -> FastAPI:
 
 
 def document_model(app: FastAPI, service: ModelService) -> None:
-    """OpenAPI with this model's own request schema for /predict, and its name as the only
-    value of the v2 routes' `name`, so generated requests reach the handlers."""
-    schema = service.request_model.model_json_schema(ref_template="#/components/schemas/{model}")
+    """OpenAPI with this model's own request schemas for /predict and /feedback, and its name
+    as the only value of the v2 routes' `name`, so generated requests reach the handlers."""
+    ref = "#/components/schemas/{model}"
+    schema = service.request_model.model_json_schema(ref_template=ref)
     definitions = schema.pop("$defs", {})
     body = {"required": True, "content": {"application/json": {"schema": schema}}}
+    outcomes = None  # /feedback's body: the task's outcome type (none: the route says 404)
+    if service.feedback_model is not None:
+        outcomes = service.feedback_model.model_json_schema(ref_template=ref)
+        definitions |= outcomes.pop("$defs", {})
     original = app.openapi
 
     def openapi() -> dict[str, Any]:
         document = original()  # FastAPI's, made once and cached: the changes below are too
         document.setdefault("components", {}).setdefault("schemas", {}).update(definitions)
         document["paths"][predict.PATH]["post"]["requestBody"] = body
+        if outcomes is not None:
+            content = {"application/json": {"schema": outcomes}}
+            document["paths"]["/feedback"]["post"]["requestBody"] = {
+                "required": True, "content": content,
+            }  # fmt: skip
         v2 = [
             op
             for path, ops in document["paths"].items()

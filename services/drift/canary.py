@@ -12,9 +12,10 @@ The share lives in the registry, as the registered model's `experiment.mode` and
   - outcomes: the group-sequential comparison on labelled traffic (services.drift.experiment).
 Any of them worse: rolled back (the challenger alias removed, routing off). All fine: the
 next step, and after the last one the challenger is promoted (champion alias moved). What
-cannot be judged (Prometheus unreachable, too few outcomes at the last step) holds the step;
-a canary older than DRIFT_CANARY_TIMEOUT_S is rolled back. Every decision is an event, a
-version tag in the registry and a `canary_decisions_total` count (the CanaryRolledBack alert).
+cannot be judged (Prometheus unreachable, too few outcomes at the last step) holds the step
+for another DRIFT_CANARY_STEP_S; a canary older than DRIFT_CANARY_TIMEOUT_S is rolled back.
+Every decision is an event, a version tag in the registry and a `canary_decisions_total`
+count (the CanaryRolledBack alert).
 """
 
 import json
@@ -34,6 +35,7 @@ from services.drift.settings import DriftSettings
 
 log = logging.getLogger("services.drift.canary")
 ACTIVE = ("ramping", "waiting")
+LOOKS = 50  # the looks a canary keeps (a held one looks again every step)
 
 
 class CanaryRefused(ValueError):
@@ -139,15 +141,15 @@ class Controller:
     def judge(self, canary: Canary, now: float) -> None:
         """The end of a step: roll back, hold, advance or promote."""
         look = self.look(canary, now)
-        canary.looks.append(look)
+        canary.looks = [*canary.looks, look][-LOOKS:]
         worse = [name for name, check in look["checks"].items() if check["verdict"] == "worse"]
         unknown = [name for name, c in look["checks"].items() if c["verdict"] == "unknown"]
         if worse:
             self._roll_back(canary, "; ".join(look["checks"][n]["text"] for n in worse))
         elif now - canary.started_at > self.settings.canary_timeout_s:
             self._roll_back(canary, f"no decision in {self.settings.canary_timeout_s:g} s")
-        elif unknown:
-            canary.state = "waiting"
+        elif unknown:  # the step is held: judged again a whole step later
+            canary.state, canary.step_started_at = "waiting", now
             self._save(canary)
             self.report(canary, "held", "; ".join(look["checks"][n]["text"] for n in unknown))
         elif canary.step + 1 < len(canary.steps):
@@ -185,8 +187,9 @@ class Controller:
             counter = f"serving_requests_total{{model='{model}'{extra}}}"
             return f"sum by (alias) (increase({counter}[{window}s]))"
 
-        errors = ", code=~'5..'"
-        ratio = self._query(f"{requests(errors)} / {requests()}")
+        # no 5xx at all is no series at all: zero, not a missing ratio
+        errors, answered = requests(", code=~'5..'"), requests()
+        ratio = self._query(f"({errors} or {answered} * 0) / {answered}")
         if ratio is None or "challenger" not in ratio:
             return {"verdict": "unknown", "text": "no error ratio of the challenger yet"}
         ours, theirs = ratio["challenger"], ratio.get("champion", 0.0)

@@ -174,8 +174,9 @@ def post(url: str, body: Any, status: int) -> httpx.Response:
 
 
 def send_feedback(key: str, url: str, trained: Path, token: str) -> None:
-    """Records predicted, then their held-out targets sent back as outcomes."""
-    spec, frame = CATALOG[key], held_out(trained, key, rows=8)
+    """Records predicted, then their held-out targets sent back as outcomes (enough rows
+    that every class shows: a ranking metric needs both)."""
+    spec, frame = CATALOG[key], held_out(trained, key, rows=200)
     outcomes = spec.task_kind.true_outcomes(frame, spec)
     if not outcomes:  # a task with no ground truth (segments)
         return

@@ -131,6 +131,7 @@ class TrackingServer:
 
 ADMIN_TOKEN = "test-admin-token-0123456789"  # every test service's SERVE_ADMIN_TOKEN
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+FEEDBACK_TOKEN = "test-feedback-token-0123456789"  # every test service's SERVE_FEEDBACK_TOKEN
 
 
 class Service:
@@ -153,6 +154,7 @@ class Service:
                 "SERVE_PREDICTION_LOG": f"sqlite:///{folder / 'predictions.sqlite'}",
                 "PYTHONPATH": str(ROOT),
                 "SERVE_ADMIN_TOKEN": ADMIN_TOKEN,
+                "SERVE_FEEDBACK_TOKEN": FEEDBACK_TOKEN,
             }
             | {f"SERVE_{k.upper()}": v for k, v in settings.items()}
         )

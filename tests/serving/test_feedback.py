@@ -131,7 +131,7 @@ def test_feedback_needs_its_credential(titanic_service: Service, registry: Regis
 def test_without_a_feedback_token_feedback_is_refused(
     started: list[Service], registry: Registry, tmp_path: Path
 ) -> None:
-    service = serve(started, "titanic", registry.uri, tmp_path)
+    service = serve(started, "titanic", registry.uri, tmp_path, feedback_token="")
     answer = service.post("/feedback", {"outcomes": [{"request_id": "x", "outcome": 1}]})
     assert answer.status_code == 403
     assert "no credential is set" in answer.json()["error"]
