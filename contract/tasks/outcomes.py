@@ -18,6 +18,7 @@ from contract.tasks.common import decided
 
 # the items of one ranked outcome (chosen or relevant ids): a bound on what one call stores
 MAX_ITEMS = 1000
+MAX_ID_LENGTH = 200
 Score = Callable[..., dict[str, float]]
 
 
@@ -45,8 +46,11 @@ def series_outcome(length: int) -> Any:
 
 
 def items_outcome() -> Any:
-    """Item or document ids (the ones a user chose, or that are relevant), 1..MAX_ITEMS."""
-    return Annotated[list[StrictInt | StrictStr], Field(min_length=1, max_length=MAX_ITEMS)]
+    """Item or document ids (the ones a user chose, or that are relevant), 1..MAX_ITEMS: a
+    64-bit integer or a string of at most MAX_ID_LENGTH characters, as ids are stored."""
+    number = Annotated[StrictInt, Field(ge=-(2**63), lt=2**63)]
+    text = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+    return Annotated[list[number | text], Field(min_length=1, max_length=MAX_ITEMS)]
 
 
 def class_indices(outcomes: Sequence[Any], names: list[str]) -> np.ndarray:

@@ -39,7 +39,10 @@ def feedback_model(spec: ModelSpec, max_items: int) -> type[BaseModel] | None:
         f"{spec.key}_feedback_item",
         __config__=config,
         request_id=(REQUEST_ID, Field(description="the X-Request-Id of the answer")),
-        position=(int, Field(0, ge=0, description="the record's index in its request")),
+        position=(
+            int,
+            Field(0, ge=0, lt=max_items, description="the record's index in its request"),
+        ),
         outcome=(outcome, Field(description=f"the true {spec.target.column}")),
     )
     items = Annotated[list[item], Field(min_length=1, max_length=max_items)]  # type: ignore[valid-type]

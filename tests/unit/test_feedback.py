@@ -143,6 +143,12 @@ def test_the_oip_form_becomes_the_same_items() -> None:
             b' {"name": "outcome", "shape": [4], "data": [1, 1, 1, 1]}]}',
             "outcomes",
         ),
+        (
+            b'{"inputs": [{"name": "request_id", "shape": [1], "data": ["a"]},'
+            b' {"name": "position", "shape": [1], "data": [3]},'
+            b' {"name": "outcome", "shape": [1], "data": [1]}]}',
+            "outcomes.0.position",
+        ),
     ],
 )
 def test_a_wrong_oip_body_is_a_400_naming_the_part(body: bytes, field: str) -> None:

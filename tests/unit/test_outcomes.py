@@ -44,7 +44,7 @@ def test_a_value_a_series_and_items_are_checked_against_the_target() -> None:
             series.validate_python(wrong)
     items = adapter(CATALOG["movie_recs"])
     assert items.validate_python([1, 2, "3"]) == [1, 2, "3"]
-    for wrong in ([], [1.5], "1,2", [None], list(range(1001))):
+    for wrong in ([], [1.5], "1,2", [None], list(range(1001)), [2**63], [""], ["x" * 201]):
         with pytest.raises(ValidationError):
             items.validate_python(wrong)
 
