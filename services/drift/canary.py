@@ -214,14 +214,7 @@ class Controller:
         spec = self.specs[canary.model]
         if spec.task_kind.outcome(spec) is None:  # no ground truth comes back: not a check
             return {"verdict": "fine", "text": "the task has no outcomes"}
-        labelled, _ = feedback.read_labelled(
-            self.settings.prediction_log, canary.model, canary.started_at,
-            self.settings.performance_max_records, self.settings.log_timeout_s,
-        )  # fmt: skip
-        arms = {
-            version: [r for r in labelled if r.version == version]
-            for version in (canary.champion, canary.challenger)
-        }
+        arms = self.arms(canary.model, canary.started_at, [canary.champion, canary.challenger])
         planned = self.settings.canary_records
         last = canary.step + 1 == len(canary.steps)
         fraction = 1.0 if last else min(1.0, min(map(len, arms.values())) / planned)
@@ -243,6 +236,14 @@ class Controller:
             verdict = "unknown" if last else "fine"
         return {"verdict": verdict, "text": text, "comparison": found.as_dict(),
                 "fraction": fraction}  # fmt: skip
+
+    def arms(self, model: str, since: float, versions: list[str]) -> dict[str, list[Any]]:
+        """The labelled records of each version predicted since `since` (one read)."""
+        labelled, _ = feedback.read_labelled(
+            self.settings.prediction_log, model, since, self.settings.performance_max_records,
+            self.settings.log_timeout_s,
+        )  # fmt: skip
+        return {v: [r for r in labelled if r.version == v] for v in versions}
 
     def _roll_back(self, canary: Canary, reason: str) -> None:
         client = self.client()

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from contract.catalog import load_catalog
 from contract.settings import get_settings
-from services.api import auth, feedback
+from services.api import auth
 from services.drift import canary, detect, experiment, performance
 from services.drift.gauges import DriftMetrics
 from services.drift.retrain import Job, Retrainer
@@ -83,11 +83,7 @@ class Drift:
             except Exception as exc:  # MLflow's not-found and connection errors alike
                 raise LookupError(f"{model} has no @{alias}: {exc}") from exc
         since = time.time() - self.settings.performance_window_s
-        labelled, _ = feedback.read_labelled(
-            self.settings.prediction_log, model, since, self.settings.performance_max_records,
-            self.settings.log_timeout_s,
-        )  # fmt: skip
-        arms = [[r for r in labelled if r.version == v] for v in versions.values()]
+        arms = list(self.canary.arms(model, since, list(versions.values())).values())
         return experiment.compare(spec, arms[0], arms[1], 1.0, self.settings.canary_min_records)
 
     async def canaries(self) -> None:
