@@ -104,6 +104,29 @@ class TritonSpec(Strict):
         return self
 
 
+class ProductionSpec(Strict):
+    """Labelled production records (snapshot@<key>: served inputs joined to the outcomes sent
+    back to /feedback) in training and in the quality gate."""
+
+    # none: trained on the packaged data alone; append: the snapshot's training part joins
+    # the train split. Either way the newest records are the gate's fresh held-out window.
+    join: Literal["none", "append"] = "none"
+    # only records predicted in the last `window_days` before the snapshot's newest join
+    # training (null: every record of the snapshot)
+    window_days: float | None = Field(default=None, gt=0)
+    weight: int = Field(default=1, ge=1, le=100)  # copies of each production record trained on
+    holdout: float = Field(default=0.3, gt=0, lt=1)  # the newest share, never trained on
+    min_holdout: int = Field(default=30, ge=1)  # fewer held out: the gate cannot use them
+    # how much worse than the champion on the original test split a candidate may be while
+    # not worse on the production window (the world moved: the packaged split is older)
+    test_margin: float = Field(default=0.0, ge=0)
+    records: int = Field(default=50_000, ge=1, le=1_000_000)  # the newest labelled, at most
+    # direct: a version that passes the gate becomes @champion at once; canary: it becomes
+    # @challenger and the drift service ramps it in as a canary (promoted or rolled back by
+    # its outcomes). The first version of a model is champion either way.
+    rollout: Literal["direct", "canary"] = "direct"
+
+
 class FeatureSpec(Strict):
     """A Feast-backed project: trained through a point-in-time join, served by entity key.
 
@@ -143,6 +166,7 @@ class ModelSpec(Strict):
     triton: TritonSpec | None
     # Feast-backed projects (entity keys at /predict), or null (required like `triton`)
     features: FeatureSpec | None
+    production: ProductionSpec = ProductionSpec()
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelSpec":
@@ -161,6 +185,13 @@ class ModelSpec(Strict):
             raise ValueError("split must be 'source' exactly when the source predefines a test set")
         if set(self.drop) & set(self.fields):
             raise ValueError(f"columns both dropped and used: {set(self.drop) & set(self.fields)}")
+        if self.production.join != "none" and not self.task_kind.LEARNS_FROM_OUTCOMES:
+            raise ValueError(f"production.join: a {self.task} model cannot learn from outcomes")
+        if self.production.join != "none" and self.features:
+            raise ValueError(
+                "production.join: a Feast-backed model's log holds entity keys, not the "
+                "features it was served (train on its feature store's history instead)"
+            )
         if self.features and set(self.features.request + self.features.derived) - set(self.fields):
             raise ValueError("features.request and features.derived must be fields")
         return self

@@ -22,6 +22,17 @@ def split_dir(key: str, root: Path = ROOT) -> Path:
     return root / "data" / "split" / key
 
 
+def production_dir(key: str, root: Path = ROOT) -> Path:
+    """snapshot@<key>: labelled production records, train.parquet (what may join training)
+    and holdout.parquet (the newest: the gate's fresh window)."""
+    return root / "data" / "production" / key
+
+
+def snapshot_report(key: str, root: Path = ROOT) -> Path:
+    """What snapshot@<key> exported: counts, time span, what it skipped."""
+    return root / "reports" / "production" / f"{key}.json"
+
+
 def model_dir(key: str, root: Path = ROOT) -> Path:
     """Native (framework) model: only the pipeline's own stages read it, serving never does."""
     return root / "models" / key

@@ -16,6 +16,9 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str = f"sqlite:///{ROOT / 'mlruns' / 'mlflow.db'}"
     # Where new experiments keep their artifacts; empty means <repo>/mlruns/artifacts
     mlflow_artifact_root: str = ""
+    # The prediction log (with the outcomes sent back) that snapshot@<key> exports labelled
+    # records from: the services' SERVE_PREDICTION_LOG (relative paths: from the workspace)
+    prediction_log: str = "sqlite:///run/predictions.sqlite"
 
     @property
     def artifact_root(self) -> str:

@@ -2,7 +2,9 @@
 
 Every input is checked before MLflow is touched, so a failing stage leaves the registry as
 it was. `champion` moves only for a version that meets every floor and is not worse than
-the current champion on the same test split; any other version becomes `challenger`.
+the current champion on the same test split (and on the production window of the labelled
+records snapshot@<key> held out); any other version becomes `challenger`, as does one
+that passed where the entry's `production.rollout` is canary (the drift service ramps it).
 """
 
 import hashlib
@@ -25,7 +27,7 @@ from mlflow.models import infer_signature
 from contract import paths, reference, search
 from contract.catalog import ModelSpec
 from contract.feeds import onnx_feeds
-from pipelines import export, model_card, registry
+from pipelines import export, model_card, registry, snapshot
 from pipelines.cli import StageError, run_stage
 from pipelines.export import Session
 from pipelines.flavors import retrieval
@@ -64,7 +66,7 @@ def lineage(key: str, root: Path) -> dict[str, str]:
     }
     lock = root / "dvc.lock"
     stages = yaml.safe_load(lock.read_text()).get("stages", {}) if lock.exists() else {}
-    for stage in ("prepare", "train", "export"):
+    for stage in ("prepare", "snapshot", "train", "export"):
         for out in stages.get(f"{stage}@{key}", {}).get("outs", []):
             tags[f"dvc.{out['path']}"] = out.get("md5", "")
     return tags
@@ -127,6 +129,24 @@ def log_reference(spec: ModelSpec, frames: dict[str, pd.DataFrame], session: Ses
         mlflow.log_artifact(str(path), artifact_path=reference.ARTIFACT_DIR)
 
 
+def datasets(
+    spec: ModelSpec, root: Path, frames: dict[str, pd.DataFrame]
+) -> list[tuple[str, str, Path]]:
+    """(MLflow context, frame, source) of each data set the run used: the splits, and the
+    snapshot of labelled production records where it holds any (what joined training, the
+    window the gate compared on), so a run names the snapshot it trained on."""
+    split, production = paths.split_dir(spec.key, root), paths.production_dir(spec.key, root)
+    found = [
+        ("training", "train", split / "train.parquet"),
+        ("testing", "test", split / "test.parquet"),
+    ]
+    if len(frames["production"]):
+        found.append(("training", "production", production / "train.parquet"))
+    if len(frames["holdout"]):
+        found.append(("production_window", "holdout", production / "holdout.parquet"))
+    return found
+
+
 def log_run(
     spec: ModelSpec,
     root: Path,
@@ -137,7 +157,6 @@ def log_run(
     card: str,
 ) -> tuple[str, str]:
     """One MLflow run: params, metrics, datasets, tags, card, ONNX model. (run id, version)."""
-    split = paths.split_dir(spec.key, root)
     example = onnx_feeds(frames["test"].head(EXAMPLE_ROWS), spec)
     session = open_session(graph, spec, root)
     if isinstance(session, search.RetrievalSession):  # MLflow's ONNX model: the encoder
@@ -151,8 +170,7 @@ def log_run(
         mlflow.log_params(flat_params(spec))
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
         mlflow.set_tags(tags)
-        for context, name in (("training", "train"), ("testing", "test")):
-            source = split / f"{name}.parquet"
+        for context, name, source in datasets(spec, root, frames):
             with warnings.catch_warnings():  # a dataset record, not the model's signature:
                 warnings.filterwarnings("ignore", message=".*interpreted in multiple ways.*")
                 warnings.filterwarnings("ignore", message=".*schema contains integer column.*")
@@ -182,8 +200,19 @@ def log_run(
 def register(spec: ModelSpec, root: Path) -> dict[str, Any]:
     """Check inputs, gate against the champion, log the run, then label the new version."""
     graph, metrics, train, test = load_inputs(spec, root)
+    production, holdout = snapshot.training_rows(spec, root), snapshot.holdout(spec, root)
     client = registry.client()
-    alias, reason = registry.gate(client, spec, metrics, test)
+    candidate = None
+    if len(holdout):
+        candidate = ort.InferenceSession(
+            graph.SerializeToString(), providers=["CPUExecutionProvider"]
+        )
+    alias, reason, window, compared = registry.gate(client, spec, metrics, test, candidate, holdout)
+    canary = alias == registry.CHAMPION and spec.production.rollout == "canary"
+    if canary and registry.champion_version(client, spec.key) is not None:
+        alias, reason = registry.CHALLENGER, f"{reason}; to be rolled out as a canary"
+    else:
+        canary = False
     meta = {p.key: p.value for p in graph.metadata_props}
     segments = json.loads(meta["segments"]) if "segments" in meta else None
     card = model_card.render(spec, metrics, train, test, f"Gate: **{alias}**: {reason}.", segments)
@@ -193,8 +222,9 @@ def register(spec: ModelSpec, root: Path) -> dict[str, Any]:
             "feast.feature_service": spec.features.service,
             "feast.entity": spec.features.entity,
         }
-    frames = {"train": train, "test": test}
-    run_id, version = log_run(spec, root, graph, metrics, frames, tags, card)
+    frames = {"train": train, "test": test, "production": production, "holdout": holdout}
+    logged = metrics | {f"production_window.{k}": v for k, v in window.items()}
+    run_id, version = log_run(spec, root, graph, logged, frames, tags, card)
     client.update_registered_model(spec.key, description=spec.description)
     client.update_model_version(spec.key, version, description=card)
     # Servers check the bytes they download (or kept from an earlier start) against this.
@@ -214,6 +244,13 @@ def register(spec: ModelSpec, root: Path) -> dict[str, Any]:
         "reason": reason,
         "run_id": run_id,
         "metrics": metrics,
+        "production_window": {
+            "records": len(holdout),
+            "metrics": window,  # the candidate's
+            "champion": None if compared is None else compared.champion,  # its gate metric
+        },
+        "production_rows": len(production),
+        "canary": canary,  # passed the gate, @challenger until its canary decides
     }
 
 

@@ -1,5 +1,7 @@
 """MLflow: tracking set-up, the quality gate, and what the registry holds."""
 
+from dataclasses import dataclass
+
 import mlflow
 import onnxruntime as ort
 import pandas as pd
@@ -41,6 +43,31 @@ def champion_version(mlflow_client: MlflowClient, key: str) -> str | None:
         return None
 
 
+def scored(session: ort.InferenceSession, frame: pd.DataFrame, spec: ModelSpec) -> dict[str, float]:
+    """The task's metrics of a graph on labelled rows, decided at the graph's own threshold."""
+    # a segmentation is judged in the space it clusters, which its graph outputs too
+    clusters = spec.task_kind.NATIVE == "distances"
+    embedding = onnx_embedding(session, frame, spec) if clusters else None
+    predicted = onnx_predict(session, frame, spec)
+    threshold = session.get_modelmeta().custom_metadata_map.get("threshold")
+    threshold_value = None if threshold is None else float(threshold)
+    return score(spec, encode_target(frame, spec), predicted, threshold_value, embedding)
+
+
+def version_session(spec: ModelSpec, version: str) -> ort.InferenceSession:
+    graph = mlflow.onnx.load_model(f"models:/{spec.key}/{version}")
+    return ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+SCORING_ERRORS = (
+    KeyError,
+    ValueError,
+    RuntimeError,
+    MlflowException,
+    ort.capi.onnxruntime_pybind11_state.Fail,
+)
+
+
 def champion_metric(
     mlflow_client: MlflowClient, spec: ModelSpec, version: str, test: pd.DataFrame
 ) -> tuple[float, str]:
@@ -51,25 +78,9 @@ def champion_metric(
     if spec.task_kind.NATIVE == "embeddings":  # no score from its graph's outputs alone
         return _logged(mlflow_client, spec, version), "its logged metric (its own corpus)"
     try:
-        graph = mlflow.onnx.load_model(f"models:/{spec.key}/{version}")
-        session = ort.InferenceSession(
-            graph.SerializeToString(), providers=["CPUExecutionProvider"]
-        )
-        # a segmentation is judged in the space it clusters, which its graph outputs too
-        clusters = spec.task_kind.NATIVE == "distances"
-        embedding = onnx_embedding(session, test, spec) if clusters else None
-        predicted = onnx_predict(session, test, spec)
-        threshold = session.get_modelmeta().custom_metadata_map.get("threshold")
-        threshold_value = None if threshold is None else float(threshold)
-        metrics = score(spec, encode_target(test, spec), predicted, threshold_value, embedding)
+        metrics = scored(version_session(spec, version), test, spec)
         return metrics[spec.gate_metric], "re-scored on the same test split"
-    except (
-        KeyError,
-        ValueError,
-        RuntimeError,
-        MlflowException,
-        ort.capi.onnxruntime_pybind11_state.Fail,
-    ) as exc:
+    except SCORING_ERRORS as exc:
         log.warning(
             "champion v%s cannot score this test split (%s); using its logged metric", version, exc
         )
@@ -81,8 +92,30 @@ def _logged(mlflow_client: MlflowClient, spec: ModelSpec, version: str) -> float
     return float(run.data.metrics[spec.gate_metric])
 
 
-def decide(spec: ModelSpec, metrics: dict[str, float], incumbent: float | None) -> tuple[str, str]:
-    """(alias, reason): champion only if every floor holds and the gate metric is not worse."""
+@dataclass(frozen=True)
+class Window:
+    """The gate metric of candidate and champion on the snapshot's held-out production
+    records (pipelines/snapshot.py): the world as it is now, which the test split is not."""
+
+    records: int
+    candidate: float
+    champion: float
+
+
+def within(spec: ModelSpec, new: float, incumbent: float, margin: float) -> bool:
+    """`new` not worse than `incumbent` by more than `margin`."""
+    return new >= incumbent - margin if spec.higher_is_better else new <= incumbent + margin
+
+
+def decide(
+    spec: ModelSpec,
+    metrics: dict[str, float],
+    incumbent: float | None,
+    production: Window | None = None,
+) -> tuple[str, str]:
+    """(alias, reason): champion only if every floor holds and the gate metric is not worse
+    than the champion's: on the production window where there is one (and on the test
+    split within `production.test_margin`), else on the test split."""
     missed = [
         f"{k} {metrics[k]:.4f} not {spec.floors[k]}"
         for k, ok in floors_met(spec, metrics).items()
@@ -90,27 +123,66 @@ def decide(spec: ModelSpec, metrics: dict[str, float], incumbent: float | None) 
     ]
     if missed:
         return CHALLENGER, "floor missed: " + "; ".join(missed)
-    new = metrics[spec.gate_metric]
-    if incumbent is not None:
-        if not not_worse(spec, new, incumbent):
-            return CHALLENGER, f"{spec.gate_metric} {new:.4f} worse than champion's {incumbent:.4f}"
-        return (
-            CHAMPION,
-            f"floors met; {spec.gate_metric} {new:.4f} not worse than champion's {incumbent:.4f}",
+    name, new = spec.gate_metric, metrics[spec.gate_metric]
+    if incumbent is None:
+        return CHAMPION, f"floors met; {name} {new:.4f}; no champion before"
+    if production is not None:
+        window = (
+            f"{name} {production.candidate:.4f} on the production window "
+            f"({production.records} records) against the champion's {production.champion:.4f}"
         )
-    return CHAMPION, f"floors met; {spec.gate_metric} {new:.4f}; no champion before"
+        if not not_worse(spec, production.candidate, production.champion):
+            return CHALLENGER, f"worse: {window}"
+        margin = spec.production.test_margin
+        split = f"{name} {new:.4f} on the test split against {incumbent:.4f} (margin {margin:g})"
+        if not within(spec, new, incumbent, margin):
+            return CHALLENGER, f"{window}, but {split}"
+        return CHAMPION, f"floors met; {window}; {split}"
+    if not not_worse(spec, new, incumbent):
+        return CHALLENGER, f"{name} {new:.4f} worse than champion's {incumbent:.4f}"
+    return CHAMPION, f"floors met; {name} {new:.4f} not worse than champion's {incumbent:.4f}"
+
+
+def production_window(
+    spec: ModelSpec, candidate: ort.InferenceSession, version: str, holdout: pd.DataFrame
+) -> tuple[Window | None, dict[str, float]]:
+    """(the window's comparison, the candidate's metrics on it) where the snapshot holds
+    at least `production.min_holdout` records and the champion's graph scores them."""
+    if len(holdout) < spec.production.min_holdout:
+        return None, {}
+    ours = scored(candidate, holdout, spec)
+    try:
+        theirs = scored(version_session(spec, version), holdout, spec)
+    except SCORING_ERRORS as exc:
+        log.warning("champion v%s cannot score the production window (%s)", version, exc)
+        return None, ours
+    window = Window(len(holdout), ours[spec.gate_metric], theirs[spec.gate_metric])
+    return window, ours
 
 
 def gate(
-    client: MlflowClient, spec: ModelSpec, metrics: dict[str, float], test: pd.DataFrame
-) -> tuple[str, str]:
-    """(alias, reason) for a new version, against the current champion if there is one."""
+    client: MlflowClient,
+    spec: ModelSpec,
+    metrics: dict[str, float],
+    test: pd.DataFrame,
+    candidate: ort.InferenceSession | None = None,
+    holdout: pd.DataFrame | None = None,
+) -> tuple[str, str, dict[str, float], Window | None]:
+    """(alias, reason, the candidate's metrics on the production window, the comparison
+    there) for a new version, against the current champion if there is one."""
     incumbent_version = champion_version(client, spec.key)
     if incumbent_version is None:
-        return decide(spec, metrics, None)
+        alias, reason = decide(spec, metrics, None)
+        window_metrics = {}
+        if candidate is not None and holdout is not None and len(holdout):
+            window_metrics = scored(candidate, holdout, spec)
+        return alias, reason, window_metrics, None
     incumbent, basis = champion_metric(client, spec, incumbent_version, test)
-    alias, reason = decide(spec, metrics, incumbent)
-    return alias, f"{reason} (champion v{incumbent_version}, {basis})"
+    window, window_metrics = None, {}
+    if candidate is not None and holdout is not None:
+        window, window_metrics = production_window(spec, candidate, incumbent_version, holdout)
+    alias, reason = decide(spec, metrics, incumbent, window)
+    return alias, f"{reason} (champion v{incumbent_version}, {basis})", window_metrics, window
 
 
 def summary(keys: list[str]) -> list[dict[str, object]]:

@@ -38,6 +38,8 @@ class Task(Protocol):
     """What a task module provides (module-level constants and functions)."""
 
     SUPERVISED: bool  # the labels join training (False: they only judge it, held out)
+    # a served record with its outcome is a training row (production.join may append them)
+    LEARNS_FROM_OUTCOMES: bool
     STRATIFIED: bool  # a shuffled split keeps the target's proportions
     LABELS_SERVED: bool  # a served record carries a label (class, segment, decision)
     NATIVE: Native
@@ -121,6 +123,17 @@ class Task(Protocol):
 
     def true_outcomes(self, frame: pd.DataFrame, spec: "ModelSpec") -> list[Any]:
         """Held-out rows' targets as /feedback takes them ([] where the task takes none)."""
+
+    def evidently_view(
+        self, spec: "ModelSpec", predictions: list[dict[str, Any]], outcomes: list[Any]
+    ) -> tuple[Any, Any, Any] | None:
+        """Evidently's view of a labelled window: (frame, DataDefinition, preset), for the
+        drift service's performance report; None where no preset fits the outcomes."""
+
+    def targets(self, outcomes: list[Any], spec: "ModelSpec", seen: pd.Series) -> Any:
+        """Stored outcomes as the raw target column's values (true_outcomes' inverse; `seen`:
+        the train split's target column, whose coding they take): labelled production
+        records as training rows. None where LEARNS_FROM_OUTCOMES is False."""
 
 
 TASKS: dict[str, ModuleType] = {

@@ -21,13 +21,22 @@ from contract.tasks.common import (
     two_valued,
 )
 from contract.tasks.common import no_payload_change as payload
-from contract.tasks.outcomes import class_indices, label_outcome, labelled_score, named_outcomes
+from contract.tasks.outcomes import (
+    class_indices,
+    label_outcome,
+    labelled_score,
+    labels_view,
+    named_outcomes,
+)
+from contract.tasks.outcomes import no_targets as targets
 
 if TYPE_CHECKING:
     from contract.catalog import ModelSpec
 
-__all__ = ["payload"]
+__all__ = ["payload", "targets"]
 SUPERVISED, STRATIFIED, LABELS_SERVED = False, True, True
+# an isolation forest never sees a label: outcomes judge it, they do not train it
+LEARNS_FROM_OUTCOMES = False
 NATIVE = "anomaly_scores"  # higher: more anomalous
 RELATIVE_PARITY = False
 REFERENCE_SPLIT = "train"
@@ -147,3 +156,10 @@ def performance(
 def true_outcomes(frame: pd.DataFrame, spec: "ModelSpec") -> list[Any]:
     """Held-out rows' targets as /feedback takes them (the load test, the loop demo)."""
     return named_outcomes(encode_target(frame[spec.target.column], spec), class_names(spec))
+
+
+def evidently_view(
+    spec: "ModelSpec", predictions: list[dict[str, Any]], outcomes: list[Any]
+) -> tuple[Any, Any, Any]:
+    """Evidently's classification preset over the served decisions (normal / anomaly)."""
+    return labels_view(class_names(spec), [p["label"] for p in predictions], outcomes)

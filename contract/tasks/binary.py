@@ -23,8 +23,10 @@ from contract.tasks.common import (
 )
 from contract.tasks.common import no_payload_change as payload
 from contract.tasks.outcomes import (
+    binary_view,
     class_indices,
     label_outcome,
+    label_targets,
     labelled_score,
     named_outcomes,
     served_threshold,
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 
 __all__ = ["payload"]
 SUPERVISED, STRATIFIED, LABELS_SERVED = True, True, True
+LEARNS_FROM_OUTCOMES = True
 NATIVE = "probabilities"
 RELATIVE_PARITY = False
 REFERENCE_SPLIT = "train"
@@ -150,3 +153,22 @@ def performance(
 def true_outcomes(frame: pd.DataFrame, spec: "ModelSpec") -> list[Any]:
     """Held-out rows' targets as /feedback takes them (the load test, the loop demo)."""
     return named_outcomes(encode_target(frame[spec.target.column], spec), class_names(spec))
+
+
+def targets(outcomes: list[Any], spec: "ModelSpec", seen: pd.Series) -> pd.Series:
+    """Stored outcomes as the target column codes them (the positive value, or the
+    negative one the train split holds most)."""
+    coded: pd.Series = label_targets(
+        outcomes, class_names(spec), seen, lambda y: encode_target(y, spec)
+    )
+    return coded
+
+
+def evidently_view(
+    spec: "ModelSpec", predictions: list[dict[str, Any]], outcomes: list[Any]
+) -> tuple[Any, Any, Any]:
+    """Evidently's classification preset over served P(positive), at the served threshold."""
+    names = class_names(spec)
+    positive = np.asarray([p["probability"] for p in predictions], dtype=np.float64)
+    flagged = np.asarray([p["label"] == names[1] for p in predictions])
+    return binary_view(names, positive, flagged, outcomes)

@@ -22,12 +22,15 @@ from contract.tasks.common import no_payload_change as payload
 from contract.tasks.outcomes import no_outcome as outcome
 from contract.tasks.outcomes import no_outcomes as true_outcomes
 from contract.tasks.outcomes import no_performance as performance
+from contract.tasks.outcomes import no_targets as targets
+from contract.tasks.outcomes import no_view as evidently_view
 
 if TYPE_CHECKING:
     from contract.catalog import ModelSpec
 
-__all__ = ["outcome", "payload", "performance", "true_outcomes"]
+__all__ = ["evidently_view", "outcome", "payload", "performance", "targets", "true_outcomes"]
 SUPERVISED, STRATIFIED, LABELS_SERVED = False, True, True
+LEARNS_FROM_OUTCOMES = False
 NATIVE = "distances"  # to each segment's centre; the nearest is its own
 RELATIVE_PARITY = False
 REFERENCE_SPLIT = "train"

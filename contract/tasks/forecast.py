@@ -20,13 +20,17 @@ from contract.tasks.common import (
     whole_graph_card,
 )
 from contract.tasks.common import no_payload_change as payload
+from contract.tasks.outcomes import no_targets as targets
+from contract.tasks.outcomes import no_view as evidently_view
 from contract.tasks.outcomes import quietly, series_outcome
 
 if TYPE_CHECKING:
     from contract.catalog import ModelSpec
 
-__all__ = ["payload"]
+__all__ = ["evidently_view", "payload", "targets"]
 SUPERVISED, STRATIFIED, LABELS_SERVED = True, False, False
+# a request holds the history, not the origin's time that orders the training records
+LEARNS_FROM_OUTCOMES = False
 NATIVE = "values"  # [N, horizon]
 RELATIVE_PARITY = True
 REFERENCE_SPLIT = "train"

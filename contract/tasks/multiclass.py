@@ -20,13 +20,21 @@ from contract.tasks.common import (
     whole_graph_card,
 )
 from contract.tasks.common import no_payload_change as payload
-from contract.tasks.outcomes import class_indices, label_outcome, labelled_score, named_outcomes
+from contract.tasks.outcomes import (
+    class_indices,
+    label_outcome,
+    label_targets,
+    labelled_score,
+    labels_view,
+    named_outcomes,
+)
 
 if TYPE_CHECKING:
     from contract.catalog import ModelSpec
 
 __all__ = ["payload"]
 SUPERVISED, STRATIFIED, LABELS_SERVED = True, True, True
+LEARNS_FROM_OUTCOMES = True
 NATIVE = "probabilities"
 RELATIVE_PARITY = False
 REFERENCE_SPLIT = "train"
@@ -144,3 +152,18 @@ def performance(
 def true_outcomes(frame: pd.DataFrame, spec: "ModelSpec") -> list[Any]:
     """Held-out rows' targets as /feedback takes them (the load test, the loop demo)."""
     return named_outcomes(encode_target(frame[spec.target.column], spec), class_names(spec))
+
+
+def targets(outcomes: list[Any], spec: "ModelSpec", seen: pd.Series) -> pd.Series:
+    """Stored outcomes (class names) as the target column codes them: names or indices."""
+    coded: pd.Series = label_targets(
+        outcomes, class_names(spec), seen, lambda y: encode_target(y, spec)
+    )
+    return coded
+
+
+def evidently_view(
+    spec: "ModelSpec", predictions: list[dict[str, Any]], outcomes: list[Any]
+) -> tuple[Any, Any, Any]:
+    """Evidently's classification preset over the served labels."""
+    return labels_view(class_names(spec), [p["label"] for p in predictions], outcomes)

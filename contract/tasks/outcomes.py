@@ -123,6 +123,103 @@ def item_outcomes(frame: Any, spec: Any) -> list[list[Any]]:
     return [[item] for item in frame[spec.target.item].tolist()]
 
 
+def label_targets(
+    outcomes: Sequence[Any], names: list[str], seen: Any, encode: Callable[[Any], np.ndarray]
+) -> Any:
+    """Stored outcomes (class names) as the target column codes them: for each class, the
+    value of `seen` (the train split's target column) that `encode`s to it, the most
+    frequent where several do (a binary target's negative is any value but the positive).
+    ValueError naming a class the column never holds: there is no coding for it."""
+    import pandas as pd
+
+    coding: dict[int, Any] = {}
+    for value in seen.value_counts().index[::-1]:  # the most frequent is set last
+        coding[int(encode(pd.Series([value], dtype=seen.dtype))[0])] = value
+    indices = class_indices(outcomes, names)
+    missing = sorted({names[i] for i in set(indices.tolist()) - set(coding)})
+    if missing:
+        raise ValueError(f"the train split's target never holds the classes {missing}")
+    return pd.Series([coding[int(i)] for i in indices], dtype=seen.dtype)
+
+
+def value_targets(outcomes: Sequence[Any], spec: Any, seen: Any) -> Any:
+    """Stored outcomes (numbers) as the target column: floats."""
+    import pandas as pd
+
+    return pd.Series(list(outcomes), dtype="float64")
+
+
+def no_targets(outcomes: Sequence[Any], spec: Any, seen: Any) -> None:
+    """A task whose training does not take outcomes back (unsupervised, or ids not rows)."""
+    return None
+
+
+# Evidently's view of a labelled window (the drift service's performance report): the
+# frame, its DataDefinition and the preset. Evidently is imported when one is built: the
+# model services import this module, and never build one.
+View = tuple[Any, Any, Any]
+
+
+def binary_view(
+    names: list[str], positive: np.ndarray, flagged: np.ndarray, outcomes: Sequence[Any]
+) -> View:
+    """P(positive) against the outcomes, decided at the served threshold."""
+    import pandas as pd
+    from evidently import BinaryClassification, DataDefinition
+    from evidently.presets import ClassificationPreset
+
+    target = [names[i] for i in class_indices(outcomes, names)]
+    frame = pd.DataFrame({"target": target, "prediction": positive})
+    kind = BinaryClassification(target="target", prediction_probas="prediction", pos_label=names[1])
+    definition = DataDefinition(
+        classification=[kind], categorical_columns=["target"], numerical_columns=["prediction"]
+    )
+    threshold = served_threshold(positive, flagged)
+    return frame, definition, ClassificationPreset(probas_threshold=min(threshold, 1.0))
+
+
+def labels_view(names: list[str], predicted: Sequence[str], outcomes: Sequence[Any]) -> View:
+    """The served labels against the outcomes (class names); two classes are a binary
+    decision (the second one positive), which Evidently's multiclass view cannot take."""
+    import pandas as pd
+    from evidently import BinaryClassification, DataDefinition, MulticlassClassification
+    from evidently.presets import ClassificationPreset
+
+    target = [names[i] for i in class_indices(outcomes, names)]
+    frame = pd.DataFrame({"target": target, "prediction": list(predicted)})
+    kind: Any = MulticlassClassification(target="target", prediction_labels="prediction")
+    if len(names) == 2:
+        kind = BinaryClassification(
+            target="target", prediction_labels="prediction", pos_label=names[1]
+        )
+    definition = DataDefinition(classification=[kind], categorical_columns=["target", "prediction"])
+    return frame, definition, ClassificationPreset()
+
+
+def values_view(predicted: Sequence[float], outcomes: Sequence[Any]) -> View:
+    """The served values against the true ones."""
+    import pandas as pd
+    from evidently import DataDefinition, Regression
+    from evidently.presets import RegressionPreset
+
+    frame = pd.DataFrame(
+        {
+            "target": np.asarray(outcomes, dtype=np.float64),
+            "prediction": np.asarray(predicted, dtype=np.float64),
+        }
+    )
+    definition = DataDefinition(
+        regression=[Regression(target="target", prediction="prediction")],
+        numerical_columns=["target", "prediction"],
+    )
+    return frame, definition, RegressionPreset()
+
+
+def no_view(spec: Any, predictions: Sequence[Any], outcomes: Sequence[Any]) -> None:
+    """No Evidently preset fits the task's outcomes (sets of ids, series, segments)."""
+    return None
+
+
 def no_outcome(spec: Any) -> None:
     """A task with no ground truth to send back (segments are found, not known)."""
     return None

@@ -19,12 +19,16 @@ from contract.tasks.common import (
 from contract.tasks.common import no_payload_change as payload
 from contract.tasks.outcomes import at_k, items_outcome
 from contract.tasks.outcomes import item_outcomes as true_outcomes
+from contract.tasks.outcomes import no_targets as targets
+from contract.tasks.outcomes import no_view as evidently_view
 
 if TYPE_CHECKING:
     from contract.catalog import ModelSpec
 
-__all__ = ["payload", "true_outcomes"]
+__all__ = ["evidently_view", "payload", "targets", "true_outcomes"]
 SUPERVISED, STRATIFIED, LABELS_SERVED = True, True, True
+# an outcome is a set of ids, not a row the model was fitted on
+LEARNS_FROM_OUTCOMES = False
 NATIVE = "values"  # the predicted ratings of the frame's (user, item) pairs
 RELATIVE_PARITY = False
 REFERENCE_SPLIT = "train"

@@ -17,13 +17,15 @@ from contract.tasks.common import (
     whole_graph_card,
 )
 from contract.tasks.common import no_payload_change as payload
-from contract.tasks.outcomes import quietly, value_outcome
+from contract.tasks.outcomes import quietly, value_outcome, values_view
+from contract.tasks.outcomes import value_targets as targets
 
 if TYPE_CHECKING:
     from contract.catalog import ModelSpec
 
-__all__ = ["payload"]
+__all__ = ["payload", "targets"]
 SUPERVISED, STRATIFIED, LABELS_SERVED = True, False, False
+LEARNS_FROM_OUTCOMES = True
 NATIVE = "values"
 RELATIVE_PARITY = True
 REFERENCE_SPLIT = "train"
@@ -115,3 +117,10 @@ def performance(
 def true_outcomes(frame: pd.DataFrame, spec: "ModelSpec") -> list[Any]:
     """Held-out rows' targets as /feedback takes them (the load test, the loop demo)."""
     return [float(v) for v in frame[spec.target.column]]
+
+
+def evidently_view(
+    spec: "ModelSpec", predictions: list[dict[str, Any]], outcomes: list[Any]
+) -> tuple[Any, Any, Any]:
+    """Evidently's regression preset over the served values."""
+    return values_view([p["value"] for p in predictions], outcomes)

@@ -22,11 +22,15 @@ from contract.tasks.common import (
 )
 from contract.tasks.outcomes import at_k, items_outcome
 from contract.tasks.outcomes import item_outcomes as true_outcomes
+from contract.tasks.outcomes import no_targets as targets
+from contract.tasks.outcomes import no_view as evidently_view
 
 if TYPE_CHECKING:
     from contract.catalog import ModelSpec
 
 SUPERVISED, STRATIFIED, LABELS_SERVED = True, True, False
+# an outcome is a set of ids, not a row the model was fitted on
+LEARNS_FROM_OUTCOMES = False
 NATIVE = "embeddings"  # the queries' embeddings [N, dim]
 RELATIVE_PARITY = False
 REFERENCE_SPLIT = "test"  # its training rows are the corpus (each its own best match)
@@ -43,7 +47,7 @@ encode_target = positive_flags
 target_column = two_valued
 labels = no_labels
 
-__all__ = ["true_outcomes"]
+__all__ = ["evidently_view", "targets", "true_outcomes"]
 QUERY_WORDS = 20
 
 

@@ -25,10 +25,12 @@ from typing import Any
 from services.api.predlog import (
     PRUNE_BATCH,
     READ_TIMEOUT_S,
+    TRUNCATED,
     WRITE_TIMEOUT_S,
     PredictionLogUnavailable,
     connect_postgres,
     loads,
+    records_of,
     sqlite_path,
 )
 
@@ -259,6 +261,63 @@ def _labelled(cursor: Any, records: int) -> list[Labelled]:
             seen.add(key)
             prediction = parsed[row_id][pos]
             out.append(Labelled(ts, version, alias, prediction, loads(outcome), at))
+    return out[:records]
+
+
+@dataclass(frozen=True)
+class Example:
+    """A served record's inputs (as the request sent them) with its true outcome: what
+    snapshot@<key> turns into a training row."""
+
+    request_id: str
+    position: int
+    predicted_at: float
+    labelled_at: float
+    inputs: dict[str, Any] | None  # None: over the log's size cap, not stored
+    outcome: Any
+
+
+# The model's own answers (a shadow's scoring of the same request holds the same inputs)
+EXAMPLES_QUERY = (
+    "SELECT p.request_id, p.id, p.ts, p.positions, p.inputs, f.position, f.outcome, f.ts "
+    "FROM feedback f JOIN predictions p ON p.model = f.model AND p.request_id = f.request_id "
+    "WHERE f.model = {0} AND p.route <> 'shadow' ORDER BY p.id DESC, f.position"
+)
+
+
+def read_examples(
+    url: str, model: str, records: int, timeout_s: float = READ_TIMEOUT_S
+) -> list[Example]:
+    """The newest `records` labelled records `model` served, newest first, each with the
+    inputs it was served on. A request id logged twice (a client reusing one) counts once,
+    with its newest row. PredictionLogUnavailable: unreachable or too slow."""
+    try:
+        with _reader(url, timeout_s) as found:
+            if found is None:
+                return []
+            db, mark = found
+            cursor = db.execute(EXAMPLES_QUERY.format(mark), (model,))
+            return _examples(cursor, records)
+    except (sqlite3.OperationalError, _postgres_errors()) as exc:
+        raise PredictionLogUnavailable(f"reading feedback: {type(exc).__name__}: {exc}") from exc
+
+
+def _examples(cursor: Any, records: int) -> list[Example]:
+    out: list[Example] = []
+    seen: set[tuple[str, int]] = set()
+    parsed: dict[int, dict[int, dict[str, Any]]] = {}  # a row's records by position
+    while len(out) < records and (batch := cursor.fetchmany(200)):
+        for request_id, row_id, ts, positions, inputs, pos, outcome, at in batch:
+            if (request_id, pos) in seen:
+                continue
+            if row_id not in parsed:
+                parsed[row_id] = dict(zip(loads(positions), records_of(loads(inputs)), strict=True))
+            if pos not in parsed[row_id]:  # an older row of a reused id: not this record
+                continue
+            seen.add((request_id, pos))
+            record = parsed[row_id][pos]
+            kept = None if TRUNCATED in record else record
+            out.append(Example(request_id, pos, ts, at, kept, loads(outcome)))
     return out[:records]
 
 

@@ -173,3 +173,17 @@ def test_held_out_targets_are_outcomes_feedback_takes(key: str) -> None:
     assert len(outcomes) == len(test)
     checked = TypeAdapter(list[annotation]).validate_python(outcomes)  # type: ignore[valid-type]
     assert len(checked) == len(test)
+
+
+@pytest.mark.parametrize("key", [k for k in KEYS if CATALOG[k].task_kind.LEARNS_FROM_OUTCOMES])
+def test_outcomes_sent_back_are_targets_again(key: str) -> None:
+    """snapshot@<key> turns stored outcomes into training rows: the task's `targets` of the
+    outcomes a held-out row's feedback carries code the target as the data set does."""
+    spec, (_, train, test) = CATALOG[key], prepared(key)
+    task = spec.task_kind
+    targets = task.targets(task.true_outcomes(test, spec), spec, train[spec.target.column])
+    np.testing.assert_array_equal(
+        task.encode_target(targets, spec), task.encode_target(test[spec.target.column], spec)
+    )
+    numeric = pd.api.types.is_numeric_dtype  # a regression's int prices come back as floats
+    assert numeric(targets) == numeric(train[spec.target.column])

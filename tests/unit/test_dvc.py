@@ -10,7 +10,7 @@ import yaml
 from contract.paths import ROOT
 from tests.conftest import CATALOG, KEYS
 
-STAGES = ["prepare", "train", "evaluate", "export", "register"]
+STAGES = ["prepare", "snapshot", "train", "evaluate", "export", "register"]
 FEATURE_STAGES = ["features_apply", "features_materialize"]  # once, not per model
 
 

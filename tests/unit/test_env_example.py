@@ -6,6 +6,7 @@ import pytest
 from pydantic_settings import BaseSettings
 
 from contract.paths import ROOT
+from contract.settings import Settings
 from services.api.settings import ServeSettings
 from services.drift.settings import DriftSettings
 
@@ -13,7 +14,7 @@ DOCUMENTED = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example")
 
 
 @pytest.mark.parametrize(
-    ("settings", "prefix"), [(ServeSettings, "SERVE_"), (DriftSettings, "DRIFT_")]
+    ("settings", "prefix"), [(ServeSettings, "SERVE_"), (DriftSettings, "DRIFT_"), (Settings, "")]
 )
 def test_every_setting_is_documented(settings: type[BaseSettings], prefix: str) -> None:
     wanted = {prefix + name.upper() for name in settings.model_fields}

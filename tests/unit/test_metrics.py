@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pipelines.metrics import floors_met, score
-from pipelines.registry import CHALLENGER, CHAMPION, decide
+from pipelines.registry import CHALLENGER, CHAMPION, Window, decide
 from tests.conftest import CATALOG
 
 
@@ -75,6 +75,24 @@ def test_gate_higher_is_better(
 ) -> None:
     decided, reason = decide(CATALOG["titanic"], metrics, incumbent)
     assert decided == alias and why in reason
+
+
+@pytest.mark.parametrize(
+    ("test_auc", "window", "alias", "why"),
+    [
+        # better where the world is now, a little worse on the older split: within 0.03
+        (0.875, Window(60, 0.81, 0.70), CHAMPION, "on the production window (60 records)"),
+        (0.85, Window(60, 0.81, 0.70), CHALLENGER, "but roc_auc 0.8500 on the test split"),
+        (0.95, Window(60, 0.69, 0.70), CHALLENGER, "worse: roc_auc 0.6900 on the production"),
+    ],
+)
+def test_the_gate_weighs_the_production_window_first(
+    test_auc: float, window: Window, alias: str, why: str
+) -> None:
+    """titanic's production: test_margin 0.03; the champion scores 0.89 on the test split."""
+    metrics = {"roc_auc": test_auc, "accuracy": 0.82}
+    decided, reason = decide(CATALOG["titanic"], metrics, 0.89, window)
+    assert decided == alias and why in reason, reason
 
 
 def test_gate_lower_is_better() -> None:

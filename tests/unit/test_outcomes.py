@@ -125,3 +125,37 @@ def test_the_served_threshold_reproduces_the_decisions() -> None:
     for threshold in (0.0, 0.27, 0.5, 0.93, 1.1):
         flagged = positive >= threshold
         assert ((positive >= served_threshold(positive, flagged)) == flagged).all()
+
+
+def test_evidently_reports_the_labelled_window_with_the_tasks_preset(tmp_path: Any) -> None:
+    """The drift service's performance report: each task with outcomes a preset fits
+    gives Evidently a frame, a data definition and its preset, which render to HTML."""
+    from evidently import Dataset, Report
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 60)
+    p = np.clip(0.6 * y + 0.5 * rng.random(60), 0, 1)
+    titanic = CATALOG["titanic"]
+    served = [{"probability": v, "label": "survived" if v >= 0.5 else "died"} for v in p]
+    penguins = CATALOG["penguins"]
+    species = list(rng.choice(penguins.target.classes or [], 60))
+    houses = CATALOG["house_prices"]
+    values = rng.uniform(1e5, 3e5, 60)
+    windows: list[tuple[ModelSpec, list[Any], list[Any]]] = [
+        (titanic, served, y.tolist()),
+        (penguins, [{"label": s} for s in species], list(reversed(species))),
+        (houses, [{"value": v} for v in values], (values * 1.1).tolist()),
+        (CATALOG["shuttle_anomaly"], [{"label": "normal"}] * 60, ["normal", "anomaly"] * 30),
+    ]
+    for spec, predictions, outcomes in windows:
+        view = spec.task_kind.evidently_view(spec, predictions, outcomes)
+        assert view is not None, spec.key
+        frame, definition, preset = view
+        assert list(frame.columns) == ["target", "prediction"] and len(frame) == 60
+        path = tmp_path / f"{spec.key}.html"
+        Report([preset]).run(Dataset.from_pandas(frame, data_definition=definition)).save_html(
+            str(path)
+        )
+        assert path.stat().st_size > 10_000, spec.key
+    for key in ("energy_forecast", "movie_recs", "semantic_search", "customer_segments"):
+        assert CATALOG[key].task_kind.evidently_view(CATALOG[key], [], []) is None, key
