@@ -97,6 +97,11 @@ class Controller:
         client.set_registered_model_tag(model, f"{EXPERIMENT_TAG_PREFIX}mode", mode)
         client.set_registered_model_tag(model, f"{EXPERIMENT_TAG_PREFIX}share", f"{share:g}")
 
+    def under_way(self, model: str) -> Canary | None:
+        """The model's canary that has not been decided yet, if any."""
+        canary = self.canaries.get(model)
+        return canary if canary is not None and canary.state in ACTIVE else None
+
     def start(self, model: str) -> Canary:
         """Ramp @challenger in from the first step; CanaryRefused when it cannot."""
         current = self.canaries.get(model)

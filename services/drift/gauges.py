@@ -11,7 +11,8 @@ from services.drift.performance import Performance
 from services.drift.retrain import Job
 
 RUN_OUTCOMES = ("ok", "empty_window", "failed")
-RETRAIN_OUTCOMES = ("started", "promoted", "challenger", "failed")
+# canary: passed the gate, ramped in as a canary (the catalog entry's production.rollout)
+RETRAIN_OUTCOMES = ("started", "promoted", "canary", "challenger", "failed")
 
 
 class DriftMetrics:

@@ -7,13 +7,16 @@ outcome (at most DRIFT_PERFORMANCE_MAX_RECORDS, the newest outcomes first); a ve
 fewer than DRIFT_PERFORMANCE_MIN_RECORDS labelled records gets no metric (AUC on a dozen
 labels is noise), but its coverage and delay are still reported. Beside each live metric
 with a floor, the value the version was registered with (held out at training) is exported,
-so an alert can compare the two (ModelPerformanceDegraded).
+so an alert can compare the two (ModelPerformanceDegraded). Evidently's classification or
+regression preset renders the champion's labelled records as a report (`render`).
 """
 
 import functools
 import statistics
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from contract.catalog import ModelSpec
@@ -43,10 +46,16 @@ class Performance:
 
 
 def run(
-    spec: ModelSpec, settings: DriftSettings, tracking_uri: str, now: float | None = None
+    spec: ModelSpec,
+    settings: DriftSettings,
+    tracking_uri: str,
+    now: float | None = None,
+    report: Path | None = None,
 ) -> list[Performance]:
     """Score every version that served labelled records in the window (newest first); a
-    task with no outcome to send back (segments) has none."""
+    task with no outcome to send back (segments) has none. With `report`, Evidently's
+    classification or regression report of the champion's labelled records is written
+    there (where the task has a preset and the champion has min_records of them)."""
     if spec.task_kind.outcome(spec) is None:
         return []
     end = time.time() if now is None else now
@@ -58,6 +67,8 @@ def run(
     groups: dict[tuple[str, str], list[feedback.Labelled]] = {}
     for record in labelled:
         groups.setdefault((record.version, record.alias), []).append(record)
+    if report is not None:
+        render(spec, groups, settings.performance_min_records, report)
     out = []
     for (version, alias), records in sorted(groups.items(), reverse=True):
         total = max(served.get((version, alias), 0), len(records))
@@ -74,6 +85,35 @@ def run(
             )
         )  # fmt: skip
     return out
+
+
+def render(
+    spec: ModelSpec,
+    groups: dict[tuple[str, str], list[feedback.Labelled]],
+    min_records: int,
+    path: Path,
+) -> bool:
+    """Evidently's report of the champion's labelled records (or, with no champion among
+    them, of the version with the most): whether one was written. An older report that
+    no longer has records behind it is removed rather than shown as current."""
+    served = sorted(groups.items(), key=lambda g: (g[0][1] == "champion", len(g[1])))
+    records = served[-1][1] if served else []
+    view = None
+    if len(records) >= min_records:
+        predictions, outcomes = [r.prediction for r in records], [r.outcome for r in records]
+        view = spec.task_kind.evidently_view(spec, predictions, outcomes)
+    if view is None:
+        path.unlink(missing_ok=True)
+        return False
+    from evidently import Dataset, Report
+
+    frame, definition, preset = view
+    with warnings.catch_warnings():  # a window of one class leaves ROC curves undefined
+        warnings.simplefilter("ignore")
+        snapshot = Report([preset]).run(Dataset.from_pandas(frame, data_definition=definition))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    snapshot.save_html(str(path))
+    return True
 
 
 def registered(tracking_uri: str, spec: ModelSpec, version: str) -> dict[str, float]:

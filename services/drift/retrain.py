@@ -1,11 +1,14 @@
 """Retraining started by a drift alert: the model's DVC stages, one job at a time.
 
 `dvc repro --force register@<model>` re-runs the model's stages on what its sources hold
-now, and `register`'s quality gate decides: the new version becomes `champion` only if it
-meets the floors and is not worse than the champion, otherwise `challenger`. DVC locks the
-workspace, so jobs run one after another, and a lock file in the workspace keeps a second
-drift service (a replica, or one started by hand) from running beside them; an alert for a
-model whose job is already queued or running joins that job. Each job's output goes to its
+now (snapshot@<model> takes the labelled records of this service's prediction log, which
+join training where the catalog entry's `production.join` says so), and `register`'s
+quality gate decides: the new version becomes `champion` only if it meets the floors and
+is not worse than the champion (on the snapshot's production window too), otherwise
+`challenger`. DVC locks the workspace, so jobs run one after another, and a lock file in
+the workspace keeps a second drift service (a replica, or one started by hand) from
+running beside them; an alert for a model whose job is already queued or running joins
+that job. Each job's output goes to its
 own log file; a job past DRIFT_RETRAIN_TIMEOUT_S is stopped with its whole process group.
 """
 
@@ -28,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from contract import paths
+from services.api.predlog import sqlite_path
 from services.drift.settings import DriftSettings
 
 log = logging.getLogger("services.drift.retrain")
@@ -48,7 +52,7 @@ class Job:
     reason: str  # what asked for it: the alert, or an operator
     command: str
     log_file: str
-    state: str = "queued"  # queued, running, promoted, challenger, failed
+    state: str = "queued"  # queued, running, promoted, canary, challenger, failed
     queued_at: float = field(default_factory=time.time)
     started_at: float | None = None
     finished_at: float | None = None
@@ -135,7 +139,9 @@ class Retrainer:
         before = record.stat().st_mtime if record.exists() else 0.0
         # The stages run `python -m ...` and `dvc` by name: this environment's first
         env = os.environ | {
-            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+            # snapshot@<model> exports the labelled records of the log this service reads
+            "PREDICTION_LOG": absolute(self.settings.prediction_log),
         }
         timeout = self.settings.retrain_timeout_s
         with open(job.log_file, "ab") as output, workspace_lock(workspace, timeout, output):
@@ -165,6 +171,8 @@ class Retrainer:
         job.version, job.alias = str(registered["version"]), registered["alias"]
         job.gate = registered.get("reason", "")
         job.state = "promoted" if job.alias == "champion" else "challenger"
+        if registered.get("canary"):  # passed the gate; its canary decides (production.rollout)
+            job.state = "canary"
 
     def active(self, model: str) -> bool:
         return any(j.model == model and j.state in ACTIVE for j in self.jobs.values())
@@ -200,6 +208,12 @@ def workspace_lock(workspace: Path, timeout: float, output: Any) -> Iterator[Non
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def absolute(url: str) -> str:
+    """A SQLite log's URL with its path made absolute (as this service resolves it): the
+    job runs in the workspace, which resolves relative paths from itself."""
+    return f"sqlite:///{sqlite_path(url)}" if url.startswith("sqlite:///") else url
 
 
 def stop_group(child: subprocess.Popen[bytes]) -> None:

@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 from fastapi import HTTPException
@@ -66,6 +67,11 @@ class Drift:
         details = f" v{job.version} -> @{job.alias}: {job.gate}" if job.version else ""
         note = job.gate if job.state == "failed" else details
         self.event("retraining", job.model, f"job {job.id} {job.state}{note}")
+        if job.state == "canary":  # passed the gate: ramped in, promoted or rolled back
+            try:
+                self.canary.start(job.model)
+            except canary.CanaryRefused as exc:
+                self.event("canary", job.model, f"not started for job {job.id}: {exc}")
 
     def _decided(self, rollout: canary.Canary, decision: str, text: str) -> None:
         self.metrics.canary.observe(rollout, decision)
@@ -128,11 +134,16 @@ class Drift:
         )
         return result
 
+    def performance_report(self, model: str) -> Path:
+        """Where the model's Evidently report of its labelled traffic is written."""
+        return self.settings.state_dir / "reports" / f"{model}.performance.html"
+
     def score(self, model: str) -> list[performance.Performance]:
         """Performance on labelled traffic now, per version and alias (newest first)."""
         spec = self.spec(model)
         try:
-            results = performance.run(spec, self.settings, self.tracking_uri)
+            report = self.performance_report(model)
+            results = performance.run(spec, self.settings, self.tracking_uri, report=report)
         except Exception as exc:  # the log unreachable: said, and tried again next turn
             self.event("performance", model, f"run failed: {type(exc).__name__}: {exc}")
             raise

@@ -36,6 +36,7 @@ class Rollout:
     urls: dict[str, str]
     admin: dict[str, str]
     registry: Registry
+    webhook: str  # Alertmanager's credential on the drift service
 
     def drift(self, method: str, path: str) -> Any:
         response = httpx.request(method, self.urls["drift"] + path, headers=self.admin, timeout=60)
@@ -54,7 +55,7 @@ def rollout(registry: Registry, tmp_path: Path) -> Iterator[Rollout]:
     ports = {name: free_port() for name in ("model", "drift", "prometheus", "am")}
     admin, webhook = tmp_path / "secrets" / "admin", tmp_path / "secrets" / "webhook"
     headers = {"Authorization": f"Bearer {auth.local_token(admin)}"}
-    auth.local_token(webhook)
+    hook_token = auth.local_token(webhook)
     mapped = {
         monitoring.model_port("titanic"): ports["model"],
         monitoring.DRIFT_PORT: ports["drift"],
@@ -95,7 +96,7 @@ def rollout(registry: Registry, tmp_path: Path) -> Iterator[Rollout]:
                 ports["am"], "/-/ready"),
     ]  # fmt: skip
     with started(processes, tmp_path / "logs", lambda _: None) as urls:
-        yield Rollout(urls, headers, own)
+        yield Rollout(urls, headers, own, hook_token)
 
 
 def traffic(rollout: Rollout, step: int, flip_challenger: bool) -> dict[str, int]:
@@ -154,6 +155,14 @@ def served_versions(rollout: Rollout, units: int = 20) -> set[str]:
 def test_a_canary_that_holds_ramps_up_and_is_promoted(rollout: Rollout) -> None:
     started_ = rollout.drift("POST", "/models/titanic/canary")
     assert (started_["champion"], started_["challenger"], started_["share"]) == ("1", "2", 0.3)
+    # a retraining alert while it runs starts nothing: a new version would pull the rug
+    firing = {"status": "firing", "labels": {"alertname": "ModelPerformanceDegraded",
+                                             "model": "titanic", "action": "retrain"}}  # fmt: skip
+    hook = {"Authorization": f"Bearer {rollout.webhook}"}
+    held = httpx.post(rollout.urls["drift"] + "/alerts", json={"alerts": [firing]}, headers=hook)
+    assert held.status_code == 202 and held.json()["retraining"] == [], held.text
+    events = rollout.drift("GET", "/events")
+    assert any("no retraining while the canary of v2" in e["text"] for e in events)
     shares = []
     for step in range(len(STEPS)):
         time.sleep(2)  # the service follows the registry's share (it polls every second)

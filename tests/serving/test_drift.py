@@ -147,7 +147,8 @@ def test_bad_requests_get_clear_4xx_answers(stack: tuple[Service, Service]) -> N
 
 
 READS = ["/", "/models", "/models/titanic", "/models/titanic/report", "/retraining",
-         "/retraining/none", "/events", "/models/titanic/performance"]  # fmt: skip
+         "/retraining/none", "/events", "/models/titanic/performance",
+         "/models/titanic/performance/report"]  # fmt: skip
 ACTIONS = ["/models/titanic/run", "/models/titanic/retrain", "/models/titanic/performance/run"]
 HOOKS = ["/alerts", "/alerts/log"]
 
@@ -176,9 +177,12 @@ def test_performance_on_labelled_traffic_is_the_tasks_metric_per_version(
     own metrics: on the held-out split, what the version was registered with."""
     model, drift = stack
     assert drift.post("/models/titanic/performance/run", None).json()["versions"] == []
+    assert drift.get("/models/titanic/performance/report").status_code == 404
     predictions = labelled(model, registry)
     run = drift.post("/models/titanic/performance/run", None)
     assert run.status_code == 200, run.text
+    page = drift.get("/models/titanic/performance/report")  # Evidently's classification preset
+    assert page.status_code == 200 and "evidently" in page.text.lower(), page.text[:300]
     (found,) = run.json()["versions"]
     size = len(predictions)
     assert (found["version"], found["alias"], found["records"]) == ("1", "champion", size)

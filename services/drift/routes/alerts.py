@@ -48,6 +48,10 @@ async def alerts(notification: Notification, drift: DriftDep) -> Response:
         if model not in drift.specs:
             refused.append({"alert": name, "error": f"unknown model {model!r}"})
             continue
+        if canary := drift.canary.under_way(model):  # a new version would pull the rug
+            drift.event("alert", model, f"{name} firing: no retraining while the canary of "
+                        f"v{canary.challenger} is under way")  # fmt: skip
+            continue
         if drift.settings.retrain == "off":
             drift.event("alert", model, f"{name} firing: retraining is off (DRIFT_RETRAIN)")
             continue

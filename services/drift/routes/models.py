@@ -81,6 +81,21 @@ async def last_performance(model: ModelName, drift: DriftDep) -> dict[str, Any]:
     return {"model": model, "versions": [p.as_dict() for p in drift.performance[model]]}
 
 
+@router.get("/{model}/performance/report", response_class=HTMLResponse, dependencies=Read)
+async def performance_report(model: ModelName, drift: DriftDep) -> FileResponse:
+    """Evidently's classification or regression report of the champion's labelled traffic,
+    as of the last performance run."""
+    drift.spec(model)
+    path = drift.performance_report(model)
+    if not path.exists():
+        raise HTTPException(
+            404,
+            f"no performance report for {model}: too few labelled records, or none run yet "
+            f"(POST /models/{model}/performance/run)",
+        )
+    return FileResponse(path, media_type="text/html")
+
+
 @router.post("/{model}/performance/run", dependencies=Act)
 async def score_now(model: ModelName, drift: DriftDep) -> dict[str, Any]:
     """Score the model on its labelled traffic now (the outcomes sent to /feedback)."""
