@@ -7,7 +7,7 @@ UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 RUN = $(UV) run --frozen
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: help all setup system-packages venv repro registry serve stop status metrics plots test test-fast compose-test bench serve-triton drift-demo load load-smoke manifests validate-deploy lint clean
+.PHONY: help all setup system-packages venv repro registry serve stop status snapshot metrics plots loop-demo test test-fast compose-test bench serve-triton drift-demo load load-smoke manifests validate-deploy lint clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -65,6 +65,10 @@ stop: ## Stop the local stack (SIGTERM: in-flight requests finish)
 status: ## Which local services are up and ready
 	$(RUN) python -m services.tools.stack status
 
+snapshot: ## A new snapshot of MODEL's labelled production records (then `dvc repro` retrains on it)
+	@test -n "$(MODEL)" || { echo "usage: make snapshot MODEL=<key>"; exit 2; }
+	$(RUN) dvc repro --force --single-item snapshot@$(MODEL)
+
 metrics: ## dvc metrics show for every model
 	$(RUN) dvc metrics show
 
@@ -84,6 +88,9 @@ serve-triton: ## Triton's HTTP/gRPC protocol for fashion_cnn and semantic_search
 	services/triton/.venv/bin/python services/triton/serve.py --repository artifacts/fashion_cnn/triton \
 		--repository artifacts/semantic_search/triton \
 		--http-port 8000 --grpc-port 8001 --metrics-port 8002
+
+loop-demo: ## The closed loop on titanic: a shift, outcomes via /feedback, ModelPerformanceDegraded, retraining on labelled production data, canary promoted; a broken candidate rolled back (about 10 minutes, in a copy)
+	$(RUN) python -m services.tools.loop_demo
 
 drift-demo: ## Shifted traffic for titanic until the drift alert fires, the webhook retrains it through the gate (Prometheus + Alertmanager + drift service, real)
 	$(RUN) python -m services.tools.drift_demo

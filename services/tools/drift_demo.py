@@ -73,11 +73,21 @@ def binary(*names: str) -> str:
 
 @contextlib.contextmanager
 def stack(
-    model: str, workspace: Path, folder: Path
+    model: str,
+    workspace: Path,
+    folder: Path,
+    model_env: dict[str, str] | None = None,
+    drift_env: dict[str, str] | None = None,
 ) -> Iterator[tuple[dict[str, str], dict[str, str]]]:
     """The four processes, ready; stopped on the way out. Yields their base URLs and the
-    drift service's credential (an Authorization header)."""
+    drift service's credential (an Authorization header); `model_env` and `drift_env` add
+    to the services' settings ({prometheus} in a value: Prometheus's URL)."""
     ports = {name: free_port() for name in ("model", "drift", "prometheus", "am")}
+    prometheus_url = f"http://127.0.0.1:{ports['prometheus']}"
+    extra = {
+        name: {k: v.replace("{prometheus}", prometheus_url) for k, v in (env or {}).items()}
+        for name, env in (("model", model_env), ("drift", drift_env))
+    }
     admin, webhook = folder / "secrets" / "admin-token", folder / "secrets" / "webhook-token"
     headers = {"Authorization": f"Bearer {auth.local_token(admin)}"}
     auth.local_token(webhook)
@@ -94,14 +104,15 @@ def stack(
     processes = [
         Process("model", [python, "-m", "services.serve", model, "--port", str(ports["model"])],
                 ports["model"], "/readyz", {"SERVE_PREDICTION_LOG": log,
-                                            "SERVE_FEATURE_ROOT": str(workspace)}),
+                                            "SERVE_FEATURE_ROOT": str(workspace),
+                                            **extra["model"]}),
         Process("drift", [python, "-m", "services.drift", "--port", str(ports["drift"])],
                 ports["drift"], "/readyz",
                 {"DRIFT_PREDICTION_LOG": log, "DRIFT_MODELS": json.dumps([model]),
                  "DRIFT_SCHEDULE_S": "5", "DRIFT_WINDOW_ROWS": str(WINDOW),
                  "DRIFT_MIN_ROWS": str(WINDOW // 2), "DRIFT_STATE_DIR": str(folder / "drift"),
                  "DRIFT_WORKSPACE": str(workspace), "DRIFT_ADMIN_TOKEN_FILE": str(admin),
-                 "DRIFT_WEBHOOK_TOKEN_FILE": str(webhook)}),
+                 "DRIFT_WEBHOOK_TOKEN_FILE": str(webhook), **extra["drift"]}),
         Process("prometheus", [binary("prometheus"), f"--config.file={prometheus_file}",
                                f"--storage.tsdb.path={folder / 'tsdb'}",
                                f"--web.listen-address=127.0.0.1:{ports['prometheus']}"],
@@ -130,11 +141,11 @@ def send(url: str, records: list[dict[str, Any]]) -> None:
         response.raise_for_status()
 
 
-def alert_state(prometheus: str, model: str) -> str:
+def alert_state(prometheus: str, model: str, alert: str = ALERT) -> str:
     alerts = httpx.get(prometheus + "/api/v1/alerts").json()["data"]["alerts"]
-    states = [a["state"] for a in alerts if a["labels"].get("alertname") == ALERT
+    states = [a["state"] for a in alerts if a["labels"].get("alertname") == alert
               and a["labels"].get("model") == model]  # fmt: skip
-    return states[0] if states else "inactive"
+    return "firing" if "firing" in states else (states[0] if states else "inactive")
 
 
 def wait_for(what: str, check: Any, deadline: float, pause: float = 1.0) -> Any:
@@ -179,7 +190,7 @@ def demo(spec: ModelSpec, workspace: Path, folder: Path) -> int:
         token = folder / "secrets" / "admin-token"
         say(f"   every step: {urls['drift']}/ (events, jobs, report; token in {token})", t0)
         say(f"   logs in {folder}", t0)
-        return 0 if job["state"] in ("promoted", "challenger") else 1
+        return 0 if job["state"] in ("promoted", "canary", "challenger") else 1
 
 
 Drift = tuple[str, dict[str, str]]  # the drift service's URL and credential
