@@ -89,7 +89,7 @@ serve-triton: ## Triton's HTTP/gRPC protocol for fashion_cnn and semantic_search
 		--repository artifacts/semantic_search/triton \
 		--http-port 8000 --grpc-port 8001 --metrics-port 8002
 
-loop-demo: ## The closed loop on titanic: a shift, outcomes via /feedback, ModelPerformanceDegraded, retraining on labelled production data, canary promoted; a broken candidate rolled back (about 10 minutes, in a copy)
+loop-demo: ## The closed loop on titanic: a shift, outcomes via /feedback, ModelPerformanceDegraded, retraining on labelled production data, canary promoted; a broken candidate rolled back (about 4 minutes, in a copy)
 	$(RUN) python -m services.tools.loop_demo
 
 drift-demo: ## Shifted traffic for titanic until the drift alert fires, the webhook retrains it through the gate (Prometheus + Alertmanager + drift service, real)

@@ -1,18 +1,17 @@
 """`make loop-demo`: the closed loop on titanic, every part real. The world shifts, the served
 model gets worse on the outcomes that come back, the performance alert retrains it on the
 labelled production records, and the new version goes out as a canary that is promoted; a
-second, deliberately broken candidate passes every offline check and is rolled back by its
-outcomes.
+second, deliberately broken candidate is rolled back by its outcomes.
 
     python -m services.tools.loop_demo [--workspace DIR] [--folder DIR]
 
 The shift (`SHIFTS`) is a documented transformation of the held-out split: a new booking
 system numbers the classes from the bottom (pclass 1 is steerage, 3 is first class). Every
 record stays valid, the drift report sees pclass move, and the model, which learned that
-first class survives, now ranks the passengers wrongly. The held-out split is cut in two,
-seeded: production traffic (served, labelled through /feedback: what retraining may learn
-from, whose newest share the gate holds out) and canary traffic (served later, never
-trained on).
+first class survives, now ranks the passengers wrongly. The held-out split is cut, seeded,
+into production traffic (55%: served and labelled through /feedback before the retraining:
+what it may learn from, whose newest share the gate holds out) and two parts of canary
+traffic, one per canary, each served and labelled after the version it judges was trained.
 
 1. before: held-out passengers as they were, served; the demo scores the answers itself
    (no feedback, so that the drift service and the snapshot see the shifted world only);
@@ -23,18 +22,19 @@ trained on).
    the labelled records, train appends them (production.join), the gate compares the
    candidate with the champion on the newest ones, never trained on (production window),
    and, passed, the version becomes @challenger (production.rollout: canary);
-4. the canary: the drift service ramps it in (DRIFT_CANARY_STEPS); the demo sends canary
-   traffic per passenger (X-Unit-ID) with outcomes until it is promoted;
-5. a broken candidate: the workspace's titanic entry codes the target the other way round
-   (`positive: 0`, a one-character slip). Its metrics and the gate score it by that same
-   definition, so it passes; served, its answers are the opposite of the truth, and the
-   canary rolls it back on outcomes (CanaryRolledBack fires). The entry is restored.
+4. the canary: the drift service ramps it in (DRIFT_CANARY_STEPS); the demo sends the first
+   canary part, one passenger a request (X-Unit-ID), with outcomes until it is promoted;
+5. a broken candidate: the workspace's titanic entry gets `BROKEN` params by mistake (one
+   boosting iteration of a single split) and is retrained; the gate refuses it (a floor
+   missed), an operator pushes it out as a canary all the same, and the canary, on the
+   second canary part, rolls it back on outcomes (CanaryRolledBack fires). The entry is
+   restored.
 
 By default the workspace is a copy of this checkout under the demo's folder, with its own
 registry (trained there first: titanic alone), so the checkout and its registry are left
 as they were; `--workspace` names a trained DVC project to use instead (the tests' reduced
 one). The timings are the demo's (rules `for:` 5 s, canary steps of DRIFT_CANARY_STEP_S),
-not production's.
+not production's. The numbers land in <folder>/loop-demo.json.
 """
 
 import argparse
@@ -62,8 +62,14 @@ from services.tools.examples import as_records
 
 TIMEOUT_S = 1800
 PERFORMANCE_ALERT, ROLLBACK_ALERT = "ModelPerformanceDegraded", "CanaryRolledBack"
-PRODUCTION_SHARE = 0.7  # of the held-out split: served and labelled before the retraining
-CANARY_BATCH = 40  # canary requests (one passenger each) per round
+# of the held-out split: served and labelled before the retraining; the rest is cut in two,
+# one part for each canary (what one canary served and labelled, the next retraining learns)
+PRODUCTION_SHARE = 0.55
+# the deliberate mistake of the second run: one boosting iteration of a single split
+BROKEN = {"max_iter": 1, "max_leaf_nodes": 2}
+# canary traffic: requests (one passenger each) per second; a part of the split holds ~60
+# passengers, so a step of 20 s sees each about three times per arm
+CANARY_BATCH = 20
 
 
 def flip_classes(frame: pd.DataFrame) -> pd.DataFrame:
@@ -149,20 +155,29 @@ def run_canary(
     loop: Loop, rows: pd.DataFrame, outcomes: list[Any], deadline: float, t0: float
 ) -> dict[str, Any]:
     """Canary traffic until the canary under way is promoted or rolled back."""
-    seed, shown = 100, 0
+    seed, shown, sent = 100, 0, {"challenger": 0, "champion": 0}
     while time.monotonic() < deadline:
         state = loop.canary()
+        looks = state.get("looks", [])
+        for look in looks[shown:]:
+            checks = "; ".join(
+                f"{n}: {c['verdict']} ({c['text']})" for n, c in look["checks"].items()
+            )
+            say(f"   look at step {look['step'] + 1} ({look['share']:.0%} of units): {checks}", t0)
+        shown = len(looks)
         if state.get("state") in ("promoted", "rolled_back"):
             return state
+        started = time.monotonic()
         ours, theirs = canary_round(loop, rows, outcomes, seed)
-        seed += 1
-        looks = state.get("looks", [])
-        if len(looks) > shown:
-            shown = len(looks)
-            checks = looks[-1]["checks"]
-            said = "; ".join(f"{name}: {c['verdict']} ({c['text']})" for name, c in checks.items())
-            say(f"   step {looks[-1]['step'] + 1} at {looks[-1]['share']:.0%}: {said}", t0)
-        say(f"   sent {ours} records to the challenger, {theirs} to the champion", t0)
+        time.sleep(max(0.0, 1.0 - (time.monotonic() - started)))
+        seed, sent["challenger"], sent["champion"] = (
+            seed + 1,
+            sent["challenger"] + ours,
+            sent["champion"] + theirs,
+        )
+        if seed % 5 == 0:
+            say(f"   canary traffic so far: {sent['challenger']} records to the challenger, "
+                f"{sent['champion']} to the champion, with their outcomes", t0)  # fmt: skip
     raise TimeoutError("the canary did not finish")
 
 
@@ -171,8 +186,10 @@ def demo(spec: ModelSpec, workspace: Path, folder: Path, steps: str, step_s: flo
     test = pd.read_parquet(paths.split_dir(spec.key, workspace) / "test.parquet")
     test = test.sample(frac=1.0, random_state=7).reset_index(drop=True)  # seeded halves
     cut = round(len(test) * PRODUCTION_SHARE)
+    second = cut + (len(test) - cut) // 2
     production = transform(test.iloc[:cut])
-    canary_rows = transform(test.iloc[cut:]).reset_index(drop=True)
+    first_rows = transform(test.iloc[cut:second]).reset_index(drop=True)
+    second_rows = transform(test.iloc[second:]).reset_index(drop=True)
     task = spec.task_kind
     truth = task.true_outcomes(test, spec)
     feedback_token = auth.local_token(folder / "secrets" / "feedback-token")
@@ -184,7 +201,7 @@ def demo(spec: ModelSpec, workspace: Path, folder: Path, steps: str, step_s: flo
         "DRIFT_CANARY_STEPS": steps,
         "DRIFT_CANARY_STEP_S": str(step_s),
         "DRIFT_CANARY_TICK_S": "1",
-        "DRIFT_CANARY_RECORDS": "120",
+        "DRIFT_CANARY_RECORDS": "200",
         "DRIFT_CANARY_MIN_RECORDS": "40",
         "DRIFT_CANARY_LATENCY_P99_S": "0.25",  # one record a request on a loaded 2-core box
     }
@@ -230,23 +247,23 @@ def demo(spec: ModelSpec, workspace: Path, folder: Path, steps: str, step_s: flo
             return 1
 
         say(f"4. the canary: v{done['version']} ramps in ({steps}, {step_s:g} s a step)", t0)
-        finished = run_canary(loop, canary_rows, truth[cut:], deadline, t0)
+        finished = run_canary(loop, first_rows, truth[cut:second], deadline, t0)
         say(f"   canary {finished['state']}: {finished['reason']}", t0)
         numbers["canary"] = _arms(finished)
         if finished["state"] != "promoted":
             return 1
 
-        say("5. a broken candidate: the entry's target coded the other way round", t0)
+        say(f"5. a broken candidate: the entry's params with {BROKEN} by mistake", t0)
         before_jobs = {j["id"] for j in loop.drift("GET", "/retraining")}
-        with flipped_target(workspace, key):
+        with misconfigured(workspace, key, BROKEN):
             loop.drift("POST", f"/models/{key}/retrain")
             job = wait_for("the retraining job", lambda: loop.job(before_jobs), deadline)
             bad = wait_for("its end", lambda: _finished(loop, job["id"]), deadline, 2)
         say(f"   job {bad['state']}: v{bad['version']} -> @{bad['alias']}: {bad['gate']}", t0)
-        if bad["state"] == "challenger":  # the gate caught it: ramped in by hand all the same
+        if bad["state"] == "challenger":  # the gate refused it: pushed out by hand all the same
             loop.drift("POST", f"/models/{key}/canary")
-            say("   started as a canary by hand (POST /models/<key>/canary)", t0)
-        rolled = run_canary(loop, canary_rows, truth[cut:], deadline, t0)
+            say("   an operator starts it as a canary anyway (POST /models/<key>/canary)", t0)
+        rolled = run_canary(loop, second_rows, truth[second:], deadline, t0)
         say(f"   canary {rolled['state']}: {rolled['reason']}", t0)
         numbers["broken"] = _arms(rolled)
         watch(urls["prometheus"], key, ROLLBACK_ALERT, deadline, t0)
@@ -259,6 +276,11 @@ def demo(spec: ModelSpec, workspace: Path, folder: Path, steps: str, step_s: flo
             f"{numbers['window_records']} newest labelled records, never trained on: "
             f"{numbers['retrained']:.4f} against the old champion's "
             f"{numbers['window_champion']:.4f}", t0)  # fmt: skip
+        for name in ("canary", "broken"):
+            ours, theirs = numbers[name]["challenger"], numbers[name]["champion"]
+            say(f"   {name} ({numbers[name]['state']}): v{ours['version']} {ours['value']:.4f} "
+                f"against v{theirs['version']} {theirs['value']:.4f} on canary traffic "
+                "never trained on", t0)  # fmt: skip
         return 0 if rolled["state"] == "rolled_back" else 1
 
 
@@ -292,17 +314,16 @@ def _arms(canary: dict[str, Any]) -> dict[str, Any]:
             "challenger": found.get("challenger"), "champion": found.get("champion")}  # fmt: skip
 
 
-class flipped_target:
-    """The workspace's catalog entry with its positive class the other one, restored on exit."""
+class misconfigured:
+    """The workspace's catalog entry with `params` over its own, restored on exit."""
 
-    def __init__(self, workspace: Path, key: str) -> None:
-        self.path, self.key = workspace / "params.yaml", key
+    def __init__(self, workspace: Path, key: str, params: dict[str, Any]) -> None:
+        self.path, self.key, self.params = workspace / "params.yaml", key, params
         self.saved = self.path.read_text()
 
     def __enter__(self) -> None:
         params = yaml.safe_load(self.saved)
-        target = params["models"][self.key]["target"]
-        target["positive"] = 0 if target["positive"] == 1 else 1
+        params["models"][self.key]["params"] |= self.params
         self.path.write_text(yaml.safe_dump(params, sort_keys=False))
 
     def __exit__(self, *exc: object) -> None:
@@ -322,9 +343,11 @@ def copy_workspace(target: Path, key: str, env: dict[str, str]) -> Path:
     for command in (["git", "init", "-q"], ["git", "add", "-A"], [*git, "commit", "-qm", "copy"]):
         subprocess.run(command, cwd=target, check=True)
     say(f"training {key} in {target} (its own registry): dvc repro register@{key}")
+    here = Path(sys.executable).parent  # the stages run `python` by name: this environment's
+    path = f"{here}{os.pathsep}{os.environ['PATH']}"
     subprocess.run(
-        [str(Path(sys.executable).parent / "dvc"), "repro", f"register@{key}"],
-        cwd=target, env=os.environ | env | {"PREDICTION_LOG": "off"}, check=True,
+        [str(here / "dvc"), "repro", f"register@{key}"], cwd=target,
+        env=os.environ | env | {"PREDICTION_LOG": "off", "PATH": path}, check=True,
     )  # fmt: skip
     return target
 

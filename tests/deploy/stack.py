@@ -21,6 +21,9 @@ from tests.workspace import REDUCED_PARAMS, merge
 
 PROJECT = "mlops-deploy-test"
 FILES = ("docker-compose.yml", "tests/deploy/compose.test.yml")
+# what every service depends on: shown in a failure's report even when healthy (a registry
+# that answers its healthcheck may still fail the services' requests)
+SHARED = ("mlflow", "postgres")
 # docker-compose.yml's host ports (each published on 127.0.0.1, a default when unset)
 PORT_VARIABLES = (
     "POSTGRES_PORT", "REDIS_PORT", "MINIO_PORT", "MINIO_CONSOLE_PORT", "MLFLOW_PORT",
@@ -167,9 +170,16 @@ class ComposeStack:
         for name, container in sorted(containers.items()):
             state = container["State"]
             status, healthy = state.get("Status"), health(container)
-            if healthy in (None, "healthy") and (status == "running" or state.get("ExitCode") == 0):
+            fine = healthy in (None, "healthy") and (
+                status == "running" or state.get("ExitCode") == 0
+            )
+            if fine and name not in SHARED:
                 continue
-            lines.append(f"--- {name}: {status} (exit {state.get('ExitCode')}), health {healthy}")
+            restarts = container.get("RestartCount", 0)
+            lines.append(
+                f"--- {name}: {status} (exit {state.get('ExitCode')}), health {healthy}, "
+                f"{restarts} restart(s)"
+            )
             for check in state.get("Health", {}).get("Log", [])[-3:]:
                 output = " ".join(check.get("Output", "").split())[:300]
                 lines.append(f"  check exit {check.get('ExitCode')}: {output}")
