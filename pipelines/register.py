@@ -87,6 +87,8 @@ def load_inputs(
         paths.metrics_file(spec.key, root),
         paths.split_dir(spec.key, root) / "train.parquet",
         paths.split_dir(spec.key, root) / "test.parquet",
+        paths.production_dir(spec.key, root) / "train.parquet",
+        paths.production_dir(spec.key, root) / "holdout.parquet",
     ]
     missing = [str(p.relative_to(root)) for p in needed if not p.exists()]
     if missing:

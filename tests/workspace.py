@@ -23,6 +23,7 @@ SNAPSHOT = (
     "artifacts",
     "reports/metrics",
     "data/split",
+    "data/production",  # what register's gate compares on (snapshot@<key>)
     "feature_repo",
     "data/feast",
 )

@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from contract.settings import get_settings
-from pipelines import evaluate, export, prepare, register, train
+from pipelines import evaluate, export, prepare, register, snapshot, train
 from tests.conftest import CATALOG
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -35,7 +35,7 @@ def postgres_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[st
 def build(root: Path, **params: object) -> None:
     spec = CATALOG["titanic"]
     spec = spec.model_copy(update={"params": spec.params | params})
-    for stage in (prepare, train, evaluate, export):
+    for stage in (prepare, snapshot, train, evaluate, export):
         stage.main_work(spec, root)
     register.main_work(spec, root)
 
