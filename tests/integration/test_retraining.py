@@ -26,8 +26,8 @@ def test_the_loop_learns_from_outcomes_and_canaries_decide(
     champion = client.get_model_version_by_alias("titanic", "champion").version
     demo = subprocess.run(
         [sys.executable, "-m", "services.tools.loop_demo", "--workspace", str(project.root),
-         "--folder", str(tmp_path / "demo"), "--step-s", "10"],
-        cwd=project.root, env=project.env, capture_output=True, text=True, timeout=1500,
+         "--folder", str(tmp_path / "demo")],
+        cwd=project.root, env=project.env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     output = demo.stdout + demo.stderr[-3000:]
     assert demo.returncode == 0, output
