@@ -24,8 +24,8 @@ traffic, one per canary, each served and labelled after the version it judges wa
    and, passed, the version becomes @challenger (production.rollout: canary);
 4. the canary: the drift service ramps it in (DRIFT_CANARY_STEPS); the demo sends the first
    canary part, one passenger a request (X-Unit-ID), with outcomes until it is promoted;
-5. a broken candidate: the workspace's titanic entry gets `BROKEN` params by mistake (one
-   boosting iteration of a single split) and is retrained; the gate refuses it (a floor
+5. a broken candidate: the workspace's titanic entry gets `BROKEN` params by mistake (no
+   tree can split: the same answer for everyone) and is retrained; the gate refuses it (a floor
    missed), an operator pushes it out as a canary all the same, and the canary, on the
    second canary part, rolls it back on outcomes (CanaryRolledBack fires). The entry is
    restored.
@@ -65,8 +65,9 @@ PERFORMANCE_ALERT, ROLLBACK_ALERT = "ModelPerformanceDegraded", "CanaryRolledBac
 # of the held-out split: served and labelled before the retraining; the rest is cut in two,
 # one part for each canary (what one canary served and labelled, the next retraining learns)
 PRODUCTION_SHARE = 0.55
-# the deliberate mistake of the second run: one boosting iteration of a single split
-BROKEN = {"max_iter": 1, "max_leaf_nodes": 2}
+# the deliberate mistake of the second run: leaves of 100,000 passengers, so no tree can
+# split and every passenger gets the same answer
+BROKEN = {"max_iter": 1, "min_samples_leaf": 100_000}
 # canary traffic: requests (one passenger each) per second; a part of the split holds ~60
 # passengers, so a step of 20 s sees each about three times per arm
 CANARY_BATCH = 20
