@@ -70,6 +70,8 @@ def valid(frame: pd.DataFrame, spec: ModelSpec) -> tuple[pd.DataFrame, list[str]
     failing column (missing, wrong type) leaves every row out. The target's values come
     from its own coding (`targets`); its checks of a whole data set (both classes present)
     do not hold for a window of outcomes, which may well be one class."""
+    if frame.empty:  # nothing read (a skipped model, an empty log): nothing can fail
+        return frame, []
     schema = raw_schema(spec).update_column(spec.target.column, checks=[], nullable=False)
     try:
         schema.validate(frame.drop(columns=META), lazy=True)
@@ -105,7 +107,7 @@ def take(spec: ModelSpec, root: Path, url: str) -> dict[str, Any]:
     if spec.features:
         report["skipped"] = "Feast-backed: the log holds entity keys, not the features served"
     elif not spec.task_kind.LEARNS_FROM_OUTCOMES:
-        report["skipped"] = f"a {spec.task} model does not learn from outcomes"
+        report["skipped"] = f"{spec.task} models do not learn from outcomes"
     elif url in ("", "off"):
         report["skipped"] = "PREDICTION_LOG=off"
     else:

@@ -26,16 +26,16 @@ from contract.tasks.outcomes import (
     binary_view,
     class_indices,
     label_outcome,
-    label_targets,
     labelled_score,
-    named_outcomes,
     served_threshold,
 )
+from contract.tasks.outcomes import class_targets as targets
+from contract.tasks.outcomes import class_true_outcomes as true_outcomes
 
 if TYPE_CHECKING:
     from contract.catalog import ModelSpec
 
-__all__ = ["payload"]
+__all__ = ["payload", "targets", "true_outcomes"]
 SUPERVISED, STRATIFIED, LABELS_SERVED = True, True, True
 LEARNS_FROM_OUTCOMES = True
 NATIVE = "probabilities"
@@ -148,20 +148,6 @@ def performance(
     threshold = served_threshold(positive, flagged)
     probabilities = np.column_stack([1 - positive, positive])
     return labelled_score(score, spec, class_indices(outcomes, names), probabilities, threshold)
-
-
-def true_outcomes(frame: pd.DataFrame, spec: "ModelSpec") -> list[Any]:
-    """Held-out rows' targets as /feedback takes them (the load test, the loop demo)."""
-    return named_outcomes(encode_target(frame[spec.target.column], spec), class_names(spec))
-
-
-def targets(outcomes: list[Any], spec: "ModelSpec", seen: pd.Series) -> pd.Series:
-    """Stored outcomes as the target column codes them (the positive value, or the
-    negative one the train split holds most)."""
-    coded: pd.Series = label_targets(
-        outcomes, class_names(spec), seen, lambda y: encode_target(y, spec)
-    )
-    return coded
 
 
 def evidently_view(

@@ -23,16 +23,16 @@ from contract.tasks.common import no_payload_change as payload
 from contract.tasks.outcomes import (
     class_indices,
     label_outcome,
-    label_targets,
     labelled_score,
     labels_view,
-    named_outcomes,
 )
+from contract.tasks.outcomes import class_targets as targets
+from contract.tasks.outcomes import class_true_outcomes as true_outcomes
 
 if TYPE_CHECKING:
     from contract.catalog import ModelSpec
 
-__all__ = ["payload"]
+__all__ = ["payload", "targets", "true_outcomes"]
 SUPERVISED, STRATIFIED, LABELS_SERVED = True, True, True
 LEARNS_FROM_OUTCOMES = True
 NATIVE = "probabilities"
@@ -147,19 +147,6 @@ def performance(
     names = class_names(spec)
     probabilities = np.asarray([[p["probabilities"][n] for n in names] for p in predictions])
     return labelled_score(score, spec, class_indices(outcomes, names), probabilities, None)
-
-
-def true_outcomes(frame: pd.DataFrame, spec: "ModelSpec") -> list[Any]:
-    """Held-out rows' targets as /feedback takes them (the load test, the loop demo)."""
-    return named_outcomes(encode_target(frame[spec.target.column], spec), class_names(spec))
-
-
-def targets(outcomes: list[Any], spec: "ModelSpec", seen: pd.Series) -> pd.Series:
-    """Stored outcomes (class names) as the target column codes them: names or indices."""
-    coded: pd.Series = label_targets(
-        outcomes, class_names(spec), seen, lambda y: encode_target(y, spec)
-    )
-    return coded
 
 
 def evidently_view(

@@ -142,6 +142,24 @@ def label_targets(
     return pd.Series([coding[int(i)] for i in indices], dtype=seen.dtype)
 
 
+def class_true_outcomes(frame: Any, spec: Any) -> list[str]:
+    """Held-out rows' targets as /feedback takes them: the class names of the target
+    column as the entry's task codes it (the load test, the loop demo)."""
+    kind = spec.task_kind
+    indices = kind.encode_target(frame[spec.target.column], spec)
+    return named_outcomes(indices, kind.class_names(spec))
+
+
+def class_targets(outcomes: Sequence[Any], spec: Any, seen: Any) -> Any:
+    """Stored outcomes (class names) as the target column codes them, as the entry's task
+    encodes it: a class name or index, or a binary target's positive value and the
+    negative value the train split holds most."""
+    kind = spec.task_kind
+    return label_targets(
+        outcomes, kind.class_names(spec), seen, lambda y: kind.encode_target(y, spec)
+    )
+
+
 def value_targets(outcomes: Sequence[Any], spec: Any, seen: Any) -> Any:
     """Stored outcomes (numbers) as the target column: floats."""
     import pandas as pd

@@ -181,9 +181,9 @@ def demo(spec: ModelSpec, workspace: Path, folder: Path) -> int:
                 say(f"   drift service: {_describe(last)}", t0)
             time.sleep(1)
         say("3. Alertmanager -> webhook -> drift service: retraining", t0)
-        job = wait_for("the retraining job", lambda: _job(drift, model), deadline)
+        job = wait_for("the retraining job", lambda: job_of(drift, model), deadline)
         say(f"   job {job['id']}: {job['command']} (in {workspace})", t0)
-        job = wait_for("its end", lambda: _job(drift, model, done=True), deadline, 2)
+        job = wait_for("its end", lambda: job_of(drift, model, done=True), deadline, 2)
         say(f"   job {job['state']}: version {job['version']} -> @{job['alias']}", t0)
         say(f"   gate: {job['gate']}", t0)
         say(f"4. the registry: {_registry(model)}", t0)
@@ -210,10 +210,14 @@ def _describe(result: dict[str, Any]) -> str:
     return f"{verdict}, {len(drifted)}/{len(result['features'])} features ({', '.join(drifted)})"
 
 
-def _job(drift: Drift, model: str, done: bool = False) -> dict[str, Any] | None:
+def job_of(
+    drift: Drift, model: str, done: bool = False, job_id: str | None = None
+) -> dict[str, Any] | None:
+    """The model's newest retraining job (the one `job_id` names, if given); None until
+    there is one, or while it is queued or running if `done` is asked for."""
     url, headers = drift
     every = httpx.get(f"{url}/retraining", headers=headers).json()
-    jobs = [job for job in every if job["model"] == model]
+    jobs = [job for job in every if job["model"] == model and job_id in (None, job["id"])]
     if not jobs or (done and jobs[0]["state"] in ("queued", "running")):
         return None
     return dict(jobs[0])

@@ -57,7 +57,7 @@ from contract import paths
 from contract.catalog import ModelSpec, get_spec
 from contract.paths import ROOT
 from services.api import auth
-from services.tools.drift_demo import alert_state, stack, wait_for
+from services.tools.drift_demo import alert_state, job_of, stack, wait_for
 from services.tools.examples import as_records
 
 TIMEOUT_S = 900
@@ -129,6 +129,10 @@ class Loop:
         jobs = [j for j in self.drift("GET", "/retraining") if j["model"] == self.spec.key]
         new = [j for j in jobs if j["id"] not in after]
         return new[0] if new else None
+
+    def finished(self, job_id: str) -> dict[str, Any] | None:
+        """The job once it has ended (None while it is queued or running)."""
+        return job_of((self.urls["drift"], self.headers), self.spec.key, True, job_id)
 
     def canary(self) -> dict[str, Any]:
         return dict(self.drift("GET", f"/models/{self.spec.key}/canary"))
@@ -234,7 +238,7 @@ def demo(spec: ModelSpec, workspace: Path, folder: Path, steps: str, step_s: flo
         say("3. Alertmanager -> webhook -> retraining on the labelled production records", t0)
         job = wait_for("the retraining job", lambda: loop.job(set()), deadline)
         say(f"   job {job['id']}: {job['command']}", t0)
-        done = wait_for("its end", lambda: _finished(loop, job["id"]), deadline, 2)
+        done = wait_for("its end", lambda: loop.finished(job["id"]), deadline, 2)
         say(f"   job {done['state']}: v{done['version']} -> @{done['alias']}: {done['gate']}", t0)
         record = json.loads(paths.registry_record(key, workspace).read_text())
         window = record["production_window"]
@@ -260,7 +264,7 @@ def demo(spec: ModelSpec, workspace: Path, folder: Path, steps: str, step_s: flo
         with misconfigured(workspace, key, BROKEN):
             loop.drift("POST", f"/models/{key}/retrain")
             job = wait_for("the retraining job", lambda: loop.job(before_jobs), deadline)
-            bad = wait_for("its end", lambda: _finished(loop, job["id"]), deadline, 2)
+            bad = wait_for("its end", lambda: loop.finished(job["id"]), deadline, 2)
         say(f"   job {bad['state']}: v{bad['version']} -> @{bad['alias']}: {bad['gate']}", t0)
         if bad["state"] == "challenger":  # the gate refused it: pushed out by hand all the same
             loop.drift("POST", f"/models/{key}/canary")
@@ -303,11 +307,6 @@ def _changed(prometheus: str, model: str, alert: str, previous: str) -> Callable
         return state if state != previous else None
 
     return check
-
-
-def _finished(loop: Loop, job_id: str) -> dict[str, Any] | None:
-    jobs = [j for j in loop.drift("GET", "/retraining") if j["id"] == job_id]
-    return jobs[0] if jobs and jobs[0]["state"] not in ("queued", "running") else None
 
 
 def _arms(canary: dict[str, Any]) -> dict[str, Any]:

@@ -134,6 +134,8 @@ def test_models_that_cannot_learn_from_their_log_say_why(root: Path) -> None:
         )
         report = snapshot.take(spec, root, f"sqlite:///{root / 'log.sqlite'}")
         assert report["labelled"] == 0 and report["skipped"], key
+        assert report["schema_failures"] == [] and report["invalid"] == 0, key  # none read
+    assert report["skipped"] == "clustering models do not learn from outcomes"
 
 
 def test_a_relative_log_path_is_the_workspaces() -> None:
