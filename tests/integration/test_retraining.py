@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from services.tools.loop_demo import TIMEOUT_S
 from tests.workspace import Project
 
 pytestmark = pytest.mark.slow
@@ -27,7 +28,8 @@ def test_the_loop_learns_from_outcomes_and_canaries_decide(
     demo = subprocess.run(
         [sys.executable, "-m", "services.tools.loop_demo", "--workspace", str(project.root),
          "--folder", str(tmp_path / "demo")],
-        cwd=project.root, env=project.env, capture_output=True, text=True, timeout=900,
+        cwd=project.root, env=project.env, capture_output=True, text=True,
+        timeout=TIMEOUT_S + 300,  # the demo's own deadline starts once its stack is up
     )  # fmt: skip
     output = demo.stdout + demo.stderr[-3000:]
     assert demo.returncode == 0, output
