@@ -84,9 +84,10 @@ test-fast: ## Code and data tiers only (skips tests marked slow)
 compose-test: ## The deploy tier alone: build the images, docker-compose up the stack on a real engine, check it, down, up again
 	$(RUN) pytest -m deploy tests/deploy
 
-serve-triton: ## Triton's HTTP/gRPC protocol for fashion_cnn and semantic_search's encoder on :8000/:8001 (metrics :8002), PyTriton, foreground
+serve-triton: ## Triton's HTTP/gRPC protocol for fashion_cnn, semantic_search's encoder, tree_detection and fashion_segmentation (and their BLS models) on :8000/:8001 (metrics :8002), PyTriton, foreground
 	services/triton/.venv/bin/python services/triton/serve.py --repository artifacts/fashion_cnn/triton \
-		--repository artifacts/semantic_search/triton \
+		--repository artifacts/semantic_search/triton --repository artifacts/tree_detection/triton \
+		--repository artifacts/fashion_segmentation/triton \
 		--http-port 8000 --grpc-port 8001 --metrics-port 8002
 
 loop-demo: ## The closed loop on titanic: a shift, outcomes via /feedback, ModelPerformanceDegraded, retraining on labelled production data, canary promoted; a broken candidate rolled back (about 4 minutes, in a copy)
@@ -95,10 +96,12 @@ loop-demo: ## The closed loop on titanic: a shift, outcomes via /feedback, Model
 drift-demo: ## Shifted traffic for titanic until the drift alert fires, the webhook retrains it through the gate (Prometheus + Alertmanager + drift service, real)
 	$(RUN) python -m services.tools.drift_demo
 
-bench: ## Serving benchmark (wrk): floor vs anchor (hand-written FastAPI + ONNX Runtime) vs services vs BentoML vs mlflow models serve, the graphs alone (ORT's profiler), then the Feast feature layer and the prediction log -> reports/bench/
+bench: ## Serving benchmark (wrk): floor vs anchor (hand-written FastAPI + ONNX Runtime) vs services vs BentoML vs mlflow models serve, the graphs alone (ORT's profiler), FP32 vs INT8 (the vision models), Triton's dynamic batching, then the Feast feature layer and the prediction log -> reports/bench/
 	@command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk)
 	$(RUN) python -m services.tools.bench
 	$(RUN) python -m services.tools.bench.graphs
+	$(RUN) python -m services.tools.bench.precision
+	$(RUN) python -m services.tools.bench.triton
 	$(RUN) python -m services.tools.bench.features
 	$(RUN) python -m services.tools.bench.predlog
 	$(RUN) python -m services.tools.bench.drift

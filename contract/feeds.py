@@ -6,6 +6,7 @@ graph), a missing category or text is the empty string. A field's values arrive 
 records (`record_feeds`, the service), so the two cannot drift apart.
 """
 
+import io
 from collections.abc import Sequence
 from operator import attrgetter
 from typing import Any
@@ -16,11 +17,87 @@ import pandas as pd
 from contract.catalog import InputField, ModelSpec
 
 NUMERIC = ("float", "int")
+SIZE_SUFFIX = "_size"  # a photo's second graph input: <name>_size
+
+
+class Photo(bytes):
+    """An encoded picture as sent (what the prediction log keeps) with its decoded RGB
+    pixels [H, W, 3] (what the graph reads): validation decodes it once."""
+
+    pixels: np.ndarray
+
+    @classmethod
+    def of(cls, encoded: bytes, pixels: np.ndarray) -> "Photo":
+        photo = cls(encoded)
+        photo.pixels = pixels
+        return photo
+
+
+def decode_photo(value: bytes) -> np.ndarray:
+    """RGB pixels [H, W, 3] of an encoded picture (PNG or JPEG), or of a Photo as decoded."""
+    pixels = getattr(value, "pixels", None)
+    if pixels is not None:
+        return np.asarray(pixels)
+    from PIL import Image
+
+    with Image.open(io.BytesIO(value)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+def photo_tensors(values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(pictures [N, H, W, 3] padded with zeros to the largest, sizes [N, 2])."""
+    pictures = [decode_photo(v) for v in values]
+    sizes = np.array([p.shape[:2] for p in pictures], np.int64).reshape(len(pictures), 2)
+    height, width = sizes.max(axis=0) if len(pictures) else (0, 0)
+    batch = np.zeros((len(pictures), int(height), int(width), 3), np.uint8)
+    for i, picture in enumerate(pictures):
+        batch[i, : picture.shape[0], : picture.shape[1]] = picture
+    return batch, sizes
+
+
+def one_at_a_time(spec: ModelSpec) -> bool:
+    """Whether records run through the graph one at a time: photos, whose batch pads each
+    picture to the largest (the network sees the padding at a picture's borders, so a
+    picture's answer would depend on its batchmates; and sizes vary, so padding is waste)."""
+    return any(f.type == "photo" for f in spec.fields.values())
+
+
+def each_record(feeds: dict[str, np.ndarray], spec: ModelSpec) -> list[dict[str, np.ndarray]]:
+    """A batch's tensors record by record, each photo cut back to its own size."""
+    size = len(next(iter(feeds.values()))) if feeds else 0
+    photos = [n for n, f in spec.fields.items() if f.type == "photo"]
+    records = []
+    for i in range(size):
+        record = {name: array[i : i + 1] for name, array in feeds.items()}
+        for name in photos:
+            height, width = (int(v) for v in record[name + SIZE_SUFFIX][0])
+            record[name] = record[name][:, :height, :width]
+        records.append(record)
+    return records
+
+
+def input_names(spec: ModelSpec) -> list[str]:
+    """The graph's inputs: one per field, and a photo's sizes after it."""
+    names = []
+    for name, field in spec.fields.items():
+        names.append(name)
+        if field.type == "photo":
+            names.append(name + SIZE_SUFFIX)
+    return names
+
+
+def _field_feeds(
+    name: str, field: InputField, values: Sequence[Any], size: int
+) -> dict[str, np.ndarray]:
+    if field.type == "photo":
+        pictures, sizes = photo_tensors(values)
+        return {name: pictures, name + SIZE_SUFFIX: sizes}
+    return {name: tensor(field, values, size)}
 
 
 def tensor(field: InputField, values: Sequence[Any], size: int) -> np.ndarray:
     """One field's column as its graph input: float32 [N, 1] numbers, uint8 [N, H, W] pixels,
-    float32 [N, length] series, or object [N, 1] strings."""
+    float32 [N, length] series, or object [N, 1] strings (a photo: `photo_tensors`)."""
     if field.type in NUMERIC:  # None (a missing value) is NaN as float64
         return np.array(values, np.float64).astype(np.float32).reshape(size, 1)
     if field.type == "image":
@@ -47,10 +124,10 @@ def record_feeds(records: Sequence[Any], spec: ModelSpec) -> dict[str, np.ndarra
         columns = list(zip(*map(attrgetter(*names), records), strict=True))
     else:
         columns = [[] for _ in names]
-    return {
-        name: tensor(fields[name], values, size)
-        for name, values in zip(names, columns, strict=True)
-    }
+    feeds: dict[str, np.ndarray] = {}
+    for name, values in zip(names, columns, strict=True):
+        feeds |= _field_feeds(name, fields[name], values, size)
+    return feeds
 
 
 def onnx_feeds(frame: pd.DataFrame, spec: ModelSpec) -> dict[str, np.ndarray]:
@@ -61,9 +138,9 @@ def onnx_feeds(frame: pd.DataFrame, spec: ModelSpec) -> dict[str, np.ndarray]:
         column = frame[name]
         if field.type in NUMERIC:
             values: Any = pd.to_numeric(column).to_numpy(np.float64)
-        elif field.type in ("image", "series"):
+        elif field.type in ("image", "photo", "series"):
             values = column.tolist()
         else:
             values = column.astype(object).where(column.notna(), None).tolist()
-        feeds[name] = tensor(field, values, len(frame))
+        feeds |= _field_feeds(name, field, values, len(frame))
     return feeds

@@ -5,7 +5,8 @@ seeded sample of the training split in the drift view below, plus the model's ow
 predictions on it. The drift
 service puts logged traffic through the same view, so both sides come from one function.
 Numbers and categories are compared as they are; a text field by its length in characters
-and words, an image by its mean, spread and share of ink (pixel drift means nothing).
+and words, an image by its mean, spread and share of ink (pixel drift means nothing), a
+photo by its size, brightness and contrast.
 """
 
 import base64
@@ -24,6 +25,7 @@ SEED = 0
 PREDICTION = "prediction"  # P(positive), P(top class) or the predicted value
 PREDICTED_LABEL = "predicted_label"
 PREDICTIONS = (PREDICTION, PREDICTED_LABEL)
+PHOTO_VIEW = ("height", "width", "mean", "std")
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,8 @@ def columns(spec: ModelSpec) -> Columns:
             numerical += [f"{name}.chars", f"{name}.words"]
         elif field.type == "image":
             numerical += [f"{name}.mean", f"{name}.std", f"{name}.ink"]
+        elif field.type == "photo":
+            numerical += [f"{name}.{part}" for part in PHOTO_VIEW]
         elif field.type == "series":
             numerical += [f"{name}.mean", f"{name}.std", f"{name}.last"]
         else:
@@ -64,6 +68,20 @@ def _image(value: Any) -> np.ndarray:
     if isinstance(value, bytes | bytearray):
         return np.frombuffer(value, np.uint8)
     return np.asarray(value, np.uint8).reshape(-1)
+
+
+def _photo(value: Any) -> tuple[float, ...]:
+    """(height, width, mean, std) of an encoded picture's pixels in [0, 1]; NaN where it is
+    missing or does not decode."""
+    from contract.feeds import decode_photo
+
+    if isinstance(value, str):
+        value = base64.b64decode(value)
+    try:
+        pixels = decode_photo(value).astype(np.float32) / 255
+    except (OSError, ValueError, TypeError):
+        return (np.nan,) * len(PHOTO_VIEW)
+    return (*map(float, pixels.shape[:2]), float(pixels.mean()), float(pixels.std()))
 
 
 def _pixels(values: pd.Series) -> np.ndarray:
@@ -91,6 +109,10 @@ def drift_view(spec: ModelSpec, inputs: pd.DataFrame) -> pd.DataFrame:
             view[f"{name}.mean"] = steps.mean(axis=1)
             view[f"{name}.std"] = steps.std(axis=1)
             view[f"{name}.last"] = steps[:, -1] if length else np.zeros(len(values))
+        elif field.type == "photo":
+            parts = np.array([_photo(v) for v in values], np.float64).reshape(-1, len(PHOTO_VIEW))
+            for i, part in enumerate(PHOTO_VIEW):
+                view[f"{name}.{part}"] = parts[:, i]
         elif field.type == "image":
             pixels = _pixels(values) if len(values) else np.zeros((0, 1), np.float32)
             view[f"{name}.mean"] = pixels.mean(axis=1)

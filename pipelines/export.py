@@ -18,12 +18,14 @@ import pandas as pd
 
 from contract import paths
 from contract.catalog import ModelSpec
-from contract.feeds import onnx_feeds
+from contract.feeds import one_at_a_time, onnx_feeds
+from pipelines import quantize
 from pipelines.cli import StageError, run_stage
 from pipelines.flavors import judged_test_split
 from pipelines.log import get_logger
 from pipelines.metrics import decision_threshold, labels_of
 from pipelines.models import get_project
+from pipelines.schema import encode_target
 from pipelines.triton import repository_dir, write_repository
 
 log = get_logger(__name__)
@@ -46,9 +48,21 @@ def onnx_predict(session: Session, frame: pd.DataFrame, spec: ModelSpec) -> np.n
     [N, C], values [N], anomaly scores [N], distances to the segments' centres [N, k], a
     recommender's predicted ratings of the frame's (user, item) pairs [N] or a search's
     query embeddings [N, dim]."""
-    names = list(spec.task_kind.JUDGED_OUTPUTS)
-    outputs = dict(zip(names, session.run(names, onnx_feeds(frame, spec)), strict=True))
+    outputs = run_rows(session, list(spec.task_kind.JUDGED_OUTPUTS), frame, spec)
     return spec.task_kind.native(outputs, frame, spec)
+
+
+def run_rows(
+    session: Session, names: list[str], frame: pd.DataFrame, spec: ModelSpec
+) -> dict[str, np.ndarray]:
+    """The graph's outputs `names` for the frame's rows: in one run, or a row at a time
+    where the records are served so (photos: contract.feeds.one_at_a_time)."""
+    step = 1 if one_at_a_time(spec) else max(len(frame), 1)  # a photo padded to no other
+    runs = [
+        session.run(names, onnx_feeds(frame.iloc[start : start + step], spec))
+        for start in range(0, len(frame), step)
+    ]
+    return {n: np.concatenate([run[i] for run in runs]) for i, n in enumerate(names)}
 
 
 def onnx_embedding(
@@ -86,14 +100,14 @@ def check_labels(
 ) -> None:
     """The graph's label must be the model's decision (its tuned threshold, if any)."""
     (labels,) = session.run(["label"], onnx_feeds(frame, spec))
-    expected = labels_of(spec, native, threshold)
+    expected = labels_of(spec, native, threshold).reshape(-1)  # a segmentation's: per pixel
     # a row within the tolerance of the decision boundary may round either way in float32
-    margin = spec.task_kind.decisive(native, threshold, TOLERANCE)
+    margin = spec.task_kind.decisive(native, threshold, TOLERANCE).reshape(-1)
     wrong = int(((np.asarray(labels).reshape(-1) != expected) & margin).sum())
     if wrong:
         raise StageError(
             f"the ONNX graph's label differs from the model's decision on {wrong} of "
-            f"{len(frame)} test rows (threshold {threshold})"
+            f"{expected.size} test labels (threshold {threshold})"
         )
 
 
@@ -159,6 +173,38 @@ def main_work(spec: ModelSpec, root: Path) -> None:
     if spec.triton is not None:
         repository = write_repository(spec, target, repository_dir(spec.key, root))
         log.info("%s: Triton model repository %s", spec.key, repository.relative_to(root))
+    if spec.int8 is not None:
+        ship_int8(graph, session, spec, root)
+
+
+def ship_int8(graph: onnx.ModelProto, session: Session, spec: ModelSpec, root: Path) -> None:
+    """artifacts/<key>/int8/: the INT8 graph where its gate metric on the test split stays
+    within `int8.max_drop` of the FP32 graph's, and the report of both either way."""
+    split = paths.split_dir(spec.key, root)
+    train, test = pd.read_parquet(split / "train.parquet"), pd.read_parquet(split / "test.parquet")
+    int8 = quantize.quantized(graph, spec, train)
+    y = encode_target(test, spec)
+    scores = [
+        spec.task_kind.score(spec, y, onnx_predict(s, test, spec))[spec.gate_metric]
+        for s in (session, open_session(int8, spec, paths.model_dir(spec.key, root)))
+    ]
+    sizes = (graph.ByteSize(), int8.ByteSize())
+    report = quantize.judge(spec, scores[0], scores[1], sizes)
+    folder = paths.onnx_model(spec.key, root).parent / quantize.FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    if report["shipped"]:
+        onnx.save_model(int8, folder / "model.onnx")
+    (folder / quantize.REPORT).write_text(json.dumps(report, indent=2) + "\n")
+    log.info(
+        "%s: INT8 %s %.4f vs FP32 %.4f, %d KiB vs %d KiB: %s",
+        spec.key,
+        spec.gate_metric,
+        scores[1],
+        scores[0],
+        sizes[1] // 1024,
+        sizes[0] // 1024,
+        "shipped" if report["shipped"] else f"not shipped ({report['why']})",
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -129,12 +129,17 @@ def importance(table: pd.DataFrame, title: str, path: Path, top: int = 20) -> No
 
 
 def learning_curve(history: list[dict[str, float]], title: str, path: Path) -> None:
+    """Losses on the left, the other measures (accuracy, IoU, mAP) on the right, by epoch
+    (or by step, for a recipe that validates every few steps)."""
     frame = pd.DataFrame(history)
-    fig, (loss, acc) = plt.subplots(1, 2, figsize=(10, 4))
-    frame.plot(x="epoch", y=["train_loss", "val_loss"], ax=loss, marker="o", title="loss")
-    frame.plot(
-        x="epoch", y=["train_accuracy", "val_accuracy"], ax=acc, marker="o", title="accuracy"
-    )
+    x = "epoch" if "epoch" in frame else "step"
+    columns = [str(c) for c in frame.columns]
+    losses = [c for c in columns if c.endswith("loss")]
+    measures = [c for c in columns if c not in losses and c != x and not c.endswith("_s")]
+    fig, (loss, other) = plt.subplots(1, 2, figsize=(10, 4))
+    frame.plot(x=x, y=losses, ax=loss, marker="o", title="loss")
+    if measures:
+        frame.plot(x=x, y=measures, ax=other, marker="o", title=", ".join(measures))
     fig.suptitle(f"{title}: learning curve")
     _save(fig, path)
 
@@ -224,3 +229,87 @@ def similarity(scores: np.ndarray, relevant: np.ndarray, title: str, path: Path)
     ax.legend(loc="lower left")
     ax.set_title(f"{title}: results by rank (test queries)")
     _save(fig, path)
+
+
+def detection_pr(recall: np.ndarray, curves: dict[str, np.ndarray], title: str, path: Path) -> None:
+    """COCO's interpolated precision at each recall level, per IoU threshold."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for name, precision in curves.items():
+        shown = np.where(precision < 0, np.nan, precision)  # -1: recall never reached
+        ax.plot(recall, shown, label=f"{name} (AP {np.nanmean(np.nan_to_num(shown)):.3f})")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02))
+    ax.legend(loc="lower left")
+    ax.set_title(f"{title}: precision-recall (test split)")
+    _save(fig, path)
+
+
+def detections(
+    picture: np.ndarray,
+    truth: np.ndarray,
+    found: np.ndarray,
+    scores: np.ndarray,
+    threshold: float | None,
+    title: str,
+    path: Path,
+) -> None:
+    """The first test picture: true boxes (dashed white) and the boxes found at or above
+    the served threshold (solid, coloured by score)."""
+    from matplotlib.patches import Rectangle
+
+    height, width = picture.shape[:2]
+    fig, ax = plt.subplots(figsize=(8, 8 * height / max(width, 1)))
+    ax.imshow(picture)
+    for x0, y0, x1, y1 in truth:
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="white", ls="--", lw=1))
+    floor = threshold or 0.0
+    colours = plt.get_cmap("autumn_r")
+    shown = 0
+    for (x0, y0, x1, y1), score in zip(found, scores, strict=True):
+        if score >= floor:
+            shown += 1
+            ax.add_patch(
+                Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=colours(score), lw=1.2)
+            )
+    ax.set_axis_off()
+    ax.set_title(f"{title}: {len(truth)} true boxes (dashed), {shown} found (score >= {floor:g})")
+    _save(fig, path)
+
+
+def class_iou(iou: dict[str, float], title: str, path: Path) -> None:
+    """Intersection over union of each class present in the test masks."""
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(iou) + 1.5))
+    names = list(iou)[::-1]
+    ax.barh(names, [iou[n] for n in names], color="tab:blue")
+    for i, name in enumerate(names):
+        ax.text(iou[name], i, f" {iou[name]:.3f}", va="center")
+    ax.set(xlim=(0, 1.1), xlabel="IoU")
+    ax.set_title(f"{title}: IoU per class (test split)")
+    _save(fig, path)
+
+
+def masks(
+    pictures: list[np.ndarray], truth: np.ndarray, found: np.ndarray, names: list[str],
+    title: str, path: Path,
+) -> None:  # fmt: skip
+    """Each image above its true mask and the predicted one (one colour per class)."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Rectangle
+
+    palette: list[Any] = ["black", *(plt.get_cmap("tab10")(i) for i in range(len(names) - 1))]
+    colours = ListedColormap(palette)
+    fig, axes = plt.subplots(3, len(pictures), figsize=(2 * len(pictures), 6.4), squeeze=False)
+    for i, picture in enumerate(pictures):
+        axes[0, i].imshow(picture, cmap="gray")
+        axes[1, i].imshow(truth[i], cmap=colours, vmin=0, vmax=len(names) - 1)
+        axes[2, i].imshow(found[i], cmap=colours, vmin=0, vmax=len(names) - 1)
+    for row, label in zip(axes, ["image", "true mask", "predicted"], strict=True):
+        row[0].set_ylabel(label)
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    handles = [Rectangle((0, 0), 1, 1, color=colours(i)) for i in range(1, len(names))]
+    fig.legend(handles, names[1:], loc="lower center", ncol=5, fontsize=8)
+    fig.suptitle(f"{title}: masks (test split)")
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.savefig(path, dpi=90, metadata={"Software": None})
+    plt.close(fig)

@@ -29,7 +29,7 @@ from contract.catalog import ModelSpec
 from contract.feeds import onnx_feeds
 from pipelines import export, model_card, registry, snapshot
 from pipelines.cli import StageError, run_stage
-from pipelines.export import Session
+from pipelines.export import Session, run_rows
 from pipelines.flavors import retrieval
 from pipelines.log import get_logger
 
@@ -124,7 +124,7 @@ def log_reference(spec: ModelSpec, frames: dict[str, pd.DataFrame], session: Ses
     rows = reference.sample(frames[spec.task_kind.REFERENCE_SPLIT])
     # what the service serves (a recommender's rating of every item is for scoring only)
     names = [o.name for o in session.get_outputs() if o.name not in spec.task_kind.PIPELINE_OUTPUTS]
-    result = dict(zip(names, session.run(names, onnx_feeds(rows, spec)), strict=True))
+    result = run_rows(session, names, rows, spec)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(reference.ARTIFACT).name
         reference.reference(spec, rows, result).to_parquet(path, index=False)

@@ -5,6 +5,7 @@ One convention for missing values everywhere (training, export, serving): a miss
 is NaN (imputed inside the model graph), a missing category or text is the empty string.
 """
 
+import io
 from typing import Any
 
 import numpy as np
@@ -49,9 +50,31 @@ def _field_checks(field: InputField) -> list[pa.Check]:
                 lambda s: s.map(len).eq(size).all(), error=f"is not {field.shape} uint8 pixels"
             )
         )
+    elif field.type == "photo":
+        height, width = field.shape or (0, 0)
+        checks.append(
+            pa.Check(
+                lambda value: _photo_fits(value, height, width),
+                element_wise=True,
+                error=f"is not a PNG or JPEG picture of at most {height}x{width}",
+            )
+        )
     elif field.type == "series":
         checks += series_checks((field.shape or [0])[0], field.min, field.max)
     return checks
+
+
+def _photo_fits(value: Any, height: int, width: int) -> bool:
+    """Encoded PNG or JPEG bytes whose header says at most height x width."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not isinstance(value, bytes | bytearray):
+        return False
+    try:
+        with Image.open(io.BytesIO(value), formats=("PNG", "JPEG")) as image:
+            return bool(image.height <= height and image.width <= width)
+    except (UnidentifiedImageError, OSError, ValueError):
+        return False
 
 
 def _target_column(spec: ModelSpec) -> pa.Column:
@@ -134,7 +157,7 @@ def model_frame(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
         column = frame[name]
         if field.type in NUMERIC:
             out[name] = pd.to_numeric(column).astype("float32")
-        elif field.type in ("image", "series"):
+        elif field.type in ("image", "photo", "series"):
             out[name] = column
         else:
             out[name] = column.fillna("").astype(object)

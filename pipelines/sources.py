@@ -5,6 +5,7 @@ import gzip
 import importlib
 import importlib.util
 import io
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,7 @@ def load_source(source: Source) -> pd.DataFrame:
         "idx": _idx_images,
         "function": _function,
         "river": _river,
+        "voc": _voc_images,
     }
     return loaders[source.kind](source)
 
@@ -128,3 +130,54 @@ def _idx_images(source: Source) -> pd.DataFrame:
             ).assign(split=split)
         )
     return pd.concat(parts, ignore_index=True)
+
+
+def _package_folder(source: Source) -> Path:
+    """A folder inside an installed package, found without importing the package (whose
+    own requirements may not be installed: deepforest's are not)."""
+    spec = importlib.util.find_spec(source.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingSourceError(
+            f"package {source.package!r} is not installed; run: {source.install}"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations))) / source.path
+    if not folder.is_dir():
+        raise MissingSourceError(f"{folder} is missing; run: {source.install}")
+    return folder
+
+
+def read_voc(path: Path) -> tuple[str, list[list[float]]]:
+    """(the image's file name, its boxes [xmin, ymin, xmax, ymax] in pixels) of a
+    Pascal-VOC annotation. Every object is one class: the files' own names vary
+    (SOAP_061's Alive and Dead trees)."""
+    root = ET.parse(path).getroot()  # package data, not user input
+    boxes = []
+    for box in root.iter("bndbox"):
+        corners = [float(box.findtext(tag, "nan")) for tag in ("xmin", "ymin", "xmax", "ymax")]
+        boxes.append(corners)
+    return root.findtext("filename", path.with_suffix(".png").name), boxes
+
+
+def _voc_images(source: Source) -> pd.DataFrame:
+    """One row per annotated image: the picture as RGB PNG bytes, its boxes and the split
+    (`test_name`: the held-out image's file stem; every other annotated image trains)."""
+    from PIL import Image
+
+    folder = _package_folder(source)
+    rows = []
+    for annotation in sorted(folder.glob("*.xml")):
+        name, boxes = read_voc(annotation)
+        picture = folder / name
+        if not picture.exists():
+            raise MissingSourceError(f"{picture} (named by {annotation.name}) is missing")
+        with Image.open(picture) as image:
+            rgb = image.convert("RGB")
+        encoded = io.BytesIO()
+        rgb.save(encoded, format="PNG")
+        split = "test" if annotation.stem == source.test_name else "train"
+        rows.append(
+            {"image": encoded.getvalue(), "boxes": boxes, "name": annotation.stem, "split": split}
+        )
+    if not any(r["split"] == "test" for r in rows):
+        raise MissingSourceError(f"{folder} has no annotated image {source.test_name!r}")
+    return pd.DataFrame(rows)

@@ -4,15 +4,21 @@
     <out>/<key>/configs/gpu.pbtxt     the same on GPU through TensorRT FP16
                                       (tritonserver --model-config-name=gpu)
     <out>/<key>/1/model.onnx          the exported graph, byte for byte
+    <out>/<key>_image/                a vision model's BLS model (python backend): encoded
+                                      pictures in, answers out, decoding and resizing
+                                      before the graph and the answer after it server-side
+                                      (services/triton/bls/<task>/: model.py, config)
 
 The configs are built as `ModelConfig` protobuf messages, so they are valid by construction,
 and the tensors are read off the graph itself: nothing here restates the model's interface.
 """
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import onnx
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
@@ -21,6 +27,9 @@ from contract import paths
 from contract.catalog import ModelSpec, TritonSpec
 
 VERSION = "1"
+BLS_TEMPLATES = paths.ROOT / "services" / "triton" / "bls"  # <task>/model.py, config.pbtxt.j2
+BLS_SUFFIX = "_image"  # the BLS model's name: <key>_image
+MAX_SIDE = 4096  # the largest picture a resizing BLS model decodes (pixels a side)
 GPU_CONFIG = "gpu"
 TENSORRT_WORKSPACE_BYTES = 1 << 30
 # ONNX element types whose Triton name is not simply TYPE_<ONNX name>
@@ -117,4 +126,40 @@ def write_repository(spec: ModelSpec, onnx_file: Path, out: Path) -> Path:
     shutil.copyfile(onnx_file, model / VERSION / "model.onnx")
     (model / "config.pbtxt").write_text(to_text(cpu))
     (model / "configs" / f"{GPU_CONFIG}.pbtxt").write_text(to_text(gpu_config(cpu)))
+    template = BLS_TEMPLATES / spec.task
+    bls = out / (spec.key + BLS_SUFFIX)
+    shutil.rmtree(bls, ignore_errors=True)
+    if template.is_dir():  # a task whose clients send pictures
+        (bls / VERSION).mkdir(parents=True)
+        shutil.copyfile(template / "model.py", bls / VERSION / "model.py")
+        (bls / "config.pbtxt").write_text(bls_config(spec, graph, template))
     return model
+
+
+def bls_config(spec: ModelSpec, graph: onnx.ModelProto, template: Path) -> str:
+    """The BLS model's config.pbtxt from its task's template, checked as a ModelConfig."""
+    assert spec.triton is not None
+    (field,) = spec.fields.values()
+    height, width = field.shape or (0, 0)
+    outputs = {v.name: v for v in graph.graph.output}
+    meta = {p.key: p.value for p in graph.metadata_props}
+    values = {
+        "name": spec.key + BLS_SUFFIX,
+        "model": spec.key,
+        "max_batch_size": spec.triton.max_batch_size,
+        "max_queue_delay_us": spec.triton.max_queue_delay_us,
+        "instances": spec.triton.instances,
+        "classes": json.dumps(json.dumps(spec.class_names)),  # a quoted JSON string
+        "classes_count": len(spec.class_names),
+        "height": height,
+        "width": width,
+        "max_height": height,
+        "max_width": width,
+        "max_side": MAX_SIDE,
+        "threshold": float(meta.get("threshold", 0.0)),
+        "rows": tensor_dims(outputs["boxes"])[0] if "boxes" in outputs else 0,
+    }
+    environment = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)
+    text = environment.from_string((template / "config.pbtxt.j2").read_text()).render(values)
+    text_format.Parse(text, mc.ModelConfig())  # a valid ModelConfig, or this raises
+    return text

@@ -19,11 +19,13 @@ from contract.tasks import (
     anomaly,
     binary,
     clustering,
+    detection,
     forecast,
     multiclass,
     recommendation,
     regression,
     retrieval,
+    segmentation,
 )
 from contract.tasks.common import Plot, Served
 
@@ -31,7 +33,9 @@ if TYPE_CHECKING:
     from contract.catalog import ModelSpec
 
 # What a flavor's native predict returns, which the exported graph must match
-Native = Literal["values", "probabilities", "anomaly_scores", "distances", "embeddings"]
+Native = Literal[
+    "values", "probabilities", "anomaly_scores", "distances", "embeddings", "detections"
+]
 
 
 class Task(Protocol):
@@ -145,6 +149,8 @@ TASKS: dict[str, ModuleType] = {
     "recommendation": recommendation,
     "forecast": forecast,
     "retrieval": retrieval,
+    "detection": detection,
+    "segmentation": segmentation,
 }
 
 

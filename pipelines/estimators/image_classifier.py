@@ -24,6 +24,7 @@ log = get_logger(__name__)
 class PixelsIn(nn.Module):
     """The whole inference pipeline: raw uint8 [N, H, W] -> (label, probabilities)."""
 
+    OUTPUTS = ("label", "probabilities")  # the graph's outputs, in forward's order
     mean: torch.Tensor
     std: torch.Tensor
 

@@ -1,7 +1,13 @@
-"""PyTorch image classifiers through the stages: uint8 pixels in, normalisation and softmax
-inside the graph. The estimator (pipelines/estimators/image_classifier.py) holds the
-network and its training recipe; this flavor fixes the threads and deterministic kernels
-it trains and scores with, saves the weights and exports the graph."""
+"""PyTorch vision models through the stages: pixels in, the whole inference pipeline
+(normalisation, the network, softmax, a detector's decoding and NMS) inside the graph.
+
+The estimator (pipelines/estimators/: image_classifier, segmenter, detector) holds the
+network and its training recipe, and its fitted module names its graph outputs (`OUTPUTS`).
+This flavor fixes the threads and deterministic kernels it trains and scores with, hands it
+the pictures and the task's encoded target, saves the weights and exports the graph. The
+native prediction is read from the module's outputs on the same tensors ONNX Runtime gets
+(contract/feeds.py) by the same function (the task's `native`), so export's parity check
+compares like with like."""
 
 import json
 import tempfile
@@ -16,7 +22,7 @@ from torch import nn
 
 from contract import paths
 from contract.catalog import ModelSpec
-from contract.feeds import tensor
+from contract.feeds import decode_photo, input_names, one_at_a_time, onnx_feeds, tensor
 from pipelines.log import get_logger
 from pipelines.schema import encode_target
 
@@ -26,14 +32,29 @@ WEIGHTS_FILE = "model.pt"  # tensors only: loaded with weights_only=True
 THREADS = 1
 
 
+# Pixels a scoring run takes at once (bounds the memory of a batch's activations)
+CHUNK_PIXELS = 2_000 * 28 * 28
+
+
 def _image_field(spec: ModelSpec) -> str:
-    (name,) = (n for n, f in spec.fields.items() if f.type == "image")
+    (name,) = (n for n, f in spec.fields.items() if f.type in ("image", "photo"))
     return name
 
 
-def _pixels(frame: pd.DataFrame, spec: ModelSpec) -> torch.Tensor:
+def _pictures(frame: pd.DataFrame, spec: ModelSpec) -> torch.Tensor | list[np.ndarray]:
+    """What the estimator trains on: grey pixels uint8 [N, H, W] of a fixed-size image
+    field, or a photo field's decoded RGB pictures [H, W, 3] (sizes differ)."""
     name = _image_field(spec)
-    return torch.from_numpy(tensor(spec.fields[name], frame[name].tolist(), len(frame)).copy())
+    values = frame[name].tolist()
+    if spec.fields[name].type == "photo":
+        return [decode_photo(v) for v in values]
+    return torch.from_numpy(tensor(spec.fields[name], values, len(frame)).copy())
+
+
+def _target(frame: pd.DataFrame, spec: ModelSpec) -> Any:
+    """The task's encoded target: class indices or masks as a tensor, boxes as a list."""
+    encoded = encode_target(frame, spec)
+    return list(encoded) if encoded.dtype == object else torch.from_numpy(encoded.copy())
 
 
 def _threads(p: dict[str, Any]) -> int:
@@ -64,25 +85,52 @@ def fit(estimator: Any, train: pd.DataFrame, spec: ModelSpec, out: Path) -> nn.M
 
 
 def _fit(estimator: Any, train: pd.DataFrame, spec: ModelSpec, out: Path) -> nn.Module:
-    pixels, labels = _pixels(train, spec), torch.tensor(encode_target(train, spec))
     model: nn.Module
-    model, history = estimator.fit(pixels, labels, spec.key)
+    model, history = estimator.fit(_pictures(train, spec), _target(train, spec), spec.key)
     out.mkdir(parents=True, exist_ok=True)
     (out / paths.HISTORY_NAME).write_text(json.dumps(history, indent=1))
     return model
 
 
-def predict(model: nn.Module, frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
+def _rows_per_run(spec: ModelSpec) -> int:
+    """A photo one at a time, as it is served (a batch pads each picture to the largest,
+    which the network's borders see); fixed-size images in chunks of CHUNK_PIXELS."""
+    if one_at_a_time(spec):
+        return 1
+    field = spec.fields[_image_field(spec)]
+    return max(1, CHUNK_PIXELS // int(np.prod(field.shape or [1])))
+
+
+def outputs(model: nn.Module, frame: pd.DataFrame, spec: ModelSpec) -> dict[str, np.ndarray]:
+    """The module's outputs by graph output name, on the tensors the graph is fed."""
     model.eval()
-    pixels = _pixels(frame, spec)
+    names, step = input_names(spec), _rows_per_run(spec)
+    parts: list[dict[str, np.ndarray]] = []
     before = torch.get_num_threads()
     torch.set_num_threads(_threads(spec.params))  # the dense layers' sums split by thread
     try:
         with torch.no_grad():
-            parts = [model(pixels[i : i + 2000])[1] for i in range(0, len(pixels), 2000)]
+            for start in range(0, len(frame), step):
+                feeds = onnx_feeds(frame.iloc[start : start + step], spec)  # photos: one each
+                tensors = (torch.from_numpy(np.require(feeds[n], requirements="W")) for n in names)
+                result = model(*tensors)  # np.require: a copy of read-only arrays only
+                parts.append({o: r.numpy() for o, r in zip(_outputs(model), result, strict=True)})
     finally:
         torch.set_num_threads(before)
-    return torch.cat(parts).double().numpy()
+    return {o: np.concatenate([p[o] for p in parts]) for o in _outputs(model)}
+
+
+def _outputs(model: nn.Module) -> list[str]:
+    """The graph's output names, in forward's order (the fitted module's OUTPUTS)."""
+    names: tuple[str, ...] = model.OUTPUTS  # type: ignore[assignment]
+    return list(names)
+
+
+def predict(model: nn.Module, frame: pd.DataFrame, spec: ModelSpec) -> np.ndarray:
+    """The task's native prediction (`native`) from the module's outputs."""
+    wanted = spec.task_kind.JUDGED_OUTPUTS
+    result = outputs(model, frame, spec)
+    return spec.task_kind.native({o: result[o] for o in wanted}, frame, spec)
 
 
 def save(model: nn.Module, directory: Path) -> None:
@@ -98,23 +146,53 @@ def load(directory: Path, spec: ModelSpec) -> nn.Module:
     return restored
 
 
-def to_onnx(model: nn.Module, spec: ModelSpec) -> onnx.ModelProto:
+def _sample(spec: ModelSpec) -> tuple[dict[str, torch.Tensor], dict[str, dict[int, str]]]:
+    """(inputs to trace the graph with, their dynamic axes): a batch of two, and for a
+    photo any height and width (traced at 128x96: big enough for a detector's top-k)."""
     name = _image_field(spec)
-    height, width = spec.fields[name].shape or []
-    sample = torch.zeros((2, height, width), dtype=torch.uint8)
+    field = spec.fields[name]
+    if field.type == "photo":
+        sizes = torch.tensor([[128, 96], [100, 80]], dtype=torch.int64)
+        sample = {name: torch.zeros((2, 128, 96, 3), dtype=torch.uint8), name + "_size": sizes}
+        return sample, {name: {0: "batch", 1: "height", 2: "width"}, name + "_size": {0: "batch"}}
+    height, width = field.shape or []
+    return {name: torch.zeros((2, height, width), dtype=torch.uint8)}, {name: {0: "batch"}}
+
+
+def to_onnx(model: nn.Module, spec: ModelSpec) -> onnx.ModelProto:
+    sample, axes = _sample(spec)
+    register = getattr(model, "register_onnx_ops", None)  # a detector's NMS
+    if callable(register):
+        register()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onnx"
         torch.onnx.export(
             model.eval(),
-            (sample,),
+            tuple(sample[n] for n in input_names(spec)),
             path,
-            input_names=[name],
-            output_names=["label", "probabilities"],
+            input_names=input_names(spec),
+            output_names=_outputs(model),
             opset_version=18,
-            dynamic_axes={name: {0: "batch"}, "label": {0: "batch"}, "probabilities": {0: "batch"}},
+            dynamic_axes=axes | {o: {0: "batch"} for o in _outputs(model)},
             dynamo=False,
         )
         return onnx.load_model(path)
+
+
+SHOWN = 6  # test pictures the plots draw (a detector's first, a segmentation's masks)
+
+
+def report(
+    model: nn.Module, spec: ModelSpec, test: pd.DataFrame, predicted: np.ndarray, root: Path
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """(views, measures): the first test pictures, decoded, for the task's plots."""
+    name = _image_field(spec)
+    field, values = spec.fields[name], test[name].head(SHOWN).tolist()
+    if field.type == "photo":
+        pictures = [decode_photo(v) for v in values]
+    else:
+        pictures = list(tensor(field, values, len(values)))
+    return {"pictures": pictures}, {}
 
 
 def explain(model: nn.Module, test: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame | None:

@@ -11,6 +11,7 @@ import struct
 from collections.abc import Collection
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -31,6 +32,12 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # inflates the compressed ones (zTXt, iTXt, iCCP) up to 64 MiB an image: 400 PNGs of 27 KB
 # of text chunks in one body took 25 s to serve, 0.3 s with those chunks left unread
 PIXEL_CHUNKS = (b"IHDR", b"PLTE", b"tRNS", b"IDAT", b"IEND")
+JPEG_SIGNATURE = b"\xff\xd8\xff"
+# Photos a request may carry: each decodes to up to height x width x 3 bytes whatever its
+# size on the wire (a 1000x1000 PNG of one colour is 3 KB and 3 MB decoded)
+MAX_PHOTOS = 8
+# The most bytes an encoded photo may take on the wire, whatever its dimensions
+MAX_PHOTO_BYTES = 8 * 2**20
 
 
 def utf8_text(value: Any) -> Any:
@@ -82,6 +89,62 @@ def _image_type(field: InputField, from_json: bool = False) -> Any:
     return Annotated[nested | png, AfterValidator(to_bytes)]
 
 
+def _photo_type(field: InputField, from_json: bool = False) -> Any:
+    """A base64 PNG or JPEG of at most the field's height x width: the encoded bytes as sent
+    (what the prediction log keeps) with their RGB pixels (contract.feeds.Photo)."""
+    height, width = field.shape or (0, 0)
+    return _text(
+        Annotated[
+            str,
+            Field(
+                min_length=8,
+                max_length=4 * math.ceil(MAX_PHOTO_BYTES / 3),
+                description=f"base64-encoded PNG or JPEG picture, at most {height}x{width}",
+            ),
+            AfterValidator(lambda text: _decode_photo(text, height, width)),
+        ],
+        from_json,
+    )
+
+
+def _decode_photo(text: str, height: int, width: int) -> Any:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError as exc:  # binascii.Error, or characters outside ASCII
+        raise ValueError(f"not valid base64 ({exc})") from exc
+    return decode_photo_bytes(raw, height, width)
+
+
+def decode_photo_bytes(raw: bytes, height: int, width: int) -> Any:
+    """A Photo (contract.feeds) of an encoded PNG or JPEG of at most height x width: its
+    size is read from the header before anything is decoded; ValueError otherwise."""
+    from PIL import Image
+
+    from contract.feeds import Photo
+
+    if len(raw) > MAX_PHOTO_BYTES:
+        raise ValueError(f"picture of {len(raw)} bytes is over {MAX_PHOTO_BYTES}")
+    if raw.startswith(PNG_SIGNATURE):
+        kind, decoded = "PNG", _still_png(raw, height, width, exact=False)
+    elif raw.startswith(JPEG_SIGNATURE):
+        kind, decoded = "JPEG", raw
+    else:
+        start = f"they start {raw[:8]!r}"
+        raise ValueError(f"base64 decodes to bytes that are not a PNG or JPEG picture ({start})")
+    try:
+        with Image.open(io.BytesIO(decoded), formats=(kind,)) as image:
+            if image.width > width or image.height > height:  # the header, before decoding
+                raise ValueError(
+                    f"picture is {image.width}x{image.height}, larger than {width}x{height}"
+                )
+            if image.width < 1 or image.height < 1:
+                raise ValueError("picture has no pixels")
+            pixels = np.asarray(image.convert("RGB"))
+    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"not a valid {kind} ({type(exc).__name__}: {exc})") from exc
+    return Photo.of(raw, pixels)
+
+
 def _png_length(height: int, width: int) -> int:
     """The most base64 characters a height x width PNG takes: checked before decoding."""
     # Generous: the widest pixels (16-bit RGBA, 8 bytes) stored uncompressed with a filter
@@ -106,15 +169,17 @@ def _decode_png(text: str, height: int, width: int) -> bytes:
         raise ValueError(f"not a valid PNG ({type(exc).__name__}: {exc})") from exc
 
 
-def _still_png(raw: bytes, height: int, width: int) -> bytes:
+def _still_png(raw: bytes, height: int, width: int, exact: bool = True) -> bytes:
     """The PNG's chunks that decoding reads, once its header says it is one still image of
-    height x width; ValueError otherwise."""
+    height x width (`exact`), or at most that; ValueError otherwise."""
     if len(raw) < 24 or not raw.startswith(PNG_SIGNATURE) or raw[12:16] != b"IHDR":
         start = f"they start {raw[:8]!r}"  # a GIF's or JPEG's header says which it is
         raise ValueError(f"base64 decodes to bytes that are not an image (PNG expected; {start})")
     size = struct.unpack_from(">II", raw, 16)
-    if size != (width, height):
+    if exact and size != (width, height):
         raise ValueError(f"image is {size[0]}x{size[1]}, expected {width}x{height}")
+    if size[0] > width or size[1] > height:
+        raise ValueError(f"picture is {size[0]}x{size[1]}, larger than {width}x{height}")
     kept, offset = [PNG_SIGNATURE], len(PNG_SIGNATURE)
     while offset + 8 <= len(raw):
         length, kind = struct.unpack_from(">I4s", raw, offset)
@@ -148,6 +213,8 @@ def _number(field: InputField, kind: type) -> Any:
 def _field_type(field: InputField, from_json: bool = False) -> Any:
     if field.type == "image":
         return _image_type(field, from_json)
+    if field.type == "photo":
+        return _photo_type(field, from_json)
     if field.type == "series":
         return _series_type(field)
     if field.type in ("float", "int"):
@@ -171,6 +238,13 @@ def record_model(spec: ModelSpec, from_json: bool = False) -> type[BaseModel]:
     title = "".join(part.title() for part in spec.key.split("_")) + "Record"
     config = ConfigDict(extra="forbid", title=title)
     return create_model(title, __config__=config, **definitions)
+
+
+def records_limit(spec: ModelSpec, max_records: int) -> int:
+    """Records a /predict request may carry: `max_records`, or MAX_PHOTOS for a photo
+    model (each decodes to megabytes, whatever its size on the wire)."""
+    photos = any(f.type == "photo" for f in spec.fields.values())
+    return min(max_records, MAX_PHOTOS) if photos else max_records
 
 
 def request_model(spec: ModelSpec, record: type[BaseModel], max_records: int) -> type[BaseModel]:

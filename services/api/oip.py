@@ -12,6 +12,7 @@ import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
+from contract.feeds import SIZE_SUFFIX
 from services.api.errors import field_error
 from services.api.responses import json_response
 from services.api.runtime import LoadedModel
@@ -23,6 +24,7 @@ from services.api.tensors import (
     decompress,
     encode_outputs,
     parameters_of,
+    photo_feeds,
     read_input,
     split_body,
     to_feed,
@@ -73,16 +75,32 @@ def _shape(dims: list[Any]) -> list[int]:
     return [d if isinstance(d, int) else -1 for d in dims]
 
 
+def _photo(model: LoadedModel, name: str) -> bool:
+    field = model.spec.fields.get(name)
+    return field is not None and field.type == "photo"
+
+
+def _made_here(model: LoadedModel, graph_input: Any) -> bool:
+    """A photo's sizes: the service measures the pictures it decodes."""
+    name = str(graph_input.name)
+    return name.endswith(SIZE_SUFFIX) and _photo(model, name.removesuffix(SIZE_SUFFIX))
+
+
+def _input(model: LoadedModel, graph_input: Any) -> dict[str, Any]:
+    """An input as a client sends it: a photo encoded (BYTES [N], PNG or JPEG)."""
+    if _photo(model, graph_input.name):
+        return {"name": graph_input.name, "datatype": "BYTES", "shape": [-1]}
+    datatype = ONNX_TYPES.get(graph_input.type, graph_input.type)
+    return {"name": graph_input.name, "datatype": datatype, "shape": _shape(graph_input.shape)}
+
+
 def metadata(model: LoadedModel, versions: list[str]) -> dict[str, Any]:
     session = model.session
     return {
         "name": model.name,
         "versions": versions,
         "platform": "onnxruntime_onnx",
-        "inputs": [
-            {"name": i.name, "datatype": ONNX_TYPES.get(i.type, i.type), "shape": _shape(i.shape)}
-            for i in session.get_inputs()
-        ],
+        "inputs": [_input(model, i) for i in session.get_inputs() if not _made_here(model, i)],
         "outputs": [
             {"name": o.name, "datatype": ONNX_TYPES.get(o.type, o.type), "shape": _shape(o.shape)}
             for o in session.get_outputs()
@@ -169,12 +187,12 @@ def parse(
     if len(sizes) != 1:
         raise TensorError("inputs", f"batch sizes differ between inputs: {sorted(sizes)}")
     (size,) = sizes
-    if size > service.settings.max_records:
+    if size > service.max_records:
         raise field_error(
             413,
             "inputs",
             f"batch of {size} is over the limit",
-            {"max_records": service.settings.max_records},
+            {"max_records": service.max_records},
         )
     if size == 0:
         raise TensorError("inputs", "batch size 0: send at least one element")
@@ -206,9 +224,11 @@ def _entity_rows(
 def _feeds(
     service: ModelService, arrays: dict[str, tuple[np.ndarray, str]], size: int
 ) -> dict[str, np.ndarray]:
-    feeds = {}
+    feeds: dict[str, np.ndarray] = {}
     for name, field in service.spec.fields.items():
-        if name in arrays:
+        if name in arrays and field.type == "photo":
+            feeds |= photo_feeds(name, field, *arrays[name])
+        elif name in arrays:
             feeds[name] = to_feed(name, field, *arrays[name])
         elif field.nullable and field.type in ("float", "int"):
             feeds[name] = np.full((size, 1), np.nan, np.float32)

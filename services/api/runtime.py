@@ -11,7 +11,7 @@ import onnxruntime as ort
 from pydantic import BaseModel
 
 from contract.catalog import ModelSpec
-from contract.feeds import record_feeds
+from contract.feeds import each_record, input_names, one_at_a_time, record_feeds
 from contract.reference import summarize
 from contract.search import RetrievalSession
 from services.api.store import Artifact, ArtifactRefused
@@ -78,14 +78,22 @@ class LoadedModel:
         return [name for name, field in self.spec.fields.items() if field.type == "text"]
 
     def predict(self, records: list[BaseModel], chunk: int = 0) -> dict[str, np.ndarray]:
-        """The graph's outputs for the records, in their order (`run_chunked`)."""
+        """The graph's outputs for the records, in their order (`run_chunked`); photos a
+        record at a time (contract.feeds.one_at_a_time)."""
         return self.run_chunked(self.feeds(records), chunk)
+
+    @cached_property
+    def alone(self) -> bool:
+        return one_at_a_time(self.spec)
 
     def run_chunked(
         self, feeds: dict[str, np.ndarray], chunk: int = 0, outputs: list[str] | None = None
     ) -> dict[str, np.ndarray]:
         """The graph's outputs for a batch's tensors, in the batch's order: in length-sorted
         chunks where `sorted_by_length` finds they pay, else in one run."""
+        if self.alone:  # photos: each as it would be served alone
+            parts = [self.run(record, outputs) for record in each_record(feeds, self.spec)]
+            return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
         order = self.sorted_by_length(feeds, chunk)
         if order is None:
             return self.run(feeds, outputs)
@@ -175,6 +183,6 @@ def load(spec: ModelSpec, artifact: Artifact) -> LoadedModel:
         # on every core after each search, taking them from every other process on the machine
         faiss.omp_set_num_threads(1)
     inputs = {i.name for i in served.get_inputs()}
-    if inputs != set(spec.fields):
+    if inputs != set(input_names(spec)):
         raise ArtifactRefused(f"refusing {spec.key} v{artifact.version}: graph inputs {inputs}")
     return LoadedModel(spec, artifact, served)

@@ -17,13 +17,20 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from contract.catalog import ModelSpec
+from contract.feeds import one_at_a_time
 from contract.settings import get_settings
 from services.api import auth, feedback
 from services.api.accesslog import AccessLog
 from services.api.entities import EntityRequests
 from services.api.errors import InputError, field_error
 from services.api.feedback_inputs import feedback_model
-from services.api.inputs import describe_errors, metric_field, record_model, request_model
+from services.api.inputs import (
+    describe_errors,
+    metric_field,
+    record_model,
+    records_limit,
+    request_model,
+)
 from services.api.predlog import PredictionLog, open_sink, record_row, tensor_row
 from services.api.routing import Assignment, Lineup
 from services.api.runtime import LoadedModel
@@ -55,12 +62,15 @@ class ModelService:
             settings.feedback_token_file,
             name="SERVE_FEEDBACK_TOKEN",
         )
-        self.request_model = request_model(spec, self.record_model, settings.max_records)
+        self.max_records = records_limit(spec, settings.max_records)  # a photo model's fewer
+        # a photo's inference takes 0.1-0.3 s: never on the event loop, whatever the count
+        self.inline_max_records = 0 if one_at_a_time(spec) else settings.inline_max_records
+        self.request_model = request_model(spec, self.record_model, self.max_records)
         self.feedback_model = feedback_model(spec, settings.max_records)
         # /predict's bodies: parsed from JSON bytes, whose parsers refuse lone surrogates
         # (inputs._text); the models above check them for every other way in and the docs
         self.json_record_model = record_model(spec, from_json=True)
-        self.json_request_model = request_model(spec, self.json_record_model, settings.max_records)
+        self.json_request_model = request_model(spec, self.json_record_model, self.max_records)
         self.metrics = ServiceMetrics(spec.task)
         self.access_log = AccessLog()
         store = ModelStore(
@@ -138,12 +148,12 @@ class ModelService:
         records = payload.get("records")
         if not isinstance(records, list) or not records:
             raise field_error(400, "records", "must be a non-empty list of records", shape)
-        if len(records) > self.settings.max_records:
+        if len(records) > self.max_records:
             raise field_error(
                 413,
                 "records",
                 f"{len(records)} records is over the limit",
-                {"max_records": self.settings.max_records},
+                {"max_records": self.max_records},
             )
         return records
 
@@ -163,7 +173,7 @@ class ModelService:
         """Inference: small batches on the event loop; large ones in the inference threads
         (`inference_threads`, one by default), in line, bounded by the timeout: a batch
         still waiting when it passes is cancelled, not run for a client that got its 504."""
-        if size <= self.settings.inline_max_records:
+        if size <= self.inline_max_records:
             return work(*args)
         if self._inference is None:
             self._inference = concurrent.futures.ThreadPoolExecutor(

@@ -4,6 +4,7 @@ The binary extension (what `tritonclient.http` sends by default) puts a JSON hea
 `Inference-Header-Content-Length` bytes first and the raw tensors after it, in input order.
 """
 
+import base64
 import json
 import math
 import re
@@ -242,6 +243,30 @@ def _numeric(array: np.ndarray, datatype: str, name: str) -> np.ndarray:
             if array.min() < info.min or array.max() > info.max:
                 raise TensorError(name, f"values outside {datatype}'s range")
     return array.astype(target)
+
+
+def photo_feeds(
+    name: str, field: InputField, array: np.ndarray, datatype: str
+) -> dict[str, np.ndarray]:
+    """A BYTES tensor [N] (or [N, 1]) of encoded pictures (raw bytes in binary; base64 text
+    in JSON) as the graph's two inputs: the padded pixels and each picture's size."""
+    from contract.feeds import SIZE_SUFFIX, photo_tensors
+    from services.api.inputs import decode_photo_bytes
+
+    if datatype != "BYTES":
+        raise TensorError(name, f"datatype {datatype}", "BYTES (encoded PNG or JPEG pictures)")
+    if array.ndim not in (1, 2) or array.size != len(array):
+        raise TensorError(name, f"shape {list(array.shape)}", "[N] or [N, 1]")
+    height, width = field.shape or (0, 0)
+    photos = []
+    for i, value in enumerate(array.reshape(-1).tolist()):
+        try:
+            raw = value if isinstance(value, bytes) else base64.b64decode(str(value), validate=True)
+            photos.append(decode_photo_bytes(raw, height, width))
+        except ValueError as exc:  # binascii.Error too
+            raise TensorError(f"{name}[{i}]", str(exc)) from exc
+    pictures, sizes = photo_tensors(photos)
+    return {name: pictures, name + SIZE_SUFFIX: sizes}
 
 
 def to_feed(name: str, field: InputField, array: np.ndarray, datatype: str) -> np.ndarray:

@@ -39,13 +39,19 @@ def summary(prediction: dict[str, Any], positive: str) -> str:
     if "score" in prediction:
         score, threshold = prediction["score"], prediction["threshold"]
         return f"{prediction['label']} (score {score:.3f}, threshold {threshold:.3f})"
+    if "boxes" in prediction:  # detection
+        best = max((b["score"] for b in prediction["boxes"]), default=0.0)
+        return f"{prediction['count']} boxes, best score {best:.3f}"
+    if "areas" in prediction:  # segmentation: the largest class
+        shown = ", ".join(f"{k} {v} px" for k, v in prediction["areas"].items())
+        return f"{prediction['label']} ({shown or 'nothing but background'})"
     top = max(prediction["probabilities"].values())
     return f"{prediction['label']} (P = {top:.3f})"
 
 
 def show(key: str, body: dict[str, Any], url: str, positive: str) -> bool:
     first = body["records"][0] if "records" in body else body
-    shown = {k: ("<28x28 pixels>" if k == "image" else v) for k, v in first.items()}
+    shown = {k: ("<picture>" if k == "image" else v) for k, v in first.items()}
     text = json.dumps(shown)
     print(f"\n{key}  POST {url}/predict  {text[:110]}{'...' if len(text) > 110 else ''}")
     try:
@@ -75,6 +81,9 @@ def triton(key: str, record: dict[str, Any], classes: list[str], root: Path = RO
 
     from contract.search import encoder_inputs, graph_tokenizer
 
+    bls = paths.onnx_model(key, root).parent / "triton" / f"{key}_image"
+    if bls.is_dir():  # encoded pictures to the BLS model
+        return triton_pictures(key, record["image"])
     if "image" in record:
         feeds = {"image": np.array([record["image"]], dtype=np.uint8)}
         output = "label"
@@ -104,6 +113,38 @@ def triton(key: str, record: dict[str, Any], classes: list[str], root: Path = RO
         f" -> {shown[0]} / {shown[1]}"
     )
     return same
+
+
+def triton_pictures(key: str, image: Any) -> bool:
+    """An encoded picture (a photo's base64, or pixels sent as PNG) to `<key>_image`, the
+    BLS model that decodes it, runs the graph and answers as the REST service does."""
+    import base64
+    import io
+
+    import numpy as np
+    import tritonclient.grpc as grpc
+    import tritonclient.http as http
+    from PIL import Image
+
+    if isinstance(image, str):
+        encoded = base64.b64decode(image)
+    else:
+        buffer = io.BytesIO()
+        Image.fromarray(np.asarray(image, np.uint8)).save(buffer, format="PNG")
+        encoded = buffer.getvalue()
+    answers = []
+    for module, port in ((http, TRITON_PORTS["http"]), (grpc, TRITON_PORTS["grpc"])):
+        tensor = module.InferInput("IMAGE", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[encoded]], dtype=object))
+        client = module.InferenceServerClient(f"127.0.0.1:{port}")
+        result = client.infer(f"{key}_image", [tensor])
+        (answer,) = (o for o in ("detections", "masks") if result.get_output(o) is not None)
+        answers.append(json.loads(result.as_numpy(answer)[0, 0]))
+    print(
+        f"  Triton (BLS {key}_image) HTTP :{TRITON_PORTS['http']} / gRPC :{TRITON_PORTS['grpc']}"
+        f" -> {summary(answers[0], '')} / {summary(answers[1], '')}"
+    )
+    return bool(answers[0] == answers[1])
 
 
 def main(root: Path = ROOT) -> int:

@@ -49,7 +49,9 @@ HEADER = (
 MODEL_PORT = 8100
 DRIFT_PORT = monitoring.DRIFT_PORT
 TRITON_PORTS = {"http": 8000, "grpc": 8001, "metrics": monitoring.TRITON_METRICS_PORT}
-TRITON_IMAGE = "nvcr.io/nvidia/tritonserver:25.10-py3"
+# NVIDIA's tritonserver (nvcr.io/nvidia/tritonserver:25.10-py3) with Pillow for the vision
+# models' BLS models: infra/triton/Dockerfile
+TRITON_IMAGE = "mlops-reference/triton:0.1.0"
 PROXY_PORT = 8080
 # The proxy's per-client-address limit on inference (nginx limit_req): requests/s and burst
 PROXY_RATE, PROXY_BURST = 1000, 2000

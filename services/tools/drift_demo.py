@@ -13,6 +13,7 @@ project the retraining runs in (its registry: MLFLOW_TRACKING_URI, or its mlruns
 
 import argparse
 import contextlib
+import io
 import json
 import shutil
 import sys
@@ -61,7 +62,19 @@ def shift(spec: ModelSpec, frame: pd.DataFrame) -> pd.DataFrame:
             out[name] = values.where(values.isna(), values.astype(str) + " " + values.astype(str))
         elif field.type == "image":
             out[name] = [bytes(255 - np.frombuffer(v, np.uint8)) for v in values]
+        elif field.type == "photo":
+            out[name] = [_inverted(v) for v in values]
     return out
+
+
+def _inverted(encoded: bytes) -> bytes:
+    """A picture's colours inverted, as PNG."""
+    from PIL import Image, ImageOps
+
+    with Image.open(io.BytesIO(encoded)) as picture:
+        buffer = io.BytesIO()
+        ImageOps.invert(picture.convert("RGB")).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def binary(*names: str) -> str:

@@ -22,7 +22,7 @@ def to_png(pixels: np.ndarray) -> str:
 
 def as_records(frame: pd.DataFrame, spec: ModelSpec, png: bool = False) -> list[dict[str, Any]]:
     """null for missing values, ints for int fields, images as nested lists (or base64 PNG),
-    series as lists of numbers."""
+    photos as base64, series as lists of numbers."""
     out = []
     for row in frame.to_dict("records"):
         record: dict[str, Any] = {}
@@ -31,6 +31,8 @@ def as_records(frame: pd.DataFrame, spec: ModelSpec, png: bool = False) -> list[
             if field.type == "image":
                 pixels = np.frombuffer(value, np.uint8).reshape(field.shape or [])
                 record[name] = to_png(pixels) if png else pixels.tolist()
+            elif field.type == "photo":  # the encoded picture (PNG or JPEG) as it is
+                record[name] = base64.b64encode(value).decode()
             elif field.type == "series":
                 record[name] = np.asarray(value, dtype=np.float64).tolist()
             elif value is None or (isinstance(value, float) and math.isnan(value)):

@@ -1,9 +1,12 @@
 """Triton's HTTP and gRPC protocol for a Triton model repository, locally, through PyTriton.
 
-Every model folder in the repository (config.pbtxt + 1/model.onnx, as `pipelines.export`
+Every ONNX model folder in the repository (config.pbtxt + 1/model.onnx, as `pipelines.export`
 writes them) is run in ONNX Runtime on CPU and bound in PyTriton under the same name, tensors
 and dynamic batching, so tritonclient talks to it as to tritonserver loading the repository
-(no Docker, no GPU). Self-contained: runs in services/triton/.venv, not the project's.
+(no Docker, no GPU). A python-backend folder (a vision model's BLS model, `<key>_image`:
+encoded pictures in, answers out) is loaded into the bundled tritonserver as it is, and
+calls its ONNX model through Triton, as in a stock tritonserver. Self-contained: runs in
+services/triton/.venv, not the project's.
 
     services/triton/.venv/bin/python services/triton/serve.py \\
         --repository artifacts/fashion_cnn/triton --repository artifacts/semantic_search/triton \\
@@ -13,9 +16,11 @@ and dynamic batching, so tritonclient talks to it as to tritonserver loading the
 import argparse
 import logging
 import os
+import shutil
 import signal
 import sys
 import sysconfig
+import tempfile
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -28,10 +33,12 @@ from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import (
     DEFAULT_PROTECTED_ENDPOINTS,
+    TRITON_ACCESS_HEADER,
     Triton,
     TritonConfig,
     TritonSecurityConfig,
 )
+from pytriton.utils.workspace import Workspace
 from tritonclient.grpc import model_config_pb2 as mc
 from tritonclient.utils import triton_to_np_dtype
 
@@ -92,23 +99,39 @@ def as_declared(result: np.ndarray, dims: tuple[int, ...], dtype: np.dtype[Any])
 def infer_function(model_file: Path, config: Any) -> Callable[..., dict[str, np.ndarray]]:
     """One model instance: its own ONNX Runtime session behind PyTriton's @batch."""
     session = ort.InferenceSession(str(model_file), providers=["CPUExecutionProvider"])
-    to_model = {t.name: model_shape(t) for t in config.input}
+    # reshaped inputs only (a per-sample scalar): others may have several variable dims
+    to_model = {t.name: model_shape(t) for t in config.input if t.HasField("reshape")}
     to_api = {t.name: (tuple(t.dims), numpy_dtype(t.data_type)) for t in config.output}
     outputs = list(to_api)
 
     @batch  # type: ignore[untyped-decorator]
     def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
-        feeds = {name: x.reshape(len(x), *to_model[name]) for name, x in inputs.items()}
+        feeds = {
+            name: x.reshape(len(x), *to_model[name]) if name in to_model else x
+            for name, x in inputs.items()
+        }
         results = zip(outputs, session.run(outputs, feeds), strict=True)
         return {name: as_declared(r, *to_api[name]) for name, r in results}
 
     return infer  # type: ignore[no-any-return]
 
 
+def model_dirs(repository: Path) -> list[Path]:
+    return sorted(p for p in repository.iterdir() if (p / "config.pbtxt").is_file())
+
+
+def is_python(model_dir: Path) -> bool:
+    """A python-backend model (a BLS model), loaded as it is rather than bound."""
+    return bool(read_config(model_dir).backend == "python")
+
+
 def bind_repository(triton: Triton, repository: Path) -> list[str]:
-    """Bind every model folder of the repository; returns their names."""
+    """Bind every ONNX model folder of the repository; returns their names."""
     names = []
-    for model_dir in sorted(p for p in repository.iterdir() if (p / "config.pbtxt").is_file()):
+    for model_dir in model_dirs(repository):
+        if is_python(model_dir):
+            names.append(model_dir.name)
+            continue
         config = read_config(model_dir)
         instances = sum(g.count or 1 for g in config.instance_group) or 1
         triton.bind(
@@ -125,6 +148,27 @@ def bind_repository(triton: Triton, repository: Path) -> list[str]:
     if not names:
         raise SystemExit(f"no model folder with a config.pbtxt in {repository}")
     return names
+
+
+def load_python_models(
+    repositories: list[Path], store: Path, url: str, token: str | None
+) -> list[str]:
+    """Copy the python-backend folders into the server's model store and load them (after
+    the ONNX models they call are bound); returns their names."""
+    import tritonclient.http as httpclient
+
+    loaded = []
+    client = httpclient.InferenceServerClient(url, network_timeout=300.0)
+    headers = {TRITON_ACCESS_HEADER: token} if token else None
+    try:
+        for repository in repositories:
+            for model_dir in filter(is_python, model_dirs(repository)):
+                shutil.copytree(model_dir, store / model_dir.name, dirs_exist_ok=True)
+                client.load_model(model_dir.name, headers=headers)
+                loaded.append(model_dir.name)
+    finally:
+        client.close()
+    return loaded
 
 
 def ensure_libpython() -> None:
@@ -171,12 +215,18 @@ def main(argv: list[str] | None = None) -> int:
         metrics_port=args.metrics_port,
         log_verbose=args.log_verbose,
     )
-    triton = Triton(
-        config=config, security_config=TritonSecurityConfig(restricted_endpoints=RESTRICTED)
-    )
+    security = TritonSecurityConfig(restricted_endpoints=RESTRICTED)
+    workspace = Workspace(Path(tempfile.mkdtemp(prefix="triton-local-")) / "workspace")
+    triton = Triton(config=config, workspace=workspace, security_config=security)
     try:
         names = [name for repo in args.repository for name in bind_repository(triton, repo)]
         triton.run()
+        load_python_models(
+            args.repository,
+            workspace.model_store_path,
+            f"127.0.0.1:{args.http_port}",
+            security.access_token,
+        )
         log.info(
             "ready: %s on HTTP :%d, gRPC :%d, metrics :%d",
             ", ".join(names),
@@ -192,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     finally:
         triton.stop()
+        shutil.rmtree(workspace.path.parent, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
 """Expectations on the real data sets, for every catalog entry: what prepare hands to training."""
 
+import io
+
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from pipelines.sources import load_source
 from tests.conftest import CATALOG, KEYS, prepared
@@ -24,6 +27,8 @@ EXPECTED_ROWS = {
     "movie_recs": 100004,
     "energy_forecast": 358,  # midnights of 2014 with a week before and a day after them
     "semantic_search": 5000,  # the fine-food reviews: 4,000 documents, 1,000 queries
+    "tree_detection": 15,  # tiles: 9 + 1 + 1 train (three images), 4 test (one image)
+    "fashion_segmentation": 22000,  # canvases composed at prepare: 20,000 train, 2,000 test
 }
 
 
@@ -72,6 +77,14 @@ def test_label_values(key: str) -> None:
         assert labels in ({*spec.class_names}, set(range(len(spec.class_names))))
     elif spec.task == "forecast":  # a positive series of the horizon's length
         assert all(len(v) == spec.target.horizon and (v > 0).all() for v in y)
+    elif spec.task == "detection":  # boxes [xmin, ymin, xmax, ymax], a few per tile at least
+        boxes = np.concatenate([np.stack(list(v)) for v in y])
+        assert (boxes[:, 2:] > boxes[:, :2]).all() and y.map(len).min() > 10
+    elif spec.task == "segmentation":  # every class in the masks, background most
+        pixels = np.frombuffer(b"".join(y), np.uint8)
+        shares = np.bincount(pixels, minlength=len(spec.class_names)) / pixels.size
+        assert len(shares) == len(spec.class_names) and (shares[1:] > 0.01).all()
+        assert shares[0] == shares.max()
     else:
         assert (y > 0).all()
 
@@ -86,7 +99,13 @@ def test_split_is_disjoint_and_sized(key: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "key", [k for k in KEYS if CATALOG[k].task not in ("regression", "forecast", "recommendation")]
+    "key",
+    [
+        k
+        for k in KEYS
+        if CATALOG[k].task
+        not in ("regression", "forecast", "recommendation", "detection", "segmentation")
+    ],
 )
 def test_class_balance_is_kept_by_the_split(key: str) -> None:
     spec, (_, train, test) = CATALOG[key], prepared(key)
@@ -187,3 +206,25 @@ def test_outcomes_sent_back_are_targets_again(key: str) -> None:
     )
     numeric = pd.api.types.is_numeric_dtype  # a regression's int prices come back as floats
     assert numeric(targets) == numeric(train[spec.target.column])
+
+
+def test_tree_tiles_hold_every_box_once() -> None:
+    """Each box in the tile holding its centre: the three training images' 672 boxes and
+    the held-out image's 279 (DeepForest's 951), none lost or doubled at a tile's edge."""
+    _, train, test = prepared("tree_detection")
+    assert train["boxes"].map(len).sum() == 672 and test["boxes"].map(len).sum() == 279
+    sizes = [Image.open(io.BytesIO(v)).size for v in pd.concat([train, test])["image"]]
+    assert max(w for w, _ in sizes) <= 1000 and max(h for _, h in sizes) <= 1000
+
+
+def test_canvas_classes_cover_both_splits_alike() -> None:
+    """Canvases of random items: each class's share of the garment pixels is the same in
+    both splits within 2 points."""
+    spec, (_, train, test) = CATALOG["fashion_segmentation"], prepared("fashion_segmentation")
+
+    def shares(masks: pd.Series) -> np.ndarray:
+        counts = np.bincount(np.frombuffer(b"".join(masks), np.uint8), minlength=11)[1:]
+        return np.asarray(counts / counts.sum())
+
+    assert np.abs(shares(train["mask"]) - shares(test["mask"])).max() < 0.02
+    assert len(spec.class_names) == 11

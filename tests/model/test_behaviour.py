@@ -1,5 +1,6 @@
 """Behavioural tests (directional, invariance, minimum functionality) on trained models."""
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -504,3 +505,44 @@ def test_search_finds_a_text_itself_and_texts_on_its_topic() -> None:
     about_dogs = [any(w in t.lower() for w in ("dog", "puppy", "pup")) for t in texts[1]]
     assert sum(about_dogs) >= 8, texts[1]
     assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+
+
+def picture(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_trees_are_found_in_forest_and_not_in_a_blank_picture() -> None:
+    """Minimum functionality: a held-out tile gets confident boxes, a uniform grey picture
+    of the same size (and one of the smallest size) none."""
+    spec, model = trained("tree_detection")
+    flavor = get_project("tree_detection").FLAVOR
+    _, _, test = prepared("tree_detection")
+    forest = test.head(1)
+    blank = pd.DataFrame({"image": [picture(np.full((500, 600, 3), 120, np.uint8))]})
+    tiny = pd.DataFrame({"image": [picture(np.full((1, 1, 3), 120, np.uint8))]})
+    found, none, small = (flavor.predict(model, f, spec) for f in (forest, blank, tiny))
+    assert (found[0, :, 4] > 0.3).sum() >= 10
+    assert (none[0, :, 4] > 0.3).sum() == 0 and (small[0, :, 4] > 0.3).sum() == 0
+    boxes = found[0][found[0, :, 4] > 0]
+    assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
+    assert boxes[:, :4].min() >= 0 and boxes[:, [0, 2]].max() <= 625  # clipped to the tile
+
+
+def test_segmentation_paints_a_lone_item_with_its_class() -> None:
+    """A canvas holding one test trouser: its inked pixels are mostly Trouser, the rest
+    background; a blank canvas is all background."""
+    spec, model = trained("fashion_segmentation")
+    flavor = get_project("fashion_segmentation").FLAVOR
+    items = load_source(CATALOG["fashion_cnn"].source)
+    trouser = items[(items["split"] == "test") & (items["label"] == 1)]["image"].iloc[0]
+    canvas = np.zeros((64, 64), np.uint8)
+    canvas[2:30, 34:62] = np.frombuffer(trouser, np.uint8).reshape(28, 28)
+    frame = pd.DataFrame({"image": [canvas.tobytes(), bytes(64 * 64)]})
+    masks = flavor.predict(model, frame, spec).argmax(axis=1)
+    inked = canvas >= 32
+    assert (masks[0][inked] == 2).mean() > 0.8  # mask value 2: Trouser (class 1) + 1
+    assert (masks[0][~inked] == 0).mean() > 0.95 and (masks[1] == 0).all()

@@ -20,9 +20,9 @@ import pytest
 
 from contract import paths, search
 from contract.catalog import get_spec
-from contract.feeds import onnx_feeds
 from contract.paths import ROOT
 from contract.settings import get_settings
+from pipelines.export import run_rows
 from services.tools.examples import as_records
 from services.tools.processes import free_port
 from tests.conftest import CATALOG, KEYS
@@ -267,7 +267,14 @@ def expected_outputs(trained: Path, key: str, frame: pd.DataFrame) -> dict[str, 
         corpus = search.Corpus.open(paths.onnx_model(key, trained).parent)
         session = search.RetrievalSession(session, corpus)
     names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(None, onnx_feeds(frame, CATALOG[key])), strict=True))
+    return run_rows(session, names, frame, CATALOG[key])  # photos one at a time, as served
+
+
+def served_threshold(trained: Path, key: str) -> float | None:
+    """The threshold the artifact's metadata gives the service (a detector's boxes)."""
+    session = ort.InferenceSession(str(paths.onnx_model(key, trained)))
+    value = session.get_modelmeta().custom_metadata_map.get("threshold")
+    return None if value is None else float(value)
 
 
 @pytest.fixture

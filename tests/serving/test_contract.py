@@ -1,5 +1,7 @@
 """The common contract, for every catalog model, against real services over HTTP."""
 
+import base64
+import io
 from pathlib import Path
 from typing import Any
 
@@ -7,16 +9,20 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as triton
+from PIL import Image
 
 from services.tools.examples import as_records
 from tests.conftest import CATALOG, KEYS
-from tests.serving.conftest import Service, expected_outputs, held_out
+from tests.serving.conftest import Service, expected_outputs, held_out, served_threshold
 
 pytestmark = pytest.mark.slow
 
 
 def check_against_onnx(
-    key: str, predictions: list[dict[str, Any]], expected: dict[str, Any]
+    key: str,
+    predictions: list[dict[str, Any]],
+    expected: dict[str, Any],
+    threshold: float | None = None,
 ) -> None:
     spec = CATALOG[key]
     if spec.task == "regression":
@@ -60,6 +66,28 @@ def check_against_onnx(
         np.testing.assert_allclose(got, expected["distances"].min(axis=1), atol=1e-6)
         assert all(0 < p["profile"]["share"] < 1 for p in predictions)
         return
+    if spec.task == "detection":  # the boxes at the served threshold, best first
+        floor = threshold or 0.0
+        for answer, count, boxes, scores in zip(
+            predictions, expected["count"], expected["boxes"], expected["scores"], strict=True
+        ):
+            kept = scores[:count] >= floor
+            assert answer["count"] == len(answer["boxes"]) == int(kept.sum()) > 0
+            got = np.array([b["box"] for b in answer["boxes"]])
+            np.testing.assert_allclose(got, boxes[:count][kept], atol=0.02)
+            found = np.array([b["score"] for b in answer["boxes"]])
+            np.testing.assert_allclose(found, scores[:count][kept], atol=1e-4)
+            assert np.all(np.diff(found) <= 1e-6) and {b["label"] for b in answer["boxes"]} == {
+                "tree"
+            }
+        return
+    if spec.task == "segmentation":  # the mask as a PNG of class indices, and its areas
+        for answer, mask in zip(predictions, expected["label"], strict=True):
+            decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["mask"]))))
+            assert (decoded == mask).mean() > 0.999  # a pixel at a near tie may round apart
+            assert answer["classes"] == spec.class_names
+            assert abs(sum(answer["areas"].values()) - int((mask > 0).sum())) <= 8
+        return
     classes = spec.class_names
     assert [p["label"] for p in predictions] == [classes[i] for i in expected["label"]]
     if spec.task == "anomaly":  # the score, and the threshold the label was decided with
@@ -101,7 +129,8 @@ def test_predict_matches_onnx_runtime(
     body = response.json()
     assert (body["model"], body["version"], body["alias"]) == (key, "1", "champion")
     assert len(body["predictions"]) == len(frame)
-    check_against_onnx(key, body["predictions"], expected_outputs(trained, key, frame))
+    expected = expected_outputs(trained, key, frame)
+    check_against_onnx(key, body["predictions"], expected, served_threshold(trained, key))
     services[key].wait_for_log(f"request_id=contract-{key}")  # the request log is buffered
 
 
@@ -229,7 +258,16 @@ def v2_inputs(key: str, frame: Any, binary: bool) -> list[triton.InferInput]:
     from contract.feeds import onnx_feeds
 
     inputs = []
-    for name, array in onnx_feeds(frame, CATALOG[key]).items():
+    spec = CATALOG[key]
+    photos = [n for n, f in spec.fields.items() if f.type == "photo"]
+    for name in photos:  # encoded pictures: raw bytes in binary tensors, base64 in JSON
+        values = [v if binary else base64.b64encode(v).decode() for v in frame[name]]
+        tensor = triton.InferInput(name, [len(values)], "BYTES")
+        tensor.set_data_from_numpy(np.array(values, dtype=object), binary_data=binary)
+        inputs.append(tensor)
+    others = {n: f for n, f in spec.fields.items() if n not in photos}
+    graph_inputs = onnx_feeds(frame, spec.model_copy(update={"fields": others})) if others else {}
+    for name, array in graph_inputs.items():
         datatype = {"f": "FP32", "O": "BYTES", "u": "UINT8"}[array.dtype.kind]
         tensor = triton.InferInput(name, list(array.shape), datatype)
         tensor.set_data_from_numpy(array, binary_data=binary)

@@ -1,10 +1,15 @@
-"""The local Triton server (services/triton/serve.py, PyTriton) on the fashion_cnn and the
-semantic_search (its sentence encoder) repositories, as one server, like the local stack's.
+"""The local Triton server (services/triton/serve.py, PyTriton) on the fashion_cnn, the
+semantic_search (its sentence encoder), the tree_detection and the fashion_segmentation
+repositories, as one server, like the local stack's; the vision models also through their
+BLS models (`<key>_image`: encoded pictures in, answers out).
 
 A real server in its own environment, on free ports, spoken to with tritonclient over HTTP and
 gRPC and checked against ONNX Runtime in this process.
 """
 
+import base64
+import io
+import json
 import signal
 import socket
 import subprocess
@@ -17,16 +22,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pandas as pd
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from contract.catalog import get_spec
+from contract.feeds import onnx_feeds
 from contract.paths import ROOT, onnx_model, split_dir
 from contract.search import encoder_inputs, graph_tokenizer
+from contract.tasks import detection
 from pipelines.sources import read_idx
 from pipelines.triton import repository_dir, write_repository
 from tests.conftest import CATALOG
@@ -35,6 +44,8 @@ pytestmark = pytest.mark.slow
 
 MODEL = "fashion_cnn"
 SEARCH = "semantic_search"  # its encoder: token ids in, the sentence embedding out
+TREES, CANVASES = "tree_detection", "fashion_segmentation"  # and their BLS models, <key>_image
+READY = (MODEL, SEARCH, TREES, CANVASES, f"{TREES}_image", f"{CANVASES}_image")
 PYTHON = ROOT / "services" / "triton" / ".venv" / "bin" / "python"
 SERVE = ROOT / "services" / "triton" / "serve.py"
 STARTUP_S = 180
@@ -80,6 +91,15 @@ def search_repository(workspace: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
+def vision_repositories(workspace: Path) -> list[Path]:
+    found = [repository_dir(key, workspace) for key in (TREES, CANVASES)]
+    for folder, key in zip(found, (TREES, CANVASES), strict=True):
+        if not (folder / f"{key}_image" / "config.pbtxt").is_file():
+            pytest.fail(f"no {folder}/{key}_image: `dvc repro export@{key}` makes it")
+    return found
+
+
+@pytest.fixture(scope="module")
 def accuracy_floor(workspace: Path) -> float:
     """The workspace's own floor, less a margin for scoring only N_IMAGES images."""
     floor = get_spec(MODEL, workspace / "params.yaml").floors["accuracy"].min
@@ -104,7 +124,7 @@ class Server:
                 if self.process.poll() is not None:
                     pytest.fail(f"server exited ({self.process.returncode}):\n{self.log_tail()}")
                 try:
-                    if all(client.is_model_ready(m) for m in (MODEL, SEARCH)):
+                    if all(client.is_model_ready(m) for m in READY):
                         return time.monotonic() - start
                 except (ConnectionError, InferenceServerException, OSError):
                     pass
@@ -114,14 +134,18 @@ class Server:
 
 @pytest.fixture(scope="module")
 def server(
-    repository: Path, search_repository: Path, tmp_path_factory: pytest.TempPathFactory
+    repository: Path,
+    search_repository: Path,
+    vision_repositories: list[Path],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Server]:
     if not PYTHON.exists():
         pytest.fail(f"{PYTHON} is missing: run `make venv` (uv sync --project services/triton)")
     ports = free_ports(3)
     log = tmp_path_factory.mktemp("server") / "serve.log"
     args = [str(PYTHON), str(SERVE), "--repository", str(repository)]
-    args += ["--repository", str(search_repository)]
+    for extra in (search_repository, *vision_repositories):
+        args += ["--repository", str(extra)]
     for flag, port in zip(("--http-port", "--grpc-port", "--metrics-port"), ports, strict=True):
         args += [flag, str(port)]
     with log.open("wb") as out:
@@ -295,3 +319,126 @@ def test_unknown_model_is_a_client_error(clients: dict[str, Any]) -> None:
     with pytest.raises(InferenceServerException) as info:
         clients["http"][1].get_model_metadata("no_such_model")
     assert str(info.value.status()).startswith("4")
+
+
+def pictures_input(module: Any, pictures: list[bytes]) -> Any:
+    feed = module.InferInput("IMAGE", [len(pictures), 1], "BYTES")
+    feed.set_data_from_numpy(np.array([[p] for p in pictures], dtype=object))
+    return feed
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class Served:
+    """What a task's `format` reads of a served model: its spec and threshold."""
+
+    def __init__(self, key: str, graph: Path) -> None:
+        meta = onnx.load_model(str(graph), load_external_data=False).metadata_props
+        threshold = {p.key: p.value for p in meta}.get("threshold")
+        self.spec, self.segments = CATALOG[key], []
+        self.threshold = None if threshold is None else float(threshold)
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_detection_bls_answers_encoded_pictures_as_the_graph_does(
+    clients: dict[str, Any], protocol: str, vision_repositories: list[Path], workspace: Path
+) -> None:
+    """Two held-out tiles as PNG bytes: the BLS model's boxes are the ONNX graph's on each
+    tile alone (ONNX Runtime in this process), and its JSON is the REST service's answer."""
+    graph = vision_repositories[0] / TREES / "1" / "model.onnx"
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    tiles = pd.read_parquet(split_dir(TREES, workspace) / "test.parquet").head(2)
+    module, client = clients[protocol]
+    result = client.infer(f"{TREES}_image", [pictures_input(module, tiles["image"].tolist())])
+    names = ["count", "boxes", "scores", "labels"]
+    for i in range(len(tiles)):
+        expected = dict(
+            zip(names, session.run(names, onnx_feeds(tiles.iloc[[i]], CATALOG[TREES])), strict=True)
+        )
+        count = int(expected["count"][0])
+        assert int(result.as_numpy("count")[i, 0]) == count > 0
+        np.testing.assert_allclose(
+            result.as_numpy("boxes")[i, :count], expected["boxes"][0, :count], atol=1e-3
+        )
+        np.testing.assert_allclose(
+            result.as_numpy("scores")[i, :count], expected["scores"][0, :count], atol=1e-5
+        )
+        assert set(result.as_numpy("labels")[i, :count].tolist()) == {b"tree"}
+        (answer,) = detection.format(expected, Served(TREES, graph))
+        assert json.loads(result.as_numpy("detections")[i, 0]) == answer
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_segmentation_bls_resizes_and_answers_masks(
+    clients: dict[str, Any], protocol: str, vision_repositories: list[Path], workspace: Path
+) -> None:
+    """Canvases as PNG: at the model's 64x64 the masks are the graph's; a canvas sent at
+    128x128 is resized for the model and its mask comes back at 128x128."""
+    graph = vision_repositories[1] / CANVASES / "1" / "model.onnx"
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    canvases = pd.read_parquet(split_dir(CANVASES, workspace) / "test.parquet").head(4)
+    pixels = [np.frombuffer(v, np.uint8).reshape(64, 64) for v in canvases["image"]]
+    module, client = clients[protocol]
+    result = client.infer(f"{CANVASES}_image", [pictures_input(module, [png(p) for p in pixels])])
+    (label,) = session.run(["label"], {"image": np.stack(pixels)})
+    np.testing.assert_array_equal(result.as_numpy("label"), label)
+    answers = [json.loads(a[0]) for a in result.as_numpy("masks")]
+    for answer, mask in zip(answers, label, strict=True):
+        decoded = np.asarray(Image.open(io.BytesIO(base64.b64decode(answer["mask"]))))
+        np.testing.assert_array_equal(decoded, mask)
+        assert sum(answer["areas"].values()) == int((mask > 0).sum())
+    large = Image.fromarray(pixels[0]).resize((128, 128), Image.Resampling.BILINEAR)
+    result = client.infer(f"{CANVASES}_image", [pictures_input(module, [png(np.asarray(large))])])
+    answer = json.loads(result.as_numpy("masks")[0, 0])
+    assert Image.open(io.BytesIO(base64.b64decode(answer["mask"]))).size == (128, 128)
+
+
+@pytest.mark.parametrize(
+    ("model", "picture", "message"),
+    [
+        (f"{TREES}_image", b"GIF89a" + bytes(30), "not a PNG or JPEG"),
+        (f"{TREES}_image", png(np.zeros((1001, 8, 3), np.uint8)), "larger than 1000x1000"),
+        (f"{CANVASES}_image", b"\x89PNG\r\n\x1a\n broken", "not a PNG or JPEG"),
+    ],
+    ids=["gif", "too-large", "broken-png"],
+)
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_a_bad_picture_is_a_client_error(
+    clients: dict[str, Any], protocol: str, model: str, picture: bytes, message: str
+) -> None:
+    module, client = clients[protocol]
+    with pytest.raises(InferenceServerException, match=message) as info:
+        client.infer(model, [pictures_input(module, [picture])])
+    status = str(info.value.status())
+    assert status == "400" if protocol == "http" else status == "StatusCode.INVALID_ARGUMENT"
+    assert client.is_model_ready(model)
+
+
+def segmentation_counts(client: httpclient.InferenceServerClient) -> tuple[int, int]:
+    (stats,) = client.get_inference_statistics(CANVASES)["model_stats"]
+    return int(stats["inference_count"]), int(stats["execution_count"])
+
+
+def one_picture(url: str, picture: bytes) -> str:
+    with closing(httpclient.InferenceServerClient(url)) as client:
+        result = client.infer(f"{CANVASES}_image", [pictures_input(httpclient, [picture])])
+        return str(json.loads(result.as_numpy("masks")[0, 0])["label"])
+
+
+def test_segmentation_pictures_from_concurrent_clients_batch_together(
+    server: Server, workspace: Path
+) -> None:
+    """32 clients one picture each: the BLS model's batcher hands the graph fewer runs."""
+    canvases = pd.read_parquet(split_dir(CANVASES, workspace) / "test.parquet").head(32)
+    pictures = [png(np.frombuffer(v, np.uint8).reshape(64, 64)) for v in canvases["image"]]
+    with closing(httpclient.InferenceServerClient(server.http_url)) as client:
+        inferences, executions = segmentation_counts(client)
+        with ThreadPoolExecutor(len(pictures)) as pool:
+            labels = list(pool.map(partial(one_picture, server.http_url), pictures))
+        after_inferences, after_executions = segmentation_counts(client)
+    assert len(labels) == 32 and after_inferences - inferences == 32
+    assert after_executions - executions < 32

@@ -325,9 +325,10 @@ def stages() -> dict[str, str]:
     return {re.match(r"\S+ AS (\S+)", part).group(1): part for part in parts}  # type: ignore[union-attr]
 
 
-def test_dockerfile_passes_hadolint() -> None:
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "infra/triton/Dockerfile"])
+def test_dockerfile_passes_hadolint(dockerfile: str) -> None:
     checked = subprocess.run(
-        [tool("hadolint"), "--failure-threshold", "info", str(ROOT / "Dockerfile")],
+        [tool("hadolint"), "--failure-threshold", "info", str(ROOT / dockerfile)],
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -336,8 +337,13 @@ def test_dockerfile_passes_hadolint() -> None:
 def test_images_run_as_a_numeric_non_root_user_with_the_locked_dependencies() -> None:
     base = re.search(r"^ARG PYTHON_IMAGE=(\S+)", DOCKERFILE, re.M)
     assert base and _pinned(base.group(1)) and "slim" in base.group(1)
-    built = {s["build"]["target"] for s in services().values() if "build" in s}
+    builds = [s["build"] for s in services().values() if "build" in s]
+    built = {b["target"] for b in builds if b["context"] == "."}
     assert built == {"runtime", "trainer", "load"}
+    # NVIDIA's Triton with Pillow (the BLS models'), its own user: triton-server, 1000
+    assert {b["context"] for b in builds} == {".", "infra/triton"}
+    triton = (ROOT / "infra" / "triton" / "Dockerfile").read_text()
+    assert re.search(r"^USER 1000:1000$", triton, re.M) and "pillow==" in triton
     for target in built:
         assert target in stages()
         assert re.search(r"^USER 10001:10001$", stages()[target], re.M), target

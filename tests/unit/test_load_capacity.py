@@ -5,7 +5,7 @@ import json
 import math
 
 from contract.catalog import load_catalog
-from services.tools.deploy import CAPACITY, hpa_targets
+from services.tools.deploy import CAPACITY, DEFAULT_HPA_RPS, hpa_targets
 from services.tools.load.capacity import (
     Step,
     judge,
@@ -88,8 +88,13 @@ def test_the_published_rating_covers_every_model_and_sets_its_hpa() -> None:
     rating = json.loads(CAPACITY.read_text())
     assert rating["rated_rps"] > 0 and rating["p99_ms"] == 50
     assert 0 < rating["busy_share"] <= 1
-    assert set(rating["models"]) == set(load_catalog())
+    # models added after the rating are listed, each with why, and get the default target
+    unrated = rating.get("not_rated", {})
+    assert set(rating["models"]) | set(unrated) == set(load_catalog())
+    assert not set(rating["models"]) & set(unrated) and all(unrated.values())
     for key, cost in rating["models"].items():
         assert cost["rps_per_core"] == round(1000 / cost["cpu_ms"]), key
         assert cost["hpa_rps"] == max(1, math.floor(cost["rps_per_core"] * rating["busy_share"]))
-    assert hpa_targets() == {key: cost["hpa_rps"] for key, cost in rating["models"].items()}
+    assert hpa_targets() == {key: cost["hpa_rps"] for key, cost in rating["models"].items()} | {
+        key: DEFAULT_HPA_RPS for key in unrated
+    }

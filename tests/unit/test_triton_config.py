@@ -1,5 +1,6 @@
 """The Triton model repository: layout, and configs derived from the graph, valid as protobuf."""
 
+import json
 from pathlib import Path
 
 import onnx
@@ -150,3 +151,57 @@ def test_preferred_batch_sizes_must_fit_the_maximum() -> None:
 def test_the_cnn_gets_a_repository_beside_its_onnx_file() -> None:
     assert CATALOG["fashion_cnn"].triton is not None
     assert repository_dir("fashion_cnn", Path("/r")) == Path("/r/artifacts/fashion_cnn/triton")
+
+
+def boxes_graph() -> onnx.ModelProto:
+    """A detector's interface: pictures and sizes in; count, boxes, scores, labels out."""
+    image = helper.make_tensor_value_info("image", TensorProto.UINT8, ["n", "h", "w", 3])
+    size = helper.make_tensor_value_info("image_size", TensorProto.INT64, ["n", 2])
+    outputs = [
+        helper.make_tensor_value_info("count", TensorProto.INT64, ["n"]),
+        helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["n", 300, 4]),
+        helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n", 300]),
+        helper.make_tensor_value_info("labels", TensorProto.INT64, ["n", 300]),
+    ]
+    zeros = helper.make_tensor("z", TensorProto.FLOAT, [1, 300, 4], [0.0] * 1200)
+    nodes = [
+        helper.make_node("Shape", ["image_size"], ["s"], start=0, end=1),
+        helper.make_node("Squeeze", ["s"], ["count"]),
+        helper.make_node("Identity", ["z"], ["boxes"]),
+        helper.make_node("ReduceSum", ["z"], ["scores"], axes=[2], keepdims=0),
+        helper.make_node("Cast", ["scores"], ["labels"], to=TensorProto.INT64),
+    ]
+    graph = helper.make_graph(nodes, "g", [image, size], outputs, [zeros])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    helper.set_model_props(model, {"threshold": "0.3"})
+    return model
+
+
+@pytest.mark.parametrize("key", ["tree_detection", "fashion_segmentation"])
+def test_vision_models_get_a_bls_model_for_encoded_pictures(key: str, tmp_path: Path) -> None:
+    """<key>_image: the task's model.py and a config naming the graph it calls, the field's
+    size, the classes and (a detector) the served threshold; valid as a ModelConfig."""
+    graph = boxes_graph() if key == "tree_detection" else image_graph()
+    onnx.save_model(graph, tmp_path / "model.onnx")
+    entry = CATALOG[key].model_copy(update={"triton": TRITON})
+    write_repository(entry, tmp_path / "model.onnx", tmp_path / "repo")
+    folder = tmp_path / "repo" / f"{key}_image"
+    task = CATALOG[key].task
+    template = Path("services/triton/bls") / task / "model.py"
+    assert (folder / "1" / "model.py").read_bytes() == template.read_bytes()
+    config = parse(folder / "config.pbtxt")
+    assert config.backend == "python" and config.max_batch_size == 8
+    assert [i.name for i in config.input] == ["IMAGE"]
+    assert config.input[0].data_type == mc.TYPE_STRING
+    parameters = {k: v.string_value for k, v in config.parameters.items()}
+    assert parameters["model"] == key
+    assert parameters["classes"] == json.dumps(CATALOG[key].class_names)
+    if task == "detection":
+        assert parameters["threshold"] == "0.3" and parameters["max_width"] == "1000"
+        assert [list(o.dims) for o in config.output][:2] == [[1], [300, 4]]
+    else:
+        assert parameters["height"] == parameters["width"] == "64"
+
+
+def test_other_models_get_no_bls_model(repository: Path) -> None:
+    assert sorted(p.name for p in repository.iterdir()) == ["fashion_cnn"]

@@ -44,7 +44,13 @@ class Pool:
         record = dict(rng.choice(self.records))
         name = rng.choice(sorted(spec.fields))
         kind = spec.fields[name].type
-        wrong = {"float": "n/a", "int": 2.5, "image": "not an image", "series": [1.0, "n/a"]}
+        wrong = {
+            "float": "n/a",
+            "int": 2.5,
+            "image": "not an image",
+            "photo": "not a picture",
+            "series": [1.0, "n/a"],
+        }
         record[name] = wrong.get(kind, {"x": 1})
         return {"records": [record]}, name
 

@@ -1,0 +1,152 @@
+"""FP32 against INT8 for the models with an `int8:` entry: what quantization costs and saves.
+
+    python -m services.tools.bench.precision [--models fashion_cnn ...] [--out reports/bench]
+
+Each exported graph (artifacts/<key>/model.onnx) and its INT8 graph (artifacts/<key>/int8/,
+ONNX Runtime's static quantization, pipelines/quantize.py) run in-process on CPU as the
+services run them (one intra-op thread, every graph optimisation) on rows of the test split:
+latency p50 / p99 of single records (photos at their own size), and rows per second of a
+32-row batch (photos padded to the batch's largest). The metric and its drop are the export
+stage's, on the whole test split; an INT8 graph more than `int8.max_drop` worse is not
+shipped and is reported as such. GPU rows (TensorRT FP16 and INT8 through Triton) need a GPU
+machine, which the run that wrote a report either had or says it did not.
+Writes reports/bench/precision.{md,json}.
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+
+from contract import paths
+from contract.catalog import load_catalog
+from contract.feeds import onnx_feeds
+from contract.paths import ROOT
+from services.tools.bench import report
+from services.tools.bench.graphs import options
+
+SINGLES, BATCH, BATCH_RUNS = 200, 32, 5
+FOLDER, REPORT = "int8", "quantization.json"  # pipelines/quantize.py's files
+
+
+def latencies(session: ort.InferenceSession, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
+    """Seconds of each single-record run, the records taken in turn."""
+    session.run(None, feeds[0])  # warm
+    times = []
+    for i in range(SINGLES):
+        started = time.perf_counter()
+        session.run(None, feeds[i % len(feeds)])
+        times.append(time.perf_counter() - started)
+    return np.asarray(times)
+
+
+def rows_per_second(session: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> float:
+    session.run(None, feeds)  # warm
+    started = time.perf_counter()
+    for _ in range(BATCH_RUNS):
+        session.run(None, feeds)
+    return BATCH * BATCH_RUNS / (time.perf_counter() - started)
+
+
+def measure(key: str, graph: Path, test: pd.DataFrame) -> dict[str, Any]:
+    spec = load_catalog()[key]
+    session = ort.InferenceSession(str(graph), options(), providers=["CPUExecutionProvider"])
+    singles = [onnx_feeds(test.iloc[[i]], spec) for i in range(min(len(test), 50))]
+    batch = onnx_feeds(pd.concat([test] * (BATCH // len(test) + 1)).head(BATCH), spec)
+    seconds = latencies(session, singles)
+    return {
+        "p50_ms": float(np.percentile(seconds, 50) * 1e3),
+        "p99_ms": float(np.percentile(seconds, 99) * 1e3),
+        "batch_rows_s": rows_per_second(session, batch),
+        "mib": graph.stat().st_size / 2**20,
+    }
+
+
+def rows(key: str) -> list[dict[str, Any]]:
+    folder = paths.onnx_model(key, ROOT).parent
+    quantization = json.loads((folder / FOLDER / REPORT).read_text())
+    test = pd.read_parquet(paths.split_dir(key, ROOT) / "test.parquet").head(BATCH)
+    found = [
+        {"model": key, "precision": "FP32", "device": "CPU (ONNX Runtime)"}
+        | measure(key, folder / "model.onnx", test)
+        | {"metric": quantization["metric"], "value": quantization["fp32"], "drop": 0.0}
+    ]
+    int8 = {"model": key, "precision": "INT8", "device": "CPU (ONNX Runtime)"}
+    int8 |= {"metric": quantization["metric"], "value": quantization["int8"]}
+    int8 |= {"drop": quantization["drop"], "shipped": quantization["shipped"]}
+    if (folder / FOLDER / "model.onnx").exists():
+        int8 |= measure(key, folder / FOLDER / "model.onnx", test)
+    found.append(int8)
+    return found
+
+
+def markdown(found: list[dict[str, Any]], info: dict[str, Any], gpu: str) -> str:
+    lines = [
+        "# FP32 against INT8 (ONNX Runtime static quantization)",
+        "",
+        f"{info['date']}, {info['cpu_model']}, onnxruntime {info['packages']['onnxruntime']}, "
+        f"one intra-op thread; latency of {SINGLES} single records of the test split, "
+        f"throughput of {BATCH}-row batches; the metric on the whole test split (export).",
+        "",
+        "| model | precision | device | p50 (batch 1) | p99 (batch 1) | rows/s (batch 32) "
+        "| size | metric | drop | shipped |",
+        "|---|---|---|--:|--:|--:|--:|---|--:|---|",
+    ]
+    for row in found:
+        timed = "p50_ms" in row
+        lines.append(
+            f"| {row['model']} | {row['precision']} | {row['device']} | "
+            + (
+                f"{row['p50_ms']:.2f} ms | {row['p99_ms']:.2f} ms | {row['batch_rows_s']:,.0f} | "
+                f"{row['mib']:.2f} MiB | "
+                if timed
+                else "| | | | "
+            )
+            + f"{row['metric']} {row['value']:.4f} | {row['drop']:+.4f} | "
+            + ("yes" if row.get("shipped", True) else "no (over the allowed drop)")
+            + " |"
+        )
+    for key in dict.fromkeys(r["model"] for r in found):
+        for precision in ("FP16", "INT8"):
+            lines.append(f"| {key} | {precision} | GPU (TensorRT via Triton) | {gpu} | | | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    catalog = load_catalog()
+    quantized = [key for key, spec in catalog.items() if spec.int8 is not None]
+    parser = argparse.ArgumentParser(
+        prog="python -m services.tools.bench.precision", description=__doc__
+    )
+    parser.add_argument("--models", nargs="+", choices=quantized, default=quantized)
+    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench")
+    parser.add_argument(
+        "--gpu",
+        default="not measured: no GPU machine was available to this run",
+        help="what the GPU rows say (a run on a GPU machine fills them from perf_analyzer)",
+    )
+    args = parser.parse_args(argv)
+    missing = [
+        k for k in args.models if not (paths.onnx_model(k, ROOT).parent / FOLDER / REPORT).exists()
+    ]
+    if missing:
+        print(f"error: no INT8 report for {', '.join(missing)} (make repro)", file=sys.stderr)
+        return 1
+    found = []
+    for key in args.models:
+        found += rows(key)
+        print(f"{key}: measured", flush=True)
+    info = report.machine()
+    text = markdown(found, info, args.gpu)
+    print(report.save(args.out, "precision", text, {"info": info, "rows": found}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
