@@ -21,6 +21,8 @@ PLOTS = {  # by task, plus by flavor: what the model explains itself with
     "recommendation": {"ratings.png", "ranking.png"},
     "forecast": {"forecast_week.png", "mape_by_month.png"},
     "retrieval": {"recall_by_nprobe.png", "similarity.png"},
+    "detection": {"precision_recall.png", "detections.png"},
+    "segmentation": {"class_iou.png", "masks.png"},
     "pipelines.flavors.sklearn": {"importance.png"},
     "pipelines.flavors.torch": {"learning_curve.png"},
     "pipelines.flavors.factors": set(),  # latent factors: no per-field importance
@@ -39,8 +41,10 @@ OUTPUTS = {  # the graph's outputs, by task (the served answer is built from the
     # MLflow's ONNX model is the encoder alone: tokens in (the service tokenizes), and the
     # FAISS index and documents beside it as extra files
     "retrieval": {"embedding"},
+    "detection": {"count", "boxes", "scores", "labels"},
+    "segmentation": {"label", "areas", "probabilities"},
 }
-INPUTS = {"retrieval": ["input_ids", "attention_mask"]}
+INPUTS = {"retrieval": ["input_ids", "attention_mask"], "detection": ["image", "image_size"]}
 
 
 def versions(project: Project, key: str) -> list[str]:

@@ -9,6 +9,7 @@ After each request the service must still answer a valid /predict, and the RSS o
 process (and children) must not grow by more than RSS_GROWTH_BOUND over the corpus.
 """
 
+import base64
 import gzip
 import json
 import random
@@ -96,6 +97,10 @@ def wrong_types(field: InputField) -> list[Any]:
         return ["", 12, [[0] * 28] * 27 + [["a"] * 28], {"pixels": []}, [[None] * 28] * 28]
     if field.type == "series":
         return ["abc", 12, ["a"] * (field.shape or [1])[0], {}]
+    if field.type == "photo":  # not base64, a GIF, a PNG header claiming 60000x60000
+        huge = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + (60_000).to_bytes(4, "big") * 2
+        return ["not base64!", 12, base64.b64encode(b"GIF89a" + bytes(40)).decode(),
+                base64.b64encode(huge + bytes(40)).decode(), {"pixels": []}]  # fmt: skip
     return [12, 1.5, True, [], {}, ["a"]]
 
 
