@@ -47,7 +47,7 @@ class Task(Protocol):
     STRATIFIED: bool  # a shuffled split keeps the target's proportions
     LABELS_SERVED: bool  # a served record carries a label (class, segment, decision)
     NATIVE: Native
-    RELATIVE_PARITY: bool  # ONNX-vs-native parity relative to the values (not absolute)
+    RELATIVE_PARITY: bool  # ONNX-vs-native parity relative to values above 1 (not absolute)
     REFERENCE_SPLIT: str  # the split whose rows stand for the traffic in drift reports
     BULK: bool  # clients send batches (a search is asked one query at a time)
     SCORE_VALUES: bool  # its served score is a value (histogram buckets), not in [0, 1]

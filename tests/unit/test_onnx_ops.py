@@ -151,3 +151,24 @@ def test_silhouette_kmeans_finds_the_blobs_and_numbers_them_by_position() -> Non
     other = SilhouetteKMeans(k_min=3, k_max=3, n_init=3, random_state=7).fit(x)
     assert (model.predict(x) == other.predict(x)).all()
     assert model.transform(x).shape == (300, 3)
+
+
+def test_relative_parity_is_absolute_below_one() -> None:
+    """A detector's box corner at 0.03 px off by 3e-5 px passes (relative, it would be 1e-3);
+    a corner at 500 px off by 0.1 px does not."""
+    spec = CATALOG["tree_detection"]
+    native = np.array([[[0.03, 10.0, 500.0, 600.0, 0.9, 0.0]]])
+    assert check_parity(native, native + np.array([[[3e-5, 0, 0, 0, 0, 0]]]), spec) < 1e-4
+    with pytest.raises(StageError):
+        check_parity(native, native + np.array([[[0, 0, 0.1, 0, 0, 0]]]), spec)
+
+
+def test_ranked_rows_in_another_order_are_the_same_answer() -> None:
+    """Two boxes of one score may come in either order; a different box may not."""
+    spec = CATALOG["tree_detection"]
+    native = np.array(
+        [[[243.7, 117.5, 293.7, 158.3, 0.2327, 0], [201.3, 456.3, 230.7, 486.3, 0.2327, 0]]]
+    )
+    assert check_parity(native, native[:, ::-1], spec) < 1e-4
+    with pytest.raises(StageError):
+        check_parity(native, native[:, [0, 0]], spec)
