@@ -31,7 +31,7 @@ from pipelines.triton import repository_dir, write_repository
 
 log = get_logger(__name__)
 TOLERANCE = 1e-4
-CHUNK_ROWS = 256  # rows a scoring run takes at once (bounds the activations' memory)
+CHUNK_ROWS = 256  # images a scoring run takes at once (bounds the activations' memory)
 
 
 # ONNX Runtime's session, or what a task serves on one (a search's RetrievalSession)
@@ -59,9 +59,10 @@ def run_rows(
 ) -> dict[str, np.ndarray]:
     """The graph's outputs `names` for the frame's rows: in one run, or a row at a time
     where the records are served so (photos: contract.feeds.one_at_a_time)."""
-    # a photo padded to no other; other rows in chunks: a segmentation's 2,000 canvases at
-    # once held 14 GB of activations
-    step = 1 if one_at_a_time(spec) else CHUNK_ROWS
+    # a photo padded to no other; images in chunks (a segmentation's 2,000 canvases at once
+    # held 14 GB of activations); other rows at once (a recommender's outputs span the batch)
+    images = any(f.type == "image" for f in spec.fields.values())
+    step = 1 if one_at_a_time(spec) else CHUNK_ROWS if images else max(len(frame), 1)
     runs = [
         session.run(names, onnx_feeds(frame.iloc[start : start + step], spec))
         for start in range(0, len(frame), step)
