@@ -23,10 +23,16 @@ from contract.tasks.common import (
     rounded,
     served_as_is,
 )
+from contract.tasks.outcomes import no_outcome as outcome  # no boxes taken back at /feedback yet
+from contract.tasks.outcomes import no_outcomes as true_outcomes
+from contract.tasks.outcomes import no_performance as performance
+from contract.tasks.outcomes import no_targets as targets
+from contract.tasks.outcomes import no_view as evidently_view
 
 if TYPE_CHECKING:
     from contract.catalog import ModelSpec
 
+__all__ = ["evidently_view", "outcome", "performance", "targets", "true_outcomes"]
 SUPERVISED, STRATIFIED, LABELS_SERVED = True, False, False
 LEARNS_FROM_OUTCOMES = False  # boxes sent back are not taken yet (no outcome type)
 NATIVE = "detections"
@@ -293,27 +299,3 @@ def card(spec: "ModelSpec") -> dict[str, str]:
             "against the native model on every test picture at export."
         ),
     }
-
-
-def outcome(spec: "ModelSpec") -> Any:
-    return None  # no boxes are taken back at /feedback yet
-
-
-def performance(
-    spec: "ModelSpec", predictions: list[dict[str, Any]], outcomes: list[Any]
-) -> dict[str, float]:
-    return {}
-
-
-def true_outcomes(frame: pd.DataFrame, spec: "ModelSpec") -> list[Any]:
-    return []
-
-
-def evidently_view(
-    spec: "ModelSpec", predictions: list[dict[str, Any]], outcomes: list[Any]
-) -> None:
-    return None
-
-
-def targets(outcomes: list[Any], spec: "ModelSpec", seen: pd.Series) -> None:
-    return None

@@ -16,7 +16,6 @@ import argparse
 import io
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,22 +34,13 @@ from tritonclient.grpc import model_config_pb2 as mc
 from contract import paths
 from contract.paths import ROOT
 from services.tools.bench import report
+from services.tools.processes import free_port
 
 PYTHON = ROOT / "services" / "triton" / ".venv" / "bin" / "python"
 SERVE = ROOT / "services" / "triton" / "serve.py"
 CONCURRENCY = (1, 8, 32)
 DURATION_S = 8.0
 IMAGES = 256
-
-
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
 
 
 def variant(source: Path, key: str, out: Path, delay_us: int | None, instances: int) -> Path:
@@ -67,7 +57,7 @@ def variant(source: Path, key: str, out: Path, delay_us: int | None, instances: 
 
 class Server:
     def __init__(self, repository: Path, models: list[str]) -> None:
-        self.ports = free_ports(3)
+        self.ports = [free_port() for _ in range(3)]
         args = [str(PYTHON), str(SERVE), "--repository", str(repository)]
         for flag, port in zip(
             ("--http-port", "--grpc-port", "--metrics-port"), self.ports, strict=True
