@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from contract.catalog import ModelSpec
+from contract.feeds import PHOTO_VIEW, decode_photo, photo_summary
 
 ARTIFACT_DIR = "reference"
 ARTIFACT = f"{ARTIFACT_DIR}/reference.parquet"
@@ -25,7 +26,6 @@ SEED = 0
 PREDICTION = "prediction"  # P(positive), P(top class) or the predicted value
 PREDICTED_LABEL = "predicted_label"
 PREDICTIONS = (PREDICTION, PREDICTED_LABEL)
-PHOTO_VIEW = ("height", "width", "mean", "std")
 
 
 @dataclass(frozen=True)
@@ -71,17 +71,18 @@ def _image(value: Any) -> np.ndarray:
 
 
 def _photo(value: Any) -> tuple[float, ...]:
-    """(height, width, mean, std) of an encoded picture's pixels in [0, 1]; NaN where it is
-    missing or does not decode."""
-    from contract.feeds import decode_photo
-
+    """(height, width, mean, std) of a picture: its summary as the prediction log keeps it,
+    or that of encoded bytes (the split) or base64 text; NaN where it is missing or does not
+    decode."""
+    if isinstance(value, dict):
+        return tuple(float(value.get(part, np.nan)) for part in PHOTO_VIEW)
     if isinstance(value, str):
         value = base64.b64decode(value)
     try:
-        pixels = decode_photo(value).astype(np.float32) / 255
+        summary = photo_summary(decode_photo(value))
     except (OSError, ValueError, TypeError):
         return (np.nan,) * len(PHOTO_VIEW)
-    return (*map(float, pixels.shape[:2]), float(pixels.mean()), float(pixels.std()))
+    return tuple(summary.get(part, np.nan) for part in PHOTO_VIEW)
 
 
 def _pixels(values: pd.Series) -> np.ndarray:

@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from contract.catalog import get_spec
 from services.api import oip
-from services.api.errors import InputError
+from services.api.errors import InputError, OverCapacity
 from services.api.guard import Guard
 from services.api.predlog import PredictionLogUnavailable
 from services.api.responses import error_response
@@ -185,6 +185,10 @@ def add_error_handlers(app: FastAPI) -> None:
         # A prediction that cannot be stored is not acknowledged: the client retries
         message = f"prediction log unavailable, prediction not stored: {exc}"
         return error_response(503, message, headers={"Retry-After": "5"})
+
+    @app.exception_handler(OverCapacity)
+    async def over_capacity(_: Request, exc: OverCapacity) -> Response:
+        return error_response(503, str(exc), headers={"Retry-After": "1"})
 
     @app.exception_handler(TimeoutError)
     async def timeout(_: Request, exc: TimeoutError) -> Response:

@@ -14,3 +14,13 @@ class InputError(ValueError):
 def field_error(status: int, field: str, error: str, expected: Any = None) -> InputError:
     entry = {"field": field, "error": error} | ({"expected": expected} if expected else {})
     return InputError(status, f"{field}: {error}", [entry])
+
+
+class OverCapacity(RuntimeError):
+    """A batch that waited in the inference line past its budget: shed, not run (503)."""
+
+    def __init__(self, waited_s: float, budget_s: float) -> None:
+        super().__init__(
+            f"over capacity: the request waited {waited_s * 1000:.0f} ms for inference, more "
+            f"than SERVE_QUEUE_TIMEOUT_S ({budget_s:g} s): retry"
+        )

@@ -91,7 +91,7 @@ def _image_type(field: InputField, from_json: bool = False) -> Any:
 
 def _photo_type(field: InputField, from_json: bool = False) -> Any:
     """A base64 PNG or JPEG of at most the field's height x width: the encoded bytes as sent
-    (what the prediction log keeps) with their RGB pixels (contract.feeds.Photo)."""
+    with their RGB pixels and drift summary (contract.feeds.Photo)."""
     height, width = field.shape or (0, 0)
     return _text(
         Annotated[

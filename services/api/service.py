@@ -22,7 +22,7 @@ from contract.settings import get_settings
 from services.api import auth, feedback
 from services.api.accesslog import AccessLog
 from services.api.entities import EntityRequests
-from services.api.errors import InputError, field_error
+from services.api.errors import InputError, OverCapacity, field_error
 from services.api.feedback_inputs import feedback_model
 from services.api.inputs import (
     describe_errors,
@@ -172,15 +172,31 @@ class ModelService:
     async def infer(self, work: Callable[..., T], size: int, *args: Any) -> T:
         """Inference: small batches on the event loop; large ones in the inference threads
         (`inference_threads`, one by default), in line, bounded by the timeout: a batch
-        still waiting when it passes is cancelled, not run for a client that got its 504."""
+        still waiting when it passes is cancelled, not run for a client that got its 504.
+        A batch that waited in line longer than SERVE_QUEUE_TIMEOUT_S is not run either but
+        shed (OverCapacity: a 503 with Retry-After), as the guard sheds a request that
+        queued before it: a model slower than its traffic (a detector's 1000x1000 tiles at
+        ~50 ms each) would otherwise grow a line of seconds with every answer late."""
         if size <= self.inline_max_records:
             return work(*args)
         if self._inference is None:
             self._inference = concurrent.futures.ThreadPoolExecutor(
                 self.settings.inference_threads, "inference"
             )
-        future = asyncio.get_running_loop().run_in_executor(self._inference, work, *args)
-        return await asyncio.wait_for(future, self.settings.timeout_s)
+        budget, queued = self.settings.queue_timeout_s, time.monotonic()
+
+        def in_line() -> T:
+            waited = time.monotonic() - queued
+            if budget and waited > budget:
+                raise OverCapacity(waited, budget)
+            return work(*args)
+
+        future = asyncio.get_running_loop().run_in_executor(self._inference, in_line)
+        try:
+            return await asyncio.wait_for(future, self.settings.timeout_s)
+        except OverCapacity:
+            self.metrics.inc(self.metrics.child(self.metrics.shed, (self.spec.key, "inference")))
+            raise
 
     async def predict(
         self,

@@ -30,8 +30,9 @@ class ServeSettings(BaseSettings):
     max_body_bytes_in_flight: int = Field(default=64 * 2**20, ge=1024)
     timeout_s: float = Field(default=10.0, gt=0)  # inference slower than this is a 504
     # A request that waited longer than this before the service could start on it (since the
-    # proxy's X-Request-Start, or since it reached the worker) is shed: a fast 503 with
-    # Retry-After, no work done for a client that is likely gone (0: never)
+    # proxy's X-Request-Start, or since it reached the worker), or a batch that waited this
+    # long in the model's inference line, is shed: a fast 503 with Retry-After, no work done
+    # for a client that is likely gone (0: never)
     queue_timeout_s: float = Field(default=0.25, ge=0)
     # Idle keep-alive connections stay open this long: longer than the proxy keeps its own
     # idle upstream connections (60 s), so the service never closes one the proxy reuses

@@ -245,7 +245,8 @@ class ServiceMetrics:
         self.shed = Counter(
             "serving_shed_requests",
             "Requests refused unworked because the service is over capacity, by reason (queue: "
-            "waited past SERVE_QUEUE_TIMEOUT_S; inflight: past SERVE_MAX_CONCURRENCY)",
+            "waited past SERVE_QUEUE_TIMEOUT_S; inflight: past SERVE_MAX_CONCURRENCY; inference: "
+            "waited past SERVE_QUEUE_TIMEOUT_S in the inference line)",
             ["model", "reason"],
             **reg,
         )

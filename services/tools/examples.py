@@ -63,3 +63,18 @@ def as_entities(frame: pd.DataFrame, spec: ModelSpec) -> dict[str, Any]:
     assert spec.features is not None
     rows, key = entity_rows(frame, spec), spec.features.entity
     return {"entities": rows} if spec.features.request else {f"{key}s": [r[key] for r in rows]}
+
+
+def as_tensors(frame: pd.DataFrame, spec: ModelSpec, binary: bool = False) -> dict[str, np.ndarray]:
+    """The rows as a client's OIP v2 input tensors: the graph's tensors (contract.feeds), but a
+    photo as one BYTES element per record, its encoded bytes (base64 text where the body is
+    JSON), without the sizes the service works out itself."""
+    from contract.feeds import onnx_feeds
+
+    photos = [name for name, field in spec.fields.items() if field.type == "photo"]
+    others = {name: field for name, field in spec.fields.items() if name not in photos}
+    feeds = onnx_feeds(frame, spec.model_copy(update={"fields": others})) if others else {}
+    for name in photos:
+        values = [v if binary else base64.b64encode(v).decode() for v in frame[name]]
+        feeds[name] = np.array(values, dtype=object)
+    return {name: feeds[name] for name in spec.fields}

@@ -2,7 +2,8 @@
 that mounts the DVC workspace (`docker-compose exec -T drift python - < payloads.py`).
 
 Per model: `records` (two rows for /predict), `inputs` (the same rows as OIP v2 JSON
-tensors) and `batch` (100 rows, repeated if the split is smaller, for a drift window)."""
+tensors) and `batch` (100 rows, repeated if the split is smaller, for a drift window; none
+for a photo model, whose requests carry a few pictures)."""
 
 import json
 import sys
@@ -13,8 +14,8 @@ import pandas as pd
 
 from contract import paths
 from contract.catalog import load_catalog
-from contract.feeds import onnx_feeds
-from services.tools.examples import as_records
+from contract.feeds import one_at_a_time
+from services.tools.examples import as_records, as_tensors
 
 DATATYPES = {"f": "FP32", "O": "BYTES", "u": "UINT8", "i": "INT64", "b": "BOOL"}
 
@@ -37,8 +38,8 @@ def bodies() -> dict[str, Any]:
         batch = pd.concat([test] * (100 // len(test) + 1)).head(100)
         out[key] = {
             "records": as_records(two, spec),
-            "inputs": [tensor(n, a) for n, a in onnx_feeds(two, spec).items()],
-            "batch": as_records(batch, spec),
+            "inputs": [tensor(n, a) for n, a in as_tensors(two, spec).items()],
+            "batch": [] if one_at_a_time(spec) else as_records(batch, spec),
         }
     return out
 

@@ -6,6 +6,7 @@ real rule files) run on free ports. Traffic of every kind the dashboards show is
 every target of every dashboard is queried for every value its `model` variable offers.
 """
 
+import base64
 import random
 import shutil
 import subprocess
@@ -20,9 +21,12 @@ import numpy as np
 import pytest
 import yaml
 
+from contract.catalog import InputField
+from contract.feeds import one_at_a_time, onnx_feeds
 from contract.paths import ROOT, onnx_model
+from pipelines import triton
 from services.tools import monitoring
-from services.tools.examples import as_entities, as_records
+from services.tools.examples import as_entities, as_records, to_png
 from tests.conftest import CATALOG, KEYS
 from tests.serving.conftest import Registry, free_port, held_out, inherited_environment
 from tests.unit.test_grafana import load_panels
@@ -32,13 +36,16 @@ pytestmark = pytest.mark.slow
 PROMETHEUS = ROOT / "infra" / "prometheus"
 FEAST_KEYS = sorted(k for k in KEYS if CATALOG[k].features is not None)
 TRITON_KEYS = sorted(k for k in KEYS if CATALOG[k].triton is not None)
+# Triton's models: the graphs, and the BLS models that take a task's pictures (<key>_image)
+BLS_KEYS = [k for k in TRITON_KEYS if (triton.BLS_TEMPLATES / CATALOG[k].task).is_dir()]
+TRITON_MODELS = sorted(TRITON_KEYS + [k + triton.BLS_SUFFIX for k in BLS_KEYS])
 LABELLED_KEYS = sorted(k for k in KEYS if CATALOG[k].task_kind.outcome(CATALOG[k]) is not None)
 # What a dashboard's `model` variable must offer once every model has had traffic
 OFFERED = {
     "mlops-service-overview": KEYS,
     "mlops-model": KEYS,
     "mlops-feature-store": FEAST_KEYS,
-    "mlops-triton": TRITON_KEYS,
+    "mlops-triton": TRITON_MODELS,
 }
 RULES_TIMEOUT_S = 120
 
@@ -210,10 +217,19 @@ def send_traffic(key: str, url: str, trained: Path) -> None:
         post(url, body, 200)
 
 
+def picture(value: bytes, field: InputField) -> bytes:
+    """An encoded picture of a split's value: a photo as it is, an image's pixels as PNG."""
+    if field.type == "photo":
+        return value
+    return base64.b64decode(to_png(np.frombuffer(value, np.uint8).reshape(field.shape or [])))
+
+
 def send_triton(key: str, ports: Ports, trained: Path) -> None:
-    """Batches of 1 and 4 over OIP v2 to PyTriton: images, or a search encoder's tokens
-    (its client tokenizes, with the tokenizer in the graph's metadata)."""
+    """Batches of 1 and 4 over OIP v2 to PyTriton: a graph's tensors and encoded pictures to
+    its BLS model (a photo model's graph only through it), or a search encoder's tokens (its
+    client tokenizes, with the tokenizer in the graph's metadata)."""
     import tritonclient.http as http
+    from tritonclient.utils import np_to_triton_dtype
 
     from contract.search import encoder_inputs, graph_tokenizer
 
@@ -231,12 +247,25 @@ def send_triton(key: str, ports: Ports, trained: Path) -> None:
                 inputs.append(tensor)
             assert client.infer(key, inputs).as_numpy("embedding").shape[0] == len(batch)
         return
-    images = [r["image"] for r in as_records(frame, spec)]
-    for batch in (images[:1], images):
-        pixels = np.array(batch, dtype=np.uint8)
-        tensor = http.InferInput("image", list(pixels.shape), "UINT8")
-        tensor.set_data_from_numpy(pixels)
-        assert client.infer(key, [tensor]).as_numpy("label").size == len(batch)
+    if key in BLS_KEYS:  # encoded pictures, to the BLS model that decodes them
+        name = next(iter(spec.fields))
+        pictures = [picture(v, spec.fields[name]) for v in frame[name]]
+        bls = key + triton.BLS_SUFFIX
+        output = client.get_model_metadata(bls)["outputs"][0]["name"]
+        for batch in (pictures[:1], pictures):
+            tensor = http.InferInput("IMAGE", [len(batch), 1], "BYTES")
+            tensor.set_data_from_numpy(np.array([[p] for p in batch], dtype=object))
+            assert client.infer(bls, [tensor]).as_numpy(output).shape[0] == len(batch)
+    if one_at_a_time(spec):  # the graph takes a picture at a time: the BLS model's calls
+        return
+    first = client.get_model_metadata(key)["outputs"][0]["name"]
+    for rows in (frame.head(1), frame):
+        inputs = []
+        for name, array in onnx_feeds(rows, spec).items():
+            tensor = http.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            tensor.set_data_from_numpy(array)
+            inputs.append(tensor)
+        assert client.infer(key, inputs).as_numpy(first).shape[0] == len(rows)
 
 
 def models_with(url: str, expr: str) -> set[str]:

@@ -13,7 +13,13 @@ from PIL import Image
 
 from services.tools.examples import as_records
 from tests.conftest import CATALOG, KEYS
-from tests.serving.conftest import Service, expected_outputs, held_out, served_threshold
+from tests.serving.conftest import (
+    Service,
+    expected_outputs,
+    held_out,
+    oip_feeds,
+    served_threshold,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -255,19 +261,8 @@ def test_unknown_model_is_404(services: dict[str, Service]) -> None:
 
 
 def v2_inputs(key: str, frame: Any, binary: bool) -> list[triton.InferInput]:
-    from contract.feeds import onnx_feeds
-
     inputs = []
-    spec = CATALOG[key]
-    photos = [n for n, f in spec.fields.items() if f.type == "photo"]
-    for name in photos:  # encoded pictures: raw bytes in binary tensors, base64 in JSON
-        values = [v if binary else base64.b64encode(v).decode() for v in frame[name]]
-        tensor = triton.InferInput(name, [len(values)], "BYTES")
-        tensor.set_data_from_numpy(np.array(values, dtype=object), binary_data=binary)
-        inputs.append(tensor)
-    others = {n: f for n, f in spec.fields.items() if n not in photos}
-    graph_inputs = onnx_feeds(frame, spec.model_copy(update={"fields": others})) if others else {}
-    for name, array in graph_inputs.items():
+    for name, array in oip_feeds(frame, key, binary).items():
         datatype = {"f": "FP32", "O": "BYTES", "u": "UINT8"}[array.dtype.kind]
         tensor = triton.InferInput(name, list(array.shape), datatype)
         tensor.set_data_from_numpy(array, binary_data=binary)

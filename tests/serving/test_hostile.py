@@ -27,11 +27,10 @@ import psutil
 import pytest
 
 from contract.catalog import InputField
-from contract.feeds import onnx_feeds
 from services.api.tensors import serialize_bytes
 from services.tools.examples import as_records
 from tests.conftest import CATALOG, KEYS
-from tests.serving.conftest import Service, held_out
+from tests.serving.conftest import Service, held_out, oip_feeds
 
 pytestmark = pytest.mark.slow
 
@@ -200,8 +199,14 @@ ODD_NAMES: tuple[Any, ...] = (None, 1, [])
 ODD_IDS: tuple[Any, ...] = (12, None, [], {"a": 1})
 
 
+def json_value(value: Any) -> Any:
+    if isinstance(value, Picture):
+        return base64.b64encode(value).decode()
+    return value.decode() if isinstance(value, bytes) else value
+
+
 def tensor(name: str, array: np.ndarray, **extra: Any) -> dict[str, Any]:
-    data = [v.decode() if isinstance(v, bytes) else v for v in array.reshape(-1).tolist()]
+    data = [json_value(v) for v in array.reshape(-1).tolist()]
     return {
         "name": name,
         "datatype": DATATYPES[array.dtype.kind],
@@ -541,11 +546,19 @@ def run_corpus(service: Service, cases: list[Case], record: dict[str, Any]) -> N
     assert after - before < RSS_GROWTH_BOUND, figures
 
 
+class Picture(bytes):
+    """An encoded picture in an OIP tensor: base64 text in JSON, its raw bytes in binary."""
+
+
 def valid_inputs(trained: Path, key: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """One held-out row: as a /predict record and as the graph's input tensors."""
+    """One held-out row: as a /predict record and as OIP's input tensors."""
     frame = held_out(trained, key, 1)
     (record,) = as_records(frame, CATALOG[key])
-    return record, onnx_feeds(frame, CATALOG[key])
+    feeds = oip_feeds(frame, key, binary=True)
+    for name, field in CATALOG[key].fields.items():
+        if field.type == "photo":
+            feeds[name] = np.array([Picture(v) for v in feeds[name]], dtype=object)
+    return record, feeds
 
 
 @pytest.mark.parametrize("key", KEYS)

@@ -281,6 +281,34 @@ def test_a_request_queued_past_the_limit_is_shed_fast(
     assert re.search(r'serving_event_loop_lag_seconds_count\{model="titanic"\} [1-9]', text)
 
 
+def test_a_batch_that_waits_in_the_inference_line_past_the_limit_is_shed(
+    started: list[Service], registry: Registry, tmp_path: Path
+) -> None:
+    """Admitted requests for a model slower than its traffic wait in its inference line: one
+    that waited past SERVE_QUEUE_TIMEOUT_S there is a 503 with Retry-After and is not run
+    (canvases: a 32-canvas batch parses in milliseconds and takes the U-Net far longer)."""
+    service = serve(started, "fashion_segmentation", registry.uri, tmp_path, queue_timeout_s="0.05")
+    body = {"records": records(registry, "fashion_segmentation", 32)}
+    answers: list[httpx.Response] = []
+    threads = [
+        threading.Thread(target=lambda: answers.append(service.post("/predict", body)))
+        for _ in range(6)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    codes = sorted(a.status_code for a in answers)
+    assert len(codes) == 6 and 200 in codes and set(codes) == {200, 503}, codes
+    for shed in (a for a in answers if a.status_code == 503):
+        assert shed.headers["retry-after"] == "1"
+        assert "for inference" in shed.json()["error"], shed.text
+    text = httpx.get(service.url + "/metrics").text
+    shed_line = r'serving_shed_requests_total\{model="fashion_segmentation",reason="inference"\} '
+    found = re.search(shed_line + r"(\S+)", text)
+    assert found and float(found.group(1)) == codes.count(503)
+
+
 def padded(body: dict[str, Any], size: int) -> bytes:
     """`body` as JSON of exactly `size` bytes (whitespace after it)."""
     raw = json.dumps(body).encode()

@@ -260,8 +260,11 @@ def test_compose_runs_the_commands_the_local_stack_runs() -> None:
 def test_triton_serves_every_triton_model_and_the_gpu_profile_reserves_a_gpu() -> None:
     cpu, gpu = services()["triton"], services()["triton-gpu"]
     assert cpu["profiles"] == ["cpu"] and gpu["profiles"] == ["gpu"]
+    # the deploy tier's stand-in (PyTriton) serves the same repositories
+    stand_in = yaml.safe_load((ROOT / "tests" / "deploy" / "compose.test.yml").read_text())
     for key in (k for k in KEYS if CATALOG[k].triton is not None):
         assert f"--model-repository=/artifacts/{key}/triton" in cpu["command"]
+        assert f"--repository=/artifacts/{key}/triton" in stand_in["services"]["triton"]["command"]
     assert "--model-config-name=gpu" in gpu["command"]
     assert "--model-config-name=gpu" not in cpu["command"]
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]

@@ -9,11 +9,13 @@ import pytest
 from PIL import Image
 from pydantic import ValidationError
 
+from contract import reference
 from contract.catalog import InputField
 from contract.feeds import SIZE_SUFFIX, Photo, each_record, input_names, photo_tensors
 from contract.tasks import detection, segmentation
 from pipelines import quantize
 from pipelines.models import tree_detection
+from services.api import predlog
 from services.api.inputs import MAX_PHOTOS, record_model, records_limit
 from tests.conftest import CATALOG
 
@@ -163,6 +165,20 @@ def test_a_photo_claiming_a_huge_size_is_refused_before_decoding() -> None:
     header = png[:16] + (60_000).to_bytes(4, "big") * 2 + png[24:]  # IHDR's width, height
     with pytest.raises(ValidationError, match="60000x60000, larger than"):
         record_model(TREES).model_validate({"image": base64.b64encode(header).decode()})
+
+
+def test_the_prediction_log_keeps_a_photos_summary_and_drift_reads_it_as_the_picture() -> None:
+    """A logged tile is a few numbers, not 1.5 MB of base64, and the drift view of the
+    logged summary is the drift view of the picture itself (the reference's rows)."""
+    pixels = np.random.default_rng(1).integers(0, 255, (600, 800, 3), dtype=np.uint8)
+    photo = record_model(TREES).model_validate({"image": encoded(pixels)}).image  # type: ignore[attr-defined]
+    logged = predlog.loads(predlog.dumps(predlog.table(["image"], [(photo,)])))
+    assert len(predlog.dumps(logged)) < 200
+    from_log = reference.drift_view(TREES, pd.DataFrame(predlog.records_of(logged)))
+    from_split = reference.drift_view(TREES, pd.DataFrame({"image": [bytes(photo)]}))
+    pd.testing.assert_frame_equal(from_log, from_split)
+    assert from_log.loc[0, "image.height"] == 600 and from_log.loc[0, "image.width"] == 800
+    assert from_log.loc[0, "image.mean"] == pytest.approx(pixels.mean() / 255, rel=1e-5)
 
 
 def test_photo_requests_carry_few_records() -> None:
