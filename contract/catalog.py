@@ -110,6 +110,26 @@ class TritonSpec(Strict):
         return self
 
 
+# The request latency histogram's bucket bounds, seconds (services/api/telemetry.py): a
+# latency objective is one of them, so that Prometheus counts the requests within it
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
+                     0.25, 0.5, 1.0, 2.5, 5.0, 10.0)  # fmt: skip
+
+
+class SloSpec(Strict):
+    """What the model's service is held to: its latency alerts (ModelLatencySLOBurn), the
+    dashboards' objective lines and the load test's rated capacity (`make load`)."""
+
+    p99_ms: float = Field(default=50, gt=0)  # 99% of its requests answered within this
+
+    @model_validator(mode="after")
+    def _a_bucket(self) -> "SloSpec":
+        bounds = [round(b * 1000, 6) for b in LATENCY_BUCKETS_S]
+        if round(self.p99_ms, 6) not in bounds:
+            raise ValueError(f"slo.p99_ms must be a latency histogram bucket (ms): {bounds}")
+        return self
+
+
 class Int8Spec(Strict):
     """ONNX Runtime's static INT8 quantization at export (pipelines/quantize.py)."""
 
@@ -183,6 +203,7 @@ class ModelSpec(Strict):
     # Feast-backed projects (entity keys at /predict), or null (required like `triton`)
     features: FeatureSpec | None
     production: ProductionSpec = ProductionSpec()
+    slo: SloSpec = SloSpec()  # 50 ms unless the entry says otherwise
 
     @model_validator(mode="after")
     def _consistent(self) -> "ModelSpec":

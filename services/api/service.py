@@ -72,6 +72,7 @@ class ModelService:
         self.json_record_model = record_model(spec, from_json=True)
         self.json_request_model = request_model(spec, self.json_record_model, self.max_records)
         self.metrics = ServiceMetrics(spec.task)
+        self.metrics.set_objective(spec)
         self.access_log = AccessLog()
         store = ModelStore(
             get_settings().mlflow_tracking_uri, settings.cache_dir, settings.registry_timeout_s

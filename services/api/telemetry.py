@@ -22,28 +22,12 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.utils import floatToGoString
 
+from contract.catalog import LATENCY_BUCKETS_S, ModelSpec
 from contract.tasks import get_task
 
-LATENCY_BUCKETS = (
-    0.001,
-    0.0025,
-    0.005,
-    0.0075,
-    0.01,
-    0.015,
-    0.02,
-    0.03,
-    0.05,
-    0.075,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
+LATENCY_BUCKETS = LATENCY_BUCKETS_S  # a model's latency objective is one of them
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 5000)
 PROBABILITY_BUCKETS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 # Regression values span orders of magnitude (prices): 1-2-5 steps from 0.001 to 10 million
@@ -152,6 +136,14 @@ class ServiceMetrics:
             "serving_shadow_predictions",
             "Challenger predictions scored in shadow mode",
             ["model", "version", "agreement"],
+            **reg,
+        )
+        self.objective = Gauge(
+            "serving_latency_objective_seconds",
+            "The model's latency objective (its catalog slo.p99_ms): 99% of requests within "
+            "it; `le` names the request duration histogram's bucket at it",
+            ["model", "le"],
+            multiprocess_mode="livemax",
             **reg,
         )
         self.info = Gauge(
@@ -284,6 +276,13 @@ class ServiceMetrics:
             observe_many(histogram, values)
         else:
             self._values.setdefault(histogram, []).extend(values)
+
+    def set_objective(self, spec: ModelSpec) -> None:
+        """The model's latency objective, labelled with its bucket as the histogram writes it
+        (the recording rules join the two on `le`)."""
+        seconds = spec.slo.p99_ms / 1000
+        bucket = floatToGoString(seconds)  # type: ignore[no-untyped-call]
+        self.objective.labels(spec.key, bucket).set(seconds)
 
     def inc(self, counter: Any, amount: float = 1.0) -> None:
         """counter.inc(amount) (a child), or at the next flush()."""

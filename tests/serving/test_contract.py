@@ -2,6 +2,7 @@
 
 import base64
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -336,3 +337,10 @@ def test_metrics_are_labelled_after_traffic(
     assert f'serving_model_info{{alias="champion",model="{key}"' in text
     metric = CATALOG[key].gate_metric
     assert f'serving_model_training_metric{{alias="champion",metric="{metric}"' in text
+    # its latency objective, labelled with the duration histogram's bucket at it
+    objective = re.search(
+        rf'serving_latency_objective_seconds{{le="([^"]+)",model="{key}"}} (\S+)', text
+    )
+    assert objective and float(objective.group(2)) == CATALOG[key].slo.p99_ms / 1000
+    bucket = f'alias="champion",code="200",le="{objective.group(1)}",{labels}'
+    assert f"serving_request_duration_seconds_bucket{{{bucket}}}" in text

@@ -54,6 +54,13 @@ def test_entry_is_consistent(key: str) -> None:
         assert len(spec.class_names) >= 2
 
 
+def test_a_latency_objective_is_a_bucket_of_the_latency_histogram() -> None:
+    spec = CATALOG["tree_detection"]
+    assert spec.slo.p99_ms == 250 and CATALOG["titanic"].slo.p99_ms == 50  # the default
+    with pytest.raises(ValidationError, match="a latency histogram bucket"):
+        spec.model_validate(spec.model_dump() | {"slo": {"p99_ms": 60}})
+
+
 def test_unknown_key_names_the_catalog() -> None:
     with pytest.raises(UnknownModelError) as info:
         get_spec("no_such_model")

@@ -11,19 +11,30 @@ from services.tools.load.capacity import (
     judge,
     judge_overload,
     markdown,
+    objectives,
     pacing,
     per_core,
+    published,
     rated,
 )
+
+FAST = {"titanic": 50.0, "tree_detection": 250.0}  # two models' p99 objectives, ms
 
 
 def step(rate: float, p99: float = 20.0, failures: int = 0, achieved: float | None = None,
          **statuses: int) -> Step:  # fmt: skip
+    """A 20 s step: both models of FAST at p99 `p99` ms (the detector 4x that), each with
+    the samples a p99 needs."""
+    models = {
+        "titanic": {"requests": 600, "p99_ms": p99},
+        "tree_detection": {"requests": 600, "p99_ms": p99 * 4},
+    }
     return Step(
         rate=rate, users=13, user_rate=rate / 13, seconds=20,
         achieved=rate if achieved is None else achieved, requests=int(rate * 20),
         failures=failures, p50_ms=p99 / 4, p95_ms=p99 / 2, p99_ms=p99, max_ms=p99 * 2,
         statuses={"200": int(rate * 20), **{k.replace("_", " "): v for k, v in statuses.items()}},
+        models=models,
     )  # fmt: skip
 
 
@@ -35,19 +46,34 @@ def test_pacing_offers_the_rate_with_a_whole_number_of_users_per_model() -> None
 
 
 def test_a_step_passes_only_fast_complete_and_without_failures() -> None:
-    assert judge(step(300), 50) == []
-    assert judge(step(300, p99=80), 50) == ["p99 80 ms > 50 ms"]
-    assert "2 failed requests" in judge(step(300, failures=2), 50)[0]
+    assert judge(step(300), FAST) == []  # the detector's 80 ms is within its 250
+    assert judge(step(300, p99=80), FAST) == [
+        "titanic p99 80 ms > 50 ms",
+        "tree_detection p99 320 ms > 250 ms",
+    ]
+    assert "2 failed requests" in judge(step(300, failures=2), FAST)[0]
     # the closed loop's trap: a slow stack answers fewer requests than were offered
-    assert judge(step(300, achieved=250), 50) == ["achieved 250 req/s of 300 offered"]
+    assert judge(step(300, achieved=250), FAST) == ["achieved 250 req/s of 300 offered"]
+    few = step(300, p99=80)
+    few.models["titanic"]["requests"] = 499  # too few for a p99: one stall would decide it
+    assert judge(few, FAST) == ["tree_detection p99 320 ms > 250 ms"]
+
+
+def test_each_model_is_held_to_its_catalog_objective() -> None:
+    catalog = load_catalog()
+    assert objectives() == {key: spec.slo.p99_ms for key, spec in catalog.items()}
+    assert objectives()["titanic"] == 50 and objectives()["tree_detection"] == 250
+    assert set(objectives(80).values()) == {80}  # --p99-ms: one target for all
 
 
 def test_the_rating_is_the_last_pass_before_the_first_failure() -> None:
     steps = [step(100), step(200), step(300, p99=70), step(400)]
     for s in steps:
-        s.passed = not judge(s, 50)
+        s.passed = not judge(s, FAST)
     assert rated(steps) == 200  # a lucky pass past the knee does not count
-    assert rated([step(100, p99=90)]) == 0
+    failing = step(100, p99=90)
+    failing.passed = not judge(failing, FAST)
+    assert rated([failing]) == 0
 
 
 def test_overload_must_shed_fast_and_say_when_to_retry() -> None:
@@ -65,21 +91,25 @@ def test_overload_must_shed_fast_and_say_when_to_retry() -> None:
 def test_the_report_names_the_rating_and_every_step() -> None:
     steps = [step(100), step(200, p99=70)]
     for s in steps:
-        s.why = judge(s, 50)
+        s.why = judge(s, FAST)
         s.passed = not s.why
     confirm = step(100)
     confirm.models = {
         "titanic": {"rps": 7.7, "p50_ms": 3, "p99_ms": 12, "max_ms": 30, "failures": 0}
     }
-    text = markdown({
-        "rated": 100, "p99_ms": 50, "models": 13, "steps": [vars(s) for s in steps],
-        "confirm": vars(confirm), "overload": None,
-    })  # fmt: skip
+    result = {
+        "rated": 100, "objectives_ms": FAST | {"penguins": 50.0}, "models": 13,
+        "steps": [vars(s) for s in steps], "confirm": vars(confirm), "overload": None,
+    }  # fmt: skip
+    text = markdown(result)
     assert "Rated: **100 requests/s**" in text and "8 per model" in text
-    assert "| 200 | 200 |" in text and "p99 70 ms > 50 ms" in text
+    assert "objective (50 ms; tree_detection 250 ms)" in text
+    assert "| 200 | 200 |" in text and "titanic p99 70 ms > 50 ms" in text
     assert "| titanic | 7.7 | 3 | 12 | 30 | 0 |" in text
     confirm.cpu = {"titanic": 0.077, "proxy": 0.2}
     assert per_core(confirm) == {"titanic": {"cpu_ms": 10.0, "rps_per_core": 100}}
+    rating = published(result)
+    assert rating["p99_ms"] == 50 and rating["objectives_ms"] == {"tree_detection": 250}
 
 
 def test_the_published_rating_covers_every_model_and_sets_its_hpa() -> None:

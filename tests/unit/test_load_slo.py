@@ -43,6 +43,19 @@ def test_a_single_failure_counts_whatever_the_sample() -> None:
     assert breaches(results, LIMITS) == ["POST titanic [malformed]: error_ratio 0.5 > 0.01"]
 
 
+def test_a_model_is_held_to_its_own_objective_where_it_is_looser() -> None:
+    """A detector's tiles against its 250 ms; a table row's model against the run's 50."""
+    objectives = {"tree_detection": 250.0, "titanic": 50.0}
+    fifty = {"error_ratio": 0.01, "p95_ms": 50.0, "p99_ms": 50.0}
+    results = {
+        "POST tree_detection /predict": kind(600, 200, 240),
+        "POST titanic /predict": kind(600, 40, 60),
+        "total": kind(1200, 150, 240),
+    }
+    assert breaches(results, fifty, objectives) == ["POST titanic /predict: p99_ms 60 > 50"]
+    assert len(breaches(results, fifty)) == 5  # without objectives: 50 ms for all
+
+
 def test_no_traffic_is_a_breach() -> None:
     assert breaches({"total": kind(0)}, LIMITS) == ["total: no request was sent"]
 

@@ -230,7 +230,8 @@ def check_slo(environment: Environment) -> list[str]:
     entries = {f"{e.method} {e.name}": e for e in environment.stats.entries.values()}
     entries["total"] = environment.stats.total
     results = {name: _measured(entry) for name, entry in sorted(entries.items())}
-    breaches = slo.breaches(results, limits)
+    objectives = {key: spec.slo.p99_ms for key, spec in CATALOG.items()}
+    breaches = slo.breaches(results, limits, objectives)
     if options.slo_report:
         report = {
             "thresholds": limits,
