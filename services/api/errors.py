@@ -17,10 +17,14 @@ def field_error(status: int, field: str, error: str, expected: Any = None) -> In
 
 
 class OverCapacity(RuntimeError):
-    """A batch that waited in the inference line past its budget: shed, not run (503)."""
+    """A batch that waited in the inference line past its budget, or that would: shed, not
+    run (503)."""
 
-    def __init__(self, waited_s: float, budget_s: float) -> None:
+    def __init__(self, waited_s: float, budget_s: float, ahead: int = 0) -> None:
+        if ahead:  # refused on arrival: the work already in line would outlast the budget
+            told = f"{ahead} batches wait for inference, ~{waited_s * 1000:.0f} ms of work"
+        else:
+            told = f"the request waited {waited_s * 1000:.0f} ms for inference"
         super().__init__(
-            f"over capacity: the request waited {waited_s * 1000:.0f} ms for inference, more "
-            f"than SERVE_QUEUE_TIMEOUT_S ({budget_s:g} s): retry"
+            f"over capacity: {told}, more than SERVE_QUEUE_TIMEOUT_S ({budget_s:g} s): retry"
         )

@@ -7,6 +7,7 @@ object, so the contract cannot differ between them.
 import asyncio
 import concurrent.futures
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -88,6 +89,9 @@ class ModelService:
         for status in (feedback.STORED, feedback.DUPLICATE, "refused"):
             self.metrics.child(self.metrics.feedback, (spec.key, status))
         self._inference: concurrent.futures.ThreadPoolExecutor | None = None
+        # the inference line: batches waiting in it, and a batch's run time (moving average)
+        self._line = threading.Lock()
+        self._waiting, self._run_s = 0, 0.0
         self.entities: EntityRequests | None = None
         self.features_problem = ""  # why entity-keyed requests cannot be served, if they can't
         if spec.features:
@@ -185,12 +189,25 @@ class ModelService:
                 self.settings.inference_threads, "inference"
             )
         budget, queued = self.settings.queue_timeout_s, time.monotonic()
+        self.admit()
+        entry = {"waiting": True}  # in line, counted in _waiting
+        with self._line:
+            self._waiting += 1
 
         def in_line() -> T:
-            waited = time.monotonic() - queued
-            if budget and waited > budget:
-                raise OverCapacity(waited, budget)
-            return work(*args)
+            started = time.monotonic()
+            with self._line:
+                gone, entry["waiting"] = not entry["waiting"], False
+                self._waiting -= 0 if gone else 1
+            if gone:  # its client had its 504: the timeout took it out of the line
+                raise TimeoutError("inference started after the service's timeout")
+            if budget and started - queued > budget:
+                raise OverCapacity(started - queued, budget)
+            try:
+                return work(*args)
+            finally:
+                with self._line:  # a moving average: the line's cost as it is now
+                    self._run_s += 0.2 * (time.monotonic() - started - self._run_s)
 
         future = asyncio.get_running_loop().run_in_executor(self._inference, in_line)
         try:
@@ -198,6 +215,24 @@ class ModelService:
         except OverCapacity:
             self.metrics.inc(self.metrics.child(self.metrics.shed, (self.spec.key, "inference")))
             raise
+        finally:
+            with self._line:  # cancelled before it ran (the timeout): out of the line's count
+                if entry["waiting"]:
+                    entry["waiting"] = False
+                    self._waiting -= 1
+
+    def admit(self) -> None:
+        """Refuse a request at once (OverCapacity, before its body is parsed) where the
+        batches already in the inference line would keep it waiting past
+        SERVE_QUEUE_TIMEOUT_S: under overload a detector's requests would otherwise each
+        decode a 1000x1000 picture, on the cores the running inference needs, only to be
+        shed in line."""
+        budget = self.settings.queue_timeout_s
+        with self._line:
+            waiting, ahead_s = self._waiting, self._waiting * self._run_s
+        if budget and waiting and ahead_s > budget:
+            self.metrics.inc(self.metrics.child(self.metrics.shed, (self.spec.key, "inference")))
+            raise OverCapacity(ahead_s, budget, waiting)
 
     async def predict(
         self,
@@ -214,6 +249,8 @@ class ModelService:
             return await self.predict_entities(body, request_id, unit, state)
         if self.features_problem and EntityRequests.markers(self.spec) & set(self._object(body)):
             raise InputError(503, self.features_problem, [])
+        if len(body) > PARSE_INLINE_BYTES:  # a body worth parsing in a thread: is there room?
+            self.admit()
         with self.metrics.timed(self.spec.key, "parse"):
             if len(body) > PARSE_INLINE_BYTES:  # a big batch must not stall the event loop
                 accepted, invalid = await run_in_threadpool(self.parse, body)

@@ -1,75 +1,64 @@
-"""Large batches wait in line for the worker's inference thread; small ones run on the loop;
-one still waiting at the timeout is cancelled, never run for a client that got its 504."""
+"""The inference line's shedding (ModelService.infer / admit) on a slow stand-in workload:
+a batch that waited past SERVE_QUEUE_TIMEOUT_S is not run, one that would is refused on
+arrival, and a batch the timeout took out of line leaves the count as it found it."""
 
 import asyncio
 import threading
 import time
-from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from contract.catalog import get_spec
+from services.api.errors import OverCapacity
 from services.api.service import ModelService
-from services.api.settings import ServeSettings
+from services.api.telemetry import ServiceMetrics
 
 
-def service(tmp_path: Path, **settings: Any) -> ModelService:
-    options: dict[str, Any] = {"prediction_log": "off", "cache_dir": tmp_path}
-    return ModelService(get_spec("titanic"), ServeSettings(model="titanic", **options | settings))
+def line(queue_timeout_s: float, timeout_s: float = 10.0) -> Any:
+    """A ModelService with only what its inference line uses."""
+    service = ModelService.__new__(ModelService)
+    service.settings = SimpleNamespace(  # type: ignore[assignment]
+        queue_timeout_s=queue_timeout_s, timeout_s=timeout_s, inference_threads=1
+    )
+    service.spec = SimpleNamespace(key="tree_detection")  # type: ignore[assignment]
+    service.metrics = ServiceMetrics("detection")
+    service.inline_max_records = 0
+    service._inference = None
+    service._line, service._waiting, service._run_s = threading.Lock(), 0, 0.0
+    return service
 
 
-def test_small_batches_run_on_the_loop_large_ones_in_line(tmp_path: Path) -> None:
-    model = service(tmp_path)
-    running, most = 0, 0
-    guard = threading.Lock()
+async def burst(service: Any, n: int, seconds: float) -> list[str]:
+    """n one-record batches at once, each `seconds` of work: what became of each."""
 
-    def work(name: str) -> str:
-        nonlocal running, most
-        with guard:
-            running += 1
-            most = max(most, running)
-        time.sleep(0.05)
-        with guard:
-            running -= 1
-        return f"{name} in {threading.current_thread().name}"
+    async def one() -> str:
+        try:
+            await service.infer(time.sleep, 1, seconds)
+            return "ran"
+        except OverCapacity as exc:
+            return "on arrival" if "batches wait" in str(exc) else "in line"
+        except TimeoutError:
+            return "timeout"
 
-    async def main() -> tuple[str, list[str]]:
-        small = await model.infer(work, 16, "small")
-        large = await asyncio.gather(*(model.infer(work, 1000, f"b{i}") for i in range(4)))
-        return small, large
-
-    try:
-        small, large = asyncio.run(main())
-    finally:
-        model.stop_inference()
-    assert small == f"small in {threading.main_thread().name}"
-    assert all(" in inference" in answer for answer in large), large
-    assert most == 1  # one after the other: never two batches on one core at once
+    return await asyncio.gather(*(one() for _ in range(n)))
 
 
-def test_a_batch_still_in_line_at_the_timeout_is_never_run(tmp_path: Path) -> None:
-    model = service(tmp_path, timeout_s=0.2)
-    ran: list[str] = []
-
-    def work(name: str) -> None:
-        ran.append(name)
-        time.sleep(0.5)
-
-    async def main() -> list[object]:
-        calls = (model.infer(work, 1000, name) for name in ("first", "queued"))
-        return await asyncio.gather(*calls, return_exceptions=True)
-
-    try:
-        outcomes = asyncio.run(main())
-        time.sleep(0.6)  # the first batch's thread finishes its work
-    finally:
-        model.stop_inference()
-    assert [type(o) for o in outcomes] == [TimeoutError, TimeoutError]
-    assert ran == ["first"]
+def test_a_line_longer_than_the_budget_sheds_and_the_first_runs() -> None:
+    service = line(queue_timeout_s=0.05)
+    outcomes = asyncio.run(burst(service, 5, 0.1))
+    assert outcomes[0] == "ran" and outcomes.count("in line") == 4, outcomes
+    assert service._waiting == 0 and service._run_s > 0
+    # the line now knows a batch's cost: with one waiting, a newcomer is refused on arrival
+    outcomes = asyncio.run(burst(service, 4, 0.1))
+    assert outcomes[0] == "ran" and "on arrival" in outcomes, outcomes
+    assert service._waiting == 0
 
 
-def test_inference_threads_is_a_setting(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="inference_threads"):
-        ServeSettings(model="titanic", inference_threads=0)
-    assert service(tmp_path, inference_threads=2).settings.inference_threads == 2
+@pytest.mark.parametrize("seconds", [0.3])
+def test_batches_the_timeout_took_out_of_line_leave_no_count(seconds: float) -> None:
+    service = line(queue_timeout_s=0, timeout_s=0.1)  # no shedding: only the timeout
+    outcomes = asyncio.run(burst(service, 3, seconds))
+    assert outcomes == ["timeout"] * 3
+    time.sleep(seconds * 2)  # the running one ends; the others never run
+    assert service._waiting == 0
