@@ -399,7 +399,22 @@ def score_label(prediction: dict[str, Any]) -> tuple[float | None, str | None]:
         return prediction["score"], prediction["label"]
     if "probabilities" in prediction:
         return max(prediction["probabilities"].values()), prediction["label"]
+    if "boxes" in prediction:  # detections: the boxes answered (at the served threshold)
+        return float(prediction["count"]), None
+    if "mask" in prediction:  # segmentation: the share its classes cover, the largest class
+        return _covered(prediction), prediction.get("label")
     return None, prediction.get("label")
+
+
+def _covered(prediction: dict[str, Any]) -> float | None:
+    """The share of a segmented picture its classes cover: their areas over the mask's
+    pixels (the PNG's header: IHDR's width and height)."""
+    try:
+        header = base64.b64decode(prediction["mask"][:44])
+        width, height = int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+        return float(sum(prediction["areas"].values())) / max(width * height, 1)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
 
 
 def logged(prediction: dict[str, Any]) -> dict[str, Any]:
