@@ -23,7 +23,7 @@ from contract.catalog import get_spec
 from contract.paths import ROOT
 from contract.settings import get_settings
 from pipelines.export import run_rows
-from services.tools.examples import as_records, as_tensors
+from services.tools.examples import as_records
 from services.tools.processes import free_port
 from tests.conftest import CATALOG, KEYS
 
@@ -256,10 +256,6 @@ def services(
 
 def held_out(trained: Path, key: str, rows: int = 8) -> pd.DataFrame:
     return pd.read_parquet(paths.split_dir(key, trained) / "test.parquet").head(rows)
-
-
-def oip_feeds(frame: pd.DataFrame, key: str, binary: bool = False) -> dict[str, np.ndarray]:
-    return as_tensors(frame, CATALOG[key], binary)
 
 
 def expected_outputs(trained: Path, key: str, frame: pd.DataFrame) -> dict[str, np.ndarray]:

@@ -28,9 +28,9 @@ import pytest
 
 from contract.catalog import InputField
 from services.api.tensors import serialize_bytes
-from services.tools.examples import as_records
+from services.tools.examples import as_records, as_tensors
 from tests.conftest import CATALOG, KEYS
-from tests.serving.conftest import Service, held_out, oip_feeds
+from tests.serving.conftest import Service, held_out
 
 pytestmark = pytest.mark.slow
 
@@ -554,7 +554,7 @@ def valid_inputs(trained: Path, key: str) -> tuple[dict[str, Any], dict[str, np.
     """One held-out row: as a /predict record and as OIP's input tensors."""
     frame = held_out(trained, key, 1)
     (record,) = as_records(frame, CATALOG[key])
-    feeds = oip_feeds(frame, key, binary=True)
+    feeds = as_tensors(frame, CATALOG[key], binary=True)
     for name, field in CATALOG[key].fields.items():
         if field.type == "photo":
             feeds[name] = np.array([Picture(v) for v in feeds[name]], dtype=object)
