@@ -110,6 +110,12 @@ class TritonSpec(Strict):
         return self
 
 
+# An image model's embedding of each picture: a graph output, logged beside the record for
+# the drift view (contract/reference.py), so no field may take the name
+IMAGE_EMBEDDING = "image_embedding"
+EMBEDDING_DIMS = 4  # its coordinates: the first principal axes of the training pictures'
+
+
 # The request latency histogram's bucket bounds, seconds (services/api/telemetry.py): a
 # latency objective is one of them, so that Prometheus counts the requests within it
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1,
@@ -224,6 +230,8 @@ class ModelSpec(Strict):
         ]
         if unbounded:
             raise ValueError(f"image and photo fields need shape: [height, width]: {unbounded}")
+        if IMAGE_EMBEDDING in self.fields:
+            raise ValueError(f"{IMAGE_EMBEDDING!r} is reserved (an image model's logged output)")
         predefined = bool(self.source.test_name) or self.source.kind == "idx"
         if predefined != (self.split == "source"):
             raise ValueError("split must be 'source' exactly when the source predefines a test set")

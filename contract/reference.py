@@ -6,7 +6,13 @@ predictions on it. The drift
 service puts logged traffic through the same view, so both sides come from one function.
 Numbers and categories are compared as they are; a text field by its length in characters
 and words, an image by its mean, spread and share of ink (pixel drift means nothing), a
-photo by its size, brightness and contrast.
+photo by its size, brightness and contrast; and either by the model's embedding of it
+(IMAGE_EMBEDDING: its backbone's pooled features projected on their first principal
+components, a graph output the service logs beside the record), which moves with what the
+pictures show, not only with their light. The outputs are compared as the task's `answered`
+sees a served answer (the reference's answers made by the task's `format`, as served): the
+score, the label where one is served, and the task's further columns (a detector's box
+size).
 """
 
 import base64
@@ -16,16 +22,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from contract.catalog import ModelSpec
+from contract.catalog import EMBEDDING_DIMS, IMAGE_EMBEDDING, ModelSpec
 from contract.feeds import PHOTO_VIEW, decode_photo, photo_summary
+from contract.tasks import LABEL, SCORE, Served
 
 ARTIFACT_DIR = "reference"
 ARTIFACT = f"{ARTIFACT_DIR}/reference.parquet"
 ROWS = 5000  # enough for stable distances, small enough to log with every version
 SEED = 0
-PREDICTION = "prediction"  # P(positive), P(top class) or the predicted value
-PREDICTED_LABEL = "predicted_label"
+PREDICTION = SCORE  # P(positive), P(top class), the predicted value, the boxes answered...
+PREDICTED_LABEL = LABEL
 PREDICTIONS = (PREDICTION, PREDICTED_LABEL)
+# IMAGE_EMBEDDING: an image model's graph output [N, EMBEDDING_DIMS], and the key of the
+# logged record that holds it (contract/catalog.py reserves the name)
+PICTURES = ("image", "photo")  # the field types an embedding stands for
 
 
 @dataclass(frozen=True)
@@ -37,7 +47,20 @@ class Columns:
 
     @property
     def features(self) -> list[str]:
-        return [c for c in self.numerical + self.categorical if c not in PREDICTIONS]
+        return [c for c in self.numerical + self.categorical if not is_output(c)]
+
+    @property
+    def outputs(self) -> list[str]:
+        return [c for c in self.numerical + self.categorical if is_output(c)]
+
+
+def is_output(column: str) -> bool:
+    """The score, the label or a task's further output column ("prediction.<name>")."""
+    return column in PREDICTIONS or column.startswith(PREDICTION + ".")
+
+
+def embedding_columns(name: str) -> list[str]:
+    return [f"{name}.embedding_{i}" for i in range(EMBEDDING_DIMS)]
 
 
 def columns(spec: ModelSpec) -> Columns:
@@ -49,13 +72,15 @@ def columns(spec: ModelSpec) -> Columns:
             numerical += [f"{name}.chars", f"{name}.words"]
         elif field.type == "image":
             numerical += [f"{name}.mean", f"{name}.std", f"{name}.ink"]
+            numerical += embedding_columns(name)
         elif field.type == "photo":
             numerical += [f"{name}.{part}" for part in PHOTO_VIEW]
+            numerical += embedding_columns(name)
         elif field.type == "series":
             numerical += [f"{name}.mean", f"{name}.std", f"{name}.last"]
         else:
             categorical.append(name)
-    numerical.append(PREDICTION)
+    numerical += [PREDICTION, *spec.task_kind.OUTPUT_VIEW]
     if spec.labels_served:
         categorical.append(PREDICTED_LABEL)
     return Columns(numerical, categorical)
@@ -89,8 +114,25 @@ def _pixels(values: pd.Series) -> np.ndarray:
     return np.stack([_image(v) for v in values]).astype(np.float32) / 255
 
 
+def _embeddings(inputs: pd.DataFrame) -> np.ndarray:
+    """[N, EMBEDDING_DIMS]: each record's logged IMAGE_EMBEDDING; NaN where it has none (a
+    request that asked the graph for other outputs) or not of that length."""
+    found = np.full((len(inputs), EMBEDDING_DIMS), np.nan)
+    if IMAGE_EMBEDDING not in inputs:
+        return found
+    for i, value in enumerate(inputs[IMAGE_EMBEDDING].reset_index(drop=True)):
+        try:
+            vector = np.asarray(value, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            continue
+        if vector.size == EMBEDDING_DIMS:
+            found[i] = vector
+    return found
+
+
 def drift_view(spec: ModelSpec, inputs: pd.DataFrame) -> pd.DataFrame:
-    """The records' fields as the drift report compares them (no prediction columns)."""
+    """The records' fields as the drift report compares them (no prediction columns); an
+    image's embedding from the records' IMAGE_EMBEDDING (the graph's, as the log keeps it)."""
     view: dict[str, pd.Series | np.ndarray] = {}
     for name, field in spec.fields.items():
         values = inputs[name] if name in inputs else pd.Series([None] * len(inputs))
@@ -121,13 +163,23 @@ def drift_view(spec: ModelSpec, inputs: pd.DataFrame) -> pd.DataFrame:
             view[f"{name}.ink"] = (pixels > 0.1).mean(axis=1)
         else:
             view[name] = values.astype(object).where(values.notna(), None)
+        if field.type in PICTURES:
+            vectors = _embeddings(inputs)
+            for column, dimension in zip(embedding_columns(name), vectors.T, strict=True):
+                view[column] = dimension
     return pd.DataFrame(view, index=range(len(inputs)))
 
 
-def summarize(spec: ModelSpec, result: dict[str, np.ndarray]) -> tuple[list[float], list[str]]:
-    """(one score per record, labels where the task serves them) of a graph's outputs: the
-    task's drift view of its outputs (contract/tasks/<task>.py `summarize`)."""
-    return spec.task_kind.summarize(spec, result)
+def outputs_view(spec: ModelSpec, predictions: list[dict[str, Any]]) -> pd.DataFrame:
+    """The served answers' drift view: the task's `answered` of each (SCORE, LABEL where
+    the task serves one, its OUTPUT_VIEW columns); missing values as None."""
+    names = [PREDICTION, *spec.task_kind.OUTPUT_VIEW]
+    if spec.labels_served:
+        names.append(PREDICTED_LABEL)
+    task = spec.task_kind
+    rows = [task.answered(spec, p) if isinstance(p, dict) else {} for p in predictions]
+    frame = pd.DataFrame.from_records(rows, columns=names, index=range(len(rows)))
+    return frame.astype({n: float for n in names if n != PREDICTED_LABEL})
 
 
 def sample(train: pd.DataFrame) -> pd.DataFrame:
@@ -137,11 +189,15 @@ def sample(train: pd.DataFrame) -> pd.DataFrame:
     return train.sample(ROWS, random_state=SEED).reset_index(drop=True)
 
 
-def reference(spec: ModelSpec, rows: pd.DataFrame, result: dict[str, np.ndarray]) -> pd.DataFrame:
-    """The drift view of `rows` with the model's predictions on them (`result`)."""
-    view = drift_view(spec, rows)
-    scores, labels = summarize(spec, result)
-    view[PREDICTION] = scores
-    if spec.labels_served:
-        view[PREDICTED_LABEL] = labels
-    return view
+def reference(
+    spec: ModelSpec, rows: pd.DataFrame, result: dict[str, np.ndarray], served: Served
+) -> pd.DataFrame:
+    """The drift view of `rows` and of the model's answers on them: the graph's outputs
+    (`result`) made into answers by the task's `format` as the service does (`served`: its
+    threshold), the IMAGE_EMBEDDING beside the records as the service logs it."""
+    inputs = rows.reset_index(drop=True)
+    if IMAGE_EMBEDDING in result:
+        inputs = inputs.assign(**{IMAGE_EMBEDDING: list(np.asarray(result[IMAGE_EMBEDDING]))})
+    view = drift_view(spec, inputs)
+    answers = outputs_view(spec, spec.task_kind.format(result, served))
+    return pd.concat([view, answers], axis=1)

@@ -17,8 +17,8 @@ import onnx
 import onnxruntime as ort
 import pandas as pd
 
-from contract import paths
-from contract.catalog import ModelSpec
+from contract import paths, reference
+from contract.catalog import EMBEDDING_DIMS, IMAGE_EMBEDDING, ModelSpec
 from contract.feeds import one_at_a_time, onnx_feeds
 from pipelines import quantize
 from pipelines.cli import StageError, run_stage
@@ -78,13 +78,16 @@ def onnx_embedding(
     return np.asarray(result, dtype=np.float64)
 
 
-def check_parity(native: np.ndarray, exported: np.ndarray, spec: ModelSpec) -> float:
+def check_parity(
+    native: np.ndarray, exported: np.ndarray, spec: ModelSpec, relative: bool | None = None
+) -> float:
     """Largest disagreement; raises StageError past the tolerance. Rows of ranked outputs
     ([N, M, K]: a detector's boxes) are compared in one order, each item's sorted by its
-    values: two boxes of equal score (to float32's noise) may come in either order."""
+    values: two boxes of equal score (to float32's noise) may come in either order.
+    `relative`: the task's RELATIVE_PARITY unless given."""
     if native.ndim == 3:
         native, exported = in_order(native), in_order(exported)
-    relative = spec.task_kind.RELATIVE_PARITY
+    relative = spec.task_kind.RELATIVE_PARITY if relative is None else relative
     if relative:  # relative above 1, absolute below (a box's corner at 0.03 px, a score)
         gap = np.abs(exported - native) / np.maximum(np.abs(native), 1.0)
     else:
@@ -104,6 +107,24 @@ def in_order(rows: np.ndarray) -> np.ndarray:
     """Each item's rows [M, K] sorted by their values rounded to 1e-3, column by column."""
     keys = np.round(rows, 3)
     return np.stack([item[np.lexsort(key.T[::-1])] for item, key in zip(rows, keys, strict=True)])
+
+
+def check_embedding(
+    flavor: Any, model: Any, session: Session, frame: pd.DataFrame, spec: ModelSpec
+) -> None:
+    """An image model's graph outputs each picture's IMAGE_EMBEDDING [N, EMBEDDING_DIMS]
+    (the drift view reads it from the log), equal to the native model's (relative parity:
+    coordinates may exceed 1)."""
+    if not any(f.type in reference.PICTURES for f in spec.fields.values()):
+        return
+    names = [o.name for o in session.get_outputs()]
+    if IMAGE_EMBEDDING not in names:
+        raise StageError(f"an image model's graph must output {IMAGE_EMBEDDING}: it has {names}")
+    (exported,) = run_rows(session, [IMAGE_EMBEDDING], frame, spec).values()
+    native = flavor.outputs(model, frame, spec)[IMAGE_EMBEDDING]
+    if exported.shape != (len(frame), EMBEDDING_DIMS):
+        raise StageError(f"{IMAGE_EMBEDDING} is {list(exported.shape)}, not [N, {EMBEDDING_DIMS}]")
+    check_parity(np.asarray(native, np.float64), np.asarray(exported, np.float64), spec, True)
 
 
 def check_labels(
@@ -166,6 +187,7 @@ def main_work(spec: ModelSpec, root: Path) -> None:
     session = open_session(graph, spec, paths.model_dir(spec.key, root))
     native = flavor.predict(model, test, spec)
     worst = check_parity(native, onnx_predict(session, test, spec), spec)
+    check_embedding(flavor, model, session, test, spec)
     check_served = getattr(flavor, "check_served", None)  # a recommender's top-k lists
     if callable(check_served):
         check_served(session, test, spec, model, TOLERANCE)

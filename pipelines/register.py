@@ -27,6 +27,7 @@ from mlflow.models import infer_signature
 from contract import paths, reference, search
 from contract.catalog import ModelSpec
 from contract.feeds import onnx_feeds
+from contract.tasks.common import ServedGraph
 from pipelines import export, model_card, registry, snapshot
 from pipelines.cli import StageError, run_stage
 from pipelines.export import Session, run_rows
@@ -125,9 +126,11 @@ def log_reference(spec: ModelSpec, frames: dict[str, pd.DataFrame], session: Ses
     # what the service serves (a recommender's rating of every item is for scoring only)
     names = [o.name for o in session.get_outputs() if o.name not in spec.task_kind.PIPELINE_OUTPUTS]
     result = run_rows(session, names, rows, spec)
+    # answered as the service answers: at the threshold the graph's metadata holds
+    served = ServedGraph(spec, dict(session.get_modelmeta().custom_metadata_map))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / Path(reference.ARTIFACT).name
-        reference.reference(spec, rows, result).to_parquet(path, index=False)
+        reference.reference(spec, rows, result, served).to_parquet(path, index=False)
         mlflow.log_artifact(str(path), artifact_path=reference.ARTIFACT_DIR)
 
 

@@ -27,7 +27,7 @@ from contract.tasks import (
     retrieval,
     segmentation,
 )
-from contract.tasks.common import Plot, Served
+from contract.tasks.common import LABEL, SCORE, Plot, Served
 
 if TYPE_CHECKING:
     from contract.catalog import ModelSpec
@@ -55,6 +55,7 @@ class Task(Protocol):
     IMPORTANCE_SCORING: str  # permutation importance's scorer; "" where none applies
     JUDGED_OUTPUTS: tuple[str, ...]  # the graph outputs `native` reads
     PIPELINE_OUTPUTS: tuple[str, ...]  # graph outputs for scoring only, never served
+    OUTPUT_VIEW: tuple[str, ...]  # numerical columns of the outputs' drift view besides SCORE
 
     def validate(self, spec: "ModelSpec") -> None:
         """Raise ValueError naming what the catalog entry lacks for this task."""
@@ -91,10 +92,10 @@ class Task(Protocol):
     def format(self, result: dict[str, np.ndarray], served: Served) -> list[dict[str, Any]]:
         """The response of each record from the graph's outputs."""
 
-    def summarize(
-        self, spec: "ModelSpec", result: dict[str, np.ndarray]
-    ) -> tuple[list[float], list[str]]:
-        """The drift view of the outputs: one score per record, and labels where served."""
+    def answered(self, spec: "ModelSpec", prediction: dict[str, Any]) -> dict[str, Any]:
+        """The drift view of one served answer (as `format` made it and the prediction log
+        keeps it): SCORE, LABEL where the task serves one, and the OUTPUT_VIEW columns; None
+        for what the answer lacks. The reference and the traffic both go through it."""
 
     def card(self, spec: "ModelSpec") -> dict[str, str]:
         """The model card's notes: `target` (how the target is used), `artifact`."""
@@ -159,4 +160,4 @@ def get_task(name: str) -> Task:
     return cast(Task, TASKS[name])
 
 
-__all__ = ["TASKS", "Native", "Plot", "Served", "Task", "get_task"]
+__all__ = ["LABEL", "SCORE", "TASKS", "Native", "Plot", "Served", "Task", "get_task"]

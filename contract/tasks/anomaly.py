@@ -7,12 +7,13 @@ import numpy as np
 import pandas as pd
 
 from contract.tasks.common import (
+    LABEL,
+    SCORE,
     WHOLE_GRAPH,
     Plot,
     Served,
     decided,
     decisive_probabilities,
-    labels_from,
     output_as_native,
     positive_flags,
     require_positive,
@@ -111,11 +112,9 @@ def format(result: dict[str, np.ndarray], served: Served) -> list[dict[str, Any]
     ]
 
 
-def summarize(spec: "ModelSpec", result: dict[str, np.ndarray]) -> tuple[list[float], list[str]]:
+def answered(spec: "ModelSpec", prediction: dict[str, Any]) -> dict[str, Any]:
     """The anomaly score and its decision."""
-    if "score" not in result or "label" not in result:
-        return [], []
-    return result["score"].reshape(-1).tolist(), labels_from(result, class_names(spec))
+    return {SCORE: prediction.get("score"), LABEL: prediction.get("label")}
 
 
 def card(spec: "ModelSpec") -> dict[str, str]:
@@ -127,6 +126,8 @@ def card(spec: "ModelSpec") -> dict[str, str]:
 
 # graph outputs only the pipeline reads (the service never returns them)
 PIPELINE_OUTPUTS: tuple[str, ...] = ()
+# numerical columns of the outputs' drift view besides the score (`answered`)
+OUTPUT_VIEW: tuple[str, ...] = ()
 # the graph outputs the native prediction is read from (export's parity, the gate)
 JUDGED_OUTPUTS = ("score",)
 serve = served_as_is

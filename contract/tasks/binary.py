@@ -7,11 +7,12 @@ import numpy as np
 import pandas as pd
 
 from contract.tasks.common import (
+    LABEL,
+    SCORE,
     Plot,
     Served,
     decided,
     decisive_probabilities,
-    labels_from,
     output_as_native,
     positive_flags,
     probabilities_score,
@@ -113,15 +114,15 @@ def format(result: dict[str, np.ndarray], served: Served) -> list[dict[str, Any]
     ]
 
 
-def summarize(spec: "ModelSpec", result: dict[str, np.ndarray]) -> tuple[list[float], list[str]]:
+def answered(spec: "ModelSpec", prediction: dict[str, Any]) -> dict[str, Any]:
     """P(positive) and the decision."""
-    if "probabilities" not in result or "label" not in result:
-        return [], []
-    return result["probabilities"][:, 1].tolist(), labels_from(result, class_names(spec))
+    return {SCORE: prediction.get("probability"), LABEL: prediction.get("label")}
 
 
 # graph outputs only the pipeline reads (the service never returns them)
 PIPELINE_OUTPUTS: tuple[str, ...] = ()
+# numerical columns of the outputs' drift view besides the score (`answered`)
+OUTPUT_VIEW: tuple[str, ...] = ()
 # the graph outputs the native prediction is read from (export's parity, the gate)
 JUDGED_OUTPUTS = ("probabilities",)
 serve = served_as_is

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 
 from contract.tasks.common import (
+    LABEL,
+    SCORE,
     WHOLE_GRAPH,
     Plot,
     Served,
@@ -109,13 +111,9 @@ def format(result: dict[str, np.ndarray], served: Served) -> list[dict[str, Any]
     ]  # fmt: skip
 
 
-def summarize(spec: "ModelSpec", result: dict[str, np.ndarray]) -> tuple[list[float], list[str]]:
+def answered(spec: "ModelSpec", prediction: dict[str, Any]) -> dict[str, Any]:
     """The distance to its segment's centre, and the segment."""
-    if "distances" not in result or "label" not in result:
-        return [], []
-    names = segment_names(result["distances"].shape[1])
-    found = [names[int(i)] for i in result["label"].reshape(-1)]
-    return result["distances"].min(axis=1).tolist(), found
+    return {SCORE: prediction.get("distance"), LABEL: prediction.get("label")}
 
 
 def card(spec: "ModelSpec") -> dict[str, str]:
@@ -127,6 +125,8 @@ def card(spec: "ModelSpec") -> dict[str, str]:
 
 # graph outputs only the pipeline reads (the service never returns them)
 PIPELINE_OUTPUTS: tuple[str, ...] = ()
+# numerical columns of the outputs' drift view besides the score (`answered`)
+OUTPUT_VIEW: tuple[str, ...] = ()
 # the graph outputs the native prediction is read from (export's parity, the gate)
 JUDGED_OUTPUTS = ("distances",)
 

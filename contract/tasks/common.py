@@ -1,5 +1,7 @@
 """What several task kinds share: rounding, decisions, class probabilities' metrics."""
 
+import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
@@ -10,6 +12,12 @@ if TYPE_CHECKING:
 # A plot a task asks for: a drawing function of pipelines/plots.py and its data arguments
 # (the model's key and the file's path follow); the task layer never imports matplotlib
 Plot = tuple[str, tuple[Any, ...]]
+
+# The drift view of a served answer (each task's `answered`; contract/reference.py): its
+# score (P(positive), P(top class), the value, the anomaly score, ...), its label where the
+# task serves one, and the task's further numerical columns (OUTPUT_VIEW)
+SCORE = "prediction"
+LABEL = "predicted_label"
 
 
 class Served(Protocol):
@@ -23,6 +31,27 @@ class Served(Protocol):
 
     @property
     def segments(self) -> list[dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class ServedGraph:
+    """A `Served` read off an exported graph: what export wrote into its metadata
+    (pipelines/export.py `describe`). The service's loaded model and the registered drift
+    reference both format answers with it."""
+
+    spec: "ModelSpec"
+    metadata: dict[str, str]
+
+    @property
+    def threshold(self) -> float | None:
+        """The decision threshold the graph's label applies (tuned classifiers, detectors)."""
+        value = self.metadata.get("threshold")
+        return None if value is None else float(value)
+
+    @property
+    def segments(self) -> list[dict[str, Any]]:
+        """A segmentation's profile of each segment, in label order."""
+        return list(json.loads(self.metadata["segments"]))
 
 
 def rounded(result: dict[str, Any]) -> dict[str, float]:

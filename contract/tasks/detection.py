@@ -9,12 +9,15 @@ floor), at 0.75 and over 0.5:0.95, and recall at IoU 0.5, by pycocotools' COCOev
 
 import contextlib
 import io
+import math
+import statistics
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from contract.tasks.common import (
+    SCORE,
     Plot,
     Served,
     no_labels,
@@ -45,6 +48,9 @@ DISCRETE_TARGET = False
 IMPORTANCE_SCORING = ""
 JUDGED_OUTPUTS = ("count", "boxes", "scores", "labels")
 PIPELINE_OUTPUTS: tuple[str, ...] = ()
+BOX_SIZE = "prediction.box_size"  # the drift view's median box side, in pixels
+# the outputs' drift view besides the count of boxes: their size (`answered`)
+OUTPUT_VIEW = (BOX_SIZE,)
 MAX_DETECTIONS = 300  # COCOeval's largest maxDets: every row a picture may return
 COLUMNS = 6  # a native detection: xmin, ymin, xmax, ymax, score, class
 
@@ -282,11 +288,17 @@ def format(result: dict[str, np.ndarray], served: Served) -> list[dict[str, Any]
     return answers
 
 
-def summarize(spec: "ModelSpec", result: dict[str, np.ndarray]) -> tuple[list[float], list[str]]:
-    """The number of boxes each picture got (the drift view of the outputs)."""
-    if "count" not in result:
-        return [], []
-    return [float(c) for c in np.asarray(result["count"]).reshape(-1)], []
+def answered(spec: "ModelSpec", prediction: dict[str, Any]) -> dict[str, Any]:
+    """The boxes answered (at the served threshold) and their median size: the square root
+    of a box's area in pixels (none where no box was answered)."""
+    boxes = [b["box"] for b in prediction.get("boxes") or []]
+    if "count" not in prediction:
+        return {SCORE: None, BOX_SIZE: None}
+    sides = [math.sqrt(max(x1 - x0, 0.0) * max(y1 - y0, 0.0)) for x0, y0, x1, y1 in boxes]
+    return {
+        SCORE: float(prediction["count"]),
+        BOX_SIZE: statistics.median(sides) if sides else None,
+    }
 
 
 def card(spec: "ModelSpec") -> dict[str, str]:

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from contract.tasks.common import (
+    SCORE,
     Plot,
     Served,
     no_class_names,
@@ -109,15 +110,16 @@ def format(result: dict[str, np.ndarray], served: Served) -> list[dict[str, Any]
     return [{"forecast": row} for row in result["forecast"].tolist()]
 
 
-def summarize(spec: "ModelSpec", result: dict[str, np.ndarray]) -> tuple[list[float], list[str]]:
+def answered(spec: "ModelSpec", prediction: dict[str, Any]) -> dict[str, Any]:
     """The mean over the horizon."""
-    if "forecast" not in result:
-        return [], []
-    return result["forecast"].mean(axis=1).tolist(), []
+    steps = prediction.get("forecast") or []
+    return {SCORE: sum(steps) / len(steps) if steps else None}
 
 
 # graph outputs only the pipeline reads (the service never returns them)
 PIPELINE_OUTPUTS: tuple[str, ...] = ()
+# numerical columns of the outputs' drift view besides the score (`answered`)
+OUTPUT_VIEW: tuple[str, ...] = ()
 # the graph outputs the native prediction is read from (export's parity, the gate)
 JUDGED_OUTPUTS = ("forecast",)
 serve = served_as_is

@@ -7,12 +7,13 @@ import numpy as np
 import pandas as pd
 
 from contract.tasks.common import (
+    LABEL,
+    SCORE,
     Plot,
     Served,
     class_index,
     decided,
     decisive_probabilities,
-    labels_from,
     output_as_native,
     probabilities_score,
     rounded,
@@ -115,15 +116,17 @@ def format(result: dict[str, np.ndarray], served: Served) -> list[dict[str, Any]
     ]
 
 
-def summarize(spec: "ModelSpec", result: dict[str, np.ndarray]) -> tuple[list[float], list[str]]:
+def answered(spec: "ModelSpec", prediction: dict[str, Any]) -> dict[str, Any]:
     """P(top class) and the class."""
-    if "probabilities" not in result or "label" not in result:
-        return [], []
-    return result["probabilities"].max(axis=1).tolist(), labels_from(result, class_names(spec))
+    probabilities = prediction.get("probabilities") or {}
+    top = max(probabilities.values()) if probabilities else None
+    return {SCORE: top, LABEL: prediction.get("label")}
 
 
 # graph outputs only the pipeline reads (the service never returns them)
 PIPELINE_OUTPUTS: tuple[str, ...] = ()
+# numerical columns of the outputs' drift view besides the score (`answered`)
+OUTPUT_VIEW: tuple[str, ...] = ()
 # the graph outputs the native prediction is read from (export's parity, the gate)
 JUDGED_OUTPUTS = ("probabilities",)
 serve = served_as_is

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 
 from contract.tasks.common import (
+    LABEL,
+    SCORE,
     Plot,
     Served,
     decided,
@@ -45,6 +47,8 @@ card = whole_graph_card
 
 # graph outputs the pipeline scores held-out ratings with; the service never returns them
 PIPELINE_OUTPUTS = ("ratings", "baseline", "catalog")
+# numerical columns of the outputs' drift view besides the score (`answered`)
+OUTPUT_VIEW: tuple[str, ...] = ()
 
 
 def validate(spec: "ModelSpec") -> None:
@@ -117,13 +121,13 @@ def format(result: dict[str, np.ndarray], served: Served) -> list[dict[str, Any]
     ]
 
 
-def summarize(spec: "ModelSpec", result: dict[str, np.ndarray]) -> tuple[list[float], list[str]]:
+def answered(spec: "ModelSpec", prediction: dict[str, Any]) -> dict[str, Any]:
     """The top recommendation's predicted rating, labelled by how the list was made."""
-    if "scores" not in result or "fallback" not in result:
-        return [], []
-    names = class_names(spec)
-    found = [names[int(cold)] for cold in result["fallback"].reshape(-1)]
-    return result["scores"][:, 0].tolist(), found
+    listed = prediction.get("recommendations") or []
+    made = (
+        class_names(spec)[int(bool(prediction["fallback"]))] if "fallback" in prediction else None
+    )
+    return {SCORE: listed[0]["score"] if listed else None, LABEL: made}
 
 
 # the graph outputs the native prediction is read from (export's parity, the gate)

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from contract.tasks.common import (
+    SCORE,
     Plot,
     Served,
     no_class_names,
@@ -81,15 +82,15 @@ def format(result: dict[str, np.ndarray], served: Served) -> list[dict[str, Any]
     return [{"value": v} for v in result["prediction"].reshape(-1).tolist()]
 
 
-def summarize(spec: "ModelSpec", result: dict[str, np.ndarray]) -> tuple[list[float], list[str]]:
+def answered(spec: "ModelSpec", prediction: dict[str, Any]) -> dict[str, Any]:
     """The predicted value."""
-    if "prediction" not in result:
-        return [], []
-    return result["prediction"].reshape(-1).tolist(), []
+    return {SCORE: prediction.get("value")}
 
 
 # graph outputs only the pipeline reads (the service never returns them)
 PIPELINE_OUTPUTS: tuple[str, ...] = ()
+# numerical columns of the outputs' drift view besides the score (`answered`)
+OUTPUT_VIEW: tuple[str, ...] = ()
 # the graph outputs the native prediction is read from (export's parity, the gate)
 JUDGED_OUTPUTS = ("prediction",)
 serve = served_as_is

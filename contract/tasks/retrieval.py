@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from contract.tasks.common import (
+    SCORE,
     Plot,
     Served,
     no_class_names,
@@ -101,9 +102,11 @@ def format(result: dict[str, np.ndarray], served: Served) -> list[dict[str, Any]
     ]
 
 
-def summarize(spec: "ModelSpec", result: dict[str, np.ndarray]) -> tuple[list[float], list[str]]:
-    """The best match's similarity: low when queries drift away from the corpus."""
-    return (result["scores"][:, 0].tolist(), []) if "scores" in result else ([], [])
+def answered(spec: "ModelSpec", prediction: dict[str, Any]) -> dict[str, Any]:
+    """The best match's similarity: low when queries drift away from the corpus (none
+    where the index found nothing)."""
+    results = prediction.get("results") or []
+    return {SCORE: results[0]["score"] if results else None}
 
 
 def card(spec: "ModelSpec") -> dict[str, str]:
@@ -131,6 +134,8 @@ def payload(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # graph outputs only the pipeline reads (the service never returns them)
 PIPELINE_OUTPUTS: tuple[str, ...] = ()
+# numerical columns of the outputs' drift view besides the score (`answered`)
+OUTPUT_VIEW: tuple[str, ...] = ()
 # the graph outputs the native prediction is read from (export's parity, the gate)
 JUDGED_OUTPUTS = ("embedding",)
 decisive = no_margin

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 
 from contract.tasks.common import (
+    LABEL,
+    SCORE,
     Plot,
     Served,
     decided,
@@ -45,6 +47,8 @@ DISCRETE_TARGET = False
 IMPORTANCE_SCORING = ""
 JUDGED_OUTPUTS = ("probabilities",)
 PIPELINE_OUTPUTS = ("probabilities",)  # [N, C + 1, H, W]: scoring only, never served
+# numerical columns of the outputs' drift view besides the score (`answered`)
+OUTPUT_VIEW: tuple[str, ...] = ()
 BACKGROUND = "background"
 
 labels = decided  # argmax over the classes: [N, H, W]
@@ -190,18 +194,16 @@ def format(result: dict[str, np.ndarray], served: Served) -> list[dict[str, Any]
     return answers
 
 
-def summarize(spec: "ModelSpec", result: dict[str, np.ndarray]) -> tuple[list[float], list[str]]:
-    """The share of each image its classes cover, and the largest class."""
-    if "areas" not in result:
-        return [], []
-    names = class_names(spec)
-    areas = np.asarray(result["areas"], np.float64)
-    covered = areas[:, 1:].sum(axis=1) / np.maximum(areas.sum(axis=1), 1)
-    largest = [
-        names[1 + int(i)] if row[1:].any() else BACKGROUND
-        for i, row in zip(areas[:, 1:].argmax(axis=1), areas, strict=True)
-    ]
-    return covered.tolist(), largest
+def answered(spec: "ModelSpec", prediction: dict[str, Any]) -> dict[str, Any]:
+    """The share of the picture its classes cover (their areas over the mask's pixels: the
+    PNG's header, IHDR's width and height), and the largest class."""
+    try:
+        header = base64.b64decode(prediction["mask"][:44])
+        width, height = int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
+        covered = float(sum(prediction["areas"].values())) / max(width * height, 1)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        covered = None
+    return {SCORE: covered, LABEL: prediction.get("label")}
 
 
 def card(spec: "ModelSpec") -> dict[str, str]:

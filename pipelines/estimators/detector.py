@@ -29,7 +29,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from contract.catalog import IMAGE_EMBEDDING
 from contract.tasks import detection
+from pipelines.flavors.embedding import Projection
 from pipelines.log import get_logger
 
 log = get_logger(__name__)
@@ -252,7 +254,10 @@ class FCOS(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x normalised [N, 3, H, W], H and W multiples of 32 -> (cls logits [N, L],
         distances l, t, r, b in pixels [N, L, 4], centerness logits [N, L]), L = H/8 * W/8."""
-        feats = self.backbone(x)
+        return self.heads(self.backbone(x))
+
+    def heads(self, feats: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The pyramid and the heads on the backbone's maps (`forward`)."""
         y = self.lateral[-1](feats[-1])
         for i in range(len(feats) - 2, -1, -1):
             y = self.lateral[i](feats[i]) + F.interpolate(y, scale_factor=2.0, mode="nearest")
@@ -273,16 +278,20 @@ def _centers(height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 class BoxesOut(nn.Module):
     """The whole inference pipeline: uint8 images [N, H, W, 3] and their sizes before padding
-    [N, 2] (height, width) -> (count [N], boxes [N, M, 4], scores [N, M], labels [N, M]).
-    `threshold` (a buffer, saved with the weights) is the score the service answers from."""
+    [N, 2] (height, width) -> (count [N], boxes [N, M, 4], scores [N, M], labels [N, M],
+    and the picture's embedding for the drift view: the backbone's deepest map averaged, on
+    the training pictures' principal axes). `threshold` (a buffer, saved with the weights)
+    is the score the service answers from."""
 
-    OUTPUTS = ("count", "boxes", "scores", "labels")  # the graph's outputs, in forward's order
+    # the graph's outputs, in forward's order
+    OUTPUTS = ("count", "boxes", "scores", "labels", IMAGE_EMBEDDING)
     threshold: torch.Tensor
 
     def __init__(self, net: FCOS, p: dict[str, Any]) -> None:
         super().__init__()
         self.net = net
         self.register_buffer("threshold", torch.tensor(0.0))
+        self.projection = Projection(TAPS[max(p["pyramid"])][1])
         self.score_threshold = float(p["score_threshold"])
         self.pre_nms_topk = int(p["pre_nms_topk"])
         self.nms_iou = float(p["nms_iou"])
@@ -299,13 +308,24 @@ class BoxesOut(nn.Module):
         """The NMS op's ONNX symbolic, for the flavor's export."""
         register_onnx_ops()
 
-    def forward(
-        self, image: torch.Tensor, size: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def prepare(image: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, H, W, 3] -> normalised [N, 3, H', W'], padded to multiples of PAD."""
         x = (image.permute(0, 3, 1, 2).float() - 127.0) / 128.0
         height, width = x.shape[2], x.shape[3]
-        x = F.pad(x, (0, (PAD - width % PAD) % PAD, 0, (PAD - height % PAD) % PAD))
-        cls, dist, ctr = self.net(x)
+        return F.pad(x, (0, (PAD - width % PAD) % PAD, 0, (PAD - height % PAD) % PAD))
+
+    def pooled(self, image: torch.Tensor) -> torch.Tensor:
+        """The backbone's deepest map averaged over the (padded) picture [N, channels]."""
+        deepest: torch.Tensor = self.net.backbone(self.prepare(image))[-1]
+        return deepest.mean(dim=(2, 3))
+
+    def forward(
+        self, image: torch.Tensor, size: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self.prepare(image)
+        feats = self.net.backbone(x)
+        cls, dist, ctr = self.net.heads(feats)
         cx, cy = _centers(x.shape[2] // STRIDE, x.shape[3] // STRIDE)
         h = size[:, 0:1].float()
         w = size[:, 1:2].float()
@@ -331,7 +351,8 @@ class BoxesOut(nn.Module):
         out_scores = best * valid.float()
         count = valid.sum(dim=1)
         labels = torch.zeros_like(order)
-        return count, out_boxes, out_scores, labels
+        embedding = self.projection(feats[-1].mean(dim=(2, 3)))
+        return count, out_boxes, out_scores, labels, embedding
 
 
 # ---------------------------------------------------------------- training
@@ -365,6 +386,7 @@ class Detector:
         history = _train_loop(model, fit_images, fit_boxes, val, p, key)
         model.eval()
         model.threshold.fill_(served_threshold(model, fit_images, fit_boxes))
+        model.projection.fit(pooled_pictures(model, fit_images))
         log.info("%s: served threshold %.2f (best F1 on the training pictures)", key,
                  float(model.threshold))  # fmt: skip
         return model, history
@@ -650,7 +672,7 @@ def _rows(model: BoxesOut, image: torch.Tensor) -> np.ndarray:
     """The detections [M, 6] (box, score, class) of one picture [3, H, W], as `native` has
     them (contract/tasks/detection.py)."""
     with torch.no_grad():
-        count, boxes, scores, labels = model(
+        count, boxes, scores, labels, _ = model(
             image.permute(1, 2, 0)[None], torch.tensor([[image.shape[1], image.shape[2]]])
         )
     outputs = {"count": count, "boxes": boxes, "scores": scores, "labels": labels}
@@ -663,6 +685,19 @@ def _truth(boxes: list[torch.Tensor]) -> np.ndarray:
     for i, b in enumerate(boxes):
         out[i] = b.numpy().reshape(-1, 4)
     return out
+
+
+def pooled_pictures(model: BoxesOut, images: list[torch.Tensor]) -> torch.Tensor:
+    """The pooled features of each training picture [3, H, W] and of its four quarters (a
+    few pictures give the embedding's axes too few samples), no gradient."""
+    parts = []
+    for image in images:
+        height, width = image.shape[1] // 2, image.shape[2] // 2
+        parts += [image] + [
+            image[:, y : y + height, x : x + width] for y in (0, height) for x in (0, width)
+        ]
+    with torch.no_grad():
+        return torch.cat([model.pooled(part.permute(1, 2, 0)[None]) for part in parts])
 
 
 def served_threshold(

@@ -2,8 +2,9 @@
 
 `ImageClassifier` is the unfitted estimator a catalog module builds (its network and the
 entry's params); `fit` trains it on uint8 pixels [N, H, W] and returns `PixelsIn`, the
-whole inference pipeline (normalisation, the network, softmax) that the torch flavor
-exports to ONNX. Training is AdamW with a one-cycle schedule, label smoothing, horizontal
+whole inference pipeline (normalisation, the network, softmax, and the picture's embedding
+for the drift view: pipelines/estimators/embedding.py) that the torch flavor exports to
+ONNX. Training is AdamW with a one-cycle schedule, label smoothing, horizontal
 flips and small shifts; every draw comes from a seeded generator, so the same data, params
 and thread count give the same weights (the torch flavor fixes the threads).
 """
@@ -16,30 +17,43 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from contract.catalog import IMAGE_EMBEDDING
+from pipelines.flavors.embedding import Projection, fitted
 from pipelines.log import get_logger
 
 log = get_logger(__name__)
 
 
 class PixelsIn(nn.Module):
-    """The whole inference pipeline: raw uint8 [N, H, W] -> (label, probabilities)."""
+    """The whole inference pipeline: raw uint8 [N, H, W] -> (label, probabilities, the
+    picture's embedding: its last hidden layer on the principal axes of the training
+    pictures'). `net` is a Sequential whose last layer gives the class logits."""
 
-    OUTPUTS = ("label", "probabilities")  # the graph's outputs, in forward's order
+    OUTPUTS = ("label", "probabilities", IMAGE_EMBEDDING)  # the graph's, in forward's order
     mean: torch.Tensor
     std: torch.Tensor
 
-    def __init__(self, net: nn.Module, mean: float, std: float) -> None:
+    def __init__(self, net: nn.Sequential, mean: float, std: float) -> None:
         super().__init__()
         self.net = net
         self.register_buffer("mean", torch.tensor(mean))
         self.register_buffer("std", torch.tensor(std))
+        classifier = net[-1]
+        assert isinstance(classifier, nn.Linear), "the network ends in its class logits"
+        self.projection = Projection(classifier.in_features)
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         return ((pixels.float() / 255.0 - self.mean) / self.std).unsqueeze(1)
 
-    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        probabilities = F.softmax(self.net(self.normalise(pixels)), dim=1)
-        return probabilities.argmax(dim=1), probabilities
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer of normalised images [N, 1, H, W]."""
+        out: torch.Tensor = self.net[:-1](x)
+        return out
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        hidden = self.hidden(self.normalise(pixels))
+        probabilities = F.softmax(self.net[-1](hidden), dim=1)
+        return probabilities.argmax(dim=1), probabilities, self.projection(hidden)
 
 
 @dataclass
@@ -48,7 +62,7 @@ class ImageClassifier:
     out) and its training params (`seed`, `validation_size`, `epochs`, `batch_size`, `lr`,
     `weight_decay`, `label_smoothing`, `flip_prob`, `max_shift`)."""
 
-    net: nn.Module
+    net: nn.Sequential
     params: dict[str, Any]
 
     def fit(
@@ -68,7 +82,9 @@ class ImageClassifier:
         model = PixelsIn(self.net, mean, std)
         x_fit, y_fit = model.normalise(pixels[fit_idx]), labels[fit_idx]
         x_val, y_val = model.normalise(pixels[val_idx]), labels[val_idx]
-        return model, _train_loop(model, x_fit, y_fit, x_val, y_val, p, key)
+        history = _train_loop(model, x_fit, y_fit, x_val, y_val, p, key)
+        fitted(model.projection, model.eval().hidden, x_fit)
+        return model, history
 
     def restore(self, state: dict[str, torch.Tensor]) -> PixelsIn:
         """The fitted pipeline from its saved weights (normalisation included)."""

@@ -21,7 +21,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from contract.catalog import IMAGE_EMBEDDING
 from contract.tasks.segmentation import intersection_over_union
+from pipelines.flavors.embedding import Projection, fitted
 from pipelines.log import get_logger
 
 log = get_logger(__name__)
@@ -79,50 +81,73 @@ class UNet(nn.Module):
             self.merge.append(nn.Sequential(*convs))
         self.head = nn.Conv2d(stem, classes, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def bottleneck_channels(self) -> int:
+        last = self.up[0]
+        assert isinstance(last, nn.ConvTranspose2d)
+        return last.in_channels
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(the bottleneck's map, the encoder's skips)."""
         skips = []
         for level in self.down:
             x = level(x)
             skips.append(x)
-        x = self.bottleneck(skips.pop())
+        return self.bottleneck(skips.pop()), skips
+
+    def decode(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
         for up, merge in zip(self.up, self.merge, strict=True):
             x = merge(torch.cat([up(x), skips.pop()], dim=1))
         out: torch.Tensor = self.head(x)
         return out
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(*self.encode(x))
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """The bottleneck's map averaged over the picture [N, bottleneck_channels]."""
+        return self.encode(x)[0].mean(dim=(2, 3))
+
 
 class MaskOut(nn.Module):
     """The whole inference pipeline: raw uint8 [N, H, W] -> (mask uint8 [N, H, W] with 0 for
     background and c + 1 for class c, areas int64 [N, C + 1] pixels per class with the
-    background first, probabilities float32 [N, C + 1, H, W]). With `flip`, the
+    background first, probabilities float32 [N, C + 1, H, W], and the picture's embedding:
+    its bottleneck averaged, on the training canvases' principal axes). With `flip`, the
     probabilities are the mean of the image's and its mirror image's (mirrored back)."""
 
-    OUTPUTS = ("label", "areas", "probabilities")  # the graph's outputs, in forward's order
+    # the graph's outputs, in forward's order
+    OUTPUTS = ("label", "areas", "probabilities", IMAGE_EMBEDDING)
     mean: torch.Tensor
     std: torch.Tensor
     labels: torch.Tensor
 
     def __init__(
-        self, net: nn.Module, mean: float, std: float, classes: int, flip: bool = False
+        self, net: UNet, mean: float, std: float, classes: int, flip: bool = False
     ) -> None:
         super().__init__()
         self.net, self.flip = net, flip
         self.register_buffer("mean", torch.tensor(mean))
         self.register_buffer("std", torch.tensor(std))
         self.register_buffer("labels", torch.arange(classes + 1).view(1, -1, 1, 1))
+        self.projection = Projection(net.bottleneck_channels)
 
     def normalise(self, pixels: torch.Tensor) -> torch.Tensor:
         return ((pixels.float() / 255.0 - self.mean) / self.std).unsqueeze(1)
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, image: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.normalise(image)
-        probabilities = F.softmax(self.net(x), dim=1)
+        bottleneck, skips = self.net.encode(x)
+        probabilities = F.softmax(self.net.decode(bottleneck, skips), dim=1)
         if self.flip:
             mirrored = F.softmax(self.net(x.flip(3)), dim=1).flip(3)
             probabilities = (probabilities + mirrored) / 2
         label = probabilities.argmax(dim=1, keepdim=True)
         areas = (label == self.labels).to(torch.int64).sum(dim=(2, 3))
-        return label.squeeze(1).to(torch.uint8), areas, probabilities
+        embedding = self.projection(bottleneck.mean(dim=(2, 3)))
+        return label.squeeze(1).to(torch.uint8), areas, probabilities, embedding
 
 
 def mean_iou(truth: np.ndarray, predicted: np.ndarray, classes: int) -> dict[str, Any]:
@@ -178,7 +203,8 @@ class Segmenter:
         x_fit, y_fit = model.normalise(pixels[fit_idx]), masks[fit_idx].long()
         x_val, y_val = model.normalise(pixels[val_idx]), masks[val_idx].long()
         history = _train_loop(model, x_fit, y_fit, x_val, y_val, p, self.classes, key)
-        return model.eval(), history
+        fitted(model.projection, model.eval().net.pooled, x_fit)
+        return model, history
 
     def restore(self, state: dict[str, torch.Tensor]) -> MaskOut:
         """The fitted pipeline from its saved weights (normalisation included)."""

@@ -137,9 +137,10 @@ async def infer(service: ModelService, model: LoadedModel, request: Request) -> 
     wanted, binary = requested_outputs(model, header)
     chunk = service.settings.inference_chunk
     result = await service.infer(model.run_chunked, size, feeds, chunk, wanted)
-    service.observe(model, result, size, "/v2/infer")
+    predictions = service.answers(model, result)
+    service.observe(model, predictions, size, "/v2/infer")
     request.state.served = (model.version, model.alias)
-    await service.log_tensors(model, feeds, result, request.state.request_id)
+    await service.log_tensors(model, feeds, result, predictions, request.state.request_id)
     outputs, blobs = encode_outputs(result, binary)
     answer = {
         "model_name": service.spec.key,

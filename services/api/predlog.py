@@ -377,46 +377,6 @@ def loads(text: str) -> Any:
         return json.loads(text)
 
 
-def score_label(prediction: dict[str, Any]) -> tuple[float | None, str | None]:
-    """What the distribution metrics keep: P(positive), P(top class), the value or the
-    anomaly score, the top recommendation's predicted rating, a forecast's mean or the best
-    search result's similarity; the label."""
-    if "results" in prediction:  # search results, best first
-        return (prediction["results"][0]["score"] if prediction["results"] else None), None
-    if "recommendations" in prediction:  # labelled by how the list was made
-        top = prediction["recommendations"][0]["score"] if prediction["recommendations"] else None
-        return top, "popular" if prediction["fallback"] else "personalised"
-    if "value" in prediction:
-        return prediction["value"], None
-    if "forecast" in prediction:  # the mean over the horizon
-        steps = prediction["forecast"]
-        return (sum(steps) / len(steps) if steps else None), None
-    if "probability" in prediction:
-        return prediction["probability"], prediction["label"]
-    if "distance" in prediction:  # segment
-        return prediction["distance"], prediction["label"]
-    if "score" in prediction:  # anomaly
-        return prediction["score"], prediction["label"]
-    if "probabilities" in prediction:
-        return max(prediction["probabilities"].values()), prediction["label"]
-    if "boxes" in prediction:  # detections: the boxes answered (at the served threshold)
-        return float(prediction["count"]), None
-    if "mask" in prediction:  # segmentation: the share its classes cover, the largest class
-        return _covered(prediction), prediction.get("label")
-    return None, prediction.get("label")
-
-
-def _covered(prediction: dict[str, Any]) -> float | None:
-    """The share of a segmented picture its classes cover: their areas over the mask's
-    pixels (the PNG's header: IHDR's width and height)."""
-    try:
-        header = base64.b64decode(prediction["mask"][:44])
-        width, height = int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")
-        return float(sum(prediction["areas"].values())) / max(width * height, 1)
-    except (ValueError, TypeError, KeyError, AttributeError):
-        return None
-
-
 def logged(prediction: dict[str, Any]) -> dict[str, Any]:
     """A prediction as stored, without what the version that answered holds anyway: search
     results by document id and score, without the document's text (a copy of the corpus,
@@ -438,13 +398,17 @@ def record_row(
     route: str,
     now: float,
     max_bytes: int = 0,
+    drift: list[dict[str, Any]] | None = None,
 ) -> Row:
     """The row of a /predict answer: the valid records (as a `table`) and their predictions
     (errors have none), with their positions in the request; records past `max_bytes` (0: no
     cap) as markers, sized here from the records (`capped` would parse the JSON back: 17 ms
-    of a 1000-record energy_forecast batch's 5 MB)."""
+    of a 1000-record energy_forecast batch's 5 MB). `drift`: what each record's drift view
+    reads of the outputs, kept beside its fields (LoadedModel.drift_inputs)."""
     served = [(i, logged(p)) for i, p in enumerate(answer["predictions"]) if "error" not in p]
     inputs = [record.__dict__ for record in records]
+    if drift and any(drift):
+        inputs = [fields | extra for fields, extra in zip(inputs, drift, strict=True)]
     outputs_json = dumps([p for _, p in served])
     inputs_json = _inputs_json(inputs, outputs_json, max_bytes, answer["request_id"])
     return (
@@ -483,14 +447,21 @@ def tensor_row(
     head: tuple[float, str, str, str, str, str],
     feeds: dict[str, np.ndarray],
     predictions: list[dict[str, Any]],
+    drift: list[dict[str, Any]] | None = None,
 ) -> Row:
-    """The row of an OIP v2 request: the input tensors as a table of records."""
+    """The row of an OIP v2 request: the input tensors as a table of records, with what
+    each record's drift view reads of the outputs (`drift`, as record_row)."""
+    names = list(feeds)
     columns = [
         [row.tobytes() for row in array] if array.dtype == np.uint8 else array[:, 0].tolist()
         for array in feeds.values()
     ]
     size = len(predictions)
-    inputs = table(list(feeds), list(zip(*columns, strict=True)))
+    extra = sorted({name for found in drift or [] for name in found})
+    for name in extra:
+        names.append(name)
+        columns.append([found.get(name) for found in drift or []])
+    inputs = table(names, list(zip(*columns, strict=True)))
     stored = [logged(p) for p in predictions]
     return (*head, size, dumps(list(range(size))), dumps(inputs), dumps(stored))
 

@@ -10,10 +10,10 @@ import numpy as np
 import onnxruntime as ort
 from pydantic import BaseModel
 
-from contract.catalog import ModelSpec
+from contract.catalog import IMAGE_EMBEDDING, ModelSpec
 from contract.feeds import each_record, input_names, one_at_a_time, record_feeds
-from contract.reference import summarize
 from contract.search import RetrievalSession
+from contract.tasks.common import ServedGraph
 from services.api.store import Artifact, ArtifactRefused
 
 # Characters of padding a text graph's batch must be spared before it runs in chunks
@@ -53,15 +53,19 @@ class LoadedModel:
         return self.artifact.alias
 
     @cached_property
+    def graph(self) -> ServedGraph:
+        """What export wrote into the graph's metadata, read once."""
+        return ServedGraph(self.spec, dict(self.session.get_modelmeta().custom_metadata_map))
+
+    @property
     def segments(self) -> list[dict[str, Any]]:
         """A segmentation's profile of each segment, in label order (from the artifact)."""
-        return list(json.loads(self.session.get_modelmeta().custom_metadata_map["segments"]))
+        return self.graph.segments
 
-    @cached_property
+    @property
     def threshold(self) -> float | None:
         """The decision threshold the graph's label applies (tuned classifiers, detectors)."""
-        value = self.session.get_modelmeta().custom_metadata_map.get("threshold")
-        return None if value is None else float(value)
+        return self.graph.threshold
 
     @property
     def gate_metric(self) -> tuple[str, float]:
@@ -146,9 +150,15 @@ class LoadedModel:
         """Per record, the task's answer (contract/tasks/<task>.py `format`)."""
         return self.spec.task_kind.format(result, self)
 
-    def summary(self, result: dict[str, np.ndarray]) -> tuple[list[float], list[str]]:
-        """What the distribution metrics keep: (P(positive) / P(top class) / value, labels)."""
-        return summarize(self.spec, result)
+    def drift_inputs(self, result: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        """What the prediction log keeps of each record's outputs beside its inputs for the
+        drift view: an image model's embedding ({} per record where the graph has none or
+        the request asked for other outputs)."""
+        found = result.get(IMAGE_EMBEDDING)
+        if found is None:
+            size = len(next(iter(result.values()))) if result else 0
+            return [{} for _ in range(size)]
+        return [{IMAGE_EMBEDDING: row} for row in np.asarray(found).tolist()]
 
 
 def load(spec: ModelSpec, artifact: Artifact) -> LoadedModel:

@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -20,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from contract.catalog import ModelSpec
 from contract.feeds import one_at_a_time
 from contract.settings import get_settings
+from contract.tasks import LABEL, SCORE
 from services.api import auth, feedback
 from services.api.accesslog import AccessLog
 from services.api.entities import EntityRequests
@@ -43,6 +45,16 @@ log = logging.getLogger("services.requests")
 shadow_log = logging.getLogger("services.shadow")
 T = TypeVar("T")
 PARSE_INLINE_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Batch:
+    """A /predict request's valid records, in the order of its answers (what a shadow model
+    is scored on), and what the log keeps of each one's outputs beside it
+    (LoadedModel.drift_inputs: an image's embedding)."""
+
+    records: list[BaseModel]
+    logged: list[dict[str, Any]]
 
 
 class ModelService:
@@ -240,8 +252,9 @@ class ModelService:
         request_id: str,
         unit: str | None = None,
         state: dict[str, Any] | None = None,
-    ) -> tuple[dict[str, Any], Assignment, list[BaseModel]]:
-        """(answer, the models assigned, the valid records: what a shadow model is scored on);
+    ) -> tuple[dict[str, Any], Assignment, Batch]:
+        """(answer, the models assigned, the valid records: what a shadow model is scored on
+        and the log keeps);
         `unit` draws champion or challenger (the request id where none is given); `state`
         (the request's, where the guard accounts it) gets the version that served as soon
         as it is drawn, so a failure after that counts against that version."""
@@ -264,7 +277,7 @@ class ModelService:
         request_id: str,
         unit: str | None = None,
         state: dict[str, Any] | None = None,
-    ) -> tuple[dict[str, Any], Assignment, list[BaseModel]]:
+    ) -> tuple[dict[str, Any], Assignment, Batch]:
         """Entity keys in: online features fetched, then the same prediction as for records."""
         entities = self.entities
         assert entities is not None
@@ -273,16 +286,14 @@ class ModelService:
         fetched = await self.run(entities.fetch, len(rows), [row for _, row in rows])
         sent_as = next(iter(payload))  # parse accepts exactly one field
         accepted, extras = entities.records(rows, fetched, invalid, self.record_model, sent_as)
-        response, assignment, records = await self.answer(
-            accepted, invalid, request_id, unit, state
-        )
+        response, assignment, batch = await self.answer(accepted, invalid, request_id, unit, state)
         for index, extra in extras.items():
             response["predictions"][index] |= extra
         response["feature_service"] = entities.online.service_name
         stale = sum(1 for extra in extras.values() if extra["stale"])
         if stale:
             response["stale_records"] = stale
-        return response, assignment, records
+        return response, assignment, batch
 
     async def entity_feeds(
         self, model: LoadedModel, rows: list[dict[str, Any]]
@@ -311,7 +322,7 @@ class ModelService:
         request_id: str,
         unit: str | None = None,
         state: dict[str, Any] | None = None,
-    ) -> tuple[dict[str, Any], Assignment, list[BaseModel]]:
+    ) -> tuple[dict[str, Any], Assignment, Batch]:
         """Predict the accepted records; answers in request order, errors in place."""
         assignment = self.lineup.assign(unit or request_id)
         model = assignment.serving
@@ -321,9 +332,10 @@ class ModelService:
         with self.metrics.timed(self.spec.key, "inference"):
             chunk = self.settings.inference_chunk
             result = await self.infer(lambda: model.predict(records, chunk), len(records))
-            self.observe(model, result, len(records) + len(invalid), "/predict")
+            predictions = model.format(result)
+            self.observe(model, predictions, len(records) + len(invalid), "/predict")
             answers: list[Any] = [None] * (len(accepted) + len(invalid))
-            for (index, _), prediction in zip(accepted, model.format(result), strict=True):
+            for (index, _), prediction in zip(accepted, predictions, strict=True):
                 answers[index] = prediction
         for index, errors in invalid.items():
             answers[index] = {"error": errors}
@@ -336,7 +348,7 @@ class ModelService:
         }
         if invalid:
             response["invalid_records"] = len(invalid)
-        return response, assignment, records
+        return response, assignment, Batch(records, model.drift_inputs(result))
 
     def _logged(self, predictions: int, seconds: float, error: Exception | None) -> None:
         key = (self.spec.key,)
@@ -347,31 +359,40 @@ class ModelService:
         else:
             metrics.inc(metrics.child(metrics.log_errors, key))
 
-    async def log_records(self, answer: dict[str, Any], records: list[BaseModel]) -> None:
+    async def log_records(self, answer: dict[str, Any], batch: Batch) -> None:
         """Store a /predict answer's predictions; returns once they are committed."""
         if self.prediction_log.enabled:
             with self.metrics.timed(self.spec.key, "log"):
                 max_bytes = self.prediction_log.max_bytes
-                row = record_row(answer, records, "/predict", time.time(), max_bytes)
+                row = record_row(
+                    answer, batch.records, "/predict", time.time(), max_bytes, batch.logged
+                )
                 await self.prediction_log.append([row])
+
+    @staticmethod
+    def answers(model: LoadedModel, result: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        """An OIP v2 request's outputs as the task's answers; where the client asked for
+        some outputs only, each record's outputs as they are."""
+        try:
+            return model.format(result)
+        except KeyError:
+            size = len(next(iter(result.values()))) if result else 0
+            return [{n: v[i].tolist() for n, v in result.items()} for i in range(size)]
 
     async def log_tensors(
         self,
         model: LoadedModel,
         feeds: dict[str, np.ndarray],
         result: dict[str, np.ndarray],
+        predictions: list[dict[str, Any]],
         request_id: str,
     ) -> None:
         """Store an OIP v2 request's predictions; returns once they are committed."""
         if not self.prediction_log.enabled:
             return
-        try:
-            predictions = model.format(result)
-        except KeyError:  # the client asked for some outputs only: log those
-            size = len(next(iter(result.values())))
-            predictions = [{n: v[i].tolist() for n, v in result.items()} for i in range(size)]
         head = (time.time(), request_id, model.name, model.version, model.alias, "/v2/infer")
-        await self.prediction_log.append([tensor_row(head, feeds, predictions)])
+        row = tensor_row(head, feeds, predictions, model.drift_inputs(result))
+        await self.prediction_log.append([row])
 
     def store_feedback(self, items: list[feedback.Item]) -> list[str]:
         """Store true outcomes beside the log (in a thread: a database round trip); each
@@ -390,8 +411,18 @@ class ModelService:
                 self.metrics.child(self.metrics.feedback, (self.spec.key, status)).inc(count)
         return statuses
 
-    def observe(self, model: LoadedModel, result: dict[str, Any], size: int, path: str) -> None:
-        scores, labels = model.summary(result)
+    def observe(
+        self, model: LoadedModel, predictions: list[dict[str, Any]], size: int, path: str
+    ) -> None:
+        """The batch size, and each answer's score and label as the drift view reads them
+        (the task's `answered`)."""
+        scores, labels = [], []
+        for prediction in predictions:
+            seen = self.spec.task_kind.answered(self.spec, prediction)
+            if (score := seen.get(SCORE)) is not None:
+                scores.append(float(score))
+            if (label := seen.get(LABEL)) is not None:
+                labels.append(str(label))
         self.metrics.observe(self.metrics.child(self.metrics.batch, (model.name, path)), size)
         self.metrics.observe_predictions(model.name, model.version, model.alias, scores, labels)
 
@@ -402,7 +433,8 @@ class ModelService:
         shadow = assignment.shadow
         assert shadow is not None
         try:
-            predictions = shadow.format(shadow.predict(records, self.settings.inference_chunk))
+            result = shadow.predict(records, self.settings.inference_chunk)
+            predictions = shadow.format(result)
         except Exception:  # the challenger must never affect the answered request
             shadow_log.exception(
                 "shadow %s v%s failed on %s", shadow.name, shadow.version, request_id
@@ -423,6 +455,7 @@ class ModelService:
             "shadow",
             time.time(),
             self.prediction_log.max_bytes,
+            shadow.drift_inputs(result),
         )
         self.prediction_log.append_threadsafe([row])  # after the response: nothing to hold up
         shadow_log.info(

@@ -20,7 +20,7 @@ import pandas as pd
 from contract import reference
 from contract.catalog import ModelSpec
 from services.api import feedback
-from services.api.predlog import prune, read_window, score_label
+from services.api.predlog import prune, read_window
 from services.drift.settings import DriftSettings
 
 
@@ -103,10 +103,7 @@ def window(spec: ModelSpec, settings: DriftSettings, now: float) -> pd.DataFrame
         )
     inputs = pd.DataFrame([row[2] for row in found])
     view = reference.drift_view(spec, inputs)
-    scored = [score_label(row[3]) for row in found]
-    view[reference.PREDICTION] = [score for score, _ in scored]
-    if spec.labels_served:
-        view[reference.PREDICTED_LABEL] = [label for _, label in scored]
+    view = pd.concat([view, reference.outputs_view(spec, [row[3] for row in found])], axis=1)
     view.attrs["ts"] = (found[0][0], found[-1][0])
     return view
 
@@ -198,7 +195,7 @@ def run(
         share_drifted=share,
         dataset_drifted=share >= settings.drift_share,
         features=features,
-        prediction={name: scores[name] for name in reference.PREDICTIONS if name in scores},
+        prediction={name: scores[name] for name in columns.outputs if name in scores},
         seconds=time.perf_counter() - started,
         report=str(report),
         skipped=skipped,

@@ -2,17 +2,19 @@
 its credentials."""
 
 import base64
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from contract import paths
+from contract import paths, reference
 from services.tools.examples import as_records
 from tests.conftest import CATALOG
 from tests.serving.conftest import ADMIN, ADMIN_TOKEN, Registry, Service, serve
@@ -49,20 +51,19 @@ def send(service: Service, records: list[dict[str, Any]]) -> None:
         assert response.status_code == 200, response.text
 
 
-@pytest.fixture
-def stack(
-    started: list[Service], registry: Registry, tmp_path: Path
-) -> Iterator[tuple[Service, Service]]:
-    """A titanic service and a drift service reading its prediction log (no schedule)."""
+def watched(
+    started: list[Service], registry: Registry, tmp_path: Path, key: str, models: list[str]
+) -> tuple[Service, Service]:
+    """`key`'s service and a drift service over `models` reading its prediction log (no
+    schedule)."""
     log = f"sqlite:///{tmp_path / 'predictions.sqlite'}"
     model = serve(
-        started, "titanic", registry.uri, tmp_path, prediction_log=log,
-        feedback_token=FEEDBACK_TOKEN,
-    )  # fmt: skip
+        started, key, registry.uri, tmp_path, prediction_log=log, feedback_token=FEEDBACK_TOKEN
+    )
     drift = Service("drift", registry.uri, tmp_path)
     drift.env |= {
         "DRIFT_PREDICTION_LOG": log,
-        "DRIFT_MODELS": '["titanic", "churn"]',
+        "DRIFT_MODELS": json.dumps(models),
         "DRIFT_SCHEDULE_S": "0",
         "DRIFT_WINDOW_ROWS": str(WINDOW),
         "DRIFT_MIN_ROWS": "100",
@@ -76,7 +77,15 @@ def stack(
     drift.start([sys.executable, "-m", "services.drift", "--port", str(drift.port)])
     started.append(drift)
     drift.wait()
-    yield model, drift
+    return model, drift
+
+
+@pytest.fixture
+def stack(
+    started: list[Service], registry: Registry, tmp_path: Path
+) -> Iterator[tuple[Service, Service]]:
+    """A titanic service and a drift service reading its prediction log (no schedule)."""
+    yield watched(started, registry, tmp_path, "titanic", ["titanic", "churn"])
 
 
 def gauges(drift: Service) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -121,6 +130,43 @@ def test_drift_is_found_in_shifted_traffic_and_not_in_unshifted(
     assert "Drifted Columns" in report.text and "fare" in report.text
     index = drift.get("/").text
     assert "DRIFT" in index and 'href="models/titanic/report"' in index
+
+
+def garments(registry: Registry, seed: int, upside_down: bool) -> list[dict[str, Any]]:
+    """WINDOW training pictures of fashion_cnn (seeded), upright or turned upside down: the
+    same pixels, so the same brightness, spread and ink, in another arrangement."""
+    spec = CATALOG["fashion_cnn"]
+    train = pd.read_parquet(paths.split_dir(spec.key, registry.trained) / "train.parquet")
+    rows = train.sample(WINDOW, replace=True, random_state=seed).reset_index(drop=True)
+    if upside_down:
+        shape = spec.fields["image"].shape or []
+        rows["image"] = [
+            np.frombuffer(v, np.uint8).reshape(shape)[::-1].tobytes() for v in rows["image"]
+        ]
+    return as_records(rows, spec)
+
+
+def test_the_embedding_finds_pictures_that_brightness_cannot(
+    started: list[Service], registry: Registry, tmp_path: Path
+) -> None:
+    """Upside-down garments have the training pictures' light and ink, value for value: only
+    the model's embedding of them (image.embedding_*) tells the window from the reference."""
+    model, drift = watched(started, registry, tmp_path, "fashion_cnn", ["fashion_cnn"])
+    embedded = reference.embedding_columns("image")
+    send(model, garments(registry, seed=1, upside_down=False))
+    calm = drift.post("/models/fashion_cnn/run", None).json()
+    assert calm["rows"] == WINDOW
+    assert not any(calm["features"][n]["drifted"] for n in embedded), calm["features"]
+
+    send(model, garments(registry, seed=1, upside_down=True))
+    alarm = drift.post("/models/fashion_cnn/run", None).json()
+    for light in ("image.mean", "image.std", "image.ink"):  # identical to the calm window's
+        assert alarm["features"][light]["score"] == pytest.approx(calm["features"][light]["score"])
+        assert not alarm["features"][light]["drifted"]
+    assert any(alarm["features"][n]["drifted"] for n in embedded), alarm["features"]
+    found = gauges(drift)
+    first = (("feature", embedded[0]), ("method", "wasserstein"), ("model", "fashion_cnn"))
+    assert found[("drift_feature_score", first)] == alarm["features"][embedded[0]]["score"]
 
 
 def test_bad_requests_get_clear_4xx_answers(stack: tuple[Service, Service]) -> None:

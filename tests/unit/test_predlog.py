@@ -13,6 +13,8 @@ import orjson
 import pytest
 from pydantic import BaseModel
 
+from contract.catalog import IMAGE_EMBEDDING
+from contract.tasks import LABEL, SCORE
 from services.api import predlog
 from services.api.predlog import (
     COLUMNS,
@@ -26,10 +28,12 @@ from services.api.predlog import (
     read_window,
     record_row,
     records_of,
-    score_label,
     table,
     tensor_row,
 )
+from tests.conftest import CATALOG
+
+SEARCH, SEGMENTS = CATALOG["semantic_search"], CATALOG["customer_segments"]
 
 
 class Counting(SQLiteSink):
@@ -384,7 +388,8 @@ def test_search_results_are_logged_by_document_id_and_score() -> None:
         {"results": []},
     ]
     assert answer["predictions"][0]["results"][0]["text"]  # the answer itself is untouched
-    assert score_label(orjson.loads(row[9])[0]) == (0.8, None)  # what the drift view reads
+    seen = SEARCH.task_kind.answered(SEARCH, orjson.loads(row[9])[0])
+    assert seen == {SCORE: 0.8}  # what the drift view reads
 
 
 def test_segments_are_logged_by_label_and_distance_without_their_profile() -> None:
@@ -396,13 +401,8 @@ def test_segments_are_logged_by_label_and_distance_without_their_profile() -> No
     row = record_row(answer, [Record(age=1, sex="x")], "/predict", 1.0)
     assert orjson.loads(row[9]) == [{"label": "segment 2", "distance": 1.5}]
     assert answer["predictions"][0]["profile"] is profile  # the answer itself is untouched
-    assert score_label(orjson.loads(row[9])[0]) == (1.5, "segment 2")  # the drift view's
-
-
-def test_score_and_label_of_every_prediction_shape() -> None:
-    assert score_label({"value": 12.5}) == (12.5, None)
-    assert score_label({"label": "1", "probability": 0.7}) == (0.7, "1")
-    assert score_label({"label": "Bag", "probabilities": {"Bag": 0.8, "Coat": 0.2}}) == (0.8, "Bag")
+    seen = SEGMENTS.task_kind.answered(SEGMENTS, orjson.loads(row[9])[0])
+    assert seen == {SCORE: 1.5, LABEL: "segment 2"}  # what the drift view reads
 
 
 def test_a_tensor_row_splits_the_batch_into_records() -> None:
@@ -417,6 +417,21 @@ def test_a_tensor_row_splits_the_batch_into_records() -> None:
     inputs = orjson.loads(row[8])
     assert inputs["columns"] == ["age", "sex", "image"]
     assert records_of(inputs)[1] == {"age": 40.0, "sex": "female", "image": "AAAAAA=="}
+
+
+def test_rows_keep_what_the_drift_view_reads_of_the_outputs_beside_the_inputs() -> None:
+    feeds = {"image": np.zeros((2, 2, 2), np.uint8)}
+    head = (1.0, "id", "m", "1", "champion", "/v2/infer")
+    drift = [{IMAGE_EMBEDDING: [0.5, 1, 2, 3]}, {IMAGE_EMBEDDING: [4, 5, 6, 7]}]
+    inputs = records_of(orjson.loads(tensor_row(head, feeds, [{}, {}], drift)[8]))
+    assert [r[IMAGE_EMBEDDING] for r in inputs] == [[0.5, 1, 2, 3], [4, 5, 6, 7]]
+    answer = {
+        "request_id": "r", "model": "m", "version": "1", "alias": "champion",
+        "predictions": [{"value": 1.0}],
+    }  # fmt: skip
+    row = record_row(answer, [Record(age=1, sex="x")], "/predict", 1.0, 0, drift[:1])
+    (logged,) = records_of(orjson.loads(row[8]))
+    assert logged == {"age": 1, "sex": "x", "image": "", IMAGE_EMBEDDING: [0.5, 1, 2, 3]}
 
 
 def test_the_window_is_the_latest_records_oldest_first(tmp_path: Path) -> None:

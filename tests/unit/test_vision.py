@@ -10,9 +10,10 @@ from PIL import Image
 from pydantic import ValidationError
 
 from contract import reference
-from contract.catalog import InputField
+from contract.catalog import EMBEDDING_DIMS, IMAGE_EMBEDDING, InputField
 from contract.feeds import SIZE_SUFFIX, Photo, each_record, input_names, photo_tensors
-from contract.tasks import detection, segmentation
+from contract.tasks import LABEL, SCORE, detection, segmentation
+from contract.tasks.common import ServedGraph
 from pipelines import quantize
 from pipelines.models import tree_detection
 from services.api import predlog
@@ -81,7 +82,9 @@ def test_a_detection_answer_keeps_the_boxes_at_the_threshold() -> None:
     assert first == {"count": 1, "boxes": [{"box": [1, 2, 3, 4], "score": 0.9, "label": "tree"}]}
     assert second == {"count": 0, "boxes": []}
     assert detection.format(result, Served(TREES, None))[0]["count"] == 2
-    assert detection.summarize(TREES, result) == ([2.0, 0.0], [])
+    # the drift view: the boxes answered and their median side, none where no box is
+    assert detection.answered(TREES, first) == {SCORE: 1.0, detection.BOX_SIZE: 2.0}
+    assert detection.answered(TREES, second) == {SCORE: 0.0, detection.BOX_SIZE: None}
 
 
 def test_boxes_are_checked_as_the_target() -> None:
@@ -181,6 +184,54 @@ def test_the_prediction_log_keeps_a_photos_summary_and_drift_reads_it_as_the_pic
     assert from_log.loc[0, "image.mean"] == pytest.approx(pixels.mean() / 255, rel=1e-5)
 
 
+def test_the_reference_and_the_logged_window_are_one_view_of_the_same_answers() -> None:
+    """The reference (register: the graph's outputs on the training rows) and the window
+    (the service's logged records and answers) of the same pictures and outputs are the same
+    frame: the boxes counted at the served threshold, their size, the embedding."""
+    rng = np.random.default_rng(2)
+    pictures = [rng.integers(0, 255, (60, 80, 3), dtype=np.uint8) for _ in range(2)]
+    result = {
+        "count": np.array([3, 0]),
+        "boxes": np.array([[[0, 0, 4, 9], [2, 2, 6, 6], [1, 1, 2, 2]], [[0] * 4] * 3], np.float32),
+        "scores": np.array([[0.9, 0.6, 0.3], [0, 0, 0]], np.float32),
+        "labels": np.zeros((2, 3), np.int64),
+        IMAGE_EMBEDDING: rng.normal(size=(2, EMBEDDING_DIMS)).astype(np.float32),
+    }
+    served = ServedGraph(TREES, {"threshold": "0.5"})
+    rows = pd.DataFrame({"image": [base64.b64decode(encoded(p)) for p in pictures]})
+    ref = reference.reference(TREES, rows, result, served)
+    model = record_model(TREES)
+    records = [model.model_validate({"image": encoded(p)}) for p in pictures]
+    answer = {"request_id": "r", "model": "tree_detection", "version": "1", "alias": "champion",
+              "predictions": detection.format(result, served)}  # fmt: skip
+    drift = [{IMAGE_EMBEDDING: row} for row in result[IMAGE_EMBEDDING].tolist()]
+    row = predlog.record_row(answer, records, "/predict", 1.0, 0, drift)
+    inputs = pd.DataFrame(predlog.records_of(predlog.loads(row[8])))
+    window = pd.concat(
+        [reference.drift_view(TREES, inputs), reference.outputs_view(TREES, predlog.loads(row[9]))],
+        axis=1,
+    )
+    pd.testing.assert_frame_equal(ref, window)
+    assert ref[reference.PREDICTION].tolist() == [2.0, 0.0]  # at the served threshold
+    assert ref[detection.BOX_SIZE].iloc[0] == pytest.approx((6.0 + 4.0) / 2)  # median side
+    assert np.isnan(ref[detection.BOX_SIZE].iloc[1])
+    embedded = reference.embedding_columns("image")
+    assert set(embedded) <= set(reference.columns(TREES).features)
+    np.testing.assert_allclose(ref[embedded].to_numpy(), result[IMAGE_EMBEDDING], rtol=1e-6)
+
+
+def test_segmentation_reference_reads_its_answers_as_the_window_does() -> None:
+    mask = np.zeros((2, 64, 64), np.uint8)
+    mask[0, :8, :8] = 3
+    areas = np.stack([np.bincount(m.reshape(-1), minlength=11) for m in mask])
+    result = {"label": mask, "areas": areas, IMAGE_EMBEDDING: np.ones((2, EMBEDDING_DIMS))}
+    rows = pd.DataFrame({"image": [m.tobytes() for m in mask]})
+    ref = reference.reference(CANVASES, rows, result, ServedGraph(CANVASES, {}))
+    assert ref[reference.PREDICTION].tolist() == [64 / 4096, 0.0]
+    assert ref[reference.PREDICTED_LABEL].tolist() == ["Pullover", "background"]
+    assert reference.columns(CANVASES).outputs == [reference.PREDICTION, reference.PREDICTED_LABEL]
+
+
 def test_photo_requests_carry_few_records() -> None:
     assert records_limit(TREES, 1000) == MAX_PHOTOS
     assert records_limit(CANVASES, 1000) == 1000
@@ -210,8 +261,8 @@ def test_a_segmentation_answer_is_a_png_mask_and_areas() -> None:
     assert (decoded == mask[0]).all()
     assert answer["areas"] == {"T-shirt/top": 100, "Shirt": 576}
     assert answer["label"] == "Shirt" and answer["classes"][0] == "background"
-    covered, largest = segmentation.summarize(CANVASES, {"label": mask, "areas": areas})
-    assert covered == pytest.approx([676 / 4096]) and largest == ["Shirt"]
+    seen = segmentation.answered(CANVASES, answer)
+    assert seen == {SCORE: pytest.approx(676 / 4096), LABEL: "Shirt"}
 
 
 def test_a_batch_splits_into_records_each_cut_to_its_size() -> None:

@@ -23,13 +23,13 @@ router = APIRouter()
 async def predict(request: Request, service: ServiceDep) -> Response:
     """Predictions for 1..N named-field records, with the model version that made them."""
     request_id = request.state.request_id
-    answer, assignment, records = await service.predict(
+    answer, assignment, batch = await service.predict(
         request.state.body, request_id, request.state.unit, request.scope["state"]
     )
-    await service.log_records(answer, records)  # committed before the answer is sent
+    await service.log_records(answer, batch)  # committed before the answer is sent
     task = None
     if assignment.shadow is not None:
         task = BackgroundTask(
-            service.score_shadow, assignment, records, request_id, answer["predictions"]
+            service.score_shadow, assignment, batch.records, request_id, answer["predictions"]
         )
     return json_response(answer, background=task)
