@@ -7,7 +7,6 @@ every target of every dashboard is queried for every value its `model` variable 
 """
 
 import base64
-import random
 import shutil
 import subprocess
 import sys
@@ -28,7 +27,13 @@ from pipelines import triton
 from services.tools import monitoring
 from services.tools.examples import as_entities, as_records, to_png
 from tests.conftest import CATALOG, KEYS
-from tests.serving.conftest import Registry, free_port, held_out, inherited_environment
+from tests.serving.conftest import (
+    Registry,
+    free_block,
+    free_port,
+    held_out,
+    inherited_environment,
+)
 from tests.unit.test_grafana import load_panels
 
 pytestmark = pytest.mark.slow
@@ -56,7 +61,7 @@ class Ports:
     """The test stack's ports, and where each target of the Prometheus config moves to."""
 
     def __init__(self) -> None:
-        self.base = random.randint(20_000, 40_000)  # beside a stack a developer may run
+        self.base = free_block()  # beside a stack a developer may run, below the ephemeral ports
         self.triton = self.base + 100  # HTTP, gRPC, metrics
         self.drift = self.base + 200  # the stack's Prometheus and Alertmanager: +201, +202
         self.run_dir = Path()  # the stack's STACK_RUN_DIR, once up

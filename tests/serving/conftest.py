@@ -2,7 +2,9 @@
 
 import contextlib
 import os
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -300,3 +302,27 @@ def serve(
     if wait:
         service.wait()
     return service
+
+
+def ephemeral_low() -> int:
+    """The lowest port the kernel hands out to outgoing connections (a listener there may
+    find it taken: CI's Feast server did, at 33368)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
+def free_block(span: int = 205) -> int:
+    """A base port below the ephemeral range whose `span` ports no one listens on now."""
+    top = min(ephemeral_low(), 65_536) - span
+    for _ in range(50):
+        base = random.randint(min(20_000, top - 1), top)
+        try:
+            for port in range(base, base + span):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no {span} free ports below {top + span}")

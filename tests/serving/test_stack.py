@@ -2,7 +2,6 @@
 `make load`'s headless Locust run with its SLO thresholds, status, down."""
 
 import json
-import random
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,7 +17,7 @@ from contract import paths
 from contract.paths import ROOT
 from services.tools.examples import as_entities
 from tests.conftest import CATALOG, KEYS
-from tests.serving.conftest import Registry, as_records, inherited_environment
+from tests.serving.conftest import Registry, as_records, free_block, inherited_environment
 from tests.serving.test_hostile import (
     binary_cases,
     check,
@@ -53,7 +52,7 @@ def stack(
 ) -> Iterator[tuple[Stack, subprocess.CompletedProcess[str]]]:
     """The stack up on the reduced-params registry, on ports beside a developer's own."""
     folder = tmp_path_factory.mktemp("stack")
-    base = random.randint(20_000, 40_000)
+    base = free_block()
     env = inherited_environment() | {
         "MLFLOW_TRACKING_URI": registry.uri,
         "SERVE_CACHE_DIR": str(folder / "cache"),
