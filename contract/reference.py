@@ -33,9 +33,7 @@ SEED = 0
 PREDICTION = SCORE  # P(positive), P(top class), the predicted value, the boxes answered...
 PREDICTED_LABEL = LABEL
 PREDICTIONS = (PREDICTION, PREDICTED_LABEL)
-# IMAGE_EMBEDDING: an image model's graph output [N, EMBEDDING_DIMS], and the key of the
-# logged record that holds it (contract/catalog.py reserves the name)
-PICTURES = ("image", "photo")  # the field types an embedding stands for
+PICTURES = ("image", "photo")  # the field types the model's IMAGE_EMBEDDING stands for
 
 
 @dataclass(frozen=True)
@@ -173,10 +171,10 @@ def drift_view(spec: ModelSpec, inputs: pd.DataFrame) -> pd.DataFrame:
 def outputs_view(spec: ModelSpec, predictions: list[dict[str, Any]]) -> pd.DataFrame:
     """The served answers' drift view: the task's `answered` of each (SCORE, LABEL where
     the task serves one, its OUTPUT_VIEW columns); missing values as None."""
-    names = [PREDICTION, *spec.task_kind.OUTPUT_VIEW]
+    task = spec.task_kind
+    names = [PREDICTION, *task.OUTPUT_VIEW]
     if spec.labels_served:
         names.append(PREDICTED_LABEL)
-    task = spec.task_kind
     rows = [task.answered(spec, p) if isinstance(p, dict) else {} for p in predictions]
     frame = pd.DataFrame.from_records(rows, columns=names, index=range(len(rows)))
     return frame.astype({n: float for n in names if n != PREDICTED_LABEL})

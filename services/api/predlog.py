@@ -457,10 +457,10 @@ def tensor_row(
         for array in feeds.values()
     ]
     size = len(predictions)
-    extra = sorted({name for found in drift or [] for name in found})
-    for name in extra:
+    drift = drift or []
+    for name in sorted({name for found in drift for name in found}):
         names.append(name)
-        columns.append([found.get(name) for found in drift or []])
+        columns.append([found.get(name) for found in drift])
     inputs = table(names, list(zip(*columns, strict=True)))
     stored = [logged(p) for p in predictions]
     return (*head, size, dumps(list(range(size))), dumps(inputs), dumps(stored))
