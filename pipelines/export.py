@@ -32,6 +32,9 @@ from pipelines.triton import repository_dir, write_repository
 log = get_logger(__name__)
 TOLERANCE = 1e-4
 CHUNK_ROWS = 256  # images a scoring run takes at once (bounds the activations' memory)
+# test rows the embedding's parity is checked on: the graph's other outputs are checked on
+# every row, and a second pass of a U-Net over 2,000 canvases costs tens of seconds
+EMBEDDING_CHECK_ROWS = 256
 
 
 # ONNX Runtime's session, or what a task serves on one (a search's RetrievalSession)
@@ -135,7 +138,7 @@ def check_labels(
     threshold: float | None,
 ) -> None:
     """The graph's label must be the model's decision (its tuned threshold, if any)."""
-    (labels,) = session.run(["label"], onnx_feeds(frame, spec))
+    (labels,) = run_rows(session, ["label"], frame, spec).values()  # in chunks, as scored
     expected = labels_of(spec, native, threshold).reshape(-1)  # a segmentation's: per pixel
     # a row within the tolerance of the decision boundary may round either way in float32
     margin = spec.task_kind.decisive(native, threshold, TOLERANCE).reshape(-1)
@@ -185,9 +188,9 @@ def main_work(spec: ModelSpec, root: Path) -> None:
     graph = describe(flavor.to_onnx(model, spec), spec, decision_threshold(model), extra)
     served: list[Path] = getattr(flavor, "serving_files", lambda _: [])(model)  # beside it
     session = open_session(graph, spec, paths.model_dir(spec.key, root))
-    native = flavor.predict(model, test, spec)
-    worst = check_parity(native, onnx_predict(session, test, spec), spec)
-    check_embedding(flavor, model, session, test, spec)
+    native, exported = flavor.predict(model, test, spec), onnx_predict(session, test, spec)
+    worst = check_parity(native, exported, spec)
+    check_embedding(flavor, model, session, test.head(EMBEDDING_CHECK_ROWS), spec)
     check_served = getattr(flavor, "check_served", None)  # a recommender's top-k lists
     if callable(check_served):
         check_served(session, test, spec, model, TOLERANCE)
@@ -211,19 +214,22 @@ def main_work(spec: ModelSpec, root: Path) -> None:
         repository = write_repository(spec, target, repository_dir(spec.key, root))
         log.info("%s: Triton model repository %s", spec.key, repository.relative_to(root))
     if spec.int8 is not None:
-        ship_int8(graph, session, spec, root)
+        ship_int8(graph, exported, test, spec, root)
 
 
-def ship_int8(graph: onnx.ModelProto, session: Session, spec: ModelSpec, root: Path) -> None:
-    """artifacts/<key>/int8/: the INT8 graph where its gate metric on the test split stays
-    within `int8.max_drop` of the FP32 graph's, and the report of both either way."""
-    split = paths.split_dir(spec.key, root)
-    train, test = pd.read_parquet(split / "train.parquet"), pd.read_parquet(split / "test.parquet")
+def ship_int8(
+    graph: onnx.ModelProto, exported: np.ndarray, test: pd.DataFrame, spec: ModelSpec, root: Path
+) -> None:
+    """artifacts/<key>/int8/: the INT8 graph where its gate metric on the judged test rows
+    stays within `int8.max_drop` of the FP32 graph's (`exported`: its predictions on them),
+    and the report of both either way."""
+    train = pd.read_parquet(paths.split_dir(spec.key, root) / "train.parquet")
     int8 = quantize.quantized(graph, spec, train)
+    session = open_session(int8, spec, paths.model_dir(spec.key, root))
     y = encode_target(test, spec)
     scores = [
-        spec.task_kind.score(spec, y, onnx_predict(s, test, spec))[spec.gate_metric]
-        for s in (session, open_session(int8, spec, paths.model_dir(spec.key, root)))
+        spec.task_kind.score(spec, y, predicted)[spec.gate_metric]
+        for predicted in (exported, onnx_predict(session, test, spec))
     ]
     sizes = (graph.ByteSize(), int8.ByteSize())
     report = quantize.judge(spec, scores[0], scores[1], sizes)

@@ -27,7 +27,7 @@ QUICK_PARAMS = {
     "fashion_cnn": {"channels": [8, 16], "hidden": 32, "epochs": 1, "validation_size": 1000},
     "semantic_search": {"max_documents": 1000},  # the encoder is as shipped: a smaller corpus
     "tree_detection": {"steps": 40},  # the backbone is ImageNet's: a few steps find crowns
-    "fashion_segmentation": {"epochs": 1, "validation_size": 500},
+    "fashion_segmentation": {"epochs": 1, "width": 16, "validation_size": 500},
 }
 
 

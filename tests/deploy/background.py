@@ -17,6 +17,7 @@ tears down what it made at pytest's exit.
 import contextlib
 import os
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -85,6 +86,10 @@ class Start:
             stack.down("--volumes", "--remove-orphans")  # a killed session's leftovers
             stack.first_up_s = stack.up()
             self.say(f"first up: {stack.first_up_s:.0f} s (log {log})")
+            try:
+                self.say(stack.trainer_timeline(stack.first_up_s))
+            except (RuntimeError, ValueError, KeyError, subprocess.TimeoutExpired) as error:
+                self.say(f"the trainer's timeline is unreadable: {error!r}")
             self.stack.set_result(stack)
         except BaseException as error:  # handed to whoever waits, and told at once
             self.say(f"the start failed: {str(error).strip()[-2000:] or repr(error)}")

@@ -1,5 +1,6 @@
 """docker-compose.yml brought up as a user does, with tests/deploy/compose.test.yml on top."""
 
+import calendar
 import json
 import random
 import secrets
@@ -192,6 +193,33 @@ class ComposeStack:
         lines = (logs.stdout + logs.stderr).strip().splitlines()
         return lines[-1][:160] if lines else "(no output yet)"
 
+    def trainer_timeline(self, up_s: float) -> str:
+        """Where the first `up` went: the trainer's stages by kind (from the times of DVC's
+        `Running stage` lines; the last one runs until the trainer exits, its push included),
+        its slowest stages, and the services' start after it."""
+        name = f"{PROJECT}_trainer_1"
+        logs = self.engine.run("logs", "--timestamps", name, check=False, timeout=60)
+        marks: list[tuple[float, str]] = []
+        for line in (logs.stdout + logs.stderr).splitlines():
+            stamp, _, text = line.partition(" ")
+            if text.startswith("Running stage '"):
+                marks.append((_seconds(stamp), text.split("'")[1]))
+        (state,) = json.loads(self.engine.run("inspect", name).stdout)
+        started, finished = (_seconds(state["State"][k]) for k in ("StartedAt", "FinishedAt"))
+        if not marks:
+            return f"trainer: {finished - started:.0f} s, no stage ran"
+        ends = [t for t, _ in marks[1:]] + [finished]
+        took = [(end - t, stage) for (t, stage), end in zip(marks, ends, strict=True)]
+        kinds: dict[str, float] = {}
+        for seconds, stage in took:
+            kinds[stage.split("@")[0]] = kinds.get(stage.split("@")[0], 0.0) + seconds
+        by_kind = ", ".join(f"{k} {v:.0f}" for k, v in sorted(kinds.items(), key=lambda i: -i[1]))
+        slowest = ", ".join(f"{stage} {sec:.0f}" for sec, stage in sorted(took, reverse=True)[:6])
+        return (
+            f"trainer {finished - started:.0f} s of the {up_s:.0f} s up (by stage, s: {by_kind};"
+            f" slowest: {slowest}); before it {marks[0][0] - started:.0f} s"
+        )
+
     def down(self, *options: str) -> None:
         self.compose("down", *options, timeout=600)
 
@@ -216,6 +244,13 @@ class ComposeStack:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"not healthy after {timeout} s: {waiting}")
             time.sleep(5)
+
+
+def _seconds(stamp: str) -> float:
+    """Seconds since the epoch of Docker's RFC 3339 time (nanoseconds, `Z`)."""
+    whole, _, fraction = stamp.rstrip("Z").partition(".")
+    parsed = time.strptime(whole, "%Y-%m-%dT%H:%M:%S")
+    return calendar.timegm(parsed) + float(f"0.{fraction or 0}")
 
 
 def health(container: dict[str, Any]) -> str | None:
