@@ -65,6 +65,10 @@ def as_entities(frame: pd.DataFrame, spec: ModelSpec) -> dict[str, Any]:
     return {"entities": rows} if spec.features.request else {f"{key}s": [r[key] for r in rows]}
 
 
+# OIP v2's datatype of each numpy kind as_tensors makes (what the exported graphs take)
+OIP_DATATYPES = {"f": "FP32", "O": "BYTES", "u": "UINT8", "i": "INT64", "b": "BOOL"}
+
+
 def as_tensors(frame: pd.DataFrame, spec: ModelSpec, binary: bool = False) -> dict[str, np.ndarray]:
     """The rows as a client's OIP v2 input tensors: the graph's tensors (contract.feeds), but a
     photo as one BYTES element per record, its encoded bytes (base64 text where the body is

@@ -15,9 +15,7 @@ import pandas as pd
 from contract import paths
 from contract.catalog import load_catalog
 from contract.feeds import one_at_a_time
-from services.tools.examples import as_records, as_tensors
-
-DATATYPES = {"f": "FP32", "O": "BYTES", "u": "UINT8", "i": "INT64", "b": "BOOL"}
+from services.tools.examples import OIP_DATATYPES, as_records, as_tensors
 
 
 def tensor(name: str, array: np.ndarray) -> dict[str, Any]:
@@ -25,7 +23,7 @@ def tensor(name: str, array: np.ndarray) -> dict[str, Any]:
     return {
         "name": name,
         "shape": list(array.shape),
-        "datatype": DATATYPES[array.dtype.kind],
+        "datatype": OIP_DATATYPES[array.dtype.kind],
         "data": data,
     }
 

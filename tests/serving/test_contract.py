@@ -12,7 +12,7 @@ import pytest
 import tritonclient.http as triton
 from PIL import Image
 
-from services.tools.examples import as_records, as_tensors
+from services.tools.examples import OIP_DATATYPES, as_records, as_tensors
 from tests.conftest import CATALOG, KEYS
 from tests.serving.conftest import (
     Service,
@@ -263,8 +263,7 @@ def test_unknown_model_is_404(services: dict[str, Service]) -> None:
 def v2_inputs(key: str, frame: Any, binary: bool) -> list[triton.InferInput]:
     inputs = []
     for name, array in as_tensors(frame, CATALOG[key], binary).items():
-        datatype = {"f": "FP32", "O": "BYTES", "u": "UINT8"}[array.dtype.kind]
-        tensor = triton.InferInput(name, list(array.shape), datatype)
+        tensor = triton.InferInput(name, list(array.shape), OIP_DATATYPES[array.dtype.kind])
         tensor.set_data_from_numpy(array, binary_data=binary)
         inputs.append(tensor)
     return inputs

@@ -28,7 +28,7 @@ import pytest
 
 from contract.catalog import InputField
 from services.api.tensors import serialize_bytes
-from services.tools.examples import as_records, as_tensors
+from services.tools.examples import OIP_DATATYPES, as_records, as_tensors
 from tests.conftest import CATALOG, KEYS
 from tests.serving.conftest import Service, held_out
 
@@ -41,7 +41,6 @@ RSS_GROWTH_BOUND = 300 * 2**20
 HEAVY = ("fashion_cnn", "review_sentiment", "titanic")  # images, long text, many fields
 PREDICT, INFER = "/predict", "/v2/models/{key}/infer"
 JSON = {"Content-Type": "application/json"}
-DATATYPES = {"f": "FP32", "O": "BYTES", "u": "UINT8"}  # what the exported graphs take
 MIB = 2**20
 RANDOM_KEYS = [  # unknown fields: echoed in the error, never a metric label
     "".join(chr(c) for c in random.Random(seed).sample(range(0x20, 0xD7FF), 24))
@@ -209,7 +208,7 @@ def tensor(name: str, array: np.ndarray, **extra: Any) -> dict[str, Any]:
     data = [json_value(v) for v in array.reshape(-1).tolist()]
     return {
         "name": name,
-        "datatype": DATATYPES[array.dtype.kind],
+        "datatype": OIP_DATATYPES[array.dtype.kind],
         "shape": list(array.shape),
         "data": data,
     } | extra
