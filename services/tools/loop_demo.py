@@ -57,6 +57,7 @@ from contract import paths
 from contract.catalog import ModelSpec, get_spec
 from contract.paths import ROOT
 from services.api import auth
+from services.drift.retrain import ACTIVE
 from services.tools.drift_demo import alert_state, job_of, stack, wait_for
 from services.tools.examples import as_records
 
@@ -129,6 +130,11 @@ class Loop:
         jobs = [j for j in self.drift("GET", "/retraining") if j["model"] == self.spec.key]
         new = [j for j in jobs if j["id"] not in after]
         return new[0] if new else None
+
+    def idle(self) -> bool:
+        """No job of the model's is queued or running."""
+        jobs = self.drift("GET", "/retraining")
+        return not any(j["model"] == self.spec.key and j["state"] in ACTIVE for j in jobs)
 
     def finished(self, job_id: str) -> dict[str, Any] | None:
         """The job once it has ended (None while it is queued or running)."""
@@ -260,10 +266,11 @@ def demo(spec: ModelSpec, workspace: Path, folder: Path, steps: str, step_s: flo
             return 1
 
         say(f"5. a broken candidate: the entry's params with {BROKEN} by mistake", t0)
-        before_jobs = {j["id"] for j in loop.drift("GET", "/retraining")}
+        # the promotion's drift alerts may have queued a retraining of the entry as it is:
+        # it ends first (a request now would join it), then the broken one is the next job
+        wait_for("the model's retraining jobs to end", loop.idle, deadline, 2)
         with misconfigured(workspace, key, BROKEN):
-            loop.drift("POST", f"/models/{key}/retrain")
-            job = wait_for("the retraining job", lambda: loop.job(before_jobs), deadline)
+            job = loop.drift("POST", f"/models/{key}/retrain")["job"]
             bad = wait_for("its end", lambda: loop.finished(job["id"]), deadline, 2)
         say(f"   job {bad['state']}: v{bad['version']} -> @{bad['alias']}: {bad['gate']}", t0)
         if bad["state"] == "challenger":  # the gate refused it: pushed out by hand all the same
