@@ -1,7 +1,9 @@
 """Triton's dynamic batching on CPU: throughput and latency against the batcher's settings
-and model instances, for the segmentation's graph and its BLS model.
+and model instances, for the vision graphs (the segmentation's, the detector's) and their BLS
+models.
 
-    python -m services.tools.bench.triton [--model fashion_segmentation] [--out reports/bench]
+    python -m services.tools.bench.triton [--model KEY ...] [--out reports/bench]
+        [--root a trained workspace, this checkout by default]
 
 For each variant of the exported repository (artifacts/<key>/triton: the catalog's
 `triton:` batching, then without a queue delay, then two instances) the local Triton
@@ -32,6 +34,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from contract import paths
+from contract.catalog import load_catalog
+from contract.feeds import decode_photo
 from contract.paths import ROOT
 from services.tools.bench import report
 from services.tools.processes import free_port
@@ -41,6 +45,7 @@ SERVE = ROOT / "services" / "triton" / "serve.py"
 CONCURRENCY = (1, 8, 32)
 DURATION_S = 8.0
 IMAGES = 256
+MODELS = ("fashion_segmentation", "tree_detection")  # the repositories with a BLS model
 
 
 def variant(source: Path, key: str, out: Path, delay_us: int | None, instances: int) -> Path:
@@ -76,8 +81,10 @@ class Server:
                 if self.process.poll() is not None:
                     break
                 time.sleep(0.5)
+        self.log.seek(0)
+        said = self.log.read().decode(errors="replace")[-3000:]
         self.stop()
-        raise SystemExit(f"Triton did not start on {repository}")
+        raise SystemExit(f"Triton did not start on {repository}:\n{said}")
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -104,7 +111,7 @@ def drive(url: str, model: str, inputs: list[Any], users: int) -> dict[str, floa
             i = offset
             while time.monotonic() < stop:
                 started = time.perf_counter()
-                client.infer(model, [inputs[i % len(inputs)]])
+                client.infer(model, inputs[i % len(inputs)])
                 with lock:
                     latencies.append(time.perf_counter() - started)
                 i += users
@@ -123,27 +130,39 @@ def drive(url: str, model: str, inputs: list[Any], users: int) -> dict[str, floa
     }
 
 
-def image_inputs(key: str) -> tuple[list[Any], list[Any]]:
-    """One test image each: as the graph's uint8 tensor, and as PNG bytes for the BLS."""
+def image_inputs(key: str, root: Path) -> tuple[list[Any], list[Any]]:
+    """One test image each: as the graph's tensors (a segmentation's grey uint8 canvas, a
+    detector's RGB picture and its size), and encoded (PNG) for the BLS model."""
     from PIL import Image
 
-    frame = pd.read_parquet(paths.split_dir(key, ROOT) / "test.parquet").head(IMAGES)
+    spec = load_catalog()[key]
+    (name,) = spec.fields
+    frame = pd.read_parquet(paths.split_dir(key, root) / "test.parquet").head(IMAGES)
     tensors, pictures = [], []
-    for value in frame["image"]:
-        pixels = np.frombuffer(value, np.uint8).reshape(64, 64)
-        tensor = httpclient.InferInput("image", [1, 64, 64], "UINT8")
+    for value in frame[name]:
+        if spec.fields[name].type == "photo":  # encoded already: the graph gets it decoded
+            pixels, encoded = decode_photo(value), value
+            size = httpclient.InferInput("image_size", [1, 2], "INT64")
+            size.set_data_from_numpy(np.array([pixels.shape[:2]], np.int64))
+            extra = [size]
+        else:
+            shape = spec.fields[name].shape or []
+            pixels, extra = np.frombuffer(value, np.uint8).reshape(shape), []
+            buffer = io.BytesIO()
+            Image.fromarray(pixels).save(buffer, format="PNG")
+            encoded = buffer.getvalue()
+        tensor = httpclient.InferInput(name, [1, *pixels.shape], "UINT8")
         tensor.set_data_from_numpy(pixels[None])
-        tensors.append(tensor)
-        buffer = io.BytesIO()
-        Image.fromarray(pixels).save(buffer, format="PNG")
+        tensors.append([tensor, *extra])
         picture = httpclient.InferInput("IMAGE", [1, 1], "BYTES")
-        picture.set_data_from_numpy(np.array([[buffer.getvalue()]], dtype=object))
-        pictures.append(picture)
+        picture.set_data_from_numpy(np.array([[encoded]], dtype=object))
+        pictures.append([picture])
     return tensors, pictures
 
 
-def measure(key: str, source: Path, scratch: Path) -> list[dict[str, Any]]:
-    tensors, pictures = image_inputs(key)
+def measure(key: str, root: Path, scratch: Path) -> list[dict[str, Any]]:
+    source = paths.onnx_model(key, root).parent / "triton"
+    tensors, pictures = image_inputs(key, root)
     configured = text_format.Parse((source / key / "config.pbtxt").read_text(), mc.ModelConfig())
     delay = configured.dynamic_batching.max_queue_delay_microseconds
     variants = [("as configured", None, 1), ("no queue delay", 0, 1), ("two instances", None, 2)]
@@ -193,7 +212,7 @@ def markdown(rows: list[dict[str, Any]], info: dict[str, Any]) -> str:
         "",
         f"{info['date']}, {info['cpu_model']}, nproc {info['nproc']}; closed-loop tritonclient "
         f"HTTP users, one test image a request, {DURATION_S:g} s a point; the graph's batches "
-        "from Triton's statistics (inferences per execution).",
+        f"from Triton's statistics (inferences per execution). Graphs of {info['workspace']}.",
         "",
         "| variant | model | queue delay | instances | users | images/s | p50 | p99 | mean batch |",
         "|---|---|--:|--:|--:|--:|--:|--:|--:|",
@@ -212,16 +231,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m services.tools.bench.triton", description=__doc__
     )
-    parser.add_argument("--model", default="fashion_segmentation")
+    parser.add_argument(
+        "--model", action="append", dest="models",
+        help="a model with a Triton repository and a BLS model (default: the two vision ones)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench")
+    parser.add_argument(
+        "--root", type=Path, default=ROOT,
+        help="a trained workspace (its artifacts and test split): throughput depends on the "
+        "graph's shapes, not on how long its weights were trained",
+    )  # fmt: skip
     args = parser.parse_args(argv)
-    source = paths.onnx_model(args.model, ROOT).parent / "triton"
-    if not (source / f"{args.model}_image" / "config.pbtxt").exists():
-        print(f"error: no {source} with a BLS model (make repro)", file=sys.stderr)
-        return 1
+    models = args.models or list(MODELS)
+    for key in models:
+        source = paths.onnx_model(key, args.root).parent / "triton"
+        if not (source / f"{key}_image" / "config.pbtxt").exists():
+            print(f"error: no {source} with a BLS model (make repro)", file=sys.stderr)
+            return 1
+    rows = []
     with tempfile.TemporaryDirectory(prefix="triton-bench-") as scratch:
-        rows = measure(args.model, source, Path(scratch))
-    info = report.machine()
+        for key in models:
+            rows += measure(key, args.root, Path(scratch) / key)
+    info = report.machine() | {"workspace": str(args.root)}
     print(report.save(args.out, "triton", markdown(rows, info), {"info": info, "rows": rows}))
     return 0
 
