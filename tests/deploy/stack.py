@@ -8,6 +8,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,7 +197,7 @@ class ComposeStack:
     def trainer_timeline(self, up_s: float) -> str:
         """Where the first `up` went: the trainer's stages by kind (from the times of DVC's
         `Running stage` lines; the last one runs until the trainer exits, its push included),
-        its slowest stages, and the services' start after it."""
+        its slowest stages; the rest of the `up` is the services' start after it."""
         name = f"{PROJECT}_trainer_1"
         logs = self.engine.run("logs", "--timestamps", name, check=False, timeout=60)
         marks: list[tuple[float, str]] = []
@@ -210,10 +211,10 @@ class ComposeStack:
             return f"trainer: {finished - started:.0f} s, no stage ran"
         ends = [t for t, _ in marks[1:]] + [finished]
         took = [(end - t, stage) for (t, stage), end in zip(marks, ends, strict=True)]
-        kinds: dict[str, float] = {}
+        kinds: Counter[str] = Counter()
         for seconds, stage in took:
-            kinds[stage.split("@")[0]] = kinds.get(stage.split("@")[0], 0.0) + seconds
-        by_kind = ", ".join(f"{k} {v:.0f}" for k, v in sorted(kinds.items(), key=lambda i: -i[1]))
+            kinds[stage.split("@")[0]] += seconds
+        by_kind = ", ".join(f"{k} {v:.0f}" for k, v in kinds.most_common())
         slowest = ", ".join(f"{stage} {sec:.0f}" for sec, stage in sorted(took, reverse=True)[:6])
         return (
             f"trainer {finished - started:.0f} s of the {up_s:.0f} s up (by stage, s: {by_kind};"

@@ -45,7 +45,13 @@ SERVE = ROOT / "services" / "triton" / "serve.py"
 CONCURRENCY = (1, 8, 32)
 DURATION_S = 8.0
 IMAGES = 256
-MODELS = ("fashion_segmentation", "tree_detection")  # the repositories with a BLS model
+BLS = ROOT / "services" / "triton" / "bls"  # <task>/: the BLS model export renders
+
+
+def bls_models() -> list[str]:
+    """The catalog's models that Triton serves with a BLS model (their task has one)."""
+    catalog = load_catalog()
+    return [k for k, s in catalog.items() if s.triton is not None and (BLS / s.task).is_dir()]
 
 
 def variant(source: Path, key: str, out: Path, delay_us: int | None, instances: int) -> Path:
@@ -233,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--model", action="append", dest="models",
-        help="a model with a Triton repository and a BLS model (default: the two vision ones)",
+        help="a model with a Triton repository and a BLS model (default: every such model)",
     )  # fmt: skip
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench")
     parser.add_argument(
@@ -242,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "graph's shapes, not on how long its weights were trained",
     )  # fmt: skip
     args = parser.parse_args(argv)
-    models = args.models or list(MODELS)
+    models = args.models or bls_models()
     for key in models:
         source = paths.onnx_model(key, args.root).parent / "triton"
         if not (source / f"{key}_image" / "config.pbtxt").exists():
