@@ -106,8 +106,8 @@ bench: ## Serving benchmark (wrk): floor vs anchor (hand-written FastAPI + ONNX 
 	$(RUN) python -m services.tools.bench.predlog
 	$(RUN) python -m services.tools.bench.drift
 
-load: ## The stack's rated capacity (started if it is not up): Locust step ramp to p99 <= 50 ms, the rated rate held, an overload run; reports/load/capacity.*
-	$(RUN) python -m services.tools.stack up
+load: ## The stack's rated capacity (started if it is not up, retraining off): Locust step ramp to each model's p99 objective, the rated rate held, an overload run; reports/load/capacity.*
+	DRIFT_RETRAIN=off $(RUN) python -m services.tools.stack up
 	$(RUN) python -m services.tools.load.capacity
 
 load-smoke: ## A short Locust run of every scenario against the local stack, SLO thresholds checked (CI's form of make load)

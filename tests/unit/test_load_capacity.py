@@ -4,6 +4,8 @@ synthetic steps."""
 import json
 import math
 
+import pytest
+
 from contract.catalog import load_catalog
 from services.tools.deploy import CAPACITY, DEFAULT_HPA_RPS, hpa_targets
 from services.tools.load.capacity import (
@@ -17,6 +19,7 @@ from services.tools.load.capacity import (
     published,
     rated,
 )
+from services.tools.load.payloads import share
 
 FAST = {"titanic": 50.0, "tree_detection": 250.0}  # two models' p99 objectives, ms
 
@@ -39,10 +42,23 @@ def step(rate: float, p99: float = 20.0, failures: int = 0, achieved: float | No
 
 
 def test_pacing_offers_the_rate_with_a_whole_number_of_users_per_model() -> None:
-    users, per_user = pacing(500, 13)
+    users, per_user = pacing(500, [1.0] * 13)
     assert users % 13 == 0 and users * per_user == 500
     assert per_user <= 4.0  # a user never paced faster than 250 ms apart
-    assert pacing(10, 13) == (13, 10 / 13)  # at least one user per model
+    assert pacing(10, [1.0] * 13) == (13, 10 / 13)  # at least one user per model
+
+
+def test_pacing_gives_each_model_its_catalog_share_of_the_rate() -> None:
+    mix = [1.0] * 12 + [0.1]  # a detector asked a tenth as often
+    users, per_user = pacing(500, mix)
+    per_model = users // len(mix)
+    offered = [per_model * per_user * s for s in mix]
+    assert users % len(mix) == 0 and sum(offered) == pytest.approx(500)
+    assert offered[-1] == pytest.approx(offered[0] / 10)
+    assert per_user <= 4.0
+    catalog = load_catalog()
+    assert share(catalog["tree_detection"]) == 0.1 and share(catalog["titanic"]) == 1.0
+    assert share(catalog["fashion_segmentation"]) == 1.0  # 64x64 grey canvases, not photos
 
 
 def test_a_step_passes_only_fast_complete_and_without_failures() -> None:
@@ -66,6 +82,13 @@ def test_each_model_is_held_to_its_catalog_objective() -> None:
     assert set(objectives(80).values()) == {80}  # --p99-ms: one target for all
 
 
+def test_a_rate_short_of_the_offer_by_chance_alone_still_passes() -> None:
+    assert judge(step(50, achieved=47), FAST) == []  # 1,000 +- 32 Poisson arrivals in 20 s
+    assert judge(step(50, achieved=44), FAST) == ["achieved 44 req/s of 50 offered"]
+    assert judge(step(600, achieved=545), FAST) == []  # 10% of a large rate
+    assert judge(step(600, achieved=535), FAST) == ["achieved 535 req/s of 600 offered"]
+
+
 def test_the_rating_is_the_last_pass_before_the_first_failure() -> None:
     steps = [step(100), step(200), step(300, p99=70), step(400)]
     for s in steps:
@@ -81,6 +104,15 @@ def test_overload_must_shed_fast_and_say_when_to_retry() -> None:
     assert judge_overload(shed, 1000) == []
     slow = step(900, p99=700)  # max 1400 ms
     assert judge_overload(slow, 1000) == ["the slowest answer took 1400 ms > 1000 ms"]
+    slow.models["titanic"]["max_ms"] = 1400
+    assert judge_overload(slow, 1000, FAST) == ["titanic's slowest answer took 1400 ms > 1000 ms"]
+    # a model slower than the mix: 8 of its objectives (the detector: 2 s)
+    slow.models["titanic"]["max_ms"], slow.models["tree_detection"]["max_ms"] = 900, 1400
+    assert judge_overload(slow, 1000, FAST) == []
+    slow.models["tree_detection"]["max_ms"] = slow.max_ms = 2100
+    assert judge_overload(slow, 1000, FAST) == [
+        "tree_detection's slowest answer took 2100 ms > 2000 ms"
+    ]
     broken = step(900, **{"502": 3, "429": 5, "429 without Retry-After": 5})
     assert judge_overload(broken, 1000) == [
         "answers that are not sheds: {'502': 3}",
@@ -102,7 +134,7 @@ def test_the_report_names_the_rating_and_every_step() -> None:
         "steps": [vars(s) for s in steps], "confirm": vars(confirm), "overload": None,
     }  # fmt: skip
     text = markdown(result)
-    assert "Rated: **100 requests/s**" in text and "8 per model" in text
+    assert "Rated: **100 requests/s**" in text and "8 per model of share 1" in text
     assert "objective (50 ms; tree_detection 250 ms)" in text
     assert "| 200 | 200 |" in text and "titanic p99 70 ms > 50 ms" in text
     assert "| titanic | 7.7 | 3 | 12 | 30 | 0 |" in text

@@ -14,10 +14,11 @@ request kind of every model (its percentiles once it has the samples to define t
 the total: a breach is the run's exit status 1.
 
 Pacing: by default a user waits 50-250 ms between requests (a closed loop: a slow stack gets
-fewer requests). `--user-rate R` makes each user a Poisson process of R requests/s, whatever
-the answers' times (an open loop: random gaps, as independent clients make them, and a random
-start, so users never fall into step and arrive in bursts), so N users offer N x R
-requests/s (services/tools/load/capacity.py's steps). A shed answer (429 or
+fewer requests). `--user-rate R` makes each user a Poisson process of R x its model's
+share (payloads.share) requests/s (1 for most: R), whatever the answers' times (an open loop:
+random gaps, as independent clients make them, and a random start, so users never fall into
+step and arrive in bursts), so N users per model offer N x R x the shares' sum requests/s
+(services/tools/load/capacity.py's steps). A shed answer (429 or
 503 with Retry-After) is a failure named "shed"; the report counts answers by status code and
 whether each shed said when to retry.
 """
@@ -35,7 +36,7 @@ from locust.stats import StatsEntry
 
 from contract.catalog import load_catalog
 from services.tools.load import slo
-from services.tools.load.payloads import pool
+from services.tools.load.payloads import pool, share
 
 BATCH = 10
 # Read once: parsing params.yaml takes ~0.1 s, and anything a user does at its start blocks
@@ -62,7 +63,8 @@ def _arguments(parser: Any) -> None:
     parser.add_argument("--slo-p99-ms", type=float, default=50.0, env_var="LOAD_SLO_P99_MS")
     parser.add_argument(
         "--user-rate", type=float, default=0.0, env_var="LOAD_USER_RATE",
-        help="requests/s each user sends whatever the answers' times (0: 50-250 ms pauses)",
+        help="requests/s a user sends whatever the answers' times, times its model's share "
+        "(0: 50-250 ms pauses)",
     )  # fmt: skip
     parser.add_argument(
         "--slo-report", default="", env_var="LOAD_SLO_REPORT",
@@ -93,11 +95,12 @@ class ModelUser(FastHttpUser):
     def on_start(self) -> None:
         options = self.environment.parsed_options
         self.rng = random.Random()
-        self.rate = float(options.user_rate)
+        self.spec = CATALOG[self.key]
+        # paced: this model's share of the mix (payloads.share: 1 for most)
+        self.rate = float(options.user_rate) * share(self.spec)
         if self.rate:  # a random first arrival: users spawned together must not fire together
             time.sleep(self.rng.expovariate(self.rate))
             self.due = time.monotonic()
-        self.spec = CATALOG[self.key]
         self.pool = pool(self.key, Path(options.data_root).resolve())
         self.base = options.path_template.format(key=self.key)
 

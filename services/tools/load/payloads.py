@@ -20,6 +20,17 @@ from contract.catalog import ModelSpec, load_catalog
 from services.tools.examples import as_entities, as_records
 
 POOL_ROWS = 500  # rows read per model: enough variety, quick to load
+# A model's requests in the paced mix of the rated capacity (`make load`), relative to most
+# models' (1): a service of photos (an encoded picture up to 1000x1000, a tile ~50 table
+# rows of CPU) is asked a tenth as often, aerial surveys coming by the tile, not by the
+# click. The mix sets the stack's total rating only: a model's CPU per request and its HPA
+# target do not depend on it
+PHOTO_SHARE = 0.1
+
+
+def share(spec: ModelSpec) -> float:
+    """The model's share of the paced mix (PHOTO_SHARE for a photo service, else 1)."""
+    return PHOTO_SHARE if any(f.type == "photo" for f in spec.fields.values()) else 1.0
 
 
 @dataclass
