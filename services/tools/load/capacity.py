@@ -516,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
         PUBLISHED.write_text(json.dumps(published(result), indent=2) + "\n")
         print(f"published {PUBLISHED.relative_to(ROOT)}: `make manifests` sets the HPA targets")
     print(
-        f"rated capacity: {rating:.0f} req/s ({rating / sum(shares()):.0f} per model of share 1)"
+        f"rated capacity: {rating:.0f} req/s ({rating / result['shares']:.0f} per model of share 1)"
         f" -> {out}/{name}.md"
     )
     return 0 if ok else 1
