@@ -2,12 +2,13 @@
 
 When collection selects the tier, its tests move to the end of the run and the engine start
 and the image builds begin at once, beside the other tiers (with the build cache that is
-seconds; from nothing, a few minutes of mostly downloads). The first `up` (the trainer's
-reduced `dvc repro`, the 20-odd containers starting) waits until the tier's own fixtures ask
-for it. It ran beside the other tiers once, measured in CI: 20 containers and the local
-stack's 20 processes starting at once on two cores left the compose proxy unhealthy and the
-local stack unready after 10 minutes, and both `dvc repro` runs took twice as long; on two
-cores it gains nothing. Alone (`make compose-test`) the fixtures wait at once, as before.
+seconds; from nothing, a few minutes of mostly downloads). The first `up` (the DVC remote
+seeded with the host tiers' runs, the trainer's reduced `dvc repro --pull`, the 20-odd
+containers starting) waits until the tier's own fixtures ask for it. It ran beside the other
+tiers once, measured in CI: 20 containers and the local stack's 20 processes starting at once
+on two cores left the compose proxy unhealthy and the local stack unready after 10 minutes,
+and both `dvc repro` runs took twice as long; on two cores it gains nothing. Alone (`make
+compose-test`) the fixtures wait at once (for the reduced workspace first), as before.
 
 The fixtures own the teardown (`down -v` when the module ends, the engine when the package
 ends); a session that ends before they run (a failure with -x, ^C) cancels the start and
@@ -59,6 +60,7 @@ class Start:
     folder: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="compose-")))
     cancelled: threading.Event = field(default_factory=threading.Event)
     go: threading.Event = field(default_factory=threading.Event)
+    seed_cache: Path | None = None  # the host tiers' DVC cache, given with `go`
     engine: "Future[docker.Engine]" = field(default_factory=Future)
     builds: "Future[dict[str, float]]" = field(default_factory=Future)
     stack: "Future[ComposeStack]" = field(default_factory=Future)
@@ -84,6 +86,8 @@ class Start:
             stack = ComposeStack(engine, reduced_params(self.folder), log, self.say, self.cancelled)
             self.made = stack
             stack.down("--volumes", "--remove-orphans")  # a killed session's leftovers
+            if self.seed_cache is not None:
+                self.say(stack.seed_remote(self.seed_cache))
             stack.first_up_s = stack.up()
             self.say(f"first up: {stack.first_up_s:.0f} s (log {log})")
             try:
@@ -97,8 +101,10 @@ class Start:
                 if not future.done():
                     future.set_exception(error)
 
-    def wanted(self) -> "Future[ComposeStack]":
-        """The tier's tests have begun: the first `up` may start (once the builds are done)."""
+    def wanted(self, seed_cache: Path) -> "Future[ComposeStack]":
+        """The tier's tests have begun: the first `up` may start (once the builds are done),
+        its DVC remote seeded from `seed_cache` (tests/deploy/seed.py)."""
+        self.seed_cache = seed_cache
         self.go.set()
         return self.stack
 

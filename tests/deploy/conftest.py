@@ -15,6 +15,7 @@ import pytest
 from tests.deploy import engine as docker
 from tests.deploy.background import Start, Terminal
 from tests.deploy.stack import ComposeStack
+from tests.workspace import Project
 
 START = pytest.StashKey[Start]()
 
@@ -65,10 +66,11 @@ def build_times(engine: docker.Engine, started: Start) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def stack(
-    engine: docker.Engine, build_times: dict[str, float], started: Start
+    engine: docker.Engine, build_times: dict[str, float], started: Start, project: Project
 ) -> Iterator[ComposeStack]:
-    """The stack after its first `up`; `down -v` at the end removes it and its volumes."""
+    """The stack after its first `up`, its DVC remote seeded with the runs of the host tiers'
+    reduced workspace (`project`); `down -v` at the end removes it and its volumes."""
     try:
-        yield started.wanted().result()
+        yield started.wanted(project.root / ".dvc" / "cache").result()
     finally:
         started.close_stack()

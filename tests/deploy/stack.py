@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import boto3
 import yaml
 
 from contract.paths import ROOT
+from tests.deploy import seed
 from tests.deploy.engine import Engine, compose_command
 from tests.deploy.images import TAG
 from tests.workspace import REDUCED_PARAMS, merge
@@ -74,6 +76,7 @@ class ComposeStack:
     cancelled: threading.Event = field(default_factory=threading.Event)
     env: dict[str, str] = field(default_factory=dict)
     first_up_s: float = 0.0
+    seeded: "seed.Seed | None" = None  # what seed_remote put in the DVC remote
 
     def __post_init__(self) -> None:
         self.env = self.engine.env(
@@ -134,8 +137,8 @@ class ComposeStack:
     def up(self, timeout: float = 3600) -> float:
         """`up -d` (it waits for every healthcheck and the trainer); the trainer's latest log
         line every minute meanwhile. Returns the seconds it took; `cancelled` stops it."""
-        taken = {name: self.env[name] for name in PORT_VARIABLES if busy(int(self.env[name]))}
-        assert not taken, f"host ports for the stack are in use here: {taken}"
+        if not self.compose("ps", "-q").split():  # else its own containers publish some
+            self.check_ports()
         started = time.monotonic()
         with self.log.open("a") as out:
             out.write("$ docker-compose up -d --no-build\n")
@@ -160,6 +163,38 @@ class ComposeStack:
                 f"docker-compose up failed:\n{self.log.read_text()[-4000:]}\n{self.why_down()}"
             )
         return time.monotonic() - started
+
+    def check_ports(self) -> None:
+        """Before the project's first container starts: every host port it publishes is free."""
+        taken = {name: self.env[name] for name in PORT_VARIABLES if busy(int(self.env[name]))}
+        assert not taken, f"host ports for the stack are in use here: {taken}"
+
+    def s3(self) -> Any:
+        """A client of the stack's S3 (MinIO's role) with its root account."""
+        return boto3.client(
+            "s3", endpoint_url=self.url("MINIO_PORT"), region_name="us-east-1",
+            aws_access_key_id=self.env["MINIO_ROOT_USER"],
+            aws_secret_access_key=self.env["MINIO_ROOT_PASSWORD"],
+        )  # fmt: skip
+
+    def seed_remote(self, cache: Path) -> str:
+        """Before the first `up`: S3 and its buckets alone, then the DVC remote given the host
+        tiers' runs (tests/deploy/seed.py). Returns what went in, in words."""
+        self.check_ports()
+        self.compose("up", "-d", "--no-build", "minio-init", timeout=900)
+        waited = self.engine.run("wait", f"{PROJECT}_minio-init_1", timeout=300)
+        if waited.stdout.strip() != "0":
+            raise RuntimeError(f"minio-init exited {waited.stdout.strip()}:\n{self.why_down()}")
+        started = time.monotonic()
+        found = seed.collect(cache)
+        seed.upload(self.s3(), cache, found)
+        self.seeded = found
+        return (
+            f"the DVC remote seeded with {len(found.runs)} runs of the host tiers' reduced repro"
+            f" and their {len(found.objects)} objects ({found.size / 2**20:.0f} MiB) in"
+            f" {time.monotonic() - started:.0f} s; left out: {found.skipped_runs} runs"
+            f" ({', '.join(seed.TRAINED_HERE)} train in the container)"
+        )
 
     def why_down(self) -> str:
         """Each container that is not running or not healthy: its state, its last health
@@ -198,14 +233,10 @@ class ComposeStack:
         """Where the first `up` went: the trainer's stages by kind (from the times of DVC's
         `Running stage` lines; the last one runs until the trainer exits, its push included),
         its slowest stages; the rest of the `up` is the services' start after it."""
-        name = f"{PROJECT}_trainer_1"
-        logs = self.engine.run("logs", "--timestamps", name, check=False, timeout=60)
-        marks: list[tuple[float, str]] = []
-        for line in (logs.stdout + logs.stderr).splitlines():
-            stamp, _, text = line.partition(" ")
-            if text.startswith("Running stage '"):
-                marks.append((_seconds(stamp), text.split("'")[1]))
-        (state,) = json.loads(self.engine.run("inspect", name).stdout)
+        events = self.trainer_events()  # one read of the trainer's log
+        marks = [(_seconds(stamp), stage) for stamp, ran, stage in events if ran]
+        restored = sum(not ran for _, ran, _ in events)
+        (state,) = json.loads(self.engine.run("inspect", f"{PROJECT}_trainer_1").stdout)
         started, finished = (_seconds(state["State"][k]) for k in ("StartedAt", "FinishedAt"))
         if not marks:
             return f"trainer: {finished - started:.0f} s, no stage ran"
@@ -217,9 +248,30 @@ class ComposeStack:
         by_kind = ", ".join(f"{k} {v:.0f}" for k, v in kinds.most_common())
         slowest = ", ".join(f"{stage} {sec:.0f}" for sec, stage in sorted(took, reverse=True)[:6])
         return (
-            f"trainer {finished - started:.0f} s of the {up_s:.0f} s up (by stage, s: {by_kind};"
+            f"trainer {finished - started:.0f} s of the {up_s:.0f} s up ({len(marks)} stages run,"
+            f" {restored} restored from the remote; by stage, s: {by_kind};"
             f" slowest: {slowest}); before it {marks[0][0] - started:.0f} s"
         )
+
+    def trainer_events(self) -> list[tuple[str, bool, str]]:
+        """(timestamp, ran, stage) for each stage the trainer ran (DVC's "Running stage") or
+        restored from the remote's run cache ("Stage '<name>' is cached - skipping run"), in
+        order, stdout's and stderr's lines together."""
+        name = f"{PROJECT}_trainer_1"
+        logs = self.engine.run("logs", "--timestamps", name, check=False, timeout=60)
+        events = []
+        for line in (logs.stdout + logs.stderr).splitlines():
+            stamp, _, text = line.partition(" ")
+            if text.startswith("Running stage '"):
+                events.append((stamp, True, text.split("'")[1]))
+            elif text.startswith("Stage '") and "is cached - skipping run" in text:
+                events.append((stamp, False, text.split("'")[1]))
+        return sorted(events)
+
+    def trainer_stages(self) -> tuple[list[str], list[str]]:
+        """The stages the trainer ran, and those it restored from the remote's run cache."""
+        events = self.trainer_events()
+        return [s for _, ran, s in events if ran], [s for _, ran, s in events if not ran]
 
     def down(self, *options: str) -> None:
         self.compose("down", *options, timeout=600)

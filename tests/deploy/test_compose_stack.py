@@ -7,13 +7,13 @@ import time
 import uuid
 from typing import Any
 
-import boto3
 import httpx
 import psycopg
 import pytest
 
 from tests.conftest import CATALOG, KEYS
 from tests.deploy.images import PROJECT_TARGETS, STAND_INS, TAG
+from tests.deploy.seed import BUCKET, PREFIX, TRAINED_HERE
 from tests.deploy.stack import ComposeStack, health
 
 pytestmark = [pytest.mark.slow, pytest.mark.deploy]
@@ -33,6 +33,11 @@ def registered(stack: ComposeStack) -> dict[str, dict[str, str]]:
     for name, alias, version in rows:
         aliases.setdefault(name, {})[alias] = str(version)
     return aliases
+
+
+def bucket_keys(s3: Any, bucket: str, prefix: str = "") -> list[str]:
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
 def logged_predictions(stack: ComposeStack, prefix: str = "") -> int:
@@ -90,17 +95,23 @@ def test_the_trainer_registered_every_model_in_postgres_with_artifacts_in_s3(
     aliases = registered(stack)
     assert set(aliases) == set(KEYS)
     assert all("champion" in a for a in aliases.values()), aliases
-    s3 = boto3.client(
-        "s3", endpoint_url=stack.url("MINIO_PORT"), region_name="us-east-1",
-        aws_access_key_id=stack.env["MINIO_ROOT_USER"],
-        aws_secret_access_key=stack.env["MINIO_ROOT_PASSWORD"],
-    )  # fmt: skip
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket="mlflow")
-            for o in page.get("Contents", [])]  # fmt: skip
-    onnx = [k for k in keys if k.endswith("model.onnx")]
+    s3 = stack.s3()
+    onnx = [k for k in bucket_keys(s3, "mlflow") if k.endswith("model.onnx")]
     assert len(onnx) >= len(KEYS), onnx
-    # the DVC remote got the trainer's outputs (dvc push)
-    assert s3.list_objects_v2(Bucket="dvc").get("KeyCount", 0) > 0
+
+
+def test_the_trainer_restored_the_remotes_runs_and_made_the_rest(stack: ComposeStack) -> None:
+    """`dvc repro --pull`: the runs the remote held (tests/deploy/seed.py) are restored, those
+    of TRAINED_HERE trained in the container, and the stages with side effects run every
+    time; then `dvc push --run-cache` gives the remote the container's own runs."""
+    ran, restored = stack.trainer_stages()
+    assert {f"train@{key}" for key in TRAINED_HERE} <= set(ran), ran
+    assert {f"train@{key}" for key in KEYS if key not in TRAINED_HERE} <= set(restored), ran
+    side_effects = {"features_apply", "features_materialize", *(f"register@{k}" for k in KEYS)}
+    assert side_effects <= set(ran) and not side_effects & set(restored), (ran, restored)
+    assert stack.seeded is not None
+    runs = [k for k in bucket_keys(stack.s3(), BUCKET, f"{PREFIX}/runs/")]
+    assert len(runs) > len(stack.seeded.runs), "the trainer pushed no run of its own"
 
 
 def test_every_model_answers_predict_and_oip_through_the_proxy(
