@@ -98,10 +98,13 @@ HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
 CMD ["python", "-m", "services.serve", "--help"]
 
 FROM base AS trainer
-# Fashion-MNIST comes from Debian (no download at run time); git for DVC's file listing
+# Fashion-MNIST, the speech model's test recordings and the voice that reads reviews aloud
+# come from Debian (no download at run time)
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
         dataset-fashion-mnist=0.0~git20200523.55506a9-1 \
+        pocketsphinx-testdata=0.8+5prealpha+1-15 \
+        espeak-ng=1.51+dfsg-10+deb12u2 \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=trainer-venv /opt/venv /opt/venv
 COPY --chown=app:app . /app

@@ -16,10 +16,14 @@ all: setup repro registry serve ## Everything from a fresh clone: install, train
 
 setup: system-packages venv ## Install system packages and the locked Python environment
 
-system-packages: ## Debian packages: the CNN's data, prometheus and alertmanager (promtool, amtool), nginx (the proxy), Docker 20.10 + docker-compose + debootstrap (the deploy tier); needs root
+system-packages: ## Debian packages: the CNN's data, the speech model's recordings and voice (pocketsphinx-testdata, espeak-ng), prometheus and alertmanager (promtool, amtool), nginx (the proxy), Docker 20.10 + docker-compose + debootstrap (the deploy tier); needs root
 	@if [ ! -d $(FASHION_MNIST) ]; then \
 		echo "installing dataset-fashion-mnist"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+	@if [ ! -d /usr/share/pocketsphinx/test/data ] || ! command -v espeak-ng >/dev/null; then \
+		echo "installing pocketsphinx-testdata and espeak-ng"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pocketsphinx-testdata espeak-ng; \
 	fi
 	@if ! command -v promtool >/dev/null; then \
 		echo "installing prometheus"; \

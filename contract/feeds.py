@@ -14,10 +14,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+# a recording's decoding and summary live in contract/audio.py: here beside a photo's
+from contract.audio import AUDIO_VIEW as AUDIO_VIEW
+from contract.audio import Recording as Recording
+from contract.audio import decode_recording as decode_recording
+from contract.audio import recording_summary as recording_summary
 from contract.catalog import InputField, ModelSpec
 
 NUMERIC = ("float", "int")
-SIZE_SUFFIX = "_size"  # a photo's second graph input: <name>_size
+SIZE_SUFFIX = "_size"  # a photo's or a recording's second graph input: <name>_size
+# Field types the graph reads a record at a time, each with its size (one_at_a_time)
+SIZED = ("photo", "audio")
 
 
 PHOTO_VIEW = ("height", "width", "mean", "std")  # a picture's drift summary
@@ -73,33 +80,65 @@ def photo_tensors(values: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
     return batch, sizes
 
 
+def recording_tensors(
+    values: Sequence[Recording | bytes], max_samples: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(samples [N, longest] float32 padded with zeros, each one's sample count [N, 1])."""
+    recordings = [decode_recording(v, max_samples) for v in values]
+    sizes = np.array([len(r) for r in recordings], np.int64).reshape(len(recordings), 1)
+    batch = np.zeros((len(recordings), int(sizes.max(initial=0))), np.float32)
+    for i, samples in enumerate(recordings):
+        batch[i, : len(samples)] = samples
+    return batch, sizes
+
+
+def logged_tensors(feeds: dict[str, np.ndarray], spec: ModelSpec) -> dict[str, np.ndarray]:
+    """An OIP batch's tensors as the prediction log keeps them: a recording as its summary
+    per record (an object [N, 1] column, as /predict's records log a Recording), not its
+    samples, and without its sizes."""
+    out = dict(feeds)
+    for name, field in spec.fields.items():
+        if field.type == "audio" and name in feeds and name + SIZE_SUFFIX in feeds:
+            sizes = out.pop(name + SIZE_SUFFIX)[:, 0]
+            column = np.empty((len(sizes), 1), object)
+            column[:, 0] = [
+                recording_summary(s[:n]) for s, n in zip(feeds[name], sizes, strict=True)
+            ]
+            out[name] = column
+    return out
+
+
 def one_at_a_time(spec: ModelSpec) -> bool:
-    """Whether records run through the graph one at a time: photos, whose batch pads each
-    picture to the largest (the network sees the padding at a picture's borders, so a
-    picture's answer would depend on its batchmates; and sizes vary, so padding is waste)."""
-    return any(f.type == "photo" for f in spec.fields.values())
+    """Whether records run through the graph one at a time: photos and recordings, whose
+    batch pads each to the largest (the network sees the padding at a picture's borders or a
+    recording's end, so a record's answer would depend on its batchmates; and sizes vary, so
+    padding is waste)."""
+    return any(f.type in SIZED for f in spec.fields.values())
 
 
 def each_record(feeds: dict[str, np.ndarray], spec: ModelSpec) -> list[dict[str, np.ndarray]]:
-    """A batch's tensors record by record, each photo cut back to its own size."""
+    """A batch's tensors record by record, each photo or recording cut back to its own size."""
     size = len(next(iter(feeds.values()))) if feeds else 0
-    photos = [n for n, f in spec.fields.items() if f.type == "photo"]
+    sized = {n: f.type for n, f in spec.fields.items() if f.type in SIZED}
     records = []
     for i in range(size):
         record = {name: array[i : i + 1] for name, array in feeds.items()}
-        for name in photos:
-            height, width = (int(v) for v in record[name + SIZE_SUFFIX][0])
-            record[name] = record[name][:, :height, :width]
+        for name, kind in sized.items():
+            if kind == "photo":
+                height, width = (int(v) for v in record[name + SIZE_SUFFIX][0])
+                record[name] = record[name][:, :height, :width]
+            else:
+                record[name] = record[name][:, : int(record[name + SIZE_SUFFIX][0, 0])]
         records.append(record)
     return records
 
 
 def input_names(spec: ModelSpec) -> list[str]:
-    """The graph's inputs: one per field, and a photo's sizes after it."""
+    """The graph's inputs: one per field, and a photo's or a recording's sizes after it."""
     names = []
     for name, field in spec.fields.items():
         names.append(name)
-        if field.type == "photo":
+        if field.type in SIZED:
             names.append(name + SIZE_SUFFIX)
     return names
 
@@ -110,12 +149,16 @@ def _field_feeds(
     if field.type == "photo":
         pictures, sizes = photo_tensors(values)
         return {name: pictures, name + SIZE_SUFFIX: sizes}
+    if field.type == "audio":
+        samples, counts = recording_tensors(values, (field.shape or [0])[0])
+        return {name: samples, name + SIZE_SUFFIX: counts}
     return {name: tensor(field, values, size)}
 
 
 def tensor(field: InputField, values: Sequence[Any], size: int) -> np.ndarray:
     """One field's column as its graph input: float32 [N, 1] numbers, uint8 [N, H, W] pixels,
-    float32 [N, length] series, or object [N, 1] strings (a photo: `photo_tensors`)."""
+    float32 [N, length] series, or object [N, 1] strings (a photo: `photo_tensors`; a
+    recording: `recording_tensors`)."""
     if field.type in NUMERIC:  # None (a missing value) is NaN as float64
         return np.array(values, np.float64).astype(np.float32).reshape(size, 1)
     if field.type == "image":
@@ -156,7 +199,7 @@ def onnx_feeds(frame: pd.DataFrame, spec: ModelSpec) -> dict[str, np.ndarray]:
         column = frame[name]
         if field.type in NUMERIC:
             values: Any = pd.to_numeric(column).to_numpy(np.float64)
-        elif field.type in ("image", "photo", "series"):
+        elif field.type in ("image", "photo", "series", "audio"):
             values = column.tolist()
         else:
             values = column.astype(object).where(column.notna(), None).tolist()

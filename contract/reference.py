@@ -6,13 +6,14 @@ predictions on it. The drift
 service puts logged traffic through the same view, so both sides come from one function.
 Numbers and categories are compared as they are; a text field by its length in characters
 and words, an image by its mean, spread and share of ink (pixel drift means nothing), a
-photo by its size, brightness and contrast; and either by the model's embedding of it
-(IMAGE_EMBEDDING: its backbone's pooled features projected on their first principal
+photo by its size, brightness and contrast, a recording by its length, loudness and peak;
+and either picture, or a transformer's text, by the model's embedding of it
+(INPUT_EMBEDDING: its backbone's pooled features projected on their first principal
 components, a graph output the service logs beside the record), which moves with what the
-pictures show, not only with their light. The outputs are compared as the task's `answered`
-sees a served answer (the reference's answers made by the task's `format`, as served): the
-score, the label where one is served, and the task's further columns (a detector's box
-size).
+pictures show or the texts say, not only with their light or length. The
+outputs are compared as the task's `answered` sees a served answer (the reference's answers
+made by the task's `format`, as served): the score, the label where one is served, and the
+task's further columns (a detector's box size).
 """
 
 import base64
@@ -22,7 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from contract.catalog import EMBEDDING_DIMS, IMAGE_EMBEDDING, ModelSpec
+from contract.audio import AUDIO_VIEW, decode_recording, recording_summary
+from contract.catalog import EMBEDDING_DIMS, INPUT_EMBEDDING, InputField, ModelSpec, embedded
 from contract.feeds import PHOTO_VIEW, decode_photo, photo_summary
 from contract.tasks import LABEL, SCORE, Served
 
@@ -33,7 +35,6 @@ SEED = 0
 PREDICTION = SCORE  # P(positive), P(top class), the predicted value, the boxes answered...
 PREDICTED_LABEL = LABEL
 PREDICTIONS = (PREDICTION, PREDICTED_LABEL)
-PICTURES = ("image", "photo")  # the field types the model's IMAGE_EMBEDDING stands for
 
 
 @dataclass(frozen=True)
@@ -70,14 +71,16 @@ def columns(spec: ModelSpec) -> Columns:
             numerical += [f"{name}.chars", f"{name}.words"]
         elif field.type == "image":
             numerical += [f"{name}.mean", f"{name}.std", f"{name}.ink"]
-            numerical += embedding_columns(name)
         elif field.type == "photo":
             numerical += [f"{name}.{part}" for part in PHOTO_VIEW]
-            numerical += embedding_columns(name)
+        elif field.type == "audio":
+            numerical += [f"{name}.{part}" for part in AUDIO_VIEW]
         elif field.type == "series":
             numerical += [f"{name}.mean", f"{name}.std", f"{name}.last"]
         else:
             categorical.append(name)
+        if embedded(field):
+            numerical += embedding_columns(name)
     numerical += [PREDICTION, *spec.task_kind.OUTPUT_VIEW]
     if spec.labels_served:
         categorical.append(PREDICTED_LABEL)
@@ -108,17 +111,32 @@ def _photo(value: Any) -> tuple[float, ...]:
     return tuple(summary.get(part, np.nan) for part in PHOTO_VIEW)
 
 
+def _recording(value: Any, field: InputField) -> tuple[float, ...]:
+    """(seconds, loudness_dbfs, peak_dbfs) of a recording: its summary as the prediction log
+    keeps it, or that of WAV / FLAC bytes (the split) or base64 text, decoded by the
+    service's rules within the field's cap; NaN where it is missing or does not decode."""
+    if isinstance(value, dict):
+        return tuple(float(value.get(part, np.nan)) for part in AUDIO_VIEW)
+    try:
+        if isinstance(value, str):
+            value = base64.b64decode(value, validate=True)
+        summary = recording_summary(decode_recording(value, (field.shape or [0])[0]))
+    except (ValueError, TypeError):  # binascii.Error is a ValueError
+        return (np.nan,) * len(AUDIO_VIEW)
+    return tuple(summary[part] for part in AUDIO_VIEW)
+
+
 def _pixels(values: pd.Series) -> np.ndarray:
     return np.stack([_image(v) for v in values]).astype(np.float32) / 255
 
 
 def _embeddings(inputs: pd.DataFrame) -> np.ndarray:
-    """[N, EMBEDDING_DIMS]: each record's logged IMAGE_EMBEDDING; NaN where it has none (a
+    """[N, EMBEDDING_DIMS]: each record's logged INPUT_EMBEDDING; NaN where it has none (a
     request that asked the graph for other outputs) or not of that length."""
     found = np.full((len(inputs), EMBEDDING_DIMS), np.nan)
-    if IMAGE_EMBEDDING not in inputs:
+    if INPUT_EMBEDDING not in inputs:
         return found
-    for i, value in enumerate(inputs[IMAGE_EMBEDDING].reset_index(drop=True)):
+    for i, value in enumerate(inputs[INPUT_EMBEDDING].reset_index(drop=True)):
         try:
             vector = np.asarray(value, dtype=np.float64).reshape(-1)
         except (TypeError, ValueError):
@@ -130,7 +148,7 @@ def _embeddings(inputs: pd.DataFrame) -> np.ndarray:
 
 def drift_view(spec: ModelSpec, inputs: pd.DataFrame) -> pd.DataFrame:
     """The records' fields as the drift report compares them (no prediction columns); an
-    image's embedding from the records' IMAGE_EMBEDDING (the graph's, as the log keeps it)."""
+    image's embedding from the records' INPUT_EMBEDDING (the graph's, as the log keeps it)."""
     view: dict[str, pd.Series | np.ndarray] = {}
     for name, field in spec.fields.items():
         values = inputs[name] if name in inputs else pd.Series([None] * len(inputs))
@@ -154,6 +172,11 @@ def drift_view(spec: ModelSpec, inputs: pd.DataFrame) -> pd.DataFrame:
             parts = np.array([_photo(v) for v in values], np.float64).reshape(-1, len(PHOTO_VIEW))
             for i, part in enumerate(PHOTO_VIEW):
                 view[f"{name}.{part}"] = parts[:, i]
+        elif field.type == "audio":
+            heard = [_recording(v, field) for v in values]
+            parts = np.array(heard, np.float64).reshape(-1, len(AUDIO_VIEW))
+            for i, part in enumerate(AUDIO_VIEW):
+                view[f"{name}.{part}"] = parts[:, i]
         elif field.type == "image":
             pixels = _pixels(values) if len(values) else np.zeros((0, 1), np.float32)
             view[f"{name}.mean"] = pixels.mean(axis=1)
@@ -161,7 +184,7 @@ def drift_view(spec: ModelSpec, inputs: pd.DataFrame) -> pd.DataFrame:
             view[f"{name}.ink"] = (pixels > 0.1).mean(axis=1)
         else:
             view[name] = values.astype(object).where(values.notna(), None)
-        if field.type in PICTURES:
+        if embedded(field):
             vectors = _embeddings(inputs)
             for column, dimension in zip(embedding_columns(name), vectors.T, strict=True):
                 view[column] = dimension
@@ -192,10 +215,10 @@ def reference(
 ) -> pd.DataFrame:
     """The drift view of `rows` and of the model's answers on them: the graph's outputs
     (`result`) made into answers by the task's `format` as the service does (`served`: its
-    threshold), the IMAGE_EMBEDDING beside the records as the service logs it."""
+    threshold), the INPUT_EMBEDDING beside the records as the service logs it."""
     inputs = rows.reset_index(drop=True)
-    if IMAGE_EMBEDDING in result:
-        inputs = inputs.assign(**{IMAGE_EMBEDDING: list(np.asarray(result[IMAGE_EMBEDDING]))})
+    if INPUT_EMBEDDING in result:
+        inputs = inputs.assign(**{INPUT_EMBEDDING: list(np.asarray(result[INPUT_EMBEDDING]))})
     view = drift_view(spec, inputs)
     answers = outputs_view(spec, spec.task_kind.format(result, served))
     return pd.concat([view, answers], axis=1)

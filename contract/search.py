@@ -6,52 +6,21 @@ graph; the pipeline's checks and the service both run this session, so what is c
 what is served. It needs onnxruntime, tokenizers and faiss, not PyTorch.
 """
 
-import json
-import logging
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import faiss
 import numpy as np
-import onnx
 import onnxruntime as ort
 import pandas as pd
-from tokenizers import Tokenizer
 
-log = logging.getLogger(__name__)
+from contract.tokens import Arg, TokenizedSession
+
 INDEX_FILE = "index.faiss"
 DOCUMENTS_FILE = "documents.parquet"
 SERVED_FILES = (INDEX_FILE, DOCUMENTS_FILE)  # registered beside model.onnx
 OUTPUTS = ("ids", "texts", "scores")
-PROGRESS_EVERY_S = 15.0
-ENCODE_BATCH = 32  # texts per ONNX run: a batch pads to its longest
-
-
-def tokenizer(definition: str, max_tokens: int) -> Tokenizer:
-    """The encoder's WordPiece tokenizer (tokenizer.json), truncating and padding batches."""
-    tok = Tokenizer.from_str(definition)
-    tok.enable_truncation(max_tokens)
-    tok.enable_padding(pad_id=0, pad_token="[PAD]")
-    return tok
-
-
-def encoder_inputs(tok: Tokenizer, texts: Sequence[str]) -> dict[str, np.ndarray]:
-    """The encoder's own inputs for a batch, padded to its longest text: what a client of
-    the encoder alone (Triton) sends."""
-    encoded = tok.encode_batch(list(texts))
-    return {
-        "input_ids": np.array([e.ids for e in encoded], np.int64),
-        "attention_mask": np.array([e.attention_mask for e in encoded], np.int64),
-    }
-
-
-def graph_tokenizer(graph: Path) -> Tokenizer:
-    """The tokenizer an exported encoder carries in its metadata."""
-    meta = {p.key: p.value for p in onnx.load_model(graph).metadata_props}
-    return tokenizer(meta["tokenizer"], int(meta["max_tokens"]))
 
 
 @dataclass
@@ -78,14 +47,6 @@ class Corpus:
         return np.asarray(scores), np.asarray(positions)
 
 
-class Arg(NamedTuple):
-    """An input or output as ONNX Runtime describes one (NodeArg)."""
-
-    name: str
-    type: str
-    shape: list[Any]
-
-
 class RetrievalSession:
     """Tokenizer -> ONNX encoder -> FAISS, with an ONNX Runtime session's interface: the
     text field in ([N, 1] strings), the top-k `ids`, `texts` (strings) and `scores`
@@ -93,14 +54,13 @@ class RetrievalSession:
 
     def __init__(self, session: ort.InferenceSession, corpus: Corpus) -> None:
         meta = session.get_modelmeta().custom_metadata_map
-        missing = {"tokenizer", "max_tokens", "top_k", "fields"} - set(meta)
-        if missing:
-            raise ValueError(f"not a retrieval encoder: its metadata lacks {sorted(missing)}")
+        if "top_k" not in meta:
+            raise ValueError("not a retrieval encoder: its metadata lacks ['top_k']")
+        self.encoder = TokenizedSession(session)  # the tokenizer before the graph
         self.session = session
         self.corpus = corpus
-        self.tokenizer = tokenizer(meta["tokenizer"], int(meta["max_tokens"]))
         self.top_k = min(int(meta["top_k"]), len(corpus.documents))
-        (self.field,) = json.loads(meta["fields"])
+        self.field = self.encoder.field
         (embedding,) = session.get_outputs()
         self.dimension = embedding.shape[-1]
         self._ids = corpus.documents["id"].astype(str).to_numpy(object)
@@ -110,7 +70,7 @@ class RetrievalSession:
         return self.session.get_modelmeta()
 
     def get_inputs(self) -> list[Arg]:
-        return [Arg(self.field, "tensor(string)", ["batch", 1])]
+        return self.encoder.get_inputs()
 
     def get_outputs(self) -> list[Arg]:
         k = self.top_k
@@ -121,31 +81,14 @@ class RetrievalSession:
             Arg("scores", "tensor(float)", ["batch", k]),
         ]
 
-    def tokens(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
-        return encoder_inputs(self.tokenizer, texts)
+    def tokens(self, texts: list[str]) -> dict[str, np.ndarray]:
+        return self.encoder.tokens(texts)
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """ONNX embeddings [N, dim]: texts tokenized, run in batches of similar length (a
-        batch pads to its longest text)."""
-        encoded = self.tokenizer.encode_batch(list(texts))
-        lengths = np.array([sum(e.attention_mask) for e in encoded])
-        order = np.argsort(lengths, kind="stable")
-        out = np.zeros((len(encoded), self.dimension), np.float32)
-        started = last = time.perf_counter()
-        for start in range(0, len(order), ENCODE_BATCH):
-            if time.perf_counter() - last > PROGRESS_EVERY_S:  # a pipeline's thousands
-                last = time.perf_counter()
-                log.info("encoding (ONNX): %d of %d (%.0fs)", start, len(order), last - started)
-            rows = order[start : start + ENCODE_BATCH]
-            width = int(lengths[rows].max())
-            feeds = {
-                "input_ids": np.array([encoded[i].ids[:width] for i in rows], np.int64),
-                "attention_mask": np.array(
-                    [encoded[i].attention_mask[:width] for i in rows], np.int64
-                ),
-            }
-            (out[rows],) = self.session.run(["embedding"], feeds)
-        return out
+    def embed(self, texts: list[str]) -> np.ndarray:
+        """ONNX embeddings [N, dim] of the texts (tokenized, in batches of similar length)."""
+        column = np.array(texts, dtype=object).reshape(-1, 1)
+        (embedding,) = self.encoder.run(["embedding"], {self.field: column})
+        return np.asarray(embedding, np.float32)
 
     def run(
         self, names: list[str] | None, feeds: dict[str, np.ndarray], run_options: Any = None
@@ -164,7 +107,7 @@ class RetrievalSession:
         return [result[name] for name in names]
 
 
-def session(graph: onnx.ModelProto, directory: Path) -> RetrievalSession:
+def session(graph: Any, directory: Path) -> RetrievalSession:
     """The served pipeline on a graph and the directory holding its index and documents."""
     encoder = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
     return RetrievalSession(encoder, Corpus.open(directory))

@@ -4,6 +4,7 @@ from typing import Any
 
 import pandas as pd
 
+from contract.audio import SAMPLE_RATE
 from contract.catalog import ModelSpec
 
 
@@ -23,11 +24,16 @@ def _field_line(name: str, spec: ModelSpec) -> str:
                 f"one of {', '.join(map(str, f.values))}" if f.values else "",
                 f"{'x'.join(map(str, f.shape))} uint8" if f.shape and f.type == "image" else "",
                 f"{f.shape[0]} numbers" if f.shape and f.type == "series" else "",
+                _recording_limit(f.shape) if f.shape and f.type == "audio" else "",
                 "may be missing" if f.nullable else "",
             ],
         )
     )
     return f"| `{name}` | {f.type} | {limits} | {f.description} |"
+
+
+def _recording_limit(shape: list[int]) -> str:
+    return f"16 kHz mono 16-bit WAV or FLAC, at most {shape[0] / SAMPLE_RATE:g} s"
 
 
 def _verdict(met: bool) -> str:

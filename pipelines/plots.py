@@ -313,3 +313,31 @@ def masks(
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     fig.savefig(path, dpi=90, metadata={"Software": None})
     plt.close(fig)
+
+
+def wer_by_recording(names: list[str], rates: np.ndarray, title: str, path: Path) -> None:
+    """Each test recording's word error rate, named by its reference's first words."""
+    fig, ax = plt.subplots(figsize=(7.5, 0.35 * len(names) + 1.5))
+    shown = list(range(len(names)))[::-1]
+    ax.barh([names[i] for i in shown], [rates[i] for i in shown], color="tab:blue")
+    for row, i in enumerate(shown):
+        ax.text(rates[i], row, f" {rates[i]:.0%}", va="center")
+    ax.set(xlim=(0, max(1.0, float(np.max(rates, initial=0)) * 1.15)), xlabel="word error rate")
+    ax.set_title(f"{title}: word error rate per recording (test split)")
+    _save(fig, path)
+
+
+def confidence_against_wer(
+    sets: dict[str, tuple[np.ndarray, np.ndarray]], title: str, path: Path
+) -> None:
+    """Each recording's served confidence against its word error rate, a colour per set
+    (the real test recordings, the synthetic speech): whether a low confidence flags the
+    transcripts worth a second look."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for name, (confidence, rates) in sets.items():
+        ax.scatter(confidence, rates, s=24, alpha=0.7, label=f"{name} ({len(rates)})")
+    ax.set(xlabel="confidence (exp of the mean token log-probability)", ylabel="word error rate")
+    ax.set_xlim(0, 1)
+    ax.legend()
+    ax.set_title(f"{title}: confidence against word error rate")
+    _save(fig, path)

@@ -1,6 +1,7 @@
 """MLflow: tracking set-up, the quality gate, and what the registry holds."""
 
 from dataclasses import dataclass
+from typing import Any
 
 import mlflow
 import onnxruntime as ort
@@ -10,6 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from contract.catalog import ModelSpec
 from contract.settings import get_settings
+from contract.tokens import TokenizedSession, tokenized
 from pipelines.export import onnx_embedding, onnx_predict
 from pipelines.log import get_logger
 from pipelines.metrics import floors_met, not_worse, score
@@ -54,9 +56,12 @@ def scored(session: ort.InferenceSession, frame: pd.DataFrame, spec: ModelSpec) 
     return score(spec, encode_target(frame, spec), predicted, threshold_value, embedding)
 
 
-def version_session(spec: ModelSpec, version: str) -> ort.InferenceSession:
+def version_session(spec: ModelSpec, version: str) -> Any:
+    """A registered version's graph, behind its tokenizer where it takes token ids (a
+    fine-tuned transformer's: contract/tokens.py), so that it scores the test split's rows."""
     graph = mlflow.onnx.load_model(f"models:/{spec.key}/{version}")
-    return ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    return TokenizedSession(session) if tokenized(session) else session
 
 
 SCORING_ERRORS = (
@@ -66,6 +71,12 @@ SCORING_ERRORS = (
     MlflowException,
     ort.capi.onnxruntime_pybind11_state.Fail,
 )
+# Native predictions (a task's NATIVE) no graph alone gives, and why the champion's logged
+# metric compares instead
+LOGGED_ONLY = {
+    "embeddings": "its own corpus",  # a search: recall against exact search of its index
+    "transcripts": "its graph is the front end, its decoder is served beside it",
+}
 
 
 def champion_metric(
@@ -74,9 +85,11 @@ def champion_metric(
     """The champion re-scored on this test split; its logged metric if its graph cannot be.
 
     A search index is judged on its own corpus (recall against exact search of it), which
-    is not this version's: the champion's logged metric is what compares."""
-    if spec.task_kind.NATIVE == "embeddings":  # no score from its graph's outputs alone
-        return _logged(mlflow_client, spec, version), "its logged metric (its own corpus)"
+    is not this version's, and a speech recogniser's graph is its front end alone: the
+    champion's logged metric is what compares (LOGGED_ONLY)."""
+    why = LOGGED_ONLY.get(spec.task_kind.NATIVE)
+    if why:  # no score from its graph's outputs alone
+        return _logged(mlflow_client, spec, version), f"its logged metric ({why})"
     try:
         metrics = scored(version_session(spec, version), test, spec)
         return metrics[spec.gate_metric], "re-scored on the same test split"

@@ -13,6 +13,7 @@ import pandas as pd
 import pandera.pandas as pa
 from pandera.errors import SchemaErrors
 
+from contract.audio import read_recording
 from contract.catalog import InputField, ModelSpec
 from contract.tasks.common import series_checks
 
@@ -59,6 +60,15 @@ def _field_checks(field: InputField) -> list[pa.Check]:
                 error=f"is not a PNG or JPEG picture of at most {height}x{width}",
             )
         )
+    elif field.type == "audio":
+        (max_samples,) = field.shape or [0]
+        checks.append(
+            pa.Check(
+                lambda value: _recording_fits(value, max_samples),
+                element_wise=True,
+                error=f"is not a 16 kHz mono 16-bit WAV or FLAC of 1 to {max_samples} samples",
+            )
+        )
     elif field.type == "series":
         checks += series_checks((field.shape or [0])[0], field.min, field.max)
     return checks
@@ -75,6 +85,17 @@ def _photo_fits(value: Any, height: int, width: int) -> bool:
             return bool(image.height <= height and image.width <= width)
     except (UnidentifiedImageError, OSError, ValueError):
         return False
+
+
+def _recording_fits(value: Any, max_samples: int) -> bool:
+    """Bytes that decode by the service's rules (contract.audio.read_recording)."""
+    if not isinstance(value, bytes | bytearray):
+        return False
+    try:
+        read_recording(bytes(value), max_samples)
+    except ValueError:
+        return False
+    return True
 
 
 def _target_column(spec: ModelSpec) -> pa.Column:
@@ -157,7 +178,7 @@ def model_frame(frame: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
         column = frame[name]
         if field.type in NUMERIC:
             out[name] = pd.to_numeric(column).astype("float32")
-        elif field.type in ("image", "photo", "series"):
+        elif field.type in ("image", "photo", "series", "audio"):
             out[name] = column
         else:
             out[name] = column.fillna("").astype(object)

@@ -5,6 +5,7 @@ import gzip
 import importlib
 import importlib.util
 import io
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -27,6 +28,8 @@ def load_source(source: Source) -> pd.DataFrame:
         "function": _function,
         "river": _river,
         "voc": _voc_images,
+        "ts": _ts_series,
+        "sphinx": _sphinx_recordings,
     }
     return loaders[source.kind](source)
 
@@ -180,4 +183,64 @@ def _voc_images(source: Source) -> pd.DataFrame:
         )
     if not any(r["split"] == "test" for r in rows):
         raise MissingSourceError(f"{folder} has no annotated image {source.test_name!r}")
+    return pd.DataFrame(rows)
+
+
+def _ts_series(source: Source) -> pd.DataFrame:
+    """Equal-length multivariate series in sktime's .ts format, shipped in a package folder
+    (`path`): `name` the training file's stem, `test_name` the test file's. One row per
+    series: its dimensions dim_0 ... dim_<C-1> (lists of floats, in the file's order), its
+    class as `label` (or the name `label` gives it) and the split."""
+    folder = _package_folder(source)
+    try:
+        from sktime.datasets import load_from_tsfile
+    except ImportError as exc:
+        raise MissingSourceError(f"sktime is not installed; run: {source.install}") from exc
+    parts = []
+    for split, stem in (("train", source.name), ("test", source.test_name)):
+        path = folder / f"{stem}.ts"
+        if not path.exists():
+            raise MissingSourceError(f"{path} is missing; run: {source.install}")
+        series, classes = load_from_tsfile(str(path), return_data_type="numpy3d")
+        frame = pd.DataFrame({f"dim_{i}": list(series[:, i, :]) for i in range(series.shape[1])})
+        parts.append(frame.assign(**{source.label or "label": classes, "split": split}))
+    return pd.concat(parts, ignore_index=True)
+
+
+# A CMU Sphinx transcription line: "<s> the words </s> (utterance id)"
+_TRANSCRIPT = re.compile(r"^\s*(?:<s>)?\s*(?P<words>.*?)\s*(?:</s>)?\s*\((?P<id>[^()]+)\)\s*$")
+
+
+def read_transcription(path: Path) -> list[tuple[str, str]]:
+    """(utterance id, its words) of each line of a Sphinx transcription file."""
+    found = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        match = _TRANSCRIPT.match(line)
+        if match is None:
+            raise ValueError(f"{path}:{number} is not '<s> words </s> (id)'")
+        found.append((match["id"], " ".join(match["words"].split())))
+    return found
+
+
+def _sphinx_recordings(source: Source) -> pd.DataFrame:
+    """Recordings with their transcripts in CMU Sphinx's test layout (`path`, e.g. Debian's
+    pocketsphinx-testdata): every `*transcription` file under it names the WAV files beside
+    it by utterance id. One row per recording: its WAV bytes as `audio`, its words as
+    `transcript` (or the name `label` gives), its id and the split: every one is a test
+    recording (the model is used as trained upstream)."""
+    folder = Path(source.path)
+    files = sorted(folder.rglob("*transcription")) if folder.is_dir() else []
+    if not files:
+        raise MissingSourceError(f"no Sphinx transcriptions under {folder}; run: {source.install}")
+    rows = []
+    for transcription in files:
+        for utterance, words in read_transcription(transcription):
+            wav = transcription.parent / f"{utterance}.wav"
+            if not wav.exists():
+                raise MissingSourceError(f"{wav} (named by {transcription}) is missing")
+            name = f"{transcription.parent.relative_to(folder)}/{utterance}"
+            rows.append({"audio": wav.read_bytes(), source.label or "transcript": words,
+                         "recording": name, "split": "test"})  # fmt: skip
     return pd.DataFrame(rows)

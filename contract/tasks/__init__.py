@@ -26,6 +26,7 @@ from contract.tasks import (
     regression,
     retrieval,
     segmentation,
+    transcription,
 )
 from contract.tasks.common import LABEL, SCORE, Plot, Served
 
@@ -34,7 +35,13 @@ if TYPE_CHECKING:
 
 # What a flavor's native predict returns, which the exported graph must match
 Native = Literal[
-    "values", "probabilities", "anomaly_scores", "distances", "embeddings", "detections"
+    "values",
+    "probabilities",
+    "anomaly_scores",
+    "distances",
+    "embeddings",
+    "detections",
+    "transcripts",
 ]
 
 
@@ -152,6 +159,7 @@ TASKS: dict[str, ModuleType] = {
     "retrieval": retrieval,
     "detection": detection,
     "segmentation": segmentation,
+    "transcription": transcription,
 }
 
 

@@ -158,8 +158,11 @@ WHOLE_GRAPH = (
 
 
 def served_as_is(session: Any, directory: Any) -> Any:
-    """The graph's session is what is served (no corpus or index beside it)."""
-    return session
+    """The graph's session is what is served (no corpus or index beside it), behind its
+    tokenizer where it is a transformer's (token ids in: contract/tokens.py)."""
+    from contract.tokens import TokenizedSession, tokenized
+
+    return TokenizedSession(session) if tokenized(session) else session
 
 
 def output_as_native(outputs: dict[str, np.ndarray], name: str, vector: bool) -> np.ndarray:

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from contract.catalog import IMAGE_EMBEDDING
+from contract.catalog import INPUT_EMBEDDING
 from contract.tasks import detection
 from pipelines.flavors.embedding import Projection
 from pipelines.log import get_logger
@@ -284,7 +284,7 @@ class BoxesOut(nn.Module):
     is the score the service answers from."""
 
     # the graph's outputs, in forward's order
-    OUTPUTS = ("count", "boxes", "scores", "labels", IMAGE_EMBEDDING)
+    OUTPUTS = ("count", "boxes", "scores", "labels", INPUT_EMBEDDING)
     threshold: torch.Tensor
 
     def __init__(self, net: FCOS, p: dict[str, Any]) -> None:

@@ -17,8 +17,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from contract.catalog import IMAGE_EMBEDDING
+from contract.catalog import INPUT_EMBEDDING
 from pipelines.flavors.embedding import Projection, fitted
+from pipelines.flavors.torch import seeded_split
 from pipelines.log import get_logger
 
 log = get_logger(__name__)
@@ -29,7 +30,7 @@ class PixelsIn(nn.Module):
     picture's embedding: its last hidden layer on the principal axes of the training
     pictures'). `net` is a Sequential whose last layer gives the class logits."""
 
-    OUTPUTS = ("label", "probabilities", IMAGE_EMBEDDING)  # the graph's, in forward's order
+    OUTPUTS = ("label", "probabilities", INPUT_EMBEDDING)  # the graph's, in forward's order
     mean: torch.Tensor
     std: torch.Tensor
 
@@ -70,13 +71,7 @@ class ImageClassifier:
     ) -> tuple[PixelsIn, list[dict[str, float]]]:
         """(the fitted pipeline, its per-epoch history) on uint8 pixels [N, H, W]."""
         p = self.params
-        torch.manual_seed(p["seed"])  # the initial weights and dropout's masks (serial draws)
-        for layer in self.net.modules():  # initial weights drawn now, after seeding
-            reset = getattr(layer, "reset_parameters", None)
-            if callable(reset):
-                reset()
-        order = torch.randperm(len(pixels), generator=torch.Generator().manual_seed(p["seed"]))
-        val_idx, fit_idx = order[: p["validation_size"]], order[p["validation_size"] :]
+        val_idx, fit_idx = seeded_split(len(pixels), p, self.net)
         mean = float(pixels[fit_idx].float().div(255).mean())
         std = float(pixels[fit_idx].float().div(255).std())
         model = PixelsIn(self.net, mean, std)

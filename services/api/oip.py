@@ -11,8 +11,9 @@ import numpy as np
 import orjson
 from fastapi import Request
 from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
-from contract.feeds import SIZE_SUFFIX
+from contract.feeds import SIZE_SUFFIX, SIZED, one_at_a_time
 from services.api.errors import field_error
 from services.api.responses import json_response
 from services.api.runtime import LoadedModel
@@ -26,6 +27,7 @@ from services.api.tensors import (
     parameters_of,
     photo_feeds,
     read_input,
+    recording_feeds,
     split_body,
     to_feed,
 )
@@ -75,20 +77,22 @@ def _shape(dims: list[Any]) -> list[int]:
     return [d if isinstance(d, int) else -1 for d in dims]
 
 
-def _photo(model: LoadedModel, name: str) -> bool:
+def _encoded(model: LoadedModel, name: str) -> bool:
+    """A photo or a recording: sent encoded, decoded by the service, fed with its size."""
     field = model.spec.fields.get(name)
-    return field is not None and field.type == "photo"
+    return field is not None and field.type in SIZED
 
 
 def _made_here(model: LoadedModel, graph_input: Any) -> bool:
-    """A photo's sizes: the service measures the pictures it decodes."""
+    """A photo's or a recording's sizes: the service measures what it decodes."""
     name = str(graph_input.name)
-    return name.endswith(SIZE_SUFFIX) and _photo(model, name.removesuffix(SIZE_SUFFIX))
+    return name.endswith(SIZE_SUFFIX) and _encoded(model, name.removesuffix(SIZE_SUFFIX))
 
 
 def _input(model: LoadedModel, graph_input: Any) -> dict[str, Any]:
-    """An input as a client sends it: a photo encoded (BYTES [N], PNG or JPEG)."""
-    if _photo(model, graph_input.name):
+    """An input as a client sends it: a photo or a recording encoded (BYTES [N]: PNG or JPEG,
+    WAV or FLAC)."""
+    if _encoded(model, graph_input.name):
         return {"name": graph_input.name, "datatype": "BYTES", "shape": [-1]}
     datatype = ONNX_TYPES.get(graph_input.type, graph_input.type)
     return {"name": graph_input.name, "datatype": datatype, "shape": _shape(graph_input.shape)}
@@ -132,6 +136,8 @@ async def infer(service: ModelService, model: LoadedModel, request: Request) -> 
     if service.spec.features and service.spec.features.entity in arrays:
         feeds, looked_up = await service.entity_feeds(model, _entity_rows(service, arrays))
         parameters |= looked_up
+    elif one_at_a_time(service.spec):  # decoding pictures or recordings: off the event loop
+        feeds = await run_in_threadpool(_feeds, service, arrays, size)
     else:
         feeds = _feeds(service, arrays, size)
     wanted, binary = requested_outputs(model, header)
@@ -229,6 +235,8 @@ def _feeds(
     for name, field in service.spec.fields.items():
         if name in arrays and field.type == "photo":
             feeds |= photo_feeds(name, field, *arrays[name])
+        elif name in arrays and field.type == "audio":
+            feeds |= recording_feeds(name, field, *arrays[name])
         elif name in arrays:
             feeds[name] = to_feed(name, field, *arrays[name])
         elif field.nullable and field.type in ("float", "int"):

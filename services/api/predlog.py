@@ -47,6 +47,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel
 
+from contract.audio import Recording
 from contract.feeds import Photo
 from contract.paths import ROOT
 
@@ -356,8 +357,8 @@ def open_sink(url: str, timeout_s: float = WRITE_TIMEOUT_S) -> Sink | None:
 
 
 def _bytes(value: Any) -> str | dict[str, float]:
-    if isinstance(value, Photo):  # a picture's drift summary (contract.feeds.photo_summary)
-        return value.summary
+    if isinstance(value, Photo | Recording):  # a picture's or a recording's drift summary
+        return value.summary  # (contract.feeds.photo_summary, contract.audio.recording_summary)
     if isinstance(value, bytes):  # images: the raw pixels, as base64
         return base64.b64encode(value).decode()
     raise TypeError(f"cannot log a {type(value).__name__}")

@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 from pydantic import BaseModel
 
-from contract.catalog import IMAGE_EMBEDDING, ModelSpec
+from contract.catalog import INPUT_EMBEDDING, ModelSpec
 from contract.feeds import each_record, input_names, one_at_a_time, record_feeds
 from contract.search import RetrievalSession
 from contract.tasks.common import ServedGraph
@@ -82,8 +82,8 @@ class LoadedModel:
         return [name for name, field in self.spec.fields.items() if field.type == "text"]
 
     def predict(self, records: list[BaseModel], chunk: int = 0) -> dict[str, np.ndarray]:
-        """The graph's outputs for the records, in their order (`run_chunked`); photos a
-        record at a time (contract.feeds.one_at_a_time)."""
+        """The graph's outputs for the records, in their order (`run_chunked`); photos and
+        recordings a record at a time (contract.feeds.one_at_a_time)."""
         return self.run_chunked(self.feeds(records), chunk)
 
     @cached_property
@@ -95,7 +95,7 @@ class LoadedModel:
     ) -> dict[str, np.ndarray]:
         """The graph's outputs for a batch's tensors, in the batch's order: in length-sorted
         chunks where `sorted_by_length` finds they pay, else in one run."""
-        if self.alone:  # photos: each as it would be served alone
+        if self.alone:  # photos, recordings: each as it would be served alone
             parts = [self.run(record, outputs) for record in each_record(feeds, self.spec)]
             return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
         order = self.sorted_by_length(feeds, chunk)
@@ -154,11 +154,11 @@ class LoadedModel:
         """What the prediction log keeps of each record's outputs beside its inputs for the
         drift view: an image model's embedding ({} per record where the graph has none or
         the request asked for other outputs)."""
-        found = result.get(IMAGE_EMBEDDING)
+        found = result.get(INPUT_EMBEDDING)
         if found is None:
             size = len(next(iter(result.values()))) if result else 0
             return [{} for _ in range(size)]
-        return [{IMAGE_EMBEDDING: row} for row in np.asarray(found).tolist()]
+        return [{INPUT_EMBEDDING: row} for row in np.asarray(found).tolist()]
 
 
 def load(spec: ModelSpec, artifact: Artifact) -> LoadedModel:

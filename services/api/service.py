@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from contract.catalog import ModelSpec
-from contract.feeds import one_at_a_time
+from contract.feeds import logged_tensors, one_at_a_time
 from contract.settings import get_settings
 from contract.tasks import LABEL, SCORE
 from services.api import auth, feedback
@@ -76,8 +76,12 @@ class ModelService:
             name="SERVE_FEEDBACK_TOKEN",
         )
         self.max_records = records_limit(spec, settings.max_records)  # a photo model's fewer
-        # a photo's inference takes 0.1-0.3 s: never on the event loop, whatever the count
+        # a photo's inference takes 0.1-0.3 s, a recording's seconds: never on the event
+        # loop, whatever the count
         self.inline_max_records = 0 if one_at_a_time(spec) else settings.inline_max_records
+        # nor their decoding: a small body may be a picture or a recording that compresses well
+        # (30 s of quiet speech is a few KB of FLAC, and decodes to 480,000 samples)
+        self.parse_inline_bytes = 0 if one_at_a_time(spec) else PARSE_INLINE_BYTES
         self.request_model = request_model(spec, self.record_model, self.max_records)
         self.feedback_model = feedback_model(spec, settings.max_records)
         # /predict's bodies: parsed from JSON bytes, whose parsers refuse lone surrogates
@@ -262,10 +266,11 @@ class ModelService:
             return await self.predict_entities(body, request_id, unit, state)
         if self.features_problem and EntityRequests.markers(self.spec) & set(self._object(body)):
             raise InputError(503, self.features_problem, [])
-        if len(body) > PARSE_INLINE_BYTES:  # a body worth parsing in a thread: is there room?
+        threaded = len(body) > self.parse_inline_bytes
+        if threaded:  # a body worth parsing in a thread: is there room?
             self.admit()
         with self.metrics.timed(self.spec.key, "parse"):
-            if len(body) > PARSE_INLINE_BYTES:  # a big batch must not stall the event loop
+            if threaded:  # a big batch, or decoding, must not stall the event loop
                 accepted, invalid = await run_in_threadpool(self.parse, body)
             else:
                 accepted, invalid = self.parse(body)
@@ -387,11 +392,13 @@ class ModelService:
         predictions: list[dict[str, Any]],
         request_id: str,
     ) -> None:
-        """Store an OIP v2 request's predictions; returns once they are committed."""
+        """Store an OIP v2 request's predictions; returns once they are committed. A
+        recording is kept as its summary, as /predict's records keep it (logged_tensors)."""
         if not self.prediction_log.enabled:
             return
         head = (time.time(), request_id, model.name, model.version, model.alias, "/v2/infer")
-        row = tensor_row(head, feeds, predictions, model.drift_inputs(result))
+        logged = logged_tensors(feeds, self.spec)
+        row = tensor_row(head, logged, predictions, model.drift_inputs(result))
         await self.prediction_log.append([row])
 
     def store_feedback(self, items: list[feedback.Item]) -> list[str]:

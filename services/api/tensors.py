@@ -10,6 +10,7 @@ import math
 import re
 import struct
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -245,28 +246,57 @@ def _numeric(array: np.ndarray, datatype: str, name: str) -> np.ndarray:
     return array.astype(target)
 
 
-def photo_feeds(
-    name: str, field: InputField, array: np.ndarray, datatype: str
-) -> dict[str, np.ndarray]:
-    """A BYTES tensor [N] (or [N, 1]) of encoded pictures (raw bytes in binary; base64 text
-    in JSON) as the graph's two inputs: the padded pixels and each picture's size."""
-    from contract.feeds import SIZE_SUFFIX, photo_tensors
-    from services.api.inputs import decode_photo_bytes
-
+def _decoded(
+    name: str, array: np.ndarray, datatype: str, what: str, decode: Callable[[bytes], Any]
+) -> list[Any]:
+    """Each element of a BYTES tensor [N] (or [N, 1]) of encoded media (raw bytes in binary;
+    base64 text in JSON), decoded; a TensorError naming the element otherwise."""
     if datatype != "BYTES":
-        raise TensorError(name, f"datatype {datatype}", "BYTES (encoded PNG or JPEG pictures)")
+        raise TensorError(name, f"datatype {datatype}", f"BYTES ({what})")
     if array.ndim not in (1, 2) or array.size != len(array):
         raise TensorError(name, f"shape {list(array.shape)}", "[N] or [N, 1]")
-    height, width = field.shape or (0, 0)
-    photos = []
+    decoded = []
     for i, value in enumerate(array.reshape(-1).tolist()):
         try:
             raw = value if isinstance(value, bytes) else base64.b64decode(str(value), validate=True)
-            photos.append(decode_photo_bytes(raw, height, width))
+            decoded.append(decode(raw))
         except ValueError as exc:  # binascii.Error too
             raise TensorError(f"{name}[{i}]", str(exc)) from exc
+    return decoded
+
+
+def photo_feeds(
+    name: str, field: InputField, array: np.ndarray, datatype: str
+) -> dict[str, np.ndarray]:
+    """A BYTES tensor of encoded pictures as the graph's two inputs: the padded pixels and
+    each picture's size."""
+    from contract.feeds import SIZE_SUFFIX, photo_tensors
+    from services.api.inputs import decode_photo_bytes
+
+    height, width = field.shape or (0, 0)
+    photos = _decoded(
+        name, array, datatype, "encoded PNG or JPEG pictures",
+        lambda raw: decode_photo_bytes(raw, height, width),
+    )  # fmt: skip
     pictures, sizes = photo_tensors(photos)
     return {name: pictures, name + SIZE_SUFFIX: sizes}
+
+
+def recording_feeds(
+    name: str, field: InputField, array: np.ndarray, datatype: str
+) -> dict[str, np.ndarray]:
+    """A BYTES tensor of encoded recordings as the graph's two inputs: the padded samples and
+    each recording's sample count."""
+    from contract.feeds import SIZE_SUFFIX, recording_tensors
+    from services.api.inputs import decode_recording_bytes
+
+    (max_samples,) = field.shape or [0]
+    recordings = _decoded(
+        name, array, datatype, "encoded WAV or FLAC recordings",
+        lambda raw: decode_recording_bytes(raw, max_samples),
+    )  # fmt: skip
+    samples, sizes = recording_tensors(recordings, max_samples)
+    return {name: samples, name + SIZE_SUFFIX: sizes}
 
 
 def to_feed(name: str, field: InputField, array: np.ndarray, datatype: str) -> np.ndarray:

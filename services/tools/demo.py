@@ -8,9 +8,9 @@ import httpx
 import pandas as pd
 
 from contract import paths
-from contract.catalog import load_catalog
+from contract.catalog import ModelSpec, load_catalog
 from contract.paths import ROOT
-from services.tools.examples import as_entities, as_records
+from services.tools.examples import as_entities, as_records, client_tokenizer
 from services.tools.stack import BASE_PORT, TRITON_PORTS
 
 
@@ -45,13 +45,18 @@ def summary(prediction: dict[str, Any], positive: str) -> str:
     if "areas" in prediction:  # segmentation: the largest class
         shown = ", ".join(f"{k} {v} px" for k, v in prediction["areas"].items())
         return f"{prediction['label']} ({shown or 'nothing but background'})"
+    if "text" in prediction:  # a transcript
+        text = prediction["text"][:60] + ("..." if len(prediction["text"]) > 60 else "")
+        seconds, confidence = prediction["seconds"], prediction["confidence"]
+        return f"{text!r} ({seconds:.1f} s of speech, confidence {confidence:.2f})"
     top = max(prediction["probabilities"].values())
     return f"{prediction['label']} (P = {top:.3f})"
 
 
-def show(key: str, body: dict[str, Any], url: str, positive: str) -> bool:
+def show(key: str, body: dict[str, Any], url: str, positive: str, hidden: dict[str, str]) -> bool:
+    """The request (a picture or a recording by name, `hidden`) and the answer's summary."""
     first = body["records"][0] if "records" in body else body
-    shown = {k: ("<picture>" if k == "image" else v) for k, v in first.items()}
+    shown = {k: hidden.get(k, v) for k, v in first.items()}
     text = json.dumps(shown)
     print(f"\n{key}  POST {url}/predict  {text[:110]}{'...' if len(text) > 110 else ''}")
     try:
@@ -72,36 +77,40 @@ def show(key: str, body: dict[str, Any], url: str, positive: str) -> bool:
     return True
 
 
-def triton(key: str, record: dict[str, Any], classes: list[str], root: Path = ROOT) -> bool:
-    """The same input through PyTriton, with tritonclient over HTTP and gRPC: an image's
-    label, or a search encoder's embedding (the client tokenizes)."""
+def triton(key: str, frame: pd.DataFrame, spec: ModelSpec, root: Path = ROOT) -> bool:
+    """The same input through PyTriton, with tritonclient over HTTP and gRPC: the graph's
+    label (an image, a window of series, a transformer's text: the client tokenizes, with
+    the tokenizer in the graph's metadata), or a search encoder's embedding."""
     import numpy as np
     import tritonclient.grpc as grpc
     import tritonclient.http as http
+    from tritonclient.utils import np_to_triton_dtype
 
-    from contract.search import encoder_inputs, graph_tokenizer
+    from contract.feeds import onnx_feeds
+    from contract.tokens import encoder_inputs
 
-    bls = paths.onnx_model(key, root).parent / "triton" / f"{key}_image"
+    graph = paths.onnx_model(key, root)
+    bls = graph.parent / "triton" / f"{key}_image"
     if bls.is_dir():  # encoded pictures to the BLS model
-        return triton_pictures(key, record["image"])
-    if "image" in record:
-        feeds = {"image": np.array([record["image"]], dtype=np.uint8)}
-        output = "label"
+        (record,) = as_records(frame, spec)
+        return triton_pictures(key, record[next(iter(spec.fields))])
+    tok = client_tokenizer(graph)
+    if tok is not None:  # a search's encoder, a fine-tuned transformer: token ids in
+        feeds = encoder_inputs(tok, frame[next(iter(spec.fields))].tolist())
     else:
-        (text,) = record.values()
-        feeds = encoder_inputs(graph_tokenizer(paths.onnx_model(key, root)), [text])
-        output = "embedding"
+        feeds = onnx_feeds(frame, spec)
+    metadata = http.InferenceServerClient(f"127.0.0.1:{TRITON_PORTS['http']}").get_model_metadata
+    output = metadata(key)["outputs"][0]["name"]  # a label, or a search encoder's embedding
     answers = []
     for module, port in ((http, TRITON_PORTS["http"]), (grpc, TRITON_PORTS["grpc"])):
         tensors = []
         for name, array in feeds.items():
-            tensor = module.InferInput(
-                name, list(array.shape), "UINT8" if name == "image" else "INT64"
-            )
+            tensor = module.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
             tensor.set_data_from_numpy(array)
             tensors.append(tensor)
         client = module.InferenceServerClient(f"127.0.0.1:{port}")
         answers.append(client.infer(key, tensors).as_numpy(output))
+    classes = spec.class_names or []
     if output == "label":
         shown = [classes[int(a.reshape(-1)[0])] for a in answers]
         same = shown[0] == shown[1]
@@ -155,12 +164,17 @@ def main(root: Path = ROOT) -> int:
         (record,) = as_records(frame, spec)
         positive = spec.class_names[-1] if spec.class_names else ""  # a binary P(positive)
         url = f"http://127.0.0.1:{BASE_PORT + index}"
-        ok &= show(key, {"records": [record]}, url, positive)
+        hidden = {
+            name: "<recording>" if field.type == "audio" else "<picture>"
+            for name, field in spec.fields.items()
+            if field.type in ("image", "photo", "audio")
+        }
+        ok &= show(key, {"records": [record]}, url, positive, hidden)
         if spec.features is not None:  # the same row by entity key, features from Feast
-            ok &= show(key, as_entities(frame, spec), url, positive)
+            ok &= show(key, as_entities(frame, spec), url, positive, hidden)
         if spec.triton is not None:
             try:
-                ok &= triton(key, record, spec.class_names, root)
+                ok &= triton(key, frame, spec, root)
             except Exception as exc:  # the demo reports, it does not crash
                 print(f"  Triton not answering: {exc}")
                 ok = False

@@ -18,6 +18,7 @@ import json
 import shutil
 import sys
 import time
+import wave
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from contract import paths
+from contract.audio import FULL_SCALE, SAMPLE_RATE, decode_recording
 from contract.catalog import ModelSpec, get_spec
 from contract.paths import ROOT
 from contract.settings import get_settings
@@ -47,7 +49,8 @@ def say(message: str, since: float | None = None) -> None:
 
 def shift(spec: ModelSpec, frame: pd.DataFrame) -> pd.DataFrame:
     """Another population: numbers two spreads higher, one category for all, texts twice
-    as long, images inverted; bounds of the catalog kept, so every record stays valid."""
+    as long, images inverted, recordings 12 dB quieter; bounds of the catalog kept, so every
+    record stays valid."""
     out = frame.copy()
     for name, field in spec.fields.items():
         values = out[name]
@@ -64,6 +67,8 @@ def shift(spec: ModelSpec, frame: pd.DataFrame) -> pd.DataFrame:
             out[name] = [bytes(255 - np.frombuffer(v, np.uint8)) for v in values]
         elif field.type == "photo":
             out[name] = [_inverted(v) for v in values]
+        elif field.type == "audio":
+            out[name] = [_quieter(v, (field.shape or [0])[0]) for v in values]
     return out
 
 
@@ -74,6 +79,18 @@ def _inverted(encoded: bytes) -> bytes:
     with Image.open(io.BytesIO(encoded)) as picture:
         buffer = io.BytesIO()
         ImageOps.invert(picture.convert("RGB")).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _quieter(encoded: bytes, max_samples: int) -> bytes:
+    """A recording at a quarter of its amplitude (12 dB down), as a 16 kHz mono 16-bit WAV."""
+    samples = decode_recording(encoded, max_samples)
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as writer:
+        writer.setnchannels(1)
+        writer.setsampwidth(2)
+        writer.setframerate(SAMPLE_RATE)
+        writer.writeframes(np.round(samples * FULL_SCALE / 4).astype("<i2").tobytes())
     return buffer.getvalue()
 
 

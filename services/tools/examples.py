@@ -3,12 +3,18 @@
 import base64
 import io
 import math
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from contract.catalog import ModelSpec
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+ENCODED = ("photo", "audio")  # field types a client sends as their encoded file's bytes
 
 
 def to_png(pixels: np.ndarray) -> str:
@@ -22,7 +28,7 @@ def to_png(pixels: np.ndarray) -> str:
 
 def as_records(frame: pd.DataFrame, spec: ModelSpec, png: bool = False) -> list[dict[str, Any]]:
     """null for missing values, ints for int fields, images as nested lists (or base64 PNG),
-    photos as base64, series as lists of numbers."""
+    photos and recordings as base64, series as lists of numbers."""
     out = []
     for row in frame.to_dict("records"):
         record: dict[str, Any] = {}
@@ -31,7 +37,7 @@ def as_records(frame: pd.DataFrame, spec: ModelSpec, png: bool = False) -> list[
             if field.type == "image":
                 pixels = np.frombuffer(value, np.uint8).reshape(field.shape or [])
                 record[name] = to_png(pixels) if png else pixels.tolist()
-            elif field.type == "photo":  # the encoded picture (PNG or JPEG) as it is
+            elif field.type in ENCODED:  # the picture (PNG, JPEG), the recording (WAV, FLAC)
                 record[name] = base64.b64encode(value).decode()
             elif field.type == "series":
                 record[name] = np.asarray(value, dtype=np.float64).tolist()
@@ -71,14 +77,26 @@ OIP_DATATYPES = {"f": "FP32", "O": "BYTES", "u": "UINT8", "i": "INT64", "b": "BO
 
 def as_tensors(frame: pd.DataFrame, spec: ModelSpec, binary: bool = False) -> dict[str, np.ndarray]:
     """The rows as a client's OIP v2 input tensors: the graph's tensors (contract.feeds), but a
-    photo as one BYTES element per record, its encoded bytes (base64 text where the body is
-    JSON), without the sizes the service works out itself."""
+    photo or a recording as one BYTES element per record, its encoded bytes (base64 text where
+    the body is JSON), without the sizes the service works out itself."""
     from contract.feeds import onnx_feeds
 
-    photos = [name for name, field in spec.fields.items() if field.type == "photo"]
-    others = {name: field for name, field in spec.fields.items() if name not in photos}
+    encoded = [name for name, field in spec.fields.items() if field.type in ENCODED]
+    others = {name: field for name, field in spec.fields.items() if name not in encoded}
     feeds = onnx_feeds(frame, spec.model_copy(update={"fields": others})) if others else {}
-    for name in photos:
+    for name in encoded:
         values = [v if binary else base64.b64encode(v).decode() for v in frame[name]]
         feeds[name] = np.array(values, dtype=object)
     return {name: feeds[name] for name in spec.fields}
+
+
+def client_tokenizer(graph: Path) -> "Tokenizer | None":
+    """The tokenizer a client of a transformer's graph alone (Triton) tokenizes with, from
+    the graph's metadata in one read of the file (contract.tokens.graph_tokenizer's, which
+    expects one); None for a graph that takes no token ids."""
+    import onnx
+
+    from contract.tokens import tokenizer
+
+    meta = {p.key: p.value for p in onnx.load_model(str(graph)).metadata_props}
+    return tokenizer(meta["tokenizer"], int(meta["max_tokens"])) if "tokenizer" in meta else None

@@ -29,6 +29,9 @@ EXPECTED_ROWS = {
     "semantic_search": 5000,  # the fine-food reviews: 4,000 documents, 1,000 queries
     "tree_detection": 15,  # tiles: 9 + 1 + 1 train (three images), 4 test (one image)
     "fashion_segmentation": 22000,  # canvases composed at prepare: 20,000 train, 2,000 test
+    "review_sentiment_transformer": 5000,  # review_sentiment's reviews and split
+    "activity_recognition": 80,  # windows: 40 train, 40 test (10 per activity in each)
+    "speech_to_text": 30,  # recordings: 20 synthetic (train), 10 real (test)
 }
 
 
@@ -80,6 +83,8 @@ def test_label_values(key: str) -> None:
     elif spec.task == "detection":  # boxes [xmin, ymin, xmax, ymax], a few per tile at least
         boxes = np.concatenate([np.stack(list(v)) for v in y])
         assert (boxes[:, 2:] > boxes[:, :2]).all() and y.map(len).min() > 10
+    elif spec.task == "transcription":  # words spoken, some of them in every recording
+        assert y.map(lambda t: isinstance(t, str) and len(t.split()) >= 2).all()
     elif spec.task == "segmentation":  # every class in the masks, background most
         pixels = np.frombuffer(b"".join(y), np.uint8)
         shares = np.bincount(pixels, minlength=len(spec.class_names)) / pixels.size
@@ -104,7 +109,14 @@ def test_split_is_disjoint_and_sized(key: str) -> None:
         k
         for k in KEYS
         if CATALOG[k].task
-        not in ("regression", "forecast", "recommendation", "detection", "segmentation")
+        not in (
+            "regression",
+            "forecast",
+            "recommendation",
+            "detection",
+            "segmentation",
+            "transcription",
+        )
     ],
 )
 def test_class_balance_is_kept_by_the_split(key: str) -> None:
@@ -228,3 +240,18 @@ def test_canvas_classes_cover_both_splits_alike() -> None:
 
     assert np.abs(shares(train["mask"]) - shares(test["mask"])).max() < 0.02
     assert len(spec.class_names) == 11
+
+
+def test_speech_holds_out_the_real_recordings_and_synthesises_the_same_bytes() -> None:
+    """speech_to_text: the 10 Sphinx recordings are the test split (their transcripts as
+    shipped), the train split is espeak-ng's reading of review sentences, the same bytes
+    every time it is made (prepare is reproducible)."""
+    from pipelines.models.speech_to_text import records
+
+    spec, (_, train, test) = CATALOG["speech_to_text"], prepared("speech_to_text")
+    source = load_source(spec.source)
+    assert sorted(test["transcript"]) == sorted(source["transcript"])
+    again = records(source, spec)
+    assert again[again["split"] == "train"]["speech"].tolist() == train["speech"].tolist()
+    seconds = [len(v) / 32_000 for v in train["speech"]]  # 16-bit samples at 16 kHz
+    assert min(seconds) > 1 and max(seconds) < 30

@@ -17,15 +17,17 @@ from typing import Any
 
 import httpx
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
 from contract.catalog import InputField
 from contract.feeds import one_at_a_time, onnx_feeds
-from contract.paths import ROOT, onnx_model
+from contract.paths import ROOT, onnx_model, split_dir
 from pipelines import triton
+from services.api.inputs import records_limit
 from services.tools import monitoring
-from services.tools.examples import as_entities, as_records, to_png
+from services.tools.examples import as_entities, as_records, client_tokenizer, to_png
 from tests.conftest import CATALOG, KEYS
 from tests.serving.conftest import (
     Registry,
@@ -188,15 +190,18 @@ def post(url: str, body: Any, status: int) -> httpx.Response:
 def send_feedback(key: str, url: str, trained: Path, token: str) -> None:
     """Records predicted, then their held-out targets sent back as outcomes (enough rows
     that every class shows: a ranking metric needs both)."""
-    spec, frame = CATALOG[key], held_out(trained, key, rows=200)
+    spec = CATALOG[key]
+    frame = pd.read_parquet(split_dir(key, trained) / "test.parquet").head(200)
     outcomes = spec.task_kind.true_outcomes(frame, spec)
     if not outcomes:  # a task with no ground truth (segments)
         return
-    answer = post(url, {"records": as_records(frame, spec)}, 200).json()
-    sent = [
-        {"request_id": answer["request_id"], "position": i, "outcome": outcome}
-        for i, outcome in enumerate(outcomes)
-    ]
+    step, sent = records_limit(spec, len(frame)), []  # a speech model's three a request
+    for start in range(0, len(frame), step):
+        answer = post(url, {"records": as_records(frame[start : start + step], spec)}, 200)
+        sent += [
+            {"request_id": answer.json()["request_id"], "position": i, "outcome": outcome}
+            for i, outcome in enumerate(outcomes[start : start + step])
+        ]
     headers = {"Authorization": f"Bearer {token}"}
     response = httpx.post(f"{url}/feedback", json={"outcomes": sent}, headers=headers, timeout=60)
     assert response.status_code == 200, response.text[:500]
@@ -231,26 +236,28 @@ def picture(value: bytes, field: InputField) -> bytes:
 
 def send_triton(key: str, ports: Ports, trained: Path) -> None:
     """Batches of 1 and 4 over OIP v2 to PyTriton: a graph's tensors and encoded pictures to
-    its BLS model (a photo model's graph only through it), or a search encoder's tokens (its
-    client tokenizes, with the tokenizer in the graph's metadata)."""
+    its BLS model (a photo model's graph only through it), or a transformer's tokens (a
+    search's encoder, a fine-tuned classifier: its client tokenizes, with the tokenizer in
+    the graph's metadata)."""
     import tritonclient.http as http
     from tritonclient.utils import np_to_triton_dtype
 
-    from contract.search import encoder_inputs, graph_tokenizer
+    from contract.tokens import encoder_inputs
 
     spec = CATALOG[key]
     frame = held_out(trained, key, rows=4)
     client = http.InferenceServerClient(f"127.0.0.1:{ports.triton}")
-    if spec.task == "retrieval":
-        tok = graph_tokenizer(onnx_model(key, trained))
+    tok = client_tokenizer(onnx_model(key, trained))
+    if tok is not None:  # a search's encoder, a fine-tuned transformer
         texts = frame[next(iter(spec.fields))].tolist()
+        first = client.get_model_metadata(key)["outputs"][0]["name"]
         for batch in (texts[:1], texts):
             inputs = []
             for name, array in encoder_inputs(tok, batch).items():
                 tensor = http.InferInput(name, list(array.shape), "INT64")
                 tensor.set_data_from_numpy(array)
                 inputs.append(tensor)
-            assert client.infer(key, inputs).as_numpy("embedding").shape[0] == len(batch)
+            assert client.infer(key, inputs).as_numpy(first).shape[0] == len(batch)
         return
     if key in BLS_KEYS:  # encoded pictures, to the BLS model that decodes them
         name = next(iter(spec.fields))

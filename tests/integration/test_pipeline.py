@@ -6,9 +6,10 @@ import pytest
 import yaml
 from mlflow.exceptions import MlflowException
 
-from contract.catalog import IMAGE_EMBEDDING
+from contract.catalog import INPUT_EMBEDDING, embedded
 from pipelines.models import get_project
-from tests.conftest import KEYS
+from services.tools.examples import client_tokenizer
+from tests.conftest import CATALOG, KEYS
 from tests.workspace import Project
 
 pytestmark = pytest.mark.slow
@@ -24,8 +25,11 @@ PLOTS = {  # by task, plus by flavor: what the model explains itself with
     "retrieval": {"recall_by_nprobe.png", "similarity.png"},
     "detection": {"precision_recall.png", "detections.png"},
     "segmentation": {"class_iou.png", "masks.png"},
+    "transcription": {"wer_by_recording.png", "confidence.png"},
     "pipelines.flavors.sklearn": {"importance.png"},
     "pipelines.flavors.torch": {"learning_curve.png"},
+    "pipelines.flavors.transformer": {"learning_curve.png"},
+    "pipelines.flavors.speech": set(),  # Whisper used as shipped: nothing fitted
     "pipelines.flavors.factors": set(),  # latent factors: no per-field importance
     "pipelines.flavors.retrieval": set(),  # an encoder used as shipped: nothing fitted
 }
@@ -44,8 +48,11 @@ OUTPUTS = {  # the graph's outputs, by task (the served answer is built from the
     "retrieval": {"embedding"},
     "detection": {"count", "boxes", "scores", "labels"},
     "segmentation": {"label", "areas", "probabilities"},
+    # the front end alone (log-mel features); the decoder's files are registered beside it
+    "transcription": {"features"},
 }
-INPUTS = {"retrieval": ["input_ids", "attention_mask"], "detection": ["image", "image_size"]}
+TOKENS = ["input_ids", "attention_mask"]  # a transformer's graph: the service tokenizes
+INPUTS = {"detection": ["image", "image_size"], "transcription": ["speech", "speech_size"]}
 
 
 def versions(project: Project, key: str) -> list[str]:
@@ -83,12 +90,12 @@ def test_registered_model_has_signature_example_and_card(project: Project, key: 
     mlflow.set_registry_uri(project.tracking_uri)
     info = mlflow.models.get_model_info(f"models:/{key}@champion")
     task = project.params()["models"][key]["task"]
-    fields = INPUTS.get(task, list(project.params()["models"][key]["fields"]))
+    tokens = client_tokenizer(project.root / "artifacts" / key / "model.onnx") is not None
+    fields = TOKENS if tokens else INPUTS.get(task, list(project.params()["models"][key]["fields"]))
     assert [spec.name for spec in info.signature.inputs.inputs] == fields
     outputs = {spec.name for spec in info.signature.outputs.inputs}
-    pictures = {f["type"] for f in project.params()["models"][key]["fields"].values()}
-    embedded = {IMAGE_EMBEDDING} if pictures & {"image", "photo"} else set()  # drift's view
-    assert outputs == OUTPUTS[task] | embedded
+    drift_view = any(embedded(f) for f in CATALOG[key].fields.values())  # pictures, texts
+    assert outputs == OUTPUTS[task] | ({INPUT_EMBEDDING} if drift_view else set())
     assert info.saved_input_example_info is not None
     card = mlflow.artifacts.load_text(f"runs:/{version.run_id}/model_card.md")
     assert "## Intended use" in card and "## Quality on the test split" in card

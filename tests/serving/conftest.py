@@ -15,16 +15,18 @@ from typing import Any
 
 import httpx
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pandas as pd
 import psutil
 import pytest
 
-from contract import paths, search
+from contract import paths
 from contract.catalog import get_spec
 from contract.paths import ROOT
 from contract.settings import get_settings
-from pipelines.export import run_rows
+from pipelines.export import open_session, run_rows
+from services.api.inputs import records_limit
 from services.tools.examples import as_records
 from services.tools.processes import free_port
 from tests.conftest import CATALOG, KEYS
@@ -257,17 +259,21 @@ def services(
 
 
 def held_out(trained: Path, key: str, rows: int = 8) -> pd.DataFrame:
-    return pd.read_parquet(paths.split_dir(key, trained) / "test.parquet").head(rows)
+    """The first test rows, no more than a request of the model may carry (a speech
+    model's three recordings)."""
+    limit = records_limit(CATALOG[key], rows)
+    return pd.read_parquet(paths.split_dir(key, trained) / "test.parquet").head(limit)
 
 
 def expected_outputs(trained: Path, key: str, frame: pd.DataFrame) -> dict[str, np.ndarray]:
-    """What ONNX Runtime in this process makes of the same rows with the same artifact
-    (a search: with its tokenizer and index, from the export stage's folder)."""
-    session: ort.InferenceSession | search.RetrievalSession
-    session = ort.InferenceSession(str(paths.onnx_model(key, trained)))
-    if CATALOG[key].task == "retrieval":
-        corpus = search.Corpus.open(paths.onnx_model(key, trained).parent)
-        session = search.RetrievalSession(session, corpus)
+    """What ONNX Runtime in this process makes of the same rows with the same artifact,
+    opened as the export stage and the service open it (the task's `serve`: a search with
+    its tokenizer and index, a transformer behind its tokenizer, a speech model's decoder
+    after its front end)."""
+    graph = paths.onnx_model(key, trained)
+    session = open_session(
+        onnx.load(str(graph)), get_spec(key, trained / "params.yaml"), graph.parent
+    )
     names = [o.name for o in session.get_outputs()]
     return run_rows(session, names, frame, CATALOG[key])  # photos one at a time, as served
 

@@ -16,6 +16,7 @@ import pytest
 from contract import paths
 from contract.paths import ROOT
 from services.tools.examples import as_entities
+from services.tools.load.capacity import objectives, overload_bounds
 from tests.conftest import CATALOG, KEYS
 from tests.serving.conftest import Registry, as_records, free_block, inherited_environment
 from tests.serving.test_hostile import (
@@ -250,7 +251,11 @@ def test_past_its_capacity_the_stack_sheds_fast_and_never_fails(
     result = json.loads((out / "overload.json").read_text())
     slowest = {key: m["max_ms"] for key, m in result["models"].items()}
     assert run.returncode == 0 and result["passed"], (result["why"], result["statuses"], slowest)
-    assert result["max_ms"] < OVERLOAD_MAX_MS and result["requests"] > 3000
+    # every model within its bound (the 2 s, or 8 objectives where that is more: a
+    # recording is a second of CPU whatever the load, and its objective is 5 s)
+    bounds = overload_bounds(OVERLOAD_MAX_MS, objectives())
+    assert {k: ms for k, ms in slowest.items() if ms >= bounds[k]} == {}, bounds
+    assert result["requests"] > 3000
     codes = {code for code in result["statuses"] if code.isdigit()}
     assert codes <= {"200", "400", "429", "503"}, result["statuses"]
 

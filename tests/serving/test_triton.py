@@ -31,11 +31,11 @@ import tritonclient.http as httpclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from contract.catalog import EMBEDDING_DIMS, IMAGE_EMBEDDING, get_spec
+from contract.catalog import EMBEDDING_DIMS, INPUT_EMBEDDING, get_spec
 from contract.feeds import onnx_feeds
 from contract.paths import ROOT, onnx_model, split_dir
-from contract.search import encoder_inputs, graph_tokenizer
 from contract.tasks import detection
+from contract.tokens import encoder_inputs, graph_tokenizer
 from pipelines.sources import read_idx
 from pipelines.triton import repository_dir, write_repository
 from tests.conftest import CATALOG
@@ -213,7 +213,7 @@ def test_metadata_describes_the_graph(clients: dict[str, Any]) -> None:
         "image": ("UINT8", [-1, 28, 28]),
         "label": ("INT64", [-1, 1]),  # [N] in the graph: Triton serves it as [N, 1]
         "probabilities": ("FP32", [-1, 10]),
-        IMAGE_EMBEDDING: ("FP32", [-1, EMBEDDING_DIMS]),  # what the service logs for drift
+        INPUT_EMBEDDING: ("FP32", [-1, EMBEDDING_DIMS]),  # what the service logs for drift
     }
     tensors = http["inputs"] + http["outputs"]
     assert {t["name"]: (t["datatype"], t["shape"]) for t in tensors} == expected

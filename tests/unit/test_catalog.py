@@ -95,6 +95,33 @@ def test_predefined_split_must_match_source() -> None:
         ModelSpec(key="review_sentiment", **_entry("review_sentiment", split={"test_size": 0.2}))
 
 
+def test_only_a_text_field_may_ask_for_an_embedding_and_a_model_embeds_one_field() -> None:
+    titanic = _entry("titanic")
+    fields = titanic["fields"] | {"age": {"type": "float", "embedding": True}}  # type: ignore[operator]
+    with pytest.raises(ValidationError, match="for text fields"):
+        ModelSpec(key="titanic", **(titanic | {"fields": fields}))
+    two = titanic["fields"] | {  # type: ignore[operator]
+        "name": {"type": "text", "embedding": True},
+        "cabin": {"type": "text", "embedding": True},
+    }
+    with pytest.raises(ValidationError, match="one field at most"):
+        ModelSpec(key="titanic", **(titanic | {"fields": two}))
+
+
+@pytest.mark.parametrize(
+    ("int8", "message"),
+    [
+        ({"max_drop": 0.01}, "required by static"),
+        ({"mode": "dynamic", "calibration_rows": 10, "max_drop": 0.01}, "only by it"),
+    ],
+)
+def test_static_quantization_is_calibrated_and_dynamic_is_not(
+    int8: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        ModelSpec(key="fashion_cnn", **_entry("fashion_cnn", int8=int8))
+
+
 def test_gate_direction_follows_the_floor() -> None:
     assert CATALOG["titanic"].higher_is_better
     assert not CATALOG["house_prices"].higher_is_better

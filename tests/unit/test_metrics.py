@@ -1,8 +1,11 @@
 """Metrics, floors and the champion gate."""
 
+import json
+
 import numpy as np
 import pytest
 
+from contract import paths
 from pipelines.metrics import floors_met, score
 from pipelines.registry import CHALLENGER, CHAMPION, Window, decide
 from tests.conftest import CATALOG
@@ -99,3 +102,19 @@ def test_gate_lower_is_better() -> None:
     spec = CATALOG["house_prices"]
     assert decide(spec, {"rmse_log": 0.11, "r2_log": 0.93}, 0.12)[0] == CHAMPION
     assert decide(spec, {"rmse_log": 0.13, "r2_log": 0.90}, 0.12)[0] == CHALLENGER
+
+
+def test_the_fine_tuned_transformer_beats_tfidf_on_the_same_test_split() -> None:
+    """The committed metrics (dvc.lock's run): review_sentiment_transformer was judged on the
+    reviews review_sentiment was, and ranks them better (its second floor, README)."""
+    tfidf, transformer = (
+        json.loads(paths.metrics_file(key).read_text())
+        for key in ("review_sentiment", "review_sentiment_transformer")
+    )
+    ours, theirs = CATALOG["review_sentiment_transformer"], CATALOG["review_sentiment"]
+    assert ours.source.model_copy(update={"install": ""}) == theirs.source.model_copy(
+        update={"install": ""}
+    )
+    assert (ours.split, ours.target, ours.drop) == (theirs.split, theirs.target, theirs.drop)
+    assert transformer["test_rows"] == tfidf["test_rows"]
+    assert transformer["roc_auc"] > tfidf["roc_auc"]

