@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from contract.catalog import ModelSpec, load_catalog
+from contract.catalog import load_catalog
 from contract.paths import ROOT
 from contract.settings import get_settings
 from pipelines.prepare import prepare
@@ -21,28 +21,6 @@ from tests.workspace import Project, build, snapshot
 
 CATALOG = load_catalog()
 KEYS = sorted(CATALOG)
-
-# Small settings that keep the model tier quick; the pipeline's own floors do not apply to them.
-QUICK_PARAMS = {
-    "fashion_cnn": {"channels": [8, 16], "hidden": 32, "epochs": 1, "validation_size": 1000},
-    "semantic_search": {"max_documents": 1000},  # the encoder is as shipped: a smaller corpus
-    "tree_detection": {"steps": 40},  # the backbone is ImageNet's: a few steps find crowns
-    "fashion_segmentation": {"epochs": 1, "width": 16, "validation_size": 500},
-    # the encoder is pretrained: a short fine-tuning on short texts moves it the right way
-    # (50 steps of 8; the model tier checks the graph and the recipe, not the score)
-    "review_sentiment_transformer": {
-        "max_tokens": 64,
-        "epochs": 1,
-        "max_train": 400,
-        "batch_size": 8,
-        "lr": 1e-4,
-    },
-}
-
-
-def quick_spec(key: str) -> ModelSpec:
-    spec = CATALOG[key]
-    return spec.model_copy(update={"params": spec.params | QUICK_PARAMS.get(key, {})})
 
 
 @cache

@@ -1,7 +1,7 @@
 """A temporary copy of the project on reduced params, with its own git repo and registry.
 
-Shared by the integration tests (which change it) and the serving tests (which serve a
-snapshot of what its first `dvc repro` made).
+Shared by the integration tests (which change it), the model tier (which checks the models of
+a snapshot of what its first `dvc repro` made) and the serving tests (which serve that snapshot).
 """
 
 import os
@@ -17,10 +17,11 @@ from mlflow.tracking import MlflowClient
 from contract.paths import ROOT
 
 REDUCED_PARAMS = Path(__file__).parent / "integration" / "reduced_params.yaml"
-# What the serving tests need of a trained workspace, copied before any test changes it
+# What the model and serving tests need of a trained workspace, copied before any test changes it
 SNAPSHOT = (
     "params.yaml",
     "artifacts",
+    "models",  # the native models: the model tier's behavioural tests load them
     "reports/metrics",
     "data/split",
     "data/production",  # what register's gate compares on (snapshot@<key>)

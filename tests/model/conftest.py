@@ -1,26 +1,34 @@
-"""Models trained once per session on the real train split (quick settings for the CNN)."""
+"""The models the reduced workspace's first `dvc repro` trained (tests/workspace.py), loaded
+as the evaluate and export stages load them: the tier checks what the pipeline made instead
+of fitting a copy of every model itself (18 fits, about 12 minutes on two cores in CI)."""
 
-import tempfile
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pytest
 
-from contract.catalog import ModelSpec
+from contract import paths
+from contract.catalog import ModelSpec, get_spec
 from pipelines.models import get_project
-from tests.conftest import prepared, quick_spec
+
+WORKSPACE: list[Path] = []  # the snapshot of the first repro, set once per session
+
+
+@pytest.fixture(scope="session", autouse=True)
+def workspace_models(trained: Path) -> Path:
+    """The tier's models come from the session's reduced workspace (built once, shared)."""
+    WORKSPACE[:] = [trained]
+    return trained
 
 
 @cache
 def trained(key: str) -> tuple[ModelSpec, Any]:
-    spec = quick_spec(key)
-    project = get_project(key)
-    _, train, _ = prepared(key)
-    out = Path(tempfile.mkdtemp(prefix=f"model-tier-{key}-"))
-    model = project.FLAVOR.fit(project.build(spec), train, spec, out)
-    project.FLAVOR.save(model, out)  # as the train stage does (a search's index is read back)
-    return spec, model
+    """The entry on the workspace's (reduced) params and its native model, as trained."""
+    (root,) = WORKSPACE
+    spec = get_spec(key, root / "params.yaml")
+    return spec, get_project(key).FLAVOR.load(paths.model_dir(key, root), spec)
 
 
 def score(key: str, rows: list[dict[str, Any]]) -> Any:
