@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,17 +121,21 @@ class Retrainer:
     def _work(self) -> None:
         while (job := self._queue.get()) is not None:
             try:
-                self._run(job)
+                ended = self._run(job)
             except Exception as exc:  # a job must never take the worker down
                 log.exception("retraining %s: %s", job.model, exc)
-                job.state, job.gate = "failed", f"{type(exc).__name__}: {exc}"
-            job.finished_at = time.time()
+                ended, job.gate = "failed", f"{type(exc).__name__}: {exc}"
+            # The hook acts on the end (a passed gate starts the canary) before any client
+            # can read it: a job read as "canary" has its canary under way
+            self.on_change(replace(job, state=ended, finished_at=time.time()))
+            job.state, job.finished_at = ended, time.time()
             with self._lock:
                 self._save()
-            self.on_change(job)
             log.info("retraining %s finished: %s (%s)", job.model, job.state, job.gate)
 
-    def _run(self, job: Job) -> None:
+    def _run(self, job: Job) -> str:
+        """Run the job's command; the state it ended in (the job stays "running" until the
+        worker has told `on_change`)."""
         job.state, job.started_at = "running", time.time()
         self.on_change(job)
         workspace = self.settings.workspace
@@ -159,20 +163,20 @@ class Retrainer:
                 job.returncode = child.wait(timeout)
             except subprocess.TimeoutExpired:
                 stop_group(child)
-                job.state, job.gate = "failed", f"timed out after {timeout:g} s"
-                return
+                job.gate = f"timed out after {timeout:g} s"
+                return "failed"
         if job.returncode != 0:
-            job.state, job.gate = "failed", f"exit status {job.returncode}: see {job.log_file}"
-            return
+            job.gate = f"exit status {job.returncode}: see {job.log_file}"
+            return "failed"
         if not record.exists() or record.stat().st_mtime <= before:
-            job.state, job.gate = "failed", f"the command did not register a version ({record})"
-            return
+            job.gate = f"the command did not register a version ({record})"
+            return "failed"
         registered = json.loads(record.read_text())
         job.version, job.alias = str(registered["version"]), registered["alias"]
         job.gate = registered.get("reason", "")
-        job.state = "promoted" if job.alias == "champion" else "challenger"
         if registered.get("canary"):  # passed the gate; its canary decides (production.rollout)
-            job.state = "canary"
+            return "canary"
+        return "promoted" if job.alias == "champion" else "challenger"
 
     def active(self, model: str) -> bool:
         return any(j.model == model and j.state in ACTIVE for j in self.jobs.values())

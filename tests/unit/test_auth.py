@@ -2,7 +2,9 @@
 reload loop's (services.api.routing)."""
 
 import base64
+import json
 import os
+import shlex
 import subprocess
 import threading
 import time
@@ -14,6 +16,7 @@ import pytest
 from fastapi import HTTPException
 from pydantic import SecretStr
 
+from contract import paths
 from contract.catalog import get_spec
 from services.api import auth
 from services.api.routing import Lineup
@@ -143,6 +146,35 @@ def test_a_timed_out_retraining_stops_its_whole_process_group(
         psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
         for pid in started
     )
+
+
+def test_a_job_reads_canary_only_once_its_canary_has_started(tmp_path: Path) -> None:
+    """The hook (the drift service starts the canary there) acts on a job's end before any
+    client can read that end: a loop that sees "canary" and asks for the canary finds it
+    (the loop demo read "canary" and got a 404 for the canary, 75 ms too early)."""
+    record = paths.registry_record("titanic", tmp_path)
+    record.parent.mkdir(parents=True)
+    body = json.dumps({"version": 2, "alias": "challenger", "canary": True, "reason": "met"})
+    script = tmp_path / "register.sh"  # what register writes (the command is a format string)
+    script.write_text(f"echo {shlex.quote(body)} > {shlex.quote(str(record))}\n")
+    command = f"sh {script}"
+    seen: list[tuple[str, str]] = []  # (the end the hook is told, what clients read then)
+
+    def hook(job: retrain.Job) -> None:
+        if job.state not in retrain.ACTIVE:
+            seen.append((job.state, retrainer.jobs[job.id].state))
+            time.sleep(0.5)  # a slow canary start: clients still read the job as running
+
+    retrainer = retrain.Retrainer(settings(tmp_path, retrain_command=command), hook)
+    try:
+        retrainer.submit("titanic", "test")
+        job = wait_for_job(retrainer)
+    finally:
+        retrainer.close()
+    assert seen == [("canary", "running")]
+    assert (job.state, job.version, job.alias, job.finished_at is not None) == (
+        "canary", "2", "challenger", True,
+    )  # fmt: skip
 
 
 def test_two_retrainings_in_one_workspace_take_turns(tmp_path: Path) -> None:
