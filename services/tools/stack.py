@@ -218,6 +218,15 @@ def triton_process(catalog: dict[str, ModelSpec], root: Path) -> list[dict[str, 
     if not repositories:
         return []
     ports = [str(TRITON_PORTS[k]) for k in ("http", "grpc", "metrics")]
+    # Triton's own readiness comes before serve.py loads the BLS models: ready means every
+    # model folder of every repository ready (the stack answered "up" with a BLS model
+    # still loading, and its first request got "no available versions")
+    models = sorted(
+        model.name
+        for repository in repositories
+        for model in Path(repository).iterdir()
+        if (model / "config.pbtxt").is_file()
+    )
     return [
         {
             "name": "triton",
@@ -233,7 +242,7 @@ def triton_process(catalog: dict[str, ModelSpec], root: Path) -> list[dict[str, 
                 ports[2],
             ],
             "url": f"http://127.0.0.1:{ports[0]} (gRPC 127.0.0.1:{ports[1]})",
-            "ready": "/v2/health/ready",
+            "ready": ["/v2/health/ready", *(f"/v2/models/{name}/ready" for name in models)],
         }
     ]
 
@@ -243,8 +252,13 @@ def _base(url: str) -> str:
 
 
 def is_ready(process: dict[str, Any]) -> bool:
+    """Its readiness route answers 200 (every one of them, where it has several)."""
+    routes = process["ready"] if isinstance(process["ready"], list) else [process["ready"]]
     try:
-        return httpx.get(_base(process["url"]) + process["ready"], timeout=2).status_code == 200
+        return all(
+            httpx.get(_base(process["url"]) + route, timeout=2).status_code == 200
+            for route in routes
+        )
     except httpx.TransportError:
         return False
 
