@@ -110,10 +110,12 @@ COPY --from=trainer-venv /opt/venv /opt/venv
 COPY --chown=app:app . /app
 # no Git repository inside the image: DVC runs without SCM; its outputs and cache are volumes,
 # and so is state/, where infra/docker/with-dvc-state keeps the workspace's dvc.lock
+# /app itself is the app user's too: infra/docker/with-dvc-state replaces dvc.lock there (a new
+# workspace drops the repository's), which COPY --chown (files only) does not allow
 RUN install -d -o app -g app /app/data /app/models /app/artifacts /app/reports \
         /app/.dvc/cache /app/.dvc/tmp /app/run /app/state \
     && dvc config --local core.no_scm true \
-    && chown app:app /app/.dvc/config.local
+    && chown app:app /app /app/.dvc/config.local
 # the commit the image was built from, for the registered versions' lineage (no .git here)
 ARG GIT_COMMIT=unknown
 ENV GIT_COMMIT=${GIT_COMMIT}

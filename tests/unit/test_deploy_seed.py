@@ -88,3 +88,16 @@ def test_the_seed_holds_every_run_but_those_trained_here_with_their_objects(
     assert (fresh / "model-house_prices.txt").read_text() == "model-house_prices\n"
     assert (fresh / "out-house_prices" / "a").read_text() == "a-house_prices\n"
     assert (fresh / "registry.json").read_text() == (team / "registry.json").read_text()
+
+
+def test_a_lock_the_script_cannot_drop_stops_it_before_the_command(tmp_path: Path) -> None:
+    """A new workspace whose repository lock cannot go (the image's /app was root's: `rm`
+    refused, and `dvc repro --pull` went on with another machine's lock) stops at once."""
+    (tmp_path / "dvc.lock").mkdir()  # what `rm -f` cannot remove, even as root
+    done = subprocess.run(
+        [str(ROOT / "infra" / "docker" / "with-dvc-state"), "touch", "ran"],
+        cwd=tmp_path, env=os.environ | {"DVC_STATE_DIR": str(tmp_path / "state")},
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 1 and not (tmp_path / "ran").exists()
+    assert "cannot drop the repository's dvc.lock" in done.stderr
