@@ -22,14 +22,17 @@ def configure(level: int = logging.INFO) -> None:
 
 
 def finish() -> None:
-    """Exit now when DuckDB was loaded (Feast's offline store), skipping interpreter teardown.
+    """Exit now, skipping interpreter teardown: the stage's work is done and its files are
+    closed by then, and native thread pools do not survive that teardown cleanly.
 
-    DuckDB's nanobind bindings report ~100 "leaked" objects at teardown on every exit
-    (harmless, but a wall of text in every `dvc repro`); the stage's work is done and its
-    files are closed by then.
+    - Arrow (pandas' parquet): a reader's thread still alive while Arrow's globals are
+      destroyed aborts the process ("terminate called without an active exception", exit
+      -6) after a finished stage, now and then (apache/arrow#34314): once in CI, in
+      snapshot@penguins, failing the whole `dvc repro`.
+    - DuckDB (Feast's offline store): its nanobind bindings report ~100 "leaked" objects at
+      teardown on every exit, a wall of text in every `dvc repro`.
     """
-    if "duckdb" in sys.modules:
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(0)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
