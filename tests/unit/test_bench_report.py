@@ -192,3 +192,24 @@ def test_a_comparison_runs_the_floor_briefly_and_a_noisy_pair_again(
     assert level[: len(six)] == six
     lean_runs = [r for r in level if r[0] == "lean"]
     assert len(lean_runs) == 2 * 6 * bench_main.MORE_ROUNDS  # two counts, 18 rounds
+
+
+def test_the_precision_table_shows_a_gpu_run_where_one_was_made(tmp_path: Path) -> None:
+    """A model measured on a lent GPU machine (reports/bench/gpu/<key>.json) gets its measured
+    rows, the drop against that run's own FP32; the others say why they have none."""
+    import json
+
+    from services.tools.bench import precision
+
+    key = "review_sentiment_transformer"
+    run = {"device": "NVIDIA H200", "torch": "2.11.0+cu130", "rows": [
+        {"precision": "float32", "roc_auc": 0.9030, "p50_ms": 3.77, "p99_ms": 4.87,
+         "batch_rows_s": 3458.8},
+        {"precision": "float16", "roc_auc": 0.9025, "p50_ms": 4.71, "p99_ms": 74.48,
+         "batch_rows_s": 3705.6},
+    ]}  # fmt: skip
+    (tmp_path / f"{key}.json").write_text(json.dumps(run))
+    rows = precision.gpu_rows(key, tmp_path)
+    assert len(rows) == 2 and all("NVIDIA H200" in r and "no TensorRT" in r for r in rows)
+    assert "| FP16 |" in rows[1] and "3,706" in rows[1] and "roc_auc 0.9025 | +0.0005 |" in rows[1]
+    assert precision.gpu_rows("fashion_cnn", tmp_path) == []

@@ -10,7 +10,9 @@ latency p50 / p99 of single records (photos at their own size), and rows per sec
 32-row batch (photos padded to the batch's largest). The metric and its drop are the export
 stage's, on the whole test split; an INT8 graph more than `int8.max_drop` worse is not
 shipped and is reported as such. GPU rows (TensorRT FP16 and INT8 through Triton) need a GPU
-machine, which the run that wrote a report either had or says it did not.
+machine, which the run that wrote a report either had or says it did not; a model measured on
+a lent GPU machine by its own tool (reports/bench/gpu/<key>.json, from
+`services.tools.bench.transformer_gpu`) gets those measured rows instead.
 Writes reports/bench/precision.{md,json}.
 """
 
@@ -34,6 +36,7 @@ from services.tools.bench.graphs import options
 
 SINGLES, BATCH, BATCH_RUNS = 200, 32, 5
 FOLDER, REPORT = "int8", "quantization.json"  # pipelines/quantize.py's files
+GPU_FOLDER = ROOT / "reports" / "bench" / "gpu"  # runs on a lent GPU machine, by model
 
 
 def latencies(session: ort.InferenceSession, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
@@ -115,9 +118,30 @@ def markdown(found: list[dict[str, Any]], info: dict[str, Any], gpu: str) -> str
             + " |"
         )
     for key in dict.fromkeys(r["model"] for r in found):
-        for precision in ("FP16", "INT8"):
-            lines.append(f"| {key} | {precision} | GPU (TensorRT via Triton) | {gpu} | | | | | | |")
+        measured = gpu_rows(key, GPU_FOLDER)
+        lines += measured or [
+            f"| {key} | {precision} | GPU (TensorRT via Triton) | {gpu} | | | | | | |"
+            for precision in ("FP16", "INT8")
+        ]
     return "\n".join(lines) + "\n"
+
+
+def gpu_rows(key: str, folder: Path) -> list[str]:
+    """Table rows of a GPU run of the model (reports/bench/gpu/<key>.json: its device,
+    framework, and per precision the metric, latencies and batch throughput), if any."""
+    source = folder / f"{key}.json"
+    if not source.exists():
+        return []
+    run = json.loads(source.read_text())
+    metric = load_catalog()[key].gate_metric
+    base = run["rows"][0][metric]  # the run's own FP32: the drop is against it
+    device = f"GPU ({run['device']}, PyTorch {run['torch']}; no TensorRT there)"
+    return [
+        f"| {key} | {row['precision'].replace('float', 'FP')} | {device} | "
+        f"{row['p50_ms']:.2f} ms | {row['p99_ms']:.2f} ms | {row['batch_rows_s']:,.0f} | | "
+        f"{metric} {row[metric]:.4f} | {base - row[metric]:+.4f} | measured, not shipped |"
+        for row in run["rows"]
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,7 +9,8 @@ included, as served) and throughput of 32-review batches.
 
 The measuring half needs torch, transformers, tokenizers, pandas and scikit-learn only (the
 GPU machine's image has them, not this project's packages): `pack` copies this file into
-the folder. reports/bench/transformer_gpu.json is its result on an H200.
+the folder. reports/bench/gpu/review_sentiment_transformer.json is its result on an H200, which
+the precision report (services.tools.bench.precision) shows as the model's GPU rows.
 """
 
 import json
