@@ -127,8 +127,9 @@ class Retrainer:
                 ended, job.gate = "failed", f"{type(exc).__name__}: {exc}"
             # The hook acts on the end (a passed gate starts the canary) before any client
             # can read it: a job read as "canary" has its canary under way
-            self.on_change(replace(job, state=ended, finished_at=time.time()))
-            job.state, job.finished_at = ended, time.time()
+            finished_at = time.time()
+            self.on_change(replace(job, state=ended, finished_at=finished_at))
+            job.state, job.finished_at = ended, finished_at
             with self._lock:
                 self._save()
             log.info("retraining %s finished: %s (%s)", job.model, job.state, job.gate)

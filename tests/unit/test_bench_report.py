@@ -209,7 +209,7 @@ def test_the_precision_table_shows_a_gpu_run_where_one_was_made(tmp_path: Path) 
          "batch_rows_s": 3705.6},
     ]}  # fmt: skip
     (tmp_path / f"{key}.json").write_text(json.dumps(run))
-    rows = precision.gpu_rows(key, tmp_path)
+    rows = precision.gpu_rows(key, tmp_path, "roc_auc")
     assert len(rows) == 2 and all("NVIDIA H200" in r and "no TensorRT" in r for r in rows)
     assert "| FP16 |" in rows[1] and "3,706" in rows[1] and "roc_auc 0.9025 | +0.0005 |" in rows[1]
-    assert precision.gpu_rows("fashion_cnn", tmp_path) == []
+    assert precision.gpu_rows("fashion_cnn", tmp_path, "accuracy") == []

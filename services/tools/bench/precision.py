@@ -118,7 +118,8 @@ def markdown(found: list[dict[str, Any]], info: dict[str, Any], gpu: str) -> str
             + " |"
         )
     for key in dict.fromkeys(r["model"] for r in found):
-        measured = gpu_rows(key, GPU_FOLDER)
+        metric = next(r["metric"] for r in found if r["model"] == key)  # the gate metric
+        measured = gpu_rows(key, GPU_FOLDER, metric)
         lines += measured or [
             f"| {key} | {precision} | GPU (TensorRT via Triton) | {gpu} | | | | | | |"
             for precision in ("FP16", "INT8")
@@ -126,14 +127,13 @@ def markdown(found: list[dict[str, Any]], info: dict[str, Any], gpu: str) -> str
     return "\n".join(lines) + "\n"
 
 
-def gpu_rows(key: str, folder: Path) -> list[str]:
+def gpu_rows(key: str, folder: Path, metric: str) -> list[str]:
     """Table rows of a GPU run of the model (reports/bench/gpu/<key>.json: its device,
-    framework, and per precision the metric, latencies and batch throughput), if any."""
+    framework, and per precision `metric`, latencies and batch throughput), if any."""
     source = folder / f"{key}.json"
     if not source.exists():
         return []
     run = json.loads(source.read_text())
-    metric = load_catalog()[key].gate_metric
     base = run["rows"][0][metric]  # the run's own FP32: the drop is against it
     device = f"GPU ({run['device']}, PyTorch {run['torch']}; no TensorRT there)"
     return [
