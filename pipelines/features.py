@@ -136,8 +136,12 @@ def feast_models(root: Path = ROOT) -> list[str]:
 
 
 def _write(report: dict[str, Any], path: Path) -> None:
+    """The report with its keys sorted: registries list feature services in the order of their
+    own history (the committed dvc.lock's manifest had churn_v1 first, a fresh registry here
+    credit_default_v1: the one difference), and a manifest in another order re-ran every
+    prepare stage, which depends on it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    path.write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
