@@ -26,5 +26,6 @@ class OverCapacity(RuntimeError):
         else:
             told = f"the request waited {waited_s * 1000:.0f} ms for inference"
         super().__init__(
-            f"over capacity: {told}, more than SERVE_QUEUE_TIMEOUT_S ({budget_s:g} s): retry"
+            f"over capacity: {told}, more than the line's budget ({budget_s:g} s: "
+            "SERVE_QUEUE_TIMEOUT_S, or the model's p99 objective where longer): retry"
         )

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from contract.catalog import ModelSpec
-from contract.feeds import logged_tensors, one_at_a_time
+from contract.feeds import encodes_text, logged_tensors, one_at_a_time
 from contract.settings import get_settings
 from contract.tasks import LABEL, SCORE
 from services.api import auth, feedback
@@ -45,6 +45,16 @@ log = logging.getLogger("services.requests")
 shadow_log = logging.getLogger("services.shadow")
 T = TypeVar("T")
 PARSE_INLINE_BYTES = 64 * 1024
+
+
+def line_budget(spec: ModelSpec, queue_timeout_s: float) -> float:
+    """How long a batch may wait in the model's inference line before it is shed: the
+    model's p99 objective where that is longer than SERVE_QUEUE_TIMEOUT_S (0: never shed).
+    A recording takes most of a second and has a 5 s objective: with a 0.25 s line, a second
+    recording arriving while one ran was refused, though its answer would have come in time."""
+    if not queue_timeout_s:
+        return 0.0
+    return max(queue_timeout_s, spec.slo.p99_ms / 1000)
 
 
 @dataclass(frozen=True)
@@ -76,9 +86,11 @@ class ModelService:
             name="SERVE_FEEDBACK_TOKEN",
         )
         self.max_records = records_limit(spec, settings.max_records)  # a photo model's fewer
-        # a photo's inference takes 0.1-0.3 s, a recording's seconds: never on the event
-        # loop, whatever the count
-        self.inline_max_records = 0 if one_at_a_time(spec) else settings.inline_max_records
+        # a photo's inference takes 0.1-0.3 s, a recording's seconds, a transformer's review
+        # tens of ms: never on the event loop, whatever the count
+        slow = one_at_a_time(spec) or encodes_text(spec)
+        self.inline_max_records = 0 if slow else settings.inline_max_records
+        self.line_budget_s = line_budget(spec, settings.queue_timeout_s)
         # nor their decoding: a small body may be a picture or a recording that compresses well
         # (30 s of quiet speech is a few KB of FLAC, and decodes to 480,000 samples)
         self.parse_inline_bytes = 0 if one_at_a_time(spec) else PARSE_INLINE_BYTES
@@ -194,7 +206,8 @@ class ModelService:
         """Inference: small batches on the event loop; large ones in the inference threads
         (`inference_threads`, one by default), in line, bounded by the timeout: a batch
         still waiting when it passes is cancelled, not run for a client that got its 504.
-        A batch that waited in line longer than SERVE_QUEUE_TIMEOUT_S is not run either but
+        A batch that waited in line longer than its budget (line_budget: SERVE_QUEUE_TIMEOUT_S,
+        or the model's p99 objective where longer) is not run either but
         shed (OverCapacity: a 503 with Retry-After), as the guard sheds a request that
         queued before it: a model slower than its traffic (a detector's 1000x1000 tiles at
         ~50 ms each) would otherwise grow a line of seconds with every answer late."""
@@ -204,7 +217,7 @@ class ModelService:
             self._inference = concurrent.futures.ThreadPoolExecutor(
                 self.settings.inference_threads, "inference"
             )
-        budget, queued = self.settings.queue_timeout_s, time.monotonic()
+        budget, queued = self.line_budget_s, time.monotonic()
         self.admit()
         entry = {"waiting": True}  # in line, counted in _waiting
         with self._line:
@@ -239,11 +252,11 @@ class ModelService:
 
     def admit(self) -> None:
         """Refuse a request at once (OverCapacity, before its body is parsed) where the
-        batches already in the inference line would keep it waiting past
-        SERVE_QUEUE_TIMEOUT_S: under overload a detector's requests would otherwise each
+        batches already in the inference line would keep it waiting past its budget
+        (line_budget): under overload a detector's requests would otherwise each
         decode a 1000x1000 picture, on the cores the running inference needs, only to be
         shed in line."""
-        budget = self.settings.queue_timeout_s
+        budget = self.line_budget_s
         with self._line:
             waiting, ahead_s = self._waiting, self._waiting * self._run_s
         if budget and waiting and ahead_s > budget:

@@ -31,8 +31,9 @@ class ServeSettings(BaseSettings):
     timeout_s: float = Field(default=10.0, gt=0)  # inference slower than this is a 504
     # A request that waited longer than this before the service could start on it (since the
     # proxy's X-Request-Start, or since it reached the worker), or a batch that waited this
-    # long in the model's inference line, is shed: a fast 503 with Retry-After, no work done
-    # for a client that is likely gone (0: never)
+    # long in the model's inference line (or its p99 objective, where longer: a recording's
+    # 5 s), is shed: a fast 503 with Retry-After, no work done for a client that is likely
+    # gone (0: never)
     queue_timeout_s: float = Field(default=0.25, ge=0)
     # Idle keep-alive connections stay open this long: longer than the proxy keeps its own
     # idle upstream connections (60 s), so the service never closes one the proxy reuses

@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 
+from contract.catalog import load_catalog
+from contract.feeds import encodes_text
 from services.api.errors import OverCapacity
-from services.api.service import ModelService
+from services.api.service import ModelService, line_budget
 from services.api.telemetry import ServiceMetrics
 
 
@@ -23,7 +25,7 @@ def line(queue_timeout_s: float, timeout_s: float = 10.0) -> Any:
     )
     service.spec = SimpleNamespace(key="tree_detection")  # type: ignore[assignment]
     service.metrics = ServiceMetrics("detection")
-    service.inline_max_records = 0
+    service.inline_max_records, service.line_budget_s = 0, queue_timeout_s
     service._inference = None
     service._line, service._waiting, service._run_s = threading.Lock(), 0, 0.0
     return service
@@ -62,3 +64,20 @@ def test_batches_the_timeout_took_out_of_line_leave_no_count(seconds: float) -> 
     assert outcomes == ["timeout"] * 3
     time.sleep(seconds * 2)  # the running one ends; the others never run
     assert service._waiting == 0
+
+
+def test_a_model_slower_than_the_line_waits_up_to_its_objective() -> None:
+    """The line's budget is SERVE_QUEUE_TIMEOUT_S, or the p99 objective where longer: a
+    recording (5 s objective, most of a second to transcribe) may wait behind another."""
+    catalog = load_catalog()
+    assert line_budget(catalog["titanic"], 0.25) == 0.25  # 50 ms objective
+    assert line_budget(catalog["tree_detection"], 0.25) == 0.25  # 250 ms
+    assert line_budget(catalog["speech_to_text"], 0.25) == 5.0
+    assert line_budget(catalog["speech_to_text"], 0) == 0  # 0: never shed, whatever the model
+
+
+def test_a_transformers_reviews_never_run_on_the_event_loop() -> None:
+    catalog = load_catalog()
+    assert encodes_text(catalog["review_sentiment_transformer"])
+    assert not encodes_text(catalog["review_sentiment"])  # TF-IDF: microseconds a review
+    assert not any(encodes_text(spec) for key, spec in catalog.items() if "transformer" not in key)
