@@ -390,7 +390,7 @@ def test_clients_send_recordings_as_base64_or_raw_bytes() -> None:
 
 
 def test_the_tools_handle_recordings() -> None:
-    """The load test's malformed body is a 400 naming the field, speech is paced like photos,
+    """The load test's malformed body is a 400 naming the field, speech is paced rarer still,
     the drift demo's shift keeps recordings valid (12 dB quieter), the card says the format."""
     (record,) = as_records(pd.DataFrame({"speech": [wav(NOISE)]}), SPEECH)
     body, name = payloads.Pool(SPEECH.key, [record]).malformed(random.Random(0), SPEECH)

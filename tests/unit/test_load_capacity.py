@@ -59,6 +59,9 @@ def test_pacing_gives_each_model_its_catalog_share_of_the_rate() -> None:
     catalog = load_catalog()
     assert share(catalog["tree_detection"]) == 0.1 and share(catalog["titanic"]) == 1.0
     assert share(catalog["fashion_segmentation"]) == 1.0  # 64x64 grey canvases, not photos
+    # the costly readers: a transformer's review ~25 TF-IDF ones, a recording ~8 tiles
+    assert share(catalog["review_sentiment_transformer"]) == 0.1
+    assert share(catalog["review_sentiment"]) == 1.0 and share(catalog["speech_to_text"]) == 0.01
 
 
 def test_a_step_passes_only_fast_complete_and_without_failures() -> None:

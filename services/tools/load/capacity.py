@@ -14,7 +14,7 @@ times, an open loop rather than a closed one that slows down with the stack. The
 the locustfile's mix (a user class per model: one record 8, a batch of 10 records 2, entity
 keys 2 where Feast serves the model, a malformed body 1), each model's users paced at its
 share of the rate of a model of share 1 (services/tools/load/payloads.py: a photo service's
-is a tenth).
+and a transformer classifier's are a tenth, a speech service's a hundredth).
 Statistics start once every user runs (--reset-stats). A step passes when every model's p99
 is within its objective (its catalog slo.p99_ms, or --p99-ms), no request failed (a shed
 429/503 is a failure here) and the rate achieved is within 10% of the rate offered

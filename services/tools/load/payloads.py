@@ -17,6 +17,7 @@ import pandas as pd
 
 from contract import paths
 from contract.catalog import ModelSpec, load_catalog
+from contract.feeds import encodes_text
 from services.tools.examples import as_entities, as_records
 
 POOL_ROWS = 500  # rows read per model: enough variety, quick to load
@@ -26,15 +27,21 @@ POOL_ROWS = 500  # rows read per model: enough variety, quick to load
 # click. The mix sets the stack's total rating only: a model's CPU per request and its HPA
 # target do not depend on it
 PHOTO_SHARE = 0.1
-# A speech service's (a recording of up to 30 s, seconds of CPU to transcribe): as rare
-RECORDING_SHARE = PHOTO_SHARE
+# A speech service's (a recording of up to 30 s, 0.6-0.7 s of a core to transcribe, 8 of the
+# detector's tiles): a hundredth; at a tenth, a rating of 200 requests/s would ask for 1.3
+# recordings/s, most of a core of the machine's two
+RECORDING_SHARE = 0.01
 SHARES = {"photo": PHOTO_SHARE, "audio": RECORDING_SHARE}
+# A fine-tuned transformer's (a review ~40 ms of a core, 25 times the TF-IDF model's for the
+# same answer, a 10-review batch 0.3-0.4 s): a tenth, as a photo service's
+TRANSFORMER_SHARE = 0.1
 
 
 def share(spec: ModelSpec) -> float:
     """The model's share of the paced mix (PHOTO_SHARE for a photo service, RECORDING_SHARE
-    for a speech one, else 1)."""
-    return min((SHARES.get(f.type, 1.0) for f in spec.fields.values()), default=1.0)
+    for a speech one, TRANSFORMER_SHARE for a transformer classifier, else 1)."""
+    shares = [SHARES.get(f.type, 1.0) for f in spec.fields.values()]
+    return min([*shares, TRANSFORMER_SHARE if encodes_text(spec) else 1.0])
 
 
 @dataclass
