@@ -285,8 +285,10 @@ def test_a_batch_that_waits_in_the_inference_line_past_the_limit_is_shed(
     started: list[Service], registry: Registry, tmp_path: Path
 ) -> None:
     """Admitted requests for a model slower than its traffic wait in its inference line: one
-    that waited past SERVE_QUEUE_TIMEOUT_S there is a 503 with Retry-After and is not run
-    (canvases: a 32-canvas batch parses in milliseconds and takes the U-Net far longer)."""
+    that waited past the line's budget there (SERVE_QUEUE_TIMEOUT_S, or the model's p99
+    objective where longer: the U-Net's 250 ms) is a 503 with Retry-After and is not run
+    (canvases: a 32-canvas batch parses in milliseconds and takes the U-Net 0.1-0.2 s, so
+    the fourth of six waits past 250 ms)."""
     service = serve(started, "fashion_segmentation", registry.uri, tmp_path, queue_timeout_s="0.05")
     body = {"records": records(registry, "fashion_segmentation", 32)}
     answers: list[httpx.Response] = []
