@@ -116,13 +116,6 @@ def one_at_a_time(spec: ModelSpec) -> bool:
     return any(f.type in SIZED for f in spec.fields.values())
 
 
-def encodes_text(spec: ModelSpec) -> bool:
-    """Whether a record's text runs through a transformer (a field with `embedding: true`):
-    tens of ms of a core per review, a 10-review batch hundreds, too long for a
-    service's event loop."""
-    return any(f.type == "text" and f.embedding for f in spec.fields.values())
-
-
 def each_record(feeds: dict[str, np.ndarray], spec: ModelSpec) -> list[dict[str, np.ndarray]]:
     """A batch's tensors record by record, each photo or recording cut back to its own size."""
     size = len(next(iter(feeds.values()))) if feeds else 0

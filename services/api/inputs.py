@@ -297,6 +297,13 @@ def records_limit(spec: ModelSpec, max_records: int) -> int:
     return max_records
 
 
+def encodes_text(spec: ModelSpec) -> bool:
+    """Whether a record's text runs through a transformer (a field with `embedding: true`,
+    which the catalog allows on text only): tens of ms of a core per review, a 10-review batch
+    hundreds, too long for a service's event loop."""
+    return any(f.embedding for f in spec.fields.values())
+
+
 def request_model(spec: ModelSpec, record: type[BaseModel], max_records: int) -> type[BaseModel]:
     """The /predict body: `{"records": [...]}`, 1..max_records records."""
     records = Annotated[list[record], Field(min_length=1, max_length=max_records)]  # type: ignore[valid-type]

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from contract.catalog import ModelSpec
-from contract.feeds import encodes_text, logged_tensors, one_at_a_time
+from contract.feeds import logged_tensors, one_at_a_time
 from contract.settings import get_settings
 from contract.tasks import LABEL, SCORE
 from services.api import auth, feedback
@@ -29,6 +29,7 @@ from services.api.errors import InputError, OverCapacity, field_error
 from services.api.feedback_inputs import feedback_model
 from services.api.inputs import (
     describe_errors,
+    encodes_text,
     metric_field,
     record_model,
     records_limit,

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from contract.catalog import load_catalog
-from contract.feeds import encodes_text
 from services.api.errors import OverCapacity
+from services.api.inputs import encodes_text
 from services.api.service import ModelService, line_budget
 from services.api.telemetry import ServiceMetrics
 

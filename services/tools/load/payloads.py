@@ -17,7 +17,7 @@ import pandas as pd
 
 from contract import paths
 from contract.catalog import ModelSpec, load_catalog
-from contract.feeds import encodes_text
+from services.api.inputs import encodes_text
 from services.tools.examples import as_entities, as_records
 
 POOL_ROWS = 500  # rows read per model: enough variety, quick to load
@@ -27,13 +27,13 @@ POOL_ROWS = 500  # rows read per model: enough variety, quick to load
 # click. The mix sets the stack's total rating only: a model's CPU per request and its HPA
 # target do not depend on it
 PHOTO_SHARE = 0.1
-# A speech service's (a recording of up to 30 s, 0.6-0.7 s of a core to transcribe, 8 of the
-# detector's tiles): a hundredth; at a tenth, a rating of 200 requests/s would ask for 1.3
+# A speech service's (a recording of up to 30 s, 0.6-1.1 s of a core to transcribe, 7-12 of
+# the detector's tiles): a hundredth; at a tenth, a rating of 200 requests/s would ask for 1.3
 # recordings/s, most of a core of the machine's two
 RECORDING_SHARE = 0.01
 SHARES = {"photo": PHOTO_SHARE, "audio": RECORDING_SHARE}
-# A fine-tuned transformer's (a review ~40 ms of a core, 25 times the TF-IDF model's for the
-# same answer, a 10-review batch 0.3-0.4 s): a tenth, as a photo service's
+# A fine-tuned transformer's (a request of the mix 63 ms of a core, 45 times the TF-IDF model's
+# for the same answer, a 10-review batch 0.3 s): a tenth, as a photo service's
 TRANSFORMER_SHARE = 0.1
 
 
