@@ -5,6 +5,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PARAMS = ROOT / "params.yaml"
 HISTORY_NAME = "history.json"  # a network's per-epoch metrics, beside its weights
+INT8_DIR = "int8"  # beside model.onnx: the INT8 graph where it ships, and its report
 
 
 def raw_data(key: str, root: Path = ROOT) -> Path:
@@ -39,8 +40,23 @@ def model_dir(key: str, root: Path = ROOT) -> Path:
 
 
 def onnx_model(key: str, root: Path = ROOT) -> Path:
-    """The whole inference pipeline as one ONNX graph: what gets registered and served."""
+    """The whole inference pipeline as one ONNX graph (FP32), checked against the native
+    model; what is served beside the graph (a search's index) lies in the same folder."""
     return root / "artifacts" / key / "model.onnx"
+
+
+def int8_model(key: str, root: Path = ROOT) -> Path:
+    """The FP32 graph quantized to INT8 (pipelines/quantize.py), where the export stage
+    shipped it; its report, quantization.json, lies beside it either way."""
+    return onnx_model(key, root).parent / INT8_DIR / "model.onnx"
+
+
+def served_model(key: str, root: Path = ROOT) -> Path:
+    """The graph that is registered and served: the INT8 one where the export stage shipped
+    it (its gate metric within the catalog entry's `int8.max_drop` of FP32's), else the FP32
+    one. Export rewrites the whole folder, so an INT8 graph here is always the current one's."""
+    int8 = int8_model(key, root)
+    return int8 if int8.is_file() else onnx_model(key, root)
 
 
 def metrics_file(key: str, root: Path = ROOT) -> Path:

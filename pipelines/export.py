@@ -24,7 +24,7 @@ from pipelines import quantize
 from pipelines.cli import StageError, run_stage
 from pipelines.flavors import judged_test_split
 from pipelines.log import get_logger
-from pipelines.metrics import decision_threshold, labels_of
+from pipelines.metrics import decision_threshold, labels_of, score
 from pipelines.models import get_project
 from pipelines.schema import encode_target
 from pipelines.triton import repository_dir, write_repository
@@ -250,27 +250,41 @@ def main_work(spec: ModelSpec, root: Path) -> None:
         ship_int8(graph, exported, test, spec, root)
 
 
+def scored(
+    session: Session, frame: pd.DataFrame, spec: ModelSpec, predicted: np.ndarray | None = None
+) -> dict[str, float]:
+    """The task's metrics of a graph on labelled rows, decided at the graph's own threshold
+    (`predicted`: its predictions of them, where already made)."""
+    # a segmentation is judged in the space it clusters, which its graph outputs too
+    clusters = spec.task_kind.NATIVE == "distances"
+    embedding = onnx_embedding(session, frame, spec) if clusters else None
+    predicted = onnx_predict(session, frame, spec) if predicted is None else predicted
+    threshold = session.get_modelmeta().custom_metadata_map.get("threshold")
+    threshold_value = None if threshold is None else float(threshold)
+    return score(spec, encode_target(frame, spec), predicted, threshold_value, embedding)
+
+
 def ship_int8(
     graph: onnx.ModelProto, exported: np.ndarray, test: pd.DataFrame, spec: ModelSpec, root: Path
 ) -> None:
     """artifacts/<key>/int8/: the INT8 graph where its gate metric on the judged test rows
     stays within `int8.max_drop` of the FP32 graph's (`exported`: its predictions on them),
-    and the report of both either way."""
+    and the report of both either way, with every metric of the INT8 graph (what the
+    register stage logs and gates on where it is the graph served: contract/paths.py
+    `served_model`)."""
     train = pd.read_parquet(paths.split_dir(spec.key, root) / "train.parquet")
     int8 = quantize.quantized(graph, spec, train)
-    session = open_session(int8, spec, paths.model_dir(spec.key, root))
-    y = encode_target(test, spec)
-    scores = [
-        spec.task_kind.score(spec, y, predicted)[spec.gate_metric]
-        for predicted in (exported, onnx_predict(session, test, spec))
-    ]
+    directory = paths.model_dir(spec.key, root)
+    fp32_metrics = scored(open_session(graph, spec, directory), test, spec, exported)
+    int8_metrics = scored(open_session(int8, spec, directory), test, spec)
     sizes = (graph.ByteSize(), int8.ByteSize())
-    report = quantize.judge(spec, scores[0], scores[1], sizes)
-    folder = paths.onnx_model(spec.key, root).parent / quantize.FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
+    scores = (fp32_metrics[spec.gate_metric], int8_metrics[spec.gate_metric])
+    report = quantize.judge(spec, scores[0], scores[1], sizes, int8_metrics)
+    target = paths.int8_model(spec.key, root)
+    target.parent.mkdir(parents=True, exist_ok=True)
     if report["shipped"]:
-        onnx.save_model(int8, folder / "model.onnx")
-    (folder / quantize.REPORT).write_text(json.dumps(report, indent=2) + "\n")
+        onnx.save_model(int8, target)
+    (target.parent / quantize.REPORT).write_text(json.dumps(report, indent=2) + "\n")
     log.info(
         "%s: INT8 %s %.4f vs FP32 %.4f, %d KiB vs %d KiB: %s",
         spec.key,
@@ -279,7 +293,7 @@ def ship_int8(
         scores[0],
         sizes[1] // 1024,
         sizes[0] // 1024,
-        "shipped" if report["shipped"] else f"not shipped ({report['why']})",
+        "shipped, served" if report["shipped"] else f"not shipped ({report['why']})",
     )
 
 

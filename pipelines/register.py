@@ -1,5 +1,8 @@
 """Stage register@<key>: log the run and the ONNX model to MLflow, then gate the alias.
 
+The model is the graph served (contract/paths.py `served_model`): the INT8 one where the
+export stage shipped it, with the metrics export measured of it (tag `precision`), else FP32.
+
 Every input is checked before MLflow is touched, so a failing stage leaves the registry as
 it was. `champion` moves only for a version that meets every floor and is not worse than
 the current champion on the same test split (and on the production window of the labelled
@@ -28,7 +31,7 @@ from contract import paths, reference
 from contract.catalog import ModelSpec
 from contract.feeds import onnx_feeds
 from contract.tasks.common import ServedGraph
-from pipelines import export, model_card, registry, snapshot
+from pipelines import export, model_card, quantize, registry, snapshot
 from pipelines.cli import StageError, run_stage
 from pipelines.export import Session, run_rows
 from pipelines.log import get_logger
@@ -84,8 +87,9 @@ def flat_params(spec: ModelSpec) -> dict[str, Any]:
 def load_inputs(
     spec: ModelSpec, root: Path
 ) -> tuple[onnx.ModelProto, dict[str, float], pd.DataFrame, pd.DataFrame]:
+    """(the graph served, its metrics on the test split, the train and test splits)."""
     needed = [
-        paths.onnx_model(spec.key, root),
+        paths.served_model(spec.key, root),
         paths.metrics_file(spec.key, root),
         paths.split_dir(spec.key, root) / "train.parquet",
         paths.split_dir(spec.key, root) / "test.parquet",
@@ -95,7 +99,7 @@ def load_inputs(
     missing = [str(p.relative_to(root)) for p in needed if not p.exists()]
     if missing:
         raise StageError(f"missing {', '.join(missing)}: run `dvc repro register@{spec.key}`")
-    metrics = json.loads(needed[1].read_text())
+    metrics = served_metrics(spec, root, json.loads(needed[1].read_text()))
     absent = [k for k in spec.floors if k not in metrics]
     if absent:
         raise StageError(f"{needed[1].name} lacks the floor metrics {absent}")
@@ -105,6 +109,29 @@ def load_inputs(
         pd.read_parquet(needed[2]),
         pd.read_parquet(needed[3]),
     )
+
+
+def precision(spec: ModelSpec, root: Path) -> str:
+    """The served graph's arithmetic: int8 where the export stage shipped the INT8 graph."""
+    return (
+        "int8" if paths.served_model(spec.key, root) == paths.int8_model(spec.key, root) else "fp32"
+    )
+
+
+def served_metrics(spec: ModelSpec, root: Path, native: dict[str, float]) -> dict[str, float]:
+    """The metrics of the graph served: the evaluate stage's (the native model's, which the
+    FP32 graph reproduces within 1e-4) or, where the INT8 graph is served, those its export
+    measured on the same test split, with the FP32 graph's kept as `fp32.<metric>`."""
+    if precision(spec, root) == "fp32":
+        return native
+    report = paths.int8_model(spec.key, root).parent / quantize.REPORT
+    measured: dict[str, float] = json.loads(report.read_text()).get("int8_metrics", {})
+    if spec.gate_metric not in measured:
+        raise StageError(
+            f"{report.relative_to(root)} has no INT8 metrics: run `dvc repro export@{spec.key}`"
+        )
+    replaced = {f"fp32.{k}": native[k] for k in measured if k in native}
+    return native | measured | replaced
 
 
 def open_session(graph: onnx.ModelProto, spec: ModelSpec, root: Path) -> Session:
@@ -211,11 +238,8 @@ def register(spec: ModelSpec, root: Path) -> dict[str, Any]:
     graph, metrics, train, test = load_inputs(spec, root)
     production, holdout = snapshot.training_rows(spec, root), snapshot.holdout(spec, root)
     client = registry.client()
-    candidate = None
-    if len(holdout):
-        candidate = ort.InferenceSession(
-            graph.SerializeToString(), providers=["CPUExecutionProvider"]
-        )
+    # the graph as served (a transformer's behind its tokenizer) scores the production window
+    candidate = open_session(graph, spec, root) if len(holdout) else None
     alias, reason, window, compared = registry.gate(client, spec, metrics, test, candidate, holdout)
     canary = alias == registry.CHAMPION and spec.production.rollout == "canary"
     if canary and registry.champion_version(client, spec.key) is not None:
@@ -224,8 +248,15 @@ def register(spec: ModelSpec, root: Path) -> dict[str, Any]:
         canary = False
     meta = {p.key: p.value for p in graph.metadata_props}
     segments = json.loads(meta["segments"]) if "segments" in meta else None
-    card = model_card.render(spec, metrics, train, test, f"Gate: **{alias}**: {reason}.", segments)
-    tags = lineage(spec.key, root) | {"gate.alias": alias, "gate.reason": reason}
+    served = precision(spec, root)
+    card = model_card.render(
+        spec, metrics, train, test, f"Gate: **{alias}**: {reason}.", segments, served
+    )
+    tags = lineage(spec.key, root) | {
+        "gate.alias": alias,
+        "gate.reason": reason,
+        "precision": served,
+    }
     if spec.features:  # the feature set the model was trained on (Feast's own tag names)
         tags |= {
             "feast.feature_service": spec.features.service,
@@ -241,7 +272,8 @@ def register(spec: ModelSpec, root: Path) -> dict[str, Any]:
     for path in served_files(spec, root):  # the files served with the graph, by name
         tags[f"{FILE_TAG_PREFIX}{path.name}"] = hashlib.sha256(path.read_bytes()).hexdigest()
     files = [t for t in tags if t.startswith(FILE_TAG_PREFIX)]
-    for tag in ("gate.alias", "gate.reason", "git_commit", "onnx_sha256", *FEAST_TAGS, *files):
+    version_tags = ("gate.alias", "gate.reason", "git_commit", "onnx_sha256", "precision")
+    for tag in (*version_tags, *FEAST_TAGS, *files):
         if tag in tags:
             client.set_model_version_tag(spec.key, version, tag, tags[tag])
     client.set_registered_model_alias(spec.key, alias, version)
@@ -252,6 +284,7 @@ def register(spec: ModelSpec, root: Path) -> dict[str, Any]:
         "alias": alias,
         "reason": reason,
         "run_id": run_id,
+        "precision": served,  # the graph registered: fp32, or int8 where export shipped it
         "metrics": metrics,
         "production_window": {
             "records": len(holdout),

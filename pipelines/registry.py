@@ -12,10 +12,9 @@ from mlflow.tracking import MlflowClient
 from contract.catalog import ModelSpec
 from contract.settings import get_settings
 from contract.tokens import TokenizedSession, tokenized
-from pipelines.export import onnx_embedding, onnx_predict
+from pipelines.export import scored
 from pipelines.log import get_logger
-from pipelines.metrics import floors_met, not_worse, score
-from pipelines.schema import encode_target
+from pipelines.metrics import floors_met, not_worse
 
 log = get_logger(__name__)
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -43,17 +42,6 @@ def champion_version(mlflow_client: MlflowClient, key: str) -> str | None:
         return str(mlflow_client.get_model_version_by_alias(key, CHAMPION).version)
     except MlflowException:
         return None
-
-
-def scored(session: ort.InferenceSession, frame: pd.DataFrame, spec: ModelSpec) -> dict[str, float]:
-    """The task's metrics of a graph on labelled rows, decided at the graph's own threshold."""
-    # a segmentation is judged in the space it clusters, which its graph outputs too
-    clusters = spec.task_kind.NATIVE == "distances"
-    embedding = onnx_embedding(session, frame, spec) if clusters else None
-    predicted = onnx_predict(session, frame, spec)
-    threshold = session.get_modelmeta().custom_metadata_map.get("threshold")
-    threshold_value = None if threshold is None else float(threshold)
-    return score(spec, encode_target(frame, spec), predicted, threshold_value, embedding)
 
 
 def version_session(spec: ModelSpec, version: str) -> Any:

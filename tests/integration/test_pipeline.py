@@ -1,12 +1,15 @@
 """The whole pipeline on reduced params in a temporary copy, checked through the registry."""
 
+import hashlib
 import json
 
 import pytest
 import yaml
 from mlflow.exceptions import MlflowException
 
+from contract import paths
 from contract.catalog import INPUT_EMBEDDING, embedded
+from pipelines import quantize
 from pipelines.models import get_project
 from services.tools.examples import client_tokenizer
 from tests.conftest import CATALOG, KEYS
@@ -101,6 +104,25 @@ def test_registered_model_has_signature_example_and_card(project: Project, key: 
     assert "## Intended use" in card and "## Quality on the test split" in card
 
 
+@pytest.mark.parametrize("key", KEYS)
+def test_the_version_registered_is_the_graph_served(project: Project, key: str) -> None:
+    """The INT8 graph where export shipped it (quantization.json), registered with the
+    metrics export measured of it and the FP32 graph's beside them; else the FP32 graph."""
+    version = project.client().get_model_version_by_alias(key, "champion")
+    graph = paths.served_model(key, project.root)
+    assert version.tags["onnx_sha256"] == hashlib.sha256(graph.read_bytes()).hexdigest()
+    report = paths.int8_model(key, project.root).parent / quantize.REPORT
+    shipped = report.is_file() and json.loads(report.read_text())["shipped"]
+    assert version.tags["precision"] == ("int8" if shipped else "fp32")
+    assert (graph == paths.int8_model(key, project.root)) == shipped
+    if shipped:
+        quantized = json.loads(report.read_text())
+        metrics = project.client().get_run(version.run_id).data.metrics
+        gate = CATALOG[key].gate_metric
+        assert metrics[gate] == pytest.approx(quantized["int8"], abs=1e-6)
+        assert metrics[f"fp32.{gate}"] == pytest.approx(quantized["fp32"], abs=1e-6)
+
+
 def test_second_repro_has_nothing_to_do(project: Project) -> None:
     result = project.run("dvc", "repro")
     assert "Data and pipelines are up to date" in result.stdout + result.stderr
@@ -132,6 +154,9 @@ def test_clean_rerun_gives_identical_metrics(project: Project) -> None:
             **{
                 k + ".onnx": (project.root / f"artifacts/{k}/model.onnx").read_bytes() for k in keys
             },
+            # the graph served: fashion_cnn's INT8 one where it ships (static quantization,
+            # calibrated on seeded rows: the same bytes again)
+            **{k + ".served": paths.served_model(k, project.root).read_bytes() for k in keys},
         }
 
     before = read()

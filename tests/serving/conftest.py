@@ -269,10 +269,12 @@ def expected_outputs(trained: Path, key: str, frame: pd.DataFrame) -> dict[str, 
     """What ONNX Runtime in this process makes of the same rows with the same artifact,
     opened as the export stage and the service open it (the task's `serve`: a search with
     its tokenizer and index, a transformer behind its tokenizer, a speech model's decoder
-    after its front end)."""
-    graph = paths.onnx_model(key, trained)
+    after its front end). The artifact is the graph served: INT8 where export shipped it."""
+    graph = paths.served_model(key, trained)
     session = open_session(
-        onnx.load(str(graph)), get_spec(key, trained / "params.yaml"), graph.parent
+        onnx.load(str(graph)),
+        get_spec(key, trained / "params.yaml"),
+        paths.onnx_model(key, trained).parent,  # what is served beside it: a search's index
     )
     names = [o.name for o in session.get_outputs()]
     return run_rows(session, names, frame, CATALOG[key])  # photos one at a time, as served
@@ -280,7 +282,7 @@ def expected_outputs(trained: Path, key: str, frame: pd.DataFrame) -> dict[str, 
 
 def served_threshold(trained: Path, key: str) -> float | None:
     """The threshold the artifact's metadata gives the service (a detector's boxes)."""
-    session = ort.InferenceSession(str(paths.onnx_model(key, trained)))
+    session = ort.InferenceSession(str(paths.served_model(key, trained)))
     value = session.get_modelmeta().custom_metadata_map.get("threshold")
     return None if value is None else float(value)
 

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 
 def loaded(trained: Path, key: str) -> runtime.LoadedModel:
-    path = paths.onnx_model(key, trained)
+    path = paths.served_model(key, trained)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     return runtime.load(CATALOG[key], Artifact(key, "champion", "1", digest, path, {}, "cache"))
 

@@ -213,3 +213,28 @@ def test_the_precision_table_shows_a_gpu_run_where_one_was_made(tmp_path: Path) 
     assert len(rows) == 2 and all("NVIDIA H200" in r and "no TensorRT" in r for r in rows)
     assert "| FP16 |" in rows[1] and "3,706" in rows[1] and "roc_auc 0.9025 | +0.0005 |" in rows[1]
     assert precision.gpu_rows("fashion_cnn", tmp_path, "accuracy") == []
+
+
+def test_the_precision_table_says_which_graph_is_served() -> None:
+    """A shipped INT8 graph is the one served (its row "yes", FP32's "no (INT8 is)"); one
+    over its allowed drop is not, and has no timings (export did not keep it)."""
+    from services.tools.bench import precision
+
+    report = {"metric": "accuracy", "fp32": 0.9139, "int8": 0.9141, "drop": -0.0002}
+    refused = precision.served_column(report | {"shipped": False})
+    assert refused == ("yes", "no (over the allowed drop)")
+    assert precision.served_column(report | {"shipped": True}) == ("no (INT8 is)", "yes")
+    info = {"date": "today", "cpu_model": "a CPU", "packages": {"onnxruntime": "1.0"}}
+    found = [
+        {"model": "fashion_cnn", "precision": "FP32", "device": "CPU (ONNX Runtime)",
+         "metric": "accuracy", "value": 0.9139, "drop": 0.0, "served": "no (INT8 is)",
+         "p50_ms": 0.2, "p99_ms": 0.3, "batch_rows_s": 4000.0, "mib": 1.6},
+        {"model": "fashion_cnn", "precision": "INT8", "device": "CPU (ONNX Runtime)",
+         "metric": "accuracy", "value": 0.9141, "drop": -0.0002, "served": "yes"},
+    ]  # fmt: skip
+    table = precision.markdown(found, info, "no GPU")
+    assert "| accuracy 0.9139 | +0.0000 | no (INT8 is) |" in table
+    assert (
+        "| fashion_cnn | INT8 | CPU (ONNX Runtime) | | | | | accuracy 0.9141 | -0.0002 | yes |"
+        in table
+    )

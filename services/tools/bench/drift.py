@@ -40,7 +40,7 @@ def fill(key: str, count: int, sink: SQLiteSink) -> None:
     """`count` predictions of the registered artifact, logged as a service logs them."""
     spec = get_spec(key)
     frame = bodies.rows(spec, count)
-    path = paths.onnx_model(key)
+    path = paths.served_model(key)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     model = LoadedModel(spec, Artifact(key, "champion", "0", "", path, {}, "bench"), session)
     names = [o.name for o in session.get_outputs()]

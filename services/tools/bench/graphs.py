@@ -60,7 +60,7 @@ def seconds_per_run(session: ort.InferenceSession, feeds: dict[str, np.ndarray])
 
 
 def measure(key: str, scratch: Path) -> dict[str, Any]:
-    path = paths.onnx_model(key, ROOT)
+    path = paths.served_model(key, ROOT)
     graph = onnx.load(str(path))
     feeds = batch_feeds(key)
     session = ort.InferenceSession(str(path), options(), providers=["CPUExecutionProvider"])
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", nargs="+", choices=sorted(catalog), default=tabular)
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "bench")
     args = parser.parse_args(argv)
-    missing = [k for k in args.models if not paths.onnx_model(k, ROOT).exists()]
+    missing = [k for k in args.models if not paths.served_model(k, ROOT).exists()]
     if missing:
         print(f"error: not exported: {', '.join(missing)} (make repro)", file=sys.stderr)
         return 1
