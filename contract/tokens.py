@@ -22,6 +22,11 @@ from tokenizers import Tokenizer
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 15.0
 ENCODE_BATCH = 32  # texts per ONNX run: a batch pads to its longest
+# A dynamically quantized graph (pipelines/quantize.py) takes each activation's int8 range
+# from the whole batch as it runs: a text's answer would depend on its batchmates (0.027 of
+# probability on the fine-tuned classifier's reviews), so such a graph reads each text alone
+# (padded to nothing, which also makes single texts faster than padded batches)
+DYNAMIC = {"quantization": "dynamic"}
 TOKEN_INPUTS = ("input_ids", "attention_mask")  # what a transformer's graph takes
 METADATA = ("tokenizer", "max_tokens", "fields")  # what its metadata must carry
 
@@ -76,6 +81,8 @@ class TokenizedSession:
         self.session = session
         self.tokenizer = tokenizer(meta["tokenizer"], int(meta["max_tokens"]))
         (self.field,) = json.loads(meta["fields"])
+        alone = all(meta.get(k) == v for k, v in DYNAMIC.items())
+        self.batch = 1 if alone else ENCODE_BATCH  # texts a run reads
 
     def get_modelmeta(self) -> Any:
         return self.session.get_modelmeta()
@@ -92,20 +99,28 @@ class TokenizedSession:
     def run(
         self, names: list[str] | None, feeds: dict[str, np.ndarray], run_options: Any = None
     ) -> list[np.ndarray]:
-        """The graph's outputs `names` for the texts, run in batches of similar length."""
+        """The graph's outputs `names` for the texts, run in batches of similar length (each
+        text alone where the graph is dynamically quantized: DYNAMIC)."""
         names = names or [o.name for o in self.get_outputs()]
         texts = ["" if t is None else str(t) for t in feeds[self.field].reshape(-1)]
-        return batched(self.tokenizer, texts, lambda b: self.session.run(names, b, run_options))
+
+        def run(batch: dict[str, np.ndarray]) -> list[np.ndarray]:
+            return list(self.session.run(names, batch, run_options))
+
+        return batched(self.tokenizer, texts, run, self.batch)
 
 
 def batched(
-    tok: Tokenizer, texts: Sequence[str], run: Callable[[dict[str, np.ndarray]], Sequence[Any]]
+    tok: Tokenizer,
+    texts: Sequence[str],
+    run: Callable[[dict[str, np.ndarray]], Sequence[Any]],
+    size: int = ENCODE_BATCH,
 ) -> list[np.ndarray]:
-    """`run`'s outputs (arrays [batch, ...]) on the texts' `batches`, put back in the texts'
-    order: the ONNX graph's here, the PyTorch module's in the pipeline (same batches, same
-    padding: parity compares like with like)."""
+    """`run`'s outputs (arrays [batch, ...]) on the texts' `batches` of `size`, put back in
+    the texts' order: the ONNX graph's here, the PyTorch module's in the pipeline (same
+    batches, same padding: parity compares like with like)."""
     result: list[np.ndarray] = []
-    for rows, batch in batches(tok, list(texts) or [""]):  # [""]: the outputs' shapes
+    for rows, batch in batches(tok, list(texts) or [""], size):  # [""]: the outputs' shapes
         found = [np.asarray(f) for f in run(batch)]
         if not result:
             result = [np.empty((max(len(texts), 1), *f.shape[1:]), f.dtype) for f in found]
@@ -114,19 +129,21 @@ def batched(
     return [out[: len(texts)] for out in result]
 
 
-def batches(tok: Tokenizer, texts: Sequence[str]) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
-    """(positions, the graph's inputs) of the texts, ENCODE_BATCH at a time in order of
+def batches(
+    tok: Tokenizer, texts: Sequence[str], size: int = ENCODE_BATCH
+) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
+    """(positions, the graph's inputs) of the texts, `size` at a time in order of
     length, each batch padded to its longest (reviews run from 10 to 900 words: the same
     answers, several times faster than padding every batch to the longest of all)."""
     encoded = tok.encode_batch(list(texts))
     lengths = np.array([sum(e.attention_mask) for e in encoded])
     order = np.argsort(lengths, kind="stable")
     started = last = time.perf_counter()
-    for start in range(0, len(order), ENCODE_BATCH):
+    for start in range(0, len(order), size):
         if time.perf_counter() - last > PROGRESS_EVERY_S:  # a pipeline's thousands
             last = time.perf_counter()
             log.info("encoding: %d of %d (%.0fs)", start, len(order), last - started)
-        rows = order[start : start + ENCODE_BATCH]
+        rows = order[start : start + size]
         width = max(int(lengths[rows].max()), 1)
         yield (
             rows,

@@ -71,7 +71,7 @@ def calibration_rows(train: pd.DataFrame, spec: ModelSpec) -> pd.DataFrame:
 def quantized(graph: onnx.ModelProto, spec: ModelSpec, train: pd.DataFrame) -> onnx.ModelProto:
     """The graph quantized to INT8 (static: calibrated on rows of `train`; dynamic: the
     weights, activations at run time), with the FP32 graph's metadata (and `precision:
-    int8`)."""
+    int8`, `quantization: <mode>`)."""
     assert spec.int8 is not None
     # reduce_range: 7-bit weights. ONNX Runtime multiplies uint8 activations by int8 weights
     # with AVX2's vpmaddubsw where a CPU lacks VNNI, whose int16 sums saturate on 8-bit
@@ -105,7 +105,10 @@ def quantized(graph: onnx.ModelProto, spec: ModelSpec, train: pd.DataFrame) -> o
                 reduce_range=True,
             )
         result = onnx.load_model(target)
-    meta = {p.key: p.value for p in graph.metadata_props} | {"precision": "int8"}
+    # quantization: static or dynamic (a served transformer reads each text alone where
+    # dynamic: contract/tokens.py DYNAMIC)
+    meta = {p.key: p.value for p in graph.metadata_props}
+    meta |= {"precision": "int8", "quantization": spec.int8.mode}
     onnx.helper.set_model_props(result, meta)
     result.doc_string = graph.doc_string
     return result

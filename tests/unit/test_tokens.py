@@ -17,8 +17,9 @@ from pipelines.flavors.weights import minilm_dir
 MAX_TOKENS = 16
 
 
-def counting_graph(metadata: bool = True) -> ort.InferenceSession:
-    """input_ids, attention_mask [N, T] -> tokens [N] (the mask's sum), id_sum [N]."""
+def counting_graph(metadata: bool = True, **extra: str) -> ort.InferenceSession:
+    """input_ids, attention_mask [N, T] -> tokens [N] (the mask's sum), id_sum [N];
+    `extra`: more metadata (a quantized graph's)."""
     ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "tokens"])
     mask = helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "tokens"])
     nodes = [
@@ -36,7 +37,7 @@ def counting_graph(metadata: bool = True) -> ort.InferenceSession:
         definition = (minilm_dir() / "tokenizer.json").read_text()
         fields = json.dumps({"review": {"type": "text"}})
         meta = {"tokenizer": definition, "max_tokens": str(MAX_TOKENS), "fields": fields}
-        helper.set_model_props(model, meta)
+        helper.set_model_props(model, meta | extra)
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
@@ -66,3 +67,24 @@ def test_a_graph_without_a_tokenizer_is_served_as_it_is() -> None:
     assert served_as_is(plain, None) is plain
     with pytest.raises(ValueError, match="lacks"):
         TokenizedSession(plain)
+
+
+def test_a_dynamically_quantized_graph_reads_each_text_alone() -> None:
+    """Its int8 ranges are taken from the whole batch as it runs, so beside other texts a
+    text's answer would change (contract/tokens.py DYNAMIC): each run reads one text,
+    padded to nothing; any other graph reads batches of similar length."""
+    runs: list[tuple[int, ...]] = []
+    graph = counting_graph(quantization="dynamic", precision="int8")
+    run = graph.run
+
+    def noting(names: list[str], feeds: dict[str, np.ndarray], *args: object) -> list[object]:
+        runs.append(feeds["input_ids"].shape)  # [batch, tokens]
+        return run(names, feeds, *args)  # type: ignore[no-any-return]
+
+    graph.run = noting  # type: ignore[method-assign]
+    texts = ["tasty", "not tasty at all, the worst tea", "fine"]
+    session = TokenizedSession(graph)
+    tokens, _ = session.run(None, {"review": np.array(texts, object).reshape(-1, 1)})
+    assert session.batch == 1 and [n for n, _ in runs] == [1, 1, 1]
+    assert sorted(t for _, t in runs) == sorted(tokens.tolist())  # no padding
+    assert TokenizedSession(counting_graph()).batch == ENCODE_BATCH

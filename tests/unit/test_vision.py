@@ -311,7 +311,7 @@ def test_int8_quantizes_a_graph_and_keeps_its_metadata() -> None:
     )
     int8 = quantize.quantized(graph, CANVASES, canvases)
     meta = {p.key: p.value for p in int8.metadata_props}
-    assert meta == {"model": "fashion_segmentation", "precision": "int8"}
+    assert meta == {"model": "fashion_segmentation", "precision": "int8", "quantization": "static"}
     assert any(n.op_type == "QuantizeLinear" for n in int8.graph.node)
     feeds = {"image": np.frombuffer(canvases["image"][0], np.uint8).reshape(1, 64, 64)}
     runs = [
