@@ -247,7 +247,7 @@ def main_work(spec: ModelSpec, root: Path) -> None:
         repository = write_repository(spec, target, repository_dir(spec.key, root))
         log.info("%s: Triton model repository %s", spec.key, repository.relative_to(root))
     if spec.int8 is not None:
-        ship_int8(graph, exported, test, spec, root)
+        ship_int8(graph, session, exported, test, spec, root)
 
 
 def scored(
@@ -265,18 +265,23 @@ def scored(
 
 
 def ship_int8(
-    graph: onnx.ModelProto, exported: np.ndarray, test: pd.DataFrame, spec: ModelSpec, root: Path
+    graph: onnx.ModelProto,
+    session: Session,
+    exported: np.ndarray,
+    test: pd.DataFrame,
+    spec: ModelSpec,
+    root: Path,
 ) -> None:
     """artifacts/<key>/int8/: the INT8 graph where its gate metric on the judged test rows
-    stays within `int8.max_drop` of the FP32 graph's (`exported`: its predictions on them),
+    stays within `int8.max_drop` of the FP32 graph's (`session`: that graph as served,
+    `exported`: its predictions on them),
     and the report of both either way, with every metric of the INT8 graph (what the
     register stage logs and gates on where it is the graph served: contract/paths.py
     `served_model`)."""
     train = pd.read_parquet(paths.split_dir(spec.key, root) / "train.parquet")
     int8 = quantize.quantized(graph, spec, train)
-    directory = paths.model_dir(spec.key, root)
-    fp32_metrics = scored(open_session(graph, spec, directory), test, spec, exported)
-    int8_metrics = scored(open_session(int8, spec, directory), test, spec)
+    fp32_metrics = scored(session, test, spec, exported)
+    int8_metrics = scored(open_session(int8, spec, paths.model_dir(spec.key, root)), test, spec)
     sizes = (graph.ByteSize(), int8.ByteSize())
     scores = (fp32_metrics[spec.gate_metric], int8_metrics[spec.gate_metric])
     report = quantize.judge(spec, scores[0], scores[1], sizes, int8_metrics)

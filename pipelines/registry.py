@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 from contract.catalog import ModelSpec
 from contract.settings import get_settings
 from contract.tokens import TokenizedSession, tokenized
-from pipelines.export import scored
+from pipelines.export import Session, scored
 from pipelines.log import get_logger
 from pipelines.metrics import floors_met, not_worse
 
@@ -145,7 +145,7 @@ def decide(
 
 
 def production_window(
-    spec: ModelSpec, candidate: ort.InferenceSession, version: str, holdout: pd.DataFrame
+    spec: ModelSpec, candidate: Session, version: str, holdout: pd.DataFrame
 ) -> tuple[Window | None, dict[str, float]]:
     """(the window's comparison, the candidate's metrics on it) where the snapshot holds
     at least `production.min_holdout` records and the champion's graph scores them."""
@@ -166,7 +166,7 @@ def gate(
     spec: ModelSpec,
     metrics: dict[str, float],
     test: pd.DataFrame,
-    candidate: ort.InferenceSession | None = None,
+    candidate: Session | None = None,
     holdout: pd.DataFrame | None = None,
 ) -> tuple[str, str, dict[str, float], Window | None]:
     """(alias, reason, the candidate's metrics on the production window, the comparison

@@ -36,7 +36,7 @@ from services.tools.bench import report
 from services.tools.bench.graphs import options
 
 SINGLES, BATCH, BATCH_RUNS = 200, 32, 5
-FOLDER, REPORT = "int8", "quantization.json"  # pipelines/quantize.py's files
+REPORT = "quantization.json"  # beside the INT8 graph (pipelines/quantize.py)
 GPU_FOLDER = ROOT / "reports" / "bench" / "gpu"  # runs on a lent GPU machine, by model
 
 
@@ -82,21 +82,21 @@ def served_column(quantization: dict[str, Any]) -> tuple[str, str]:
 
 
 def rows(key: str) -> list[dict[str, Any]]:
-    folder = paths.onnx_model(key, ROOT).parent
-    quantization = json.loads((folder / FOLDER / REPORT).read_text())
+    int8_graph = paths.int8_model(key, ROOT)
+    quantization = json.loads((int8_graph.parent / REPORT).read_text())
     fp32_served, int8_served = served_column(quantization)
     test = pd.read_parquet(paths.split_dir(key, ROOT) / "test.parquet").head(BATCH)
     found = [
         {"model": key, "precision": "FP32", "device": "CPU (ONNX Runtime)"}
-        | measure(key, folder / "model.onnx", test)
+        | measure(key, paths.onnx_model(key, ROOT), test)
         | {"metric": quantization["metric"], "value": quantization["fp32"], "drop": 0.0}
         | {"served": fp32_served}
     ]
     int8 = {"model": key, "precision": "INT8", "device": "CPU (ONNX Runtime)"}
     int8 |= {"metric": quantization["metric"], "value": quantization["int8"]}
     int8 |= {"drop": quantization["drop"], "served": int8_served}
-    if (folder / FOLDER / "model.onnx").exists():
-        int8 |= measure(key, folder / FOLDER / "model.onnx", test)
+    if int8_graph.exists():
+        int8 |= measure(key, int8_graph, test)
     found.append(int8)
     return found
 
@@ -166,9 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         help="what the GPU rows say (a run on a GPU machine fills them from perf_analyzer)",
     )
     args = parser.parse_args(argv)
-    missing = [
-        k for k in args.models if not (paths.onnx_model(k, ROOT).parent / FOLDER / REPORT).exists()
-    ]
+    missing = [k for k in args.models if not (paths.int8_model(k, ROOT).parent / REPORT).exists()]
     if missing:
         print(f"error: no INT8 report for {', '.join(missing)} (make repro)", file=sys.stderr)
         return 1
