@@ -16,7 +16,6 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from services.mlflow_server import accounts, provision
 from services.tools.processes import free_port
 from tests.conftest import ROOT
 
@@ -37,14 +36,14 @@ def database() -> Iterator[str]:
 
 
 class Server:
-    def __init__(self, database: str, tmp: Path) -> None:
+    def __init__(self, database: str, tmp: Path, reader: str = READER) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {
             **os.environ,
             "MLFLOW_BACKEND_STORE_URI": database,
             "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN,
-            "MLFLOW_READER_PASSWORD": READER,
+            "MLFLOW_READER_PASSWORD": reader,
             "MLFLOW_FLASK_SERVER_SECRET_KEY": "csrf-key-0123456789abcdef",
             "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
             "TMPDIR": str(tmp),
@@ -69,7 +68,8 @@ class Server:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        os.killpg(self.process.pid, 15)
+        if self.process.poll() is None:  # once: a restart stops it before the test ends
+            os.killpg(self.process.pid, 15)
         self.process.wait(timeout=60)
 
 
@@ -111,10 +111,14 @@ def test_the_registry_asks_for_an_account_and_the_reader_only_reads(
         config = next(tmp_path.glob("mlflow-auth-*.ini"))
         assert config.stat().st_mode & 0o077 == 0
         assert all(ADMIN not in arg and "postgres" not in arg for arg in server.process.args)
-        # the secret store holds the passwords: what a restart does with a new one retires
-        # the old (the server reads the accounts per request)
-        rotated = {"MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN, "MLFLOW_READER_PASSWORD": ROTATED}
-        provision(database, accounts(rotated))
+        # a checked credential is cached (auth_cache_ttl_seconds), a wrong one never is
+        assert search(server, ("reader", READER)).status_code == 200
+        assert search(server, ("reader", "wrong-password-0123")).status_code == 401
+        assert "auth_cache_ttl_seconds = 60" in config.read_text()
+        # the secret store holds the passwords: a restart with a new one retires the old
+        # (every start provisions the accounts, and the cache starts empty)
+        server.stop()
+        server = Server(database, tmp_path, reader=ROTATED)
         assert search(server, ("reader", READER)).status_code == 401
         assert search(server, ("reader", ROTATED)).status_code == 200
     finally:
