@@ -27,6 +27,10 @@ SNAPSHOT = (
     "data/production",  # what register's gate compares on (snapshot@<key>)
     "feature_repo",
     "data/feast",
+    # the registry as that repro left it (every model v1 @champion): the serving tests and the
+    # dashboards serve copies of it; its artifacts stay in the workspace's mlruns/artifacts,
+    # which later runs only add to
+    "mlruns/mlflow.db",
 )
 BIN = Path(sys.executable).parent
 

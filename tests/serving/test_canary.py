@@ -49,8 +49,6 @@ def rollout(registry: Registry, tmp_path: Path) -> Iterator[Rollout]:
     """titanic v1 @champion and v2 @challenger (the same artifact) in a registry of its own,
     and the four processes."""
     own = Registry(tmp_path / "registry", registry.trained)
-    own.folder.mkdir()
-    shutil.copy2(registry.folder / "mlflow.db", own.folder / "mlflow.db")
     own.copy_version("titanic", "challenger")
     ports = {name: free_port() for name in ("model", "drift", "prometheus", "am")}
     admin, webhook = tmp_path / "secrets" / "admin", tmp_path / "secrets" / "webhook"

@@ -3,7 +3,6 @@
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import sys
@@ -35,11 +34,8 @@ BIN = Path(sys.executable).parent
 
 @pytest.fixture
 def own_registry(registry: Registry, tmp_path: Path) -> Registry:
-    """A copy of the session registry that a test may change (the artifacts are shared)."""
-    copy = Registry(tmp_path / "registry", registry.trained)
-    copy.folder.mkdir()
-    shutil.copy2(registry.folder / "mlflow.db", copy.folder / "mlflow.db")
-    return copy
+    """A registry of its own that a test may change (the artifacts are shared)."""
+    return Registry(tmp_path / "registry", registry.trained)
 
 
 def records(registry: Registry, key: str, n: int) -> list[dict[str, Any]]:
