@@ -7,7 +7,11 @@ Which store is used is Feast's own choice by environment: feature_repo/feature_s
 (SQLite, files) unless FEAST_FS_YAML_FILE_PATH names another file, such as
 feature_repo/feature_store.production.yaml (Redis, Postgres registry). Each stage writes a
 small JSON manifest for DVC to track: the registry and online store themselves are
-external state, like the MLflow registry.
+external state, like the MLflow registry. `apply` writes two: apply.json, the declarations
+(what every prepare stage depends on), and store.json, the store config in force (what
+materialisation depends on besides). A workspace on the production store (a container)
+thus prepares from the same apply.json as one on the embedded store, and DVC's run cache
+restores its prepare stages instead of running all of them again.
 """
 
 import argparse
@@ -35,15 +39,20 @@ class FeatureStoreError(RuntimeError):
 
 
 def definitions_digest(root: Path = ROOT) -> str:
-    """sha256 over the declarations and the store config in force: what `apply` registered.
-
-    The config counts too (as written, before environment expansion: no secrets), so a
-    switch of online store re-runs materialisation.
-    """
+    """sha256 over the declarations (feature_repo/*.py): what `apply` registered, whichever
+    store it registered them in (the offline store, which prepare joins from, is DuckDB
+    over the same parquet files in both configs)."""
     digest = hashlib.sha256()
-    for path in [*sorted(repo_path(root).glob("*.py")), fs_yaml(root)]:
+    for path in sorted(repo_path(root).glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
+
+
+def store_config(root: Path = ROOT) -> dict[str, str]:
+    """The store config in force, as written (before environment expansion: no secrets):
+    materialisation depends on it, so a switch of online store re-runs it."""
+    path = fs_yaml(root)
+    return {"config": path.name, "config_sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 def apply(root: Path = ROOT) -> dict[str, Any]:
@@ -158,6 +167,8 @@ def main(argv: list[str] | None = None) -> None:
         log.error("features %s failed: %s", args.command, exc)
         sys.exit(2)
     _write(report, args.root / "reports" / "feast" / f"{args.command}.json")
+    if args.command == "apply":
+        _write(store_config(args.root), args.root / "reports" / "feast" / "store.json")
     log.info("features %s done in %.1f s", args.command, (datetime.now() - started).total_seconds())
     finish()
 

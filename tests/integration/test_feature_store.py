@@ -372,6 +372,16 @@ def test_production_store_serves_what_the_embedded_one_does(
         "FEAST_REDIS": f"127.0.0.1:6379,db={REDIS_DB}",
     }
     features_cli(prod, "apply", **env)
+    # the declarations' manifest is the embedded store's, so the prepare stages that depend
+    # on it are restored from a run cache made on the embedded store (the compose trainer's);
+    # the store config in force, which materialisation depends on, is not
+    manifests = [root / "reports" / "feast", prod / "reports" / "feast"]
+    embedded, production_ = (
+        [(m / n).read_text() for n in ("apply.json", "store.json")] for m in manifests
+    )
+    assert production_[0] == embedded[0]
+    assert json.loads(production_[1])["config"] == "feature_store.production.yaml"
+    assert production_[1] != embedded[1]
     features_cli(prod, "materialize", **env)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
