@@ -51,6 +51,13 @@ def int8_model(key: str, root: Path = ROOT) -> Path:
     return onnx_model(key, root).parent / INT8_DIR / "model.onnx"
 
 
+def reference_file(key: str, root: Path = ROOT) -> Path:
+    """The drift service's reference of the graph served (contract/reference.py), made by
+    the export stage and logged by register at the same path in the run's artifacts; in a
+    folder of its own, not among the files served beside the graph."""
+    return onnx_model(key, root).parent / "reference" / "reference.parquet"
+
+
 def served_model(key: str, root: Path = ROOT) -> Path:
     """The graph that is registered and served: the INT8 one where the export stage shipped
     it (its gate metric within the catalog entry's `int8.max_drop` of FP32's), else the FP32

@@ -1,8 +1,8 @@
 """A model's reference data for drift: the training snapshot, as the drift service sees it.
 
-`register` (pipelines/register.py) logs `reference/reference.parquet` with every version: a
-seeded sample of the training split in the drift view below, plus the model's own
-predictions on it. The drift
+`export` (pipelines/export.py) makes `reference/reference.parquet` beside the graph and
+`register` logs it with every version: a seeded sample of the training split in the drift
+view below, plus the served graph's own predictions on it. The drift
 service puts logged traffic through the same view, so both sides come from one function.
 Numbers and categories are compared as they are; a text field by its length in characters
 and words, an image by its mean, spread and share of ink (pixel drift means nothing), a

@@ -17,9 +17,10 @@ import onnx
 import onnxruntime as ort
 import pandas as pd
 
-from contract import paths
+from contract import paths, reference
 from contract.catalog import EMBEDDING_DIMS, INPUT_EMBEDDING, ModelSpec, embedded
 from contract.feeds import one_at_a_time, onnx_feeds
+from contract.tasks.common import ServedGraph
 from pipelines import quantize
 from pipelines.cli import StageError, run_stage
 from pipelines.flavors import judged_test_split
@@ -248,6 +249,31 @@ def main_work(spec: ModelSpec, root: Path) -> None:
         log.info("%s: Triton model repository %s", spec.key, repository.relative_to(root))
     if spec.int8 is not None:
         ship_int8(graph, session, exported, test, spec, root)
+    write_reference(spec, root)
+
+
+def write_reference(spec: ModelSpec, root: Path) -> Path:
+    """The drift service's reference (contract/reference.py): a seeded sample of the split
+    that stands for the traffic, in the drift view, with the served graph's answers on it.
+
+    Made here, where DVC's run cache keeps it, and only logged by register, which runs
+    again in every new workspace (a container's, a retraining's): through the transformer
+    or the U-Net, 4,000-5,000 rows are most of a registration."""
+    kind = spec.task_kind
+    split = pd.read_parquet(paths.split_dir(spec.key, root) / f"{kind.REFERENCE_SPLIT}.parquet")
+    rows = reference.sample(split)
+    graph = onnx.load_model(paths.served_model(spec.key, root))
+    session = open_session(graph, spec, paths.onnx_model(spec.key, root).parent)
+    # what the service serves (a recommender's rating of every item is for scoring only)
+    names = [o.name for o in session.get_outputs() if o.name not in kind.PIPELINE_OUTPUTS]
+    result = run_rows(session, names, rows, spec)
+    # answered as the service answers: at the threshold the graph's metadata holds
+    served = ServedGraph(spec, dict(session.get_modelmeta().custom_metadata_map))
+    target = paths.reference_file(spec.key, root)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    reference.reference(spec, rows, result, served).to_parquet(target, index=False)
+    log.info("%s: drift reference of %d %s rows", spec.key, len(rows), kind.REFERENCE_SPLIT)
+    return target
 
 
 def scored(

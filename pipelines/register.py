@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import subprocess
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,15 +28,18 @@ from mlflow.models import infer_signature
 
 from contract import paths, reference
 from contract.catalog import ModelSpec
-from contract.feeds import onnx_feeds
-from contract.tasks.common import ServedGraph
+from contract.feeds import one_at_a_time, onnx_feeds
 from pipelines import export, model_card, quantize, registry, snapshot
 from pipelines.cli import StageError, run_stage
-from pipelines.export import Session, run_rows
+from pipelines.export import Session
 from pipelines.log import get_logger
 
 log = get_logger(__name__)
 EXAMPLE_ROWS = 3
+# a photo's or a recording's example is one: MLflow writes the example as JSON and checks
+# it through its own serving path, and three of the detector's photos took 48 s of a 57-s
+# registration (millions of numbers deep-copied and encoded in Python)
+SIZED_EXAMPLE_ROWS = 1
 # What the registered artifact needs to run: ONNX Runtime, nothing of the training stack.
 SERVING_REQUIREMENTS = [f"onnxruntime=={ort.__version__}", f"onnx=={onnx.__version__}"]
 
@@ -91,6 +93,7 @@ def load_inputs(
     needed = [
         paths.served_model(spec.key, root),
         paths.metrics_file(spec.key, root),
+        paths.reference_file(spec.key, root),
         paths.split_dir(spec.key, root) / "train.parquet",
         paths.split_dir(spec.key, root) / "test.parquet",
         paths.production_dir(spec.key, root) / "train.parquet",
@@ -106,8 +109,8 @@ def load_inputs(
     return (
         onnx.load_model(needed[0]),
         metrics,
-        pd.read_parquet(needed[2]),
         pd.read_parquet(needed[3]),
+        pd.read_parquet(needed[4]),
     )
 
 
@@ -145,21 +148,13 @@ def served_files(spec: ModelSpec, root: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.name != "model.onnx")
 
 
-def log_reference(spec: ModelSpec, frames: dict[str, pd.DataFrame], session: Session) -> None:
-    """The drift service's reference: a sample of what the model is asked and its outputs.
-
-    That is the training split, except for a search: its training rows are the corpus
-    (each its own best match), its test rows are queries."""
-    rows = reference.sample(frames[spec.task_kind.REFERENCE_SPLIT])
-    # what the service serves (a recommender's rating of every item is for scoring only)
-    names = [o.name for o in session.get_outputs() if o.name not in spec.task_kind.PIPELINE_OUTPUTS]
-    result = run_rows(session, names, rows, spec)
-    # answered as the service answers: at the threshold the graph's metadata holds
-    served = ServedGraph(spec, dict(session.get_modelmeta().custom_metadata_map))
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / Path(reference.ARTIFACT).name
-        reference.reference(spec, rows, result, served).to_parquet(path, index=False)
-        mlflow.log_artifact(str(path), artifact_path=reference.ARTIFACT_DIR)
+def log_reference(spec: ModelSpec, root: Path) -> None:
+    """The drift service's reference, as the export stage made it of the graph served
+    (pipelines/export.py `write_reference`): a sample of what the model is asked (the
+    training split; a search's test rows, its queries) and its answers."""
+    mlflow.log_artifact(
+        str(paths.reference_file(spec.key, root)), artifact_path=reference.ARTIFACT_DIR
+    )
 
 
 def datasets(
@@ -190,7 +185,8 @@ def log_run(
     card: str,
 ) -> tuple[str, str]:
     """One MLflow run: params, metrics, datasets, tags, card, ONNX model. (run id, version)."""
-    example = onnx_feeds(frames["test"].head(EXAMPLE_ROWS), spec)
+    rows = SIZED_EXAMPLE_ROWS if one_at_a_time(spec) else EXAMPLE_ROWS
+    example = onnx_feeds(frames["test"].head(rows), spec)
     session = open_session(graph, spec, root)
     # MLflow's ONNX model is the graph alone, in its own inputs: a search's or a recogniser's
     # without what is served beside it, a transformer's taking token ids
@@ -218,7 +214,7 @@ def log_run(
                 )
                 mlflow.log_input(dataset, context=context)
         mlflow.log_text(card, "model_card.md")
-        log_reference(spec, frames, session)
+        log_reference(spec, root)
         info = mlflow.onnx.log_model(
             graph,
             name="model",

@@ -2,12 +2,15 @@
 
 import hashlib
 import json
+from pathlib import Path
 
+import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from mlflow.exceptions import MlflowException
 
-from contract import paths
+from contract import paths, reference
 from contract.catalog import INPUT_EMBEDDING, embedded
 from pipelines import quantize
 from pipelines.models import get_project
@@ -121,6 +124,28 @@ def test_the_version_registered_is_the_graph_served(project: Project, key: str) 
         gate = CATALOG[key].gate_metric
         assert metrics[gate] == pytest.approx(quantized["int8"], abs=1e-6)
         assert metrics[f"fp32.{gate}"] == pytest.approx(quantized["fp32"], abs=1e-6)
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_the_registered_drift_reference_is_the_one_export_made(project: Project, key: str) -> None:
+    """Export makes the reference of the graph served (a cached stage), register logs it."""
+    import mlflow
+
+    version = project.client().get_model_version_by_alias(key, "champion")
+    made = paths.reference_file(key, project.root)
+    logged = mlflow.artifacts.download_artifacts(
+        run_id=version.run_id,
+        artifact_path=reference.ARTIFACT,
+        dst_path=str(project.root / "mlruns" / "downloaded" / key),
+        tracking_uri=project.tracking_uri,
+    )
+    assert Path(logged).read_bytes() == made.read_bytes()
+    frame = pd.read_parquet(made)
+    split = CATALOG[key].task_kind.REFERENCE_SPLIT
+    rows = pq.read_metadata(paths.split_dir(key, project.root) / f"{split}.parquet").num_rows
+    assert len(frame) == min(rows, reference.ROWS)
+    assert reference.PREDICTION in frame.columns
+    assert not frame[reference.PREDICTION].isna().any()
 
 
 def test_second_repro_has_nothing_to_do(project: Project) -> None:
