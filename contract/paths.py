@@ -5,6 +5,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PARAMS = ROOT / "params.yaml"
 HISTORY_NAME = "history.json"  # a network's per-epoch metrics, beside its weights
+# the drift reference, beside model.onnx and in the registered run's artifacts alike
+REFERENCE_ARTIFACT = "reference/reference.parquet"
 INT8_DIR = "int8"  # beside model.onnx: the INT8 graph where it ships, and its report
 
 
@@ -55,7 +57,7 @@ def reference_file(key: str, root: Path = ROOT) -> Path:
     """The drift service's reference of the graph served (contract/reference.py), made by
     the export stage and logged by register at the same path in the run's artifacts; in a
     folder of its own, not among the files served beside the graph."""
-    return onnx_model(key, root).parent / "reference" / "reference.parquet"
+    return onnx_model(key, root).parent / REFERENCE_ARTIFACT
 
 
 def served_model(key: str, root: Path = ROOT) -> Path:

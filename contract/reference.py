@@ -26,10 +26,11 @@ import pandas as pd
 from contract.audio import AUDIO_VIEW, decode_recording, recording_summary
 from contract.catalog import EMBEDDING_DIMS, INPUT_EMBEDDING, InputField, ModelSpec, embedded
 from contract.feeds import PHOTO_VIEW, decode_photo, photo_summary
+from contract.paths import REFERENCE_ARTIFACT
 from contract.tasks import LABEL, SCORE, Served
 
-ARTIFACT_DIR = "reference"
-ARTIFACT = f"{ARTIFACT_DIR}/reference.parquet"
+ARTIFACT = REFERENCE_ARTIFACT  # made beside the graph by export, logged here by register
+ARTIFACT_DIR = ARTIFACT.rsplit("/", 1)[0]
 ROWS = 5000  # enough for stable distances, small enough to log with every version
 SEED = 0
 PREDICTION = SCORE  # P(positive), P(top class), the predicted value, the boxes answered...

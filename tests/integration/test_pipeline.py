@@ -127,7 +127,9 @@ def test_the_version_registered_is_the_graph_served(project: Project, key: str) 
 
 
 @pytest.mark.parametrize("key", KEYS)
-def test_the_registered_drift_reference_is_the_one_export_made(project: Project, key: str) -> None:
+def test_the_registered_drift_reference_is_the_one_export_made(
+    project: Project, key: str, tmp_path: Path
+) -> None:
     """Export makes the reference of the graph served (a cached stage), register logs it."""
     import mlflow
 
@@ -136,7 +138,7 @@ def test_the_registered_drift_reference_is_the_one_export_made(project: Project,
     logged = mlflow.artifacts.download_artifacts(
         run_id=version.run_id,
         artifact_path=reference.ARTIFACT,
-        dst_path=str(project.root / "mlruns" / "downloaded" / key),
+        dst_path=str(tmp_path),
         tracking_uri=project.tracking_uri,
     )
     assert Path(logged).read_bytes() == made.read_bytes()
