@@ -46,6 +46,10 @@ log = logging.getLogger("services.requests")
 shadow_log = logging.getLogger("services.shadow")
 T = TypeVar("T")
 PARSE_INLINE_BYTES = 64 * 1024
+# a batch starts only where this many of the line's recent runs fit in what is left of the
+# timeout: a recording that waited its 5 s budget on a CPU oversubscribed twice took over 5 s
+# more to run, and its client had a 504 where a 503 with Retry-After was due
+RUN_MARGIN = 2.0
 
 
 def line_budget(spec: ModelSpec, queue_timeout_s: float) -> float:
@@ -211,7 +215,9 @@ class ModelService:
         or the model's p99 objective where longer) is not run either but
         shed (OverCapacity: a 503 with Retry-After), as the guard sheds a request that
         queued before it: a model slower than its traffic (a detector's 1000x1000 tiles at
-        ~50 ms each) would otherwise grow a line of seconds with every answer late."""
+        ~50 ms each) would otherwise grow a line of seconds with every answer late. Nor is one
+        run whose answer would likely come past the timeout (RUN_MARGIN of the line's recent
+        run time): it is shed as well, not answered with a 504."""
         if size <= self.inline_max_records:
             return work(*args)
         if self._inference is None:
@@ -229,15 +235,20 @@ class ModelService:
             with self._line:
                 gone, entry["waiting"] = not entry["waiting"], False
                 self._waiting -= 0 if gone else 1
+                run_s = self._run_s
             if gone:  # its client had its 504: the timeout took it out of the line
                 raise TimeoutError("inference started after the service's timeout")
-            if budget and started - queued > budget:
-                raise OverCapacity(started - queued, budget)
+            waited = started - queued
+            if budget and waited > budget:
+                raise OverCapacity(waited, budget)
+            if budget and waited + RUN_MARGIN * run_s > self.settings.timeout_s:
+                raise OverCapacity(waited, budget, late=(run_s, self.settings.timeout_s))
             try:
                 return work(*args)
             finally:
                 with self._line:  # a moving average: the line's cost as it is now
-                    self._run_s += 0.2 * (time.monotonic() - started - self._run_s)
+                    ran = time.monotonic() - started
+                    self._run_s += (0.2 if self._run_s else 1.0) * (ran - self._run_s)
 
         future = asyncio.get_running_loop().run_in_executor(self._inference, in_line)
         try:

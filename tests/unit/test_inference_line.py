@@ -1,6 +1,7 @@
 """The inference line's shedding (ModelService.infer / admit) on a slow stand-in workload:
 a batch that waited past SERVE_QUEUE_TIMEOUT_S is not run, one that would is refused on
-arrival, and a batch the timeout took out of line leaves the count as it found it."""
+arrival, one whose answer would come past the timeout is shed, and a batch the timeout took
+out of line leaves the count as it found it."""
 
 import asyncio
 import threading
@@ -39,6 +40,8 @@ async def burst(service: Any, n: int, seconds: float) -> list[str]:
             await service.infer(time.sleep, 1, seconds)
             return "ran"
         except OverCapacity as exc:
+            if "past the service's timeout" in str(exc):
+                return "late"
             return "on arrival" if "batches wait" in str(exc) else "in line"
         except TimeoutError:
             return "timeout"
@@ -55,6 +58,16 @@ def test_a_line_longer_than_the_budget_sheds_and_the_first_runs() -> None:
     outcomes = asyncio.run(burst(service, 4, 0.1))
     assert outcomes[0] == "ran" and "on arrival" in outcomes, outcomes
     assert service._waiting == 0
+
+
+def test_a_batch_whose_answer_would_come_past_the_timeout_is_shed_not_run() -> None:
+    """A budget near the timeout (a recording's 5 s of 10): the second batch waited 0.2 s of
+    its 0.45, but two of the line's 0.2 s runs would end past the 0.5 s timeout. Run, it
+    would have ended in time and the third would have been a 504."""
+    service = line(queue_timeout_s=0.45, timeout_s=0.5)
+    outcomes = asyncio.run(burst(service, 3, 0.2))
+    assert outcomes == ["ran", "late", "late"], outcomes
+    assert service._waiting == 0 and service._run_s == pytest.approx(0.2, abs=0.1)
 
 
 @pytest.mark.parametrize("seconds", [0.3])
