@@ -70,6 +70,15 @@ def test_a_batch_whose_answer_would_come_past_the_timeout_is_shed_not_run() -> N
     assert service._waiting == 0 and service._run_s == pytest.approx(0.2, abs=0.1)
 
 
+def test_a_batch_that_finds_the_line_free_runs_however_slow_the_last_run_was() -> None:
+    """A run longer than half the timeout (a cold start) must not shed every later batch:
+    one arriving at a free line runs, and the line's average learns from it."""
+    service = line(queue_timeout_s=0.45, timeout_s=0.5)
+    assert asyncio.run(burst(service, 1, 0.3)) == ["ran"]  # 2 x 0.3 s > 0.5 s from now on
+    assert asyncio.run(burst(service, 1, 0.05)) == ["ran"]
+    assert service._run_s < 0.3
+
+
 @pytest.mark.parametrize("seconds", [0.3])
 def test_batches_the_timeout_took_out_of_line_leave_no_count(seconds: float) -> None:
     service = line(queue_timeout_s=0, timeout_s=0.1)  # no shedding: only the timeout
