@@ -17,24 +17,10 @@ def field_error(status: int, field: str, error: str, expected: Any = None) -> In
 
 
 class OverCapacity(RuntimeError):
-    """A batch that waited in the inference line past its budget, or that would, or whose
-    run would end past the service's timeout: shed, not run (503)."""
+    """A batch that waited in the inference line past its budget, or that would: shed, not
+    run (503)."""
 
-    def __init__(
-        self,
-        waited_s: float,
-        budget_s: float,
-        ahead: int = 0,
-        late: tuple[float, float] | None = None,
-    ) -> None:
-        if late:  # (a batch's run time lately, the service's timeout)
-            run_s, timeout_s = late
-            super().__init__(
-                f"over capacity: the request waited {waited_s * 1000:.0f} ms for inference and "
-                f"a batch runs ~{run_s * 1000:.0f} ms now: its answer would come past the "
-                f"service's timeout ({timeout_s:g} s): retry"
-            )
-            return
+    def __init__(self, waited_s: float, budget_s: float, ahead: int = 0) -> None:
         if ahead:  # refused on arrival: the work already in line would outlast the budget
             told = f"{ahead} batches wait for inference, ~{waited_s * 1000:.0f} ms of work"
         else:
@@ -42,4 +28,17 @@ class OverCapacity(RuntimeError):
         super().__init__(
             f"over capacity: {told}, more than the line's budget ({budget_s:g} s: "
             "SERVE_QUEUE_TIMEOUT_S, or the model's p99 objective where longer): retry"
+        )
+
+
+class TooLate(OverCapacity):
+    """A batch whose answer would come past the service's timeout as the line runs now:
+    shed, not run into a 504 (a 503, as any OverCapacity)."""
+
+    def __init__(self, waited_s: float, run_s: float, timeout_s: float) -> None:
+        RuntimeError.__init__(
+            self,
+            f"over capacity: the request waited {waited_s * 1000:.0f} ms for inference and a "
+            f"batch runs ~{run_s * 1000:.0f} ms now: its answer would come past the service's "
+            f"timeout ({timeout_s:g} s): retry",
         )

@@ -25,7 +25,7 @@ from contract.tasks import LABEL, SCORE
 from services.api import auth, feedback
 from services.api.accesslog import AccessLog
 from services.api.entities import EntityRequests
-from services.api.errors import InputError, OverCapacity, field_error
+from services.api.errors import InputError, OverCapacity, TooLate, field_error
 from services.api.feedback_inputs import feedback_model
 from services.api.inputs import (
     describe_errors,
@@ -247,7 +247,7 @@ class ModelService:
                 raise OverCapacity(waited, budget)
             late = waited + RUN_MARGIN * run_s > self.settings.timeout_s
             if budget and waited > RUN_MARGIN_AFTER_S and late:
-                raise OverCapacity(waited, budget, late=(run_s, self.settings.timeout_s))
+                raise TooLate(waited, run_s, self.settings.timeout_s)
             try:
                 return work(*args)
             finally:
