@@ -16,7 +16,7 @@ import pytest
 from contract import paths
 from contract.paths import ROOT
 from services.tools.examples import as_entities
-from services.tools.load.capacity import objectives, overload_bounds
+from services.tools.load.capacity import Step, objectives, overload_bounds
 from tests.conftest import CATALOG, KEYS
 from tests.serving.conftest import Registry, as_records, free_block, inherited_environment
 from tests.serving.test_hostile import (
@@ -253,9 +253,10 @@ def test_past_its_capacity_the_stack_sheds_fast_and_never_fails(
         sorted(((k, round(m["max_ms"])) for k, m in result["models"].items()), key=lambda x: -x[1])
     )
     assert run.returncode == 0 and result["passed"], (result["why"], result["statuses"], slowest)
-    # every model within its bound (the 2 s, or 8 objectives where that is more: a
-    # recording is a second of CPU whatever the load, and its objective is 5 s)
-    bounds = overload_bounds(OVERLOAD_MAX_MS, objectives())
+    # every model within its bound (the 2 s, or 8 objectives or 8 of this run's CPU per
+    # answer where that is more: a recording is a second of CPU whatever the load, and its
+    # objective is 5 s; the detector's answers cost 2.1 s on the AVX2-only EPYC)
+    bounds = overload_bounds(OVERLOAD_MAX_MS, objectives(), Step(**result))
     assert {k: ms for k, ms in slowest.items() if ms >= bounds[k]} == {}, bounds
     assert result["requests"] > 3000
     codes = {code for code in result["statuses"] if code.isdigit()}

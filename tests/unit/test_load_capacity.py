@@ -10,10 +10,12 @@ from contract.catalog import load_catalog
 from services.tools.deploy import CAPACITY, DEFAULT_HPA_RPS, hpa_targets
 from services.tools.load.capacity import (
     Step,
+    answer_cost_ms,
     judge,
     judge_overload,
     markdown,
     objectives,
+    overload_bounds,
     pacing,
     per_core,
     published,
@@ -115,6 +117,19 @@ def test_overload_must_shed_fast_and_say_when_to_retry() -> None:
     slow.models["tree_detection"]["max_ms"] = slow.max_ms = 2100
     assert judge_overload(slow, 1000, FAST) == [
         "tree_detection's slowest answer took 2100 ms > 2000 ms"
+    ]
+    # on a slow machine the bound follows what an answer cost the service's CPU in the run:
+    # the detector's 2 cores over 4 answered requests/s (1 of 5 shed) is 500 ms an answer
+    slow.models["tree_detection"].update(rps=5.0, error_ratio=0.2)
+    slow.cpu = {"tree_detection": 2.0}
+    assert answer_cost_ms(slow, "tree_detection") == pytest.approx(500)
+    assert answer_cost_ms(slow, "titanic") == 0.0  # its CPU not measured
+    assert overload_bounds(1000, FAST, slow) == {"titanic": 1000, "tree_detection": 4000}
+    assert overload_bounds(1000, FAST) == {"titanic": 1000, "tree_detection": 2000}
+    assert judge_overload(slow, 1000, FAST) == []
+    slow.models["tree_detection"]["max_ms"] = 4100  # a line that should have shed
+    assert judge_overload(slow, 1000, FAST) == [
+        "tree_detection's slowest answer took 4100 ms > 4000 ms"
     ]
     broken = step(900, **{"502": 3, "429": 5, "429 without Retry-After": 5})
     assert judge_overload(broken, 1000) == [
