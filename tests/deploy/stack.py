@@ -230,28 +230,11 @@ class ComposeStack:
         return lines[-1][:160] if lines else "(no output yet)"
 
     def trainer_timeline(self, up_s: float) -> str:
-        """Where the first `up` went: the trainer's stages by kind (from the times of DVC's
-        `Running stage` lines; the last one runs until the trainer exits, its push included),
-        its slowest stages; the rest of the `up` is the services' start after it."""
+        """Where the first `up` went (timeline): the trainer's stages by kind, its slowest."""
         events = self.trainer_events()  # one read of the trainer's log
-        marks = [(_seconds(stamp), stage) for stamp, ran, stage in events if ran]
-        restored = sum(not ran for _, ran, _ in events)
         (state,) = json.loads(self.engine.run("inspect", f"{PROJECT}_trainer_1").stdout)
         started, finished = (_seconds(state["State"][k]) for k in ("StartedAt", "FinishedAt"))
-        if not marks:
-            return f"trainer: {finished - started:.0f} s, no stage ran"
-        ends = [t for t, _ in marks[1:]] + [finished]
-        took = [(end - t, stage) for (t, stage), end in zip(marks, ends, strict=True)]
-        kinds: Counter[str] = Counter()
-        for seconds, stage in took:
-            kinds[stage.split("@")[0]] += seconds
-        by_kind = ", ".join(f"{k} {v:.0f}" for k, v in kinds.most_common())
-        slowest = ", ".join(f"{stage} {sec:.0f}" for sec, stage in sorted(took, reverse=True)[:6])
-        return (
-            f"trainer {finished - started:.0f} s of the {up_s:.0f} s up ({len(marks)} stages run,"
-            f" {restored} restored from the remote; by stage, s: {by_kind};"
-            f" slowest: {slowest}); before it {marks[0][0] - started:.0f} s"
-        )
+        return timeline(events, started, finished, up_s)
 
     def trainer_events(self) -> list[tuple[str, bool, str]]:
         """(timestamp, ran, stage) for each stage the trainer ran (DVC's "Running stage") or
@@ -297,6 +280,36 @@ class ComposeStack:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"not healthy after {timeout} s: {waiting}")
             time.sleep(5)
+
+
+RESTORED = "restored"  # the kind of a stage checked out from the remote's run cache
+
+
+def timeline(
+    events: list[tuple[str, bool, str]], started: float, finished: float, up_s: float
+) -> str:
+    """The trainer's time by kind of stage, from its events (Stack.trainer_events): each
+    stage, run or restored, lasts from its line to the next one (the last until the trainer
+    exits, its push included). A restored stage is its own kind, RESTORED: charged to the
+    stage run before it, the restores of other models made one model's stages look several
+    times slower than on the host."""
+    if not any(ran for _, ran, _ in events):
+        return f"trainer: {finished - started:.0f} s, no stage ran"
+    marks = [(_seconds(stamp), stage if ran else RESTORED) for stamp, ran, stage in events]
+    ends = [t for t, _ in marks[1:]] + [finished]
+    took = [(end - t, stage) for (t, stage), end in zip(marks, ends, strict=True)]
+    kinds: Counter[str] = Counter()
+    for seconds, stage in took:
+        kinds[stage.split("@")[0]] += seconds
+    by_kind = ", ".join(f"{k} {v:.0f}" for k, v in kinds.most_common())
+    ran = [(sec, stage) for sec, stage in took if stage != RESTORED]
+    slowest = ", ".join(f"{stage} {sec:.0f}" for sec, stage in sorted(ran, reverse=True)[:6])
+    restored = sum(not ran for _, ran, _ in events)
+    return (
+        f"trainer {finished - started:.0f} s of the {up_s:.0f} s up ({len(ran)} stages run,"
+        f" {restored} restored from the remote; by kind, s: {by_kind};"
+        f" slowest: {slowest}); before it {marks[0][0] - started:.0f} s"
+    )
 
 
 def _seconds(stamp: str) -> float:
