@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from contract.catalog import INPUT_EMBEDDING
 from pipelines.flavors.embedding import Projection, fitted
-from pipelines.flavors.torch import seeded_split
+from pipelines.flavors.torch import channels_last, seeded_split
 from pipelines.log import get_logger
 
 log = get_logger(__name__)
@@ -114,6 +114,7 @@ def _train_loop(
     key: str,
 ) -> list[dict[str, float]]:
     batches = len(x) // p["batch_size"]
+    model.net.to(memory_format=torch.channels_last)  # trains on channels_last batches
     optimizer = torch.optim.AdamW(model.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=p["lr"], total_steps=p["epochs"] * batches
@@ -126,7 +127,7 @@ def _train_loop(
         perm, seen, loss_sum, correct = torch.randperm(len(x), generator=generator), 0, 0.0, 0
         for i in range(batches):
             idx = perm[i * p["batch_size"] : (i + 1) * p["batch_size"]]
-            xb, yb = _augment(x[idx], generator, p), y[idx]
+            xb, yb = channels_last(_augment(x[idx], generator, p)), y[idx]
             logits = model.net(xb)
             loss = F.cross_entropy(logits, yb, label_smoothing=p["label_smoothing"])
             optimizer.zero_grad()
@@ -165,4 +166,5 @@ def _train_loop(
             val_acc,
             time.perf_counter() - started,
         )
+    model.net.to(memory_format=torch.contiguous_format)  # as the saved weights restore it
     return history

@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from contract.catalog import INPUT_EMBEDDING
 from contract.tasks.segmentation import intersection_over_union
 from pipelines.flavors.embedding import Projection, fitted
-from pipelines.flavors.torch import seeded_split
+from pipelines.flavors.torch import channels_last, seeded_split
 from pipelines.log import get_logger
 
 log = get_logger(__name__)
@@ -251,6 +251,7 @@ def _train_loop(
     key: str,
 ) -> list[dict[str, float]]:
     net, batches = model.net, len(x) // p["batch_size"]
+    net.to(memory_format=torch.channels_last)  # trains on channels_last batches
     optimizer = torch.optim.AdamW(net.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=p["lr"], total_steps=p["epochs"] * batches
@@ -265,7 +266,7 @@ def _train_loop(
         for i in range(batches):
             idx = perm[i * p["batch_size"] : (i + 1) * p["batch_size"]]
             xb, yb = _augment(x[idx], y[idx], generator, p)
-            loss = F.cross_entropy(net(xb), yb)
+            loss = F.cross_entropy(net(channels_last(xb)), yb)
             optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
@@ -304,4 +305,5 @@ def _train_loop(
             scores["background_iou"],
             seconds,
         )
+    net.to(memory_format=torch.contiguous_format)  # as the saved weights restore it
     return history
