@@ -32,7 +32,7 @@ from torch.nn import functional as F
 from contract.catalog import INPUT_EMBEDDING
 from contract.tasks import detection
 from pipelines.flavors.embedding import Projection
-from pipelines.flavors.torch import channels_last
+from pipelines.flavors.torch import channels_last, lay_out
 from pipelines.log import get_logger
 
 log = get_logger(__name__)
@@ -607,7 +607,7 @@ def _train_loop(
     key: str,
 ) -> list[dict[str, float]]:
     net, steps = model.net, p["steps"]
-    net.to(memory_format=torch.channels_last)  # trains on channels_last batches
+    lay_out(net, torch.channels_last)  # trains on channels_last batches
     backbone = _freeze(net, p["freeze_blocks"])
     head = [q for n, q in net.named_parameters() if not n.startswith("backbone.")]
     optimizer = torch.optim.AdamW(
@@ -667,7 +667,7 @@ def _train_loop(
                 time.perf_counter() - started,
             )
     net.load_state_dict(ema)
-    net.to(memory_format=torch.contiguous_format)  # as the saved weights restore it
+    lay_out(net, torch.contiguous_format)  # as the saved weights restore it
     return history
 
 

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from contract.catalog import INPUT_EMBEDDING
 from pipelines.flavors.embedding import Projection, fitted
-from pipelines.flavors.torch import channels_last, seeded_split
+from pipelines.flavors.torch import channels_last, lay_out, seeded_split
 from pipelines.log import get_logger
 
 log = get_logger(__name__)
@@ -114,7 +114,7 @@ def _train_loop(
     key: str,
 ) -> list[dict[str, float]]:
     batches = len(x) // p["batch_size"]
-    model.net.to(memory_format=torch.channels_last)  # trains on channels_last batches
+    lay_out(model.net, torch.channels_last)  # trains on channels_last batches
     optimizer = torch.optim.AdamW(model.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=p["lr"], total_steps=p["epochs"] * batches
@@ -166,5 +166,5 @@ def _train_loop(
             val_acc,
             time.perf_counter() - started,
         )
-    model.net.to(memory_format=torch.contiguous_format)  # as the saved weights restore it
+    lay_out(model.net, torch.contiguous_format)  # as the saved weights restore it
     return history

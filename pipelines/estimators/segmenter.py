@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from contract.catalog import INPUT_EMBEDDING
 from contract.tasks.segmentation import intersection_over_union
 from pipelines.flavors.embedding import Projection, fitted
-from pipelines.flavors.torch import channels_last, seeded_split
+from pipelines.flavors.torch import channels_last, lay_out, seeded_split
 from pipelines.log import get_logger
 
 log = get_logger(__name__)
@@ -251,7 +251,7 @@ def _train_loop(
     key: str,
 ) -> list[dict[str, float]]:
     net, batches = model.net, len(x) // p["batch_size"]
-    net.to(memory_format=torch.channels_last)  # trains on channels_last batches
+    lay_out(net, torch.channels_last)  # trains on channels_last batches
     optimizer = torch.optim.AdamW(net.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=p["lr"], total_steps=p["epochs"] * batches
@@ -305,5 +305,5 @@ def _train_loop(
             scores["background_iou"],
             seconds,
         )
-    net.to(memory_format=torch.contiguous_format)  # as the saved weights restore it
+    lay_out(net, torch.contiguous_format)  # as the saved weights restore it
     return history

@@ -107,6 +107,13 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
+def lay_out(net: nn.Module, layout: torch.memory_format) -> None:
+    """Move `net`'s weights to `layout` in place: torch.channels_last before training on
+    channels_last batches, torch.contiguous_format after it (the layout restored weights
+    have). The optimizer's references stay valid: the parameters are the same objects."""
+    net.to(memory_format=layout)  # type: ignore[call-overload]  # at run time Module.to takes it
+
+
 def fit(estimator: Any, train: pd.DataFrame, spec: ModelSpec, out: Path) -> nn.Module:
     """Same seed, same thread count, same CPU kernels (ISA) -> the same weights, bit for bit."""
     threads = _threads(spec.params)
