@@ -304,10 +304,9 @@ def timeline(
     by_kind = ", ".join(f"{k} {v:.0f}" for k, v in kinds.most_common())
     ran = [(sec, stage) for sec, stage in took if stage != RESTORED]
     slowest = ", ".join(f"{stage} {sec:.0f}" for sec, stage in sorted(ran, reverse=True)[:6])
-    restored = sum(not ran for _, ran, _ in events)
     return (
         f"trainer {finished - started:.0f} s of the {up_s:.0f} s up ({len(ran)} stages run,"
-        f" {restored} restored from the remote; by kind, s: {by_kind};"
+        f" {len(took) - len(ran)} restored from the remote; by kind, s: {by_kind};"
         f" slowest: {slowest}); before it {marks[0][0] - started:.0f} s"
     )
 
