@@ -32,7 +32,7 @@ from torch.nn import functional as F
 from contract.catalog import INPUT_EMBEDDING
 from contract.tasks import detection
 from pipelines.flavors.embedding import Projection
-from pipelines.flavors.torch import channels_last, lay_out
+from pipelines.flavors.torch import channels_last, channels_last_training
 from pipelines.log import get_logger
 
 log = get_logger(__name__)
@@ -384,7 +384,8 @@ class Detector:
         if p["pretrained"]:
             model.net.backbone.load_imagenet()
         fit_images, fit_boxes, val = _split(images, boxes, p["validation_fraction"])
-        history = _train_loop(model, fit_images, fit_boxes, val, p, key)
+        with channels_last_training(model.net):  # trains on channels_last batches
+            history = _train_loop(model, fit_images, fit_boxes, val, p, key)
         model.eval()
         model.threshold.fill_(served_threshold(model, fit_images, fit_boxes))
         model.projection.fit(pooled_pictures(model, fit_images))
@@ -607,7 +608,6 @@ def _train_loop(
     key: str,
 ) -> list[dict[str, float]]:
     net, steps = model.net, p["steps"]
-    lay_out(net, torch.channels_last)  # trains on channels_last batches
     backbone = _freeze(net, p["freeze_blocks"])
     head = [q for n, q in net.named_parameters() if not n.startswith("backbone.")]
     optimizer = torch.optim.AdamW(
@@ -667,7 +667,6 @@ def _train_loop(
                 time.perf_counter() - started,
             )
     net.load_state_dict(ema)
-    lay_out(net, torch.contiguous_format)  # as the saved weights restore it
     return history
 
 

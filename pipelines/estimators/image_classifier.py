@@ -19,7 +19,7 @@ from torch.nn import functional as F
 
 from contract.catalog import INPUT_EMBEDDING
 from pipelines.flavors.embedding import Projection, fitted
-from pipelines.flavors.torch import channels_last, lay_out, seeded_split
+from pipelines.flavors.torch import channels_last, channels_last_training, seeded_split
 from pipelines.log import get_logger
 
 log = get_logger(__name__)
@@ -77,7 +77,8 @@ class ImageClassifier:
         model = PixelsIn(self.net, mean, std)
         x_fit, y_fit = model.normalise(pixels[fit_idx]), labels[fit_idx]
         x_val, y_val = model.normalise(pixels[val_idx]), labels[val_idx]
-        history = _train_loop(model, x_fit, y_fit, x_val, y_val, p, key)
+        with channels_last_training(model.net):  # trains on channels_last batches
+            history = _train_loop(model, x_fit, y_fit, x_val, y_val, p, key)
         fitted(model.projection, model.eval().hidden, x_fit)
         return model, history
 
@@ -114,7 +115,6 @@ def _train_loop(
     key: str,
 ) -> list[dict[str, float]]:
     batches = len(x) // p["batch_size"]
-    lay_out(model.net, torch.channels_last)  # trains on channels_last batches
     optimizer = torch.optim.AdamW(model.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=p["lr"], total_steps=p["epochs"] * batches
@@ -166,5 +166,4 @@ def _train_loop(
             val_acc,
             time.perf_counter() - started,
         )
-    lay_out(model.net, torch.contiguous_format)  # as the saved weights restore it
     return history

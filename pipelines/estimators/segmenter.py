@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from contract.catalog import INPUT_EMBEDDING
 from contract.tasks.segmentation import intersection_over_union
 from pipelines.flavors.embedding import Projection, fitted
-from pipelines.flavors.torch import channels_last, lay_out, seeded_split
+from pipelines.flavors.torch import channels_last, channels_last_training, seeded_split
 from pipelines.log import get_logger
 
 log = get_logger(__name__)
@@ -201,7 +201,8 @@ class Segmenter:
         model = MaskOut(net, mean, std, self.classes, p["test_flip"])
         x_fit, y_fit = model.normalise(pixels[fit_idx]), masks[fit_idx].long()
         x_val, y_val = model.normalise(pixels[val_idx]), masks[val_idx].long()
-        history = _train_loop(model, x_fit, y_fit, x_val, y_val, p, self.classes, key)
+        with channels_last_training(model.net):  # trains on channels_last batches
+            history = _train_loop(model, x_fit, y_fit, x_val, y_val, p, self.classes, key)
         fitted(model.projection, model.eval().net.pooled, x_fit)
         return model, history
 
@@ -251,7 +252,6 @@ def _train_loop(
     key: str,
 ) -> list[dict[str, float]]:
     net, batches = model.net, len(x) // p["batch_size"]
-    lay_out(net, torch.channels_last)  # trains on channels_last batches
     optimizer = torch.optim.AdamW(net.parameters(), lr=p["lr"], weight_decay=p["weight_decay"])
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=p["lr"], total_steps=p["epochs"] * batches
@@ -305,5 +305,4 @@ def _train_loop(
             scores["background_iou"],
             seconds,
         )
-    lay_out(net, torch.contiguous_format)  # as the saved weights restore it
     return history
