@@ -6,8 +6,13 @@ UV_VERSION := 0.13.9
 UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 RUN = $(UV) run --frozen
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
+# The fast lane needs no server, no Docker engine and no trained model; the slow lane is the rest
+FAST_LANE := not slow and not postgres and not redis
+SLOW_LANE := slow or postgres or redis
+TIMINGS := .ci/timings
+TIMED = $(RUN) python -m tests.timings --dir $(TIMINGS)
 
-.PHONY: help all setup system-packages venv repro registry serve stop status snapshot metrics plots loop-demo test test-fast compose-test bench serve-triton drift-demo load load-smoke manifests validate-deploy lint clean
+.PHONY: help all setup system-packages venv repro registry serve stop status snapshot metrics plots loop-demo test test-fast test-slow compose-test bench serve-triton drift-demo load load-smoke manifests validate-deploy lint clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}'
@@ -79,11 +84,18 @@ metrics: ## dvc metrics show for every model
 plots: ## Render every model's plots to dvc_plots/index.html
 	$(RUN) dvc plots show -o dvc_plots
 
-test: setup ## All test tiers: code, data, model and the whole-pipeline integration (reduced params)
-	$(RUN) pytest
+test: setup ## Everything CI runs: lint, the fast lane, then the slow lane (servers, trained models, Docker); ends with what each part cost
+	@$(TIMED) reset
+	@$(TIMED) step lint -- $(MAKE) --no-print-directory lint
+	@$(TIMED) step fast -- $(MAKE) --no-print-directory test-fast
+	@$(TIMED) step slow -- $(MAKE) --no-print-directory test-slow
+	@$(TIMED) report
 
-test-fast: ## Code and data tiers only (skips tests marked slow)
-	$(RUN) pytest -m "not slow"
+test-fast: ## The fast lane: code and data tiers, two processes; no server, no Docker, no trained model
+	$(RUN) pytest -m "$(FAST_LANE)" -n 2
+
+test-slow: ## The slow lane: the reduced workspace's models, the servers (PostgreSQL, Redis), the stacks, Docker
+	$(RUN) pytest -m "$(SLOW_LANE)"
 
 compose-test: ## The deploy tier alone: build the images, docker-compose up the stack on a real engine, check it, down, up again
 	$(RUN) pytest -m deploy tests/deploy
@@ -124,10 +136,13 @@ manifests: ## Regenerate docker-compose.yml, the proxy config and k8s/ from para
 validate-deploy: ## Check compose (Compose spec, docker-compose config), the Dockerfile (hadolint) and every k8s overlay (kustomize + kubernetes-validate)
 	$(RUN) pytest tests/unit/test_compose.py tests/unit/test_k8s.py tests/unit/test_k8s_checks.py
 
-lint: ## ruff and mypy
+lint: ## ruff (lint and format), strict mypy, hadolint, promtool (config, rules, their unit tests), the generated deployment files up to date
 	$(RUN) ruff check contract pipelines services tests
 	$(RUN) ruff format --check contract pipelines services tests
 	$(RUN) mypy
+	$(RUN) hadolint --failure-threshold info Dockerfile infra/triton/Dockerfile
+	cd infra/prometheus && promtool check config prometheus.yml && promtool test rules tests/*.yml
+	$(RUN) python -m services.tools.deploy --check
 
 clean: ## Remove pipeline outputs and the local registry (keeps .venv and the DVC cache)
 	rm -rf data/raw data/split data/feast models artifacts reports/registry mlruns dvc_plots .serving-cache run

@@ -2,12 +2,14 @@
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
+from typing import NoReturn
 
 import pandas as pd
 import pytest
@@ -17,10 +19,49 @@ from contract.paths import ROOT
 from contract.settings import get_settings
 from pipelines.prepare import prepare
 from pipelines.sources import load_source
+from tests import timings
 from tests.workspace import Project, build, snapshot
 
 CATALOG = load_catalog()
 KEYS = sorted(CATALOG)
+# The servers a marker needs, and the command that starts each one on this machine
+SERVERS = {
+    "postgres": (
+        ("127.0.0.1", 5432),
+        "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+    ),
+    "redis": (
+        ("127.0.0.1", 6379),
+        'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no',
+    ),
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    timings.register(config)
+
+
+def unavailable(reason: str) -> NoReturn:
+    """A test that cannot run here: it fails in CI (CI=true), where every tier must run, and
+    is skipped elsewhere; both with the reason."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: a tier that cannot run fails, not skips)", pytrace=False)
+    pytest.skip(reason)
+
+
+@cache
+def listening(address: tuple[str, int]) -> bool:
+    with socket.socket() as probe:
+        probe.settimeout(2)
+        return probe.connect_ex(address) == 0
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked `postgres` or `redis` needs that server listening (else `unavailable`),
+    checked before its fixtures, which would connect."""
+    for marker, (address, start) in SERVERS.items():
+        if item.get_closest_marker(marker) and not listening(address):
+            unavailable(f"no {marker} server on {address[0]}:{address[1]}; start it: {start}")
 
 
 @cache

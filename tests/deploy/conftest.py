@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.conftest import unavailable
 from tests.deploy import engine as docker
 from tests.deploy.background import Start, Terminal
 from tests.deploy.stack import ComposeStack
@@ -38,7 +39,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def started(request: pytest.FixtureRequest) -> Start:
     if why := docker.why_unavailable():
-        pytest.skip(f"the deploy tier needs a Docker engine: {why}")
+        unavailable(f"the deploy tier needs a Docker engine: {why}")
     start = request.config.stash.get(START, None)
     assert start is not None, "the deploy tier's start did not begin at collection"
     return start

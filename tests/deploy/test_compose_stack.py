@@ -218,11 +218,13 @@ def test_mlflow_asks_for_an_account_and_the_services_only_read(stack: ComposeSta
 def test_a_second_up_serves_from_the_persisted_volumes(
     stack: ComposeStack, payloads: dict[str, Any]
 ) -> None:
-    """`down` keeps the volumes; the second `up` retrains nothing and loses nothing."""
+    """`down` keeps the volumes; the second `up` retrains nothing and loses nothing, and its
+    trainer pushes nothing (infra/docker/train: the remote holds every run already)."""
     aliases, logged = registered(stack), logged_predictions(stack)
     stack.down()
     seconds = stack.up()
     stack.progress(f"second up: {seconds:.0f} s")
+    assert "the remote holds every run of this workspace already" in stack.last_line()
     assert registered(stack) == aliases  # no new version, no alias moved
     assert logged_predictions(stack) >= logged
     assert logged_predictions(stack, "deploy-drift") == 3

@@ -29,6 +29,7 @@ from services.api.predlog import (
     read_window,
 )
 from services.tools.bench.predlog import PG_SERVER, postgres_database
+from tests.conftest import unavailable
 
 pytestmark = pytest.mark.postgres
 
@@ -60,7 +61,7 @@ def init_sql_for_predictions(database: str, writer: str, drift: str) -> None:
 @pytest.fixture
 def urls() -> Iterator[Urls]:
     if shutil.which("psql") is None:
-        pytest.skip("psql (15 or later) runs init.sql")
+        unavailable("psql (15 or later) runs init.sql: apt-get install postgresql-client")
     suffix = uuid.uuid4().hex[:8]
     writer, drift = f"predlog_writer_{suffix}", f"predlog_drift_{suffix}"
     try:

@@ -22,14 +22,16 @@ from pipelines.estimators.speech_recognizer import SpeechRecognizer, Transcriber
 from pipelines.export import check_parity, describe
 from pipelines.flavors import speech
 from pipelines.models.speech_to_text import first_sentence
-from tests.conftest import CATALOG
+from tests.conftest import CATALOG, unavailable
 
 SPEC = CATALOG["speech_to_text"]
 CARD = Path("/usr/share/pocketsphinx/test/data/cards/004.wav")  # "five five"
 
-pytestmark = pytest.mark.skipif(
-    not CARD.exists(), reason="pocketsphinx-testdata is not installed (apt-get install it)"
-)
+
+@pytest.fixture(scope="module", autouse=True)
+def recordings() -> None:
+    if not CARD.exists():
+        unavailable("pocketsphinx-testdata is not installed (apt-get install it)")
 
 
 @pytest.fixture(scope="module")
