@@ -6,9 +6,10 @@ UV_VERSION := 0.13.9
 UV = $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 RUN = $(UV) run --frozen
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
-# The fast lane needs no server, no Docker engine and no trained model; the slow lane is the rest
-FAST_LANE := not slow and not postgres and not redis
-SLOW_LANE := slow or postgres or redis
+# make lint runs the tests marked lint; the fast lane needs no server, no Docker engine and no
+# trained model; the slow lane is the rest
+FAST_LANE := not lint and not slow and not postgres and not redis
+SLOW_LANE := not lint and not ($(FAST_LANE))
 TIMINGS := .ci/timings
 TIMED = $(RUN) python -m tests.timings --dir $(TIMINGS)
 
@@ -136,13 +137,11 @@ manifests: ## Regenerate docker-compose.yml, the proxy config and k8s/ from para
 validate-deploy: ## Check compose (Compose spec, docker-compose config), the Dockerfile (hadolint) and every k8s overlay (kustomize + kubernetes-validate)
 	$(RUN) pytest tests/unit/test_compose.py tests/unit/test_k8s.py tests/unit/test_k8s_checks.py
 
-lint: ## ruff (lint and format), strict mypy, hadolint, promtool (config, rules, their unit tests), the generated deployment files up to date
+lint: ## ruff (lint and format), strict mypy, then the tests marked lint: hadolint, promtool (config, rules, their unit tests), the generated deployment files up to date
 	$(RUN) ruff check contract pipelines services tests
 	$(RUN) ruff format --check contract pipelines services tests
 	$(RUN) mypy
-	$(RUN) hadolint --failure-threshold info Dockerfile infra/triton/Dockerfile
-	cd infra/prometheus && promtool check config prometheus.yml && promtool test rules tests/*.yml
-	$(RUN) python -m services.tools.deploy --check
+	$(RUN) pytest -m lint -q -p no:cacheprovider
 
 clean: ## Remove pipeline outputs and the local registry (keeps .venv and the DVC cache)
 	rm -rf data/raw data/split data/feast models artifacts reports/registry mlruns dvc_plots .serving-cache run

@@ -37,8 +37,6 @@ class Recorder:
             test["outcome"] = "failed" if report.failed else "skipped"
 
     def pytest_sessionfinish(self, session: Any) -> None:
-        if hasattr(session.config, "workerinput"):
-            return  # an xdist worker: its controller receives the same reports
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(self.tests))
 
@@ -46,6 +44,7 @@ class Recorder:
 def register(config: Any) -> None:
     """Add the recorder to a pytest run where TEST_TIMINGS_DIR names a folder."""
     folder = os.environ.get(DIR_VARIABLE)
+    # not in an xdist worker: its reports reach the controller, which records them
     if folder and not hasattr(config, "workerinput"):
         lane = os.environ.get("TEST_TIMINGS_LANE", "pytest")
         config.pluginmanager.register(Recorder(Path(folder), lane), "timings-recorder")

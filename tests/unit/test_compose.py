@@ -47,6 +47,7 @@ def documented() -> set[str]:
     return set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", ENV_EXAMPLE.read_text(), re.M))
 
 
+@pytest.mark.lint
 def test_generated_files_are_up_to_date() -> None:
     stale = deploy.stale(deploy.outputs())
     assert stale == [], f"run `make manifests`: {[str(p.relative_to(ROOT)) for p in stale]}"
@@ -328,6 +329,7 @@ def stages() -> dict[str, str]:
     return {re.match(r"\S+ AS (\S+)", part).group(1): part for part in parts}  # type: ignore[union-attr]
 
 
+@pytest.mark.lint
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "infra/triton/Dockerfile"])
 def test_dockerfile_passes_hadolint(dockerfile: str) -> None:
     checked = subprocess.run(

@@ -28,16 +28,19 @@ def load(path: Path) -> Any:
     return yaml.safe_load(path.read_text())
 
 
+@pytest.mark.lint
 def test_config_is_valid() -> None:
     result = promtool("check", "config", "prometheus.yml")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.lint
 def test_rules_are_valid() -> None:
     result = promtool("check", "rules", *(str(p) for p in sorted(PROMETHEUS.glob("rules/*.yml"))))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.lint
 def test_rule_unit_tests_pass() -> None:
     tests = sorted(str(p.relative_to(PROMETHEUS)) for p in PROMETHEUS.glob("tests/*.yml"))
     result = promtool("test", "rules", *tests)
